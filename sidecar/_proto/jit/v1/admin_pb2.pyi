@@ -1,0 +1,119 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from sidecar._proto.jit.v1 import access_pb2 as _access_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ApprovalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPROVAL_STATE_UNSPECIFIED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_PENDING: _ClassVar[ApprovalState]
+    APPROVAL_STATE_APPROVED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_DENIED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_EXPIRED: _ClassVar[ApprovalState]
+    APPROVAL_STATE_USED: _ClassVar[ApprovalState]
+APPROVAL_STATE_UNSPECIFIED: ApprovalState
+APPROVAL_STATE_PENDING: ApprovalState
+APPROVAL_STATE_APPROVED: ApprovalState
+APPROVAL_STATE_DENIED: ApprovalState
+APPROVAL_STATE_EXPIRED: ApprovalState
+APPROVAL_STATE_USED: ApprovalState
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("grant_id", "task_id", "subject", "all", "reason")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    task_id: str
+    subject: str
+    all: bool
+    reason: str
+    def __init__(self, grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("revoked_grants",)
+    REVOKED_GRANTS_FIELD_NUMBER: _ClassVar[int]
+    revoked_grants: int
+    def __init__(self, revoked_grants: _Optional[int] = ...) -> None: ...
+
+class RotateSigningKeyRequest(_message.Message):
+    __slots__ = ("reload_from_file",)
+    RELOAD_FROM_FILE_FIELD_NUMBER: _ClassVar[int]
+    reload_from_file: bool
+    def __init__(self, reload_from_file: _Optional[bool] = ...) -> None: ...
+
+class RotateSigningKeyResponse(_message.Message):
+    __slots__ = ("kid", "previous_kid", "previous_retires_at")
+    KID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_KID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RETIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    kid: str
+    previous_kid: str
+    previous_retires_at: _timestamp_pb2.Timestamp
+    def __init__(self, kid: _Optional[str] = ..., previous_kid: _Optional[str] = ..., previous_retires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Approval(_message.Message):
+    __slots__ = ("approval_id", "state", "task_id", "subject", "intent", "reasons", "created_at", "expires_at", "decided_by", "decision_reason", "ttl_seconds")
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    approval_id: str
+    state: ApprovalState
+    task_id: str
+    subject: str
+    intent: _access_pb2.Intent
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    decided_by: str
+    decision_reason: str
+    ttl_seconds: int
+    def __init__(self, approval_id: _Optional[str] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., intent: _Optional[_Union[_access_pb2.Intent, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ("include_decided",)
+    INCLUDE_DECIDED_FIELD_NUMBER: _ClassVar[int]
+    include_decided: bool
+    def __init__(self, include_decided: _Optional[bool] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals",)
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[Approval]
+    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
+
+class DecideApprovalRequest(_message.Message):
+    __slots__ = ("approval_id", "approve", "reason", "approver")
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_FIELD_NUMBER: _ClassVar[int]
+    approval_id: str
+    approve: bool
+    reason: str
+    approver: str
+    def __init__(self, approval_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., approver: _Optional[str] = ...) -> None: ...
+
+class DecideApprovalResponse(_message.Message):
+    __slots__ = ("approval",)
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    approval: Approval
+    def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,314 @@
+"""Tamper-evident audit log: JSON Lines, append-only, hash-chained.
+
+Each record carries `seq`, `prev_hash` and `hash = sha256(prev_hash + canonical JSON of the
+record without "hash")`, where canonical JSON is UTF-8 JSON with keys sorted, no whitespace
+and every non-ASCII character escaped (`json.dumps(r, sort_keys=True, separators=(",", ":"),
+ensure_ascii=True)`). The first record of a fresh log has `prev_hash` = 64 zeros.
+
+Rotation renames the active file to `<name>.<first seq, 12 digits>` and starts a new file
+whose first record chains to the last hash of the rotated one, so `audit verify` over all the
+files in order checks one unbroken chain, and over one rotated file checks it from its first
+record. Tokens never enter a record; the grant's `jti` (= `grant_id`) does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+FILE_MODE = 0o640
+
+
+class AuditWriteError(OSError):
+    """The audit log could not be written; nothing in the failed batch counts as recorded."""
+
+
+def canonical_json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
+    """Hash of a record (given without its `hash` field) chained to `prev_hash`."""
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(record)).hexdigest()
+
+
+def seal(record: dict[str, Any], seq: int, prev_hash: str) -> bytes:
+    """Add seq/prev_hash/hash to `record` (in place) and return its line.
+
+    The line is the canonical JSON with `"hash"` appended last: any JSON layout verifies,
+    because verification re-serialises the parsed record without its hash.
+    """
+    record["seq"] = seq
+    record["prev_hash"] = prev_hash
+    record.pop("hash", None)
+    body = canonical_json(record)
+    digest = hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+    record["hash"] = digest
+    return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n'
+
+
+def _intact_end(f: Any, size: int, block: int = 65536) -> int:
+    """Offset just past the last newline (0 when there is none)."""
+    pos = size
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        chunk: bytes = f.read(step)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            return pos + cut + 1
+    return 0
+
+
+def _reverse_lines(f: Any, end: int, block: int = 65536) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) from the last line before `end` back to the first; `end` must be 0 or
+    just past a newline."""
+    pos = end
+    carry = b""
+    first = True
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        lines = (f.read(step) + carry).split(b"\n")
+        carry = lines[0]
+        whole = lines[1:-1] if first else lines[1:]
+        first = False
+        offset = pos + len(carry) + 1
+        offsets = []
+        for line in whole:
+            offsets.append(offset)
+            offset += len(line) + 1
+        yield from zip(reversed(offsets), reversed(whole), strict=True)
+    if carry or end:
+        yield 0, carry
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    seq: int
+    hash: str
+    size: int
+    """Byte length of the file's intact part (up to and including its last newline)."""
+    torn: bool = False
+    """True when bytes followed the last newline (a write interrupted by a crash)."""
+
+
+def read_tail(path: Path) -> Tail:
+    """The last intact record of a log (seq 0 / GENESIS for an empty or missing file)."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return Tail(0, GENESIS, 0)
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        end = _intact_end(f, size)
+        for offset, line in _reverse_lines(f, end):
+            try:
+                record = json.loads(line)
+                return Tail(int(record["seq"]), str(record["hash"]), end, end < size)
+            except (ValueError, KeyError, TypeError):
+                raise AuditWriteError(
+                    f"{path}: the last record (byte {offset}) is not a valid audit record; "
+                    "run `jit-sidecar audit verify` and repair the log before starting"
+                ) from None
+        return Tail(0, GENESIS, 0, end < size)
+
+
+def records_after(path: Path, seq: int) -> list[dict[str, Any]]:
+    """Intact records with a sequence number above `seq`, oldest first."""
+    out: list[dict[str, Any]] = []
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return out
+    with f:
+        end = _intact_end(f, os.fstat(f.fileno()).st_size)
+        for _offset, line in _reverse_lines(f, end):
+            record = json.loads(line)
+            if record.get("seq", 0) <= seq:
+                break
+            out.append(record)
+    out.reverse()
+    return out
+
+
+class AuditFile:
+    """The active log file. Not thread-safe: one writer thread owns it (sidecar.journal)."""
+
+    def __init__(self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._rotate_bytes = rotate_bytes
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        tail = read_tail(path)
+        if tail.torn:
+            # The torn record was never acknowledged (its batch had not been synced), so
+            # dropping it loses nothing that was promised; the chain continues from `tail`.
+            with path.open("r+b") as f:
+                f.truncate(tail.size)
+                os.fsync(f.fileno())
+        self.recovered_torn = tail.torn
+        self.seq = tail.seq
+        self.last_hash = tail.hash
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._size = tail.size
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        """Seal and append records as one write, then fsync (when configured).
+
+        On failure the file is cut back to where it was and the chain state is unchanged, so
+        a later batch continues the chain as if the failed one had never been tried.
+        """
+        if not records:
+            return
+        seq, prev = self.seq, self.last_hash
+        lines = []
+        for record in records:
+            seq += 1
+            lines.append(seal(record, seq, prev))
+            prev = record["hash"]
+        data = b"".join(lines)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise AuditWriteError(f"short write to {self.path} ({written}/{len(data)} bytes)")
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as err:
+            self._cut_back()
+            if isinstance(err, AuditWriteError):
+                raise
+            raise AuditWriteError(f"cannot write audit log {self.path}: {err.strerror}") from err
+        self.seq, self.last_hash = seq, prev
+        self._size += len(data)
+        if self._rotate_bytes and self._size >= self._rotate_bytes:
+            self.rotate()
+
+    def _cut_back(self) -> None:
+        # If even this fails, the torn tail is repaired on the next start-up.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
+
+    def rotate(self) -> Path:
+        """Close the active file under a name carrying its first seq; start a new one."""
+        first = self._first_seq()
+        rotated = self.path.with_name(f"{self.path.name}.{first:012d}")
+        os.fsync(self._fd)
+        os.close(self._fd)
+        os.replace(self.path, rotated)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._size = 0
+        return rotated
+
+    def _first_seq(self) -> int:
+        with self.path.open("rb") as f:
+            line = f.readline()
+        try:
+            return int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            return self.seq
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    count: int
+    last_seq: int = 0
+    last_hash: str = GENESIS
+    bad_file: str = ""
+    bad_line: int = 0
+    problem: str = ""
+
+
+class _Chain:
+    """Running state of a chain check."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seq = 0
+        self.hash: str | None = None
+
+    def check(self, raw: bytes) -> str | None:
+        """The problem with the next line, or None when it extends the chain."""
+        if not raw.endswith(b"\n"):
+            return "truncated record (no line end)"
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return "not valid JSON"
+        if not isinstance(record, dict):
+            return "not a JSON object"
+        stated = record.pop("hash", None)
+        seq = record.get("seq")
+        if not isinstance(stated, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return "missing hash or seq"
+        if self.hash is None:  # the first record anchors the chain
+            if seq == 1 and record.get("prev_hash") != GENESIS:
+                return "first record does not start from the genesis hash"
+            self.hash = str(record.get("prev_hash"))
+            self.seq = seq - 1
+        if record.get("prev_hash") != self.hash:
+            return "prev_hash does not match the previous record (deleted, reordered or inserted)"
+        if seq != self.seq + 1:
+            return f"seq {seq} does not follow {self.seq}"
+        if chain_hash(self.hash, record) != stated:
+            return "hash mismatch (record edited)"
+        self.hash, self.seq = stated, seq
+        self.count += 1
+        return None
+
+
+def verify(paths: Sequence[Path]) -> VerifyResult:
+    """Check the chain over `paths` in order (rotated files first, the active file last).
+
+    The first record of the first file anchors the chain: with seq 1 it must start from the
+    genesis hash; a rotated continuation's prev_hash is taken as given.
+    """
+    chain = _Chain()
+    for path in paths:
+        try:
+            f = path.open("rb")
+        except OSError as err:
+            return VerifyResult(False, chain.count, bad_file=str(path), problem=str(err))
+        with f:
+            for number, raw in enumerate(f, start=1):
+                problem = chain.check(raw)
+                if problem is not None:
+                    return VerifyResult(
+                        False,
+                        chain.count,
+                        chain.seq,
+                        chain.hash or GENESIS,
+                        str(path),
+                        number,
+                        problem,
+                    )
+    return VerifyResult(True, chain.count, chain.seq, chain.hash or GENESIS)
+
+
+def log_files(path: Path) -> list[Path]:
+    """The rotated files of the log at `path` in order, then the active one."""
+    rotated = sorted(p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit())
+    return [*rotated, path] if path.exists() else rotated

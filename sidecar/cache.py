@@ -1,0 +1,84 @@
+"""Cache of standing-tier decisions (never JIT or approval decisions).
+
+A standing decision with `cache_seconds > 0` is reused for the same identity, action,
+resource, task labels and intent context, for at most `cache_seconds`, bounded in size (LRU),
+and dropped whenever OPA's policy revision changes. A cached reuse still gets its own audit
+record and a fresh token: only the OPA round trip is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from .model import Identity, Intent, PolicyDecision, Tier
+
+CacheKey = tuple[str, str, str, str, str, str]
+
+
+class DecisionCache:
+    def __init__(
+        self, max_entries: int = 10_000, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: OrderedDict[CacheKey, tuple[float, PolicyDecision]] = OrderedDict()
+        self._max = max_entries
+        self._monotonic = monotonic
+        self.revision = ""
+
+    @staticmethod
+    def key(identity: Identity, intent: Intent, labels: Mapping[str, str]) -> CacheKey:
+        context = json.dumps(intent.context, sort_keys=True) if intent.context else ""
+        label_key = json.dumps(labels, sort_keys=True) if labels else ""
+        return (
+            identity.subject,
+            identity.issuer,
+            intent.action,
+            intent.resource,
+            label_key,
+            context,
+        )
+
+    def get(self, key: CacheKey) -> PolicyDecision | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, decision = entry
+        if self._monotonic() >= expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return decision
+
+    def put(self, key: CacheKey, decision: PolicyDecision) -> None:
+        if not (decision.allow and decision.tier is Tier.STANDING and decision.cache_seconds > 0):
+            return
+        if decision.approval_required:
+            return
+        self._entries[key] = (
+            self._monotonic() + decision.cache_seconds,
+            replace(decision, cached=True),
+        )
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def set_revision(self, revision: str) -> bool:
+        """Record OPA's policy revision; clears the cache (and returns True) on a change."""
+        if revision == self.revision:
+            return False
+        self.revision = revision
+        self._entries.clear()
+        return True
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        return {"entries": len(self._entries), "revision": self.revision}

@@ -1,0 +1,334 @@
+"""The `jit-sidecar` command: `serve`, and client subcommands for people.
+
+jit-sidecar serve --identity dev
+jit-sidecar task begin --goal "refund order 42" --label purpose=refunds
+jit-sidecar grant TASK_ID payments.refund payments://orders/42 --justification "ticket 991"
+jit-sidecar grants TASK_ID --all
+jit-sidecar task complete TASK_ID
+jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
+jit-sidecar introspect TOKEN
+jit-sidecar audit verify var/audit.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from . import __version__
+from .config import Config, flag_name, load
+from .errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DENIED = 0, 1, 2, 3
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file with settings (see docs).")
+    for f in fields(Config):
+        meta = f.metadata
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"], "default": None}
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        if meta["repeat"]:
+            kwargs["action"] = "append"
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+        parser.add_argument(flag_name(f.name), **kwargs)
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket", help="agent socket (default $JIT_SIDECAR_SOCKET or var/sidecar.sock)"
+    )
+    parser.add_argument(
+        "--identity-token-file", type=Path, help="file holding the caller's JWT-SVID / OIDC token"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _admin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-socket",
+        help="operator socket (default $JIT_SIDECAR_ADMIN_SOCKET or var/admin.sock)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jit-sidecar", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"jit-sidecar {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the sidecar")
+    _add_serve_flags(serve)
+
+    task = sub.add_parser("task", help="begin, heartbeat or complete a task")
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+    begin = task_sub.add_parser("begin", help="open a task")
+    _client_flags(begin)
+    begin.add_argument("--goal", default="")
+    begin.add_argument("--task-id", default="")
+    begin.add_argument("--max-duration", type=int, default=0, help="seconds (0: default)")
+    begin.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    complete = task_sub.add_parser("complete", help="complete a task (revokes its grants)")
+    _client_flags(complete)
+    complete.add_argument("task_id")
+    complete.add_argument(
+        "--outcome", choices=("succeeded", "failed", "errored"), default="succeeded"
+    )
+    complete.add_argument("--detail", default="")
+    beat = task_sub.add_parser("heartbeat", help="send one heartbeat")
+    _client_flags(beat)
+    beat.add_argument("task_id")
+
+    grant = sub.add_parser("grant", help="request a grant for one intent")
+    _client_flags(grant)
+    grant.add_argument("task_id")
+    grant.add_argument("action")
+    grant.add_argument("resource")
+    grant.add_argument("--justification", default="")
+    grant.add_argument("--ttl", type=int, default=60, help="requested lifetime in seconds")
+    grant.add_argument("--context", default="", help="JSON object for the policy")
+
+    grants = sub.add_parser("grants", help="list a task's grants")
+    _client_flags(grants)
+    grants.add_argument("task_id")
+    grants.add_argument("--all", action="store_true", help="include revoked and expired")
+
+    revoke = sub.add_parser("revoke", help="operator: revoke grants (admin socket)")
+    _admin_flags(revoke)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("grant_id", nargs="?")
+    which.add_argument("--task", dest="task_id")
+    which.add_argument("--subject", help="kill switch: every grant of this identity")
+    which.add_argument("--all", action="store_true", help="every grant of every agent")
+    revoke.add_argument("--reason", default="")
+
+    introspect = sub.add_parser("introspect", help="is this token active? (- reads stdin)")
+    _client_flags(introspect)
+    introspect.add_argument("token")
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain")
+    verify.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        help="log files in order (rotated ones first); a directory's "
+        "rotated files are found from the active file's name",
+    )
+    verify.add_argument("--json", action="store_true")
+    return p
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text)
+
+
+def _msg(message: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return out
+
+
+def _access_client(args: argparse.Namespace) -> Any:
+    from .client import AccessClient
+
+    token = args.identity_token_file.read_text().strip() if args.identity_token_file else None
+    return AccessClient(args.socket, identity_token=token)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from . import logs
+    from .server import serve
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config)}
+    config = load(overrides, env=os.environ, config_file=args.config)
+    logs.setup(config.log_level, config.log_format)
+    asyncio.run(serve(config))
+    return EXIT_OK
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    from .client import AccessDenied, AdminClient, ApprovalPending
+
+    if args.command == "task":
+        with _access_client(args) as client:
+            if args.task_command == "begin":
+                labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+                task = client.begin_task(
+                    args.goal, task_id=args.task_id, labels=labels, max_duration=args.max_duration
+                )
+                _print(
+                    args,
+                    _msg(task),
+                    f"task {task.task_id} active until {task.deadline.ToJsonString()} "
+                    f"(heartbeat every {task.heartbeat_interval_seconds} s)",
+                )
+            elif args.task_command == "complete":
+                done = client.complete_task(args.task_id, args.outcome, args.detail)
+                _print(
+                    args,
+                    _msg(done),
+                    f"task {args.task_id} completed ({args.outcome}); "
+                    f"{done.revoked_grants} grant(s) revoked",
+                )
+            else:
+                beat = client.heartbeat(args.task_id)
+                _print(
+                    args,
+                    _msg(beat),
+                    f"task {args.task_id} alive until {beat.next_heartbeat_before.ToJsonString()}",
+                )
+        return EXIT_OK
+    if args.command == "grant":
+        context = json.loads(args.context) if args.context else None
+        with _access_client(args) as client:
+            try:
+                grant = client.request_grant(
+                    args.task_id,
+                    args.action,
+                    args.resource,
+                    justification=args.justification,
+                    ttl_seconds=args.ttl,
+                    context=context,
+                )
+            except AccessDenied as denied:
+                _print(
+                    args,
+                    {"decision": "DENIED", "reasons": denied.reasons},
+                    "DENIED\n" + "\n".join(f"  - {r}" for r in denied.reasons),
+                )
+                return EXIT_DENIED
+            except ApprovalPending as pending:
+                _print(
+                    args,
+                    {
+                        "decision": "PENDING_APPROVAL",
+                        "approval_id": pending.approval_id,
+                        "reasons": pending.reasons,
+                    },
+                    f"PENDING_APPROVAL {pending.approval_id}",
+                )
+                return EXIT_DENIED
+        tier = "standing" if grant.tier == 1 else "jit"
+        _print(
+            args,
+            _msg(grant),
+            f"GRANTED {tier} grant {grant.grant_id}, scope {' '.join(grant.scope)}, "
+            f"audience {grant.audience}, expires {grant.expires_at.ToJsonString()}\n"
+            f"token: {grant.token}",
+        )
+        return EXIT_OK
+    if args.command == "grants":
+        with _access_client(args) as client:
+            items = client.list_grants(args.task_id, include_inactive=args.all)
+        lines = [
+            f"{g.grant_id}  {_state(g.state):8s} {g.intent.action} {g.intent.resource}  "
+            f"expires {g.expires_at.ToJsonString()}"
+            + (f"  ({g.revocation_reason})" if g.revocation_reason else "")
+            for g in items
+        ]
+        _print(args, [_msg(g) for g in items], "\n".join(lines) or "(no grants)")
+        return EXIT_OK
+    if args.command == "introspect":
+        from_stdin = args.token == "-"  # noqa: S105
+        token = sys.stdin.read().strip() if from_stdin else args.token
+        with _access_client(args) as client:
+            result = client.introspect(token)
+        _print(
+            args,
+            _msg(result) | {"active": result.active},
+            "active"
+            if result.active
+            else "inactive"
+            + (f" ({result.revocation_reason})" if result.revocation_reason else ""),
+        )
+        return EXIT_OK if result.active else EXIT_FAIL
+    if args.command == "revoke":
+        with AdminClient(args.admin_socket) as admin:
+            count = admin.revoke(
+                grant_id=args.grant_id or "",
+                task_id=args.task_id or "",
+                subject=args.subject or "",
+                everything=args.all,
+                reason=args.reason,
+            )
+        _print(args, {"revoked_grants": count}, f"{count} grant(s) revoked")
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _state(value: int) -> str:
+    return {1: "active", 2: "revoked", 3: "expired"}.get(value, "unknown")
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from .audit import log_files, verify
+
+    paths: list[Path] = []
+    for given in args.files:
+        paths.extend(
+            log_files(given) if len(args.files) == 1 and not given.name[-1:].isdigit() else [given]
+        )
+    result = verify(paths)
+    data = {
+        "ok": result.ok,
+        "records": result.count,
+        "last_seq": result.last_seq,
+        "files": [str(p) for p in paths],
+    }
+    if result.ok:
+        _print(
+            args,
+            data,
+            f"OK: {result.count} records, chain intact "
+            f"(last seq {result.last_seq}, {len(paths)} file(s))",
+        )
+        return EXIT_OK
+    data |= {"file": result.bad_file, "line": result.bad_line, "problem": result.problem}
+    _print(
+        args,
+        data,
+        f"BROKEN at {result.bad_file}:{result.bad_line}: {result.problem} "
+        f"({result.count} records verified before it)",
+    )
+    return EXIT_FAIL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _run_serve(args)
+        if args.command == "audit":
+            return _run_audit(args)
+        return _run_client(args)
+    except ConfigError as err:
+        print(f"jit-sidecar: configuration error: {err.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:
+        from .client import SidecarClientError
+
+        if isinstance(err, SidecarClientError):
+            print(f"jit-sidecar: {err}", file=sys.stderr)
+            return EXIT_FAIL
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""Configuration: one frozen object, built once at start-up.
+
+Sources, lowest precedence first: defaults, an optional TOML file (`--config`), environment
+variables `JIT_SIDECAR_<NAME>`, command-line flags `--<name>`. Nothing else in the package
+reads `os.environ`. docs/configuration.md is generated from the field metadata below
+(`python -m sidecar.config --markdown`), and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "JIT_SIDECAR_"
+IDENTITY_MODES = ("dev", "jwt-svid", "oidc")
+SIGNING_ALGS = ("EdDSA", "ES256")
+DURABILITY = ("fsync", "flush")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _octal(value: str) -> int:
+    return int(value, 8)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _mapping(values: Sequence[str] | Mapping[str, str] | str) -> dict[str, str]:
+    """`DOMAIN=VALUE` items (repeated flag, comma-separated env var, or a TOML table)."""
+    if isinstance(values, Mapping):
+        return {str(k): str(v) for k, v in values.items()}
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _list(values: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = values.split(",")
+    return tuple(v.strip() for v in values if v.strip())
+
+
+def _opt(
+    help: str,
+    *,
+    parse: Callable[[Any], Any] = str,
+    choices: Sequence[str] | None = None,
+    repeat: bool = False,
+    metavar: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "help": help,
+        "parse": parse,
+        "choices": choices,
+        "repeat": repeat,
+        "metavar": metavar,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything `jit-sidecar serve` can be told. See docs/configuration.md."""
+
+    # --- listeners
+    socket: Path = field(
+        default=Path("var/sidecar.sock"),
+        metadata=_opt("Unix socket agents call (gRPC jit.v1.AccessService).", parse=Path),
+    )
+    socket_mode: int = field(
+        default=0o660,
+        metadata=_opt("File mode of the agent socket (octal).", parse=_octal, metavar="MODE"),
+    )
+    admin_socket: Path = field(
+        default=Path("var/admin.sock"),
+        metadata=_opt(
+            "Unix socket for operators (jit.v1.AdminService); mode 0600, agents must not reach it.",
+            parse=Path,
+        ),
+    )
+    http_addr: str = field(
+        default="127.0.0.1:9464",
+        metadata=_opt(
+            "HOST:PORT of the HTTP listener (/metrics, /healthz, /readyz, JWKS, /introspect, "
+            "/revoke); empty disables it.",
+        ),
+    )
+    http_token_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "File holding the bearer credential /introspect and /revoke require; mandatory "
+            "when the HTTP listener is bound beyond loopback.",
+            parse=_optional_path,
+        ),
+    )
+    # --- policy
+    opa_url: str = field(
+        default="http://127.0.0.1:8181",
+        metadata=_opt("OPA server: http://HOST:PORT or unix:///path/to/opa.sock."),
+    )
+    opa_decision_path: str = field(
+        default="/v1/data/jit/decision",
+        metadata=_opt("OPA Data API path of the decision document."),
+    )
+    opa_timeout: float = field(
+        default=0.25,
+        metadata=_opt("Seconds to wait for one OPA decision before failing closed.", parse=float),
+    )
+    # --- state, audit, keys
+    state: str = field(
+        default="sqlite:var/state.db",
+        metadata=_opt("Where tasks and grants persist: sqlite:PATH (redis:// comes later)."),
+    )
+    audit_log: Path = field(
+        default=Path("var/audit.jsonl"),
+        metadata=_opt("Append-only, hash-chained JSON Lines audit log.", parse=Path),
+    )
+    durability: str = field(
+        default="fsync",
+        metadata=_opt(
+            "fsync: a grant's audit record is on disk (one fsync shared by concurrent requests) "
+            "before its token is returned; flush: written to the OS only (survives a process "
+            "crash, not a power loss).",
+            choices=DURABILITY,
+        ),
+    )
+    signing_key: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "PEM private key (Ed25519 or P-256) that signs tokens. In dev mode a key is "
+            "generated at var/signing-key.pem (mode 0600) when missing.",
+            parse=_optional_path,
+        ),
+    )
+    signing_alg: str = field(
+        default="EdDSA",
+        metadata=_opt("Token signature algorithm for generated keys.", choices=SIGNING_ALGS),
+    )
+    issuer: str = field(
+        default="https://jit-sidecar.local",
+        metadata=_opt("`iss` of every token; resource servers match it exactly."),
+    )
+    # --- identity
+    identity: str = field(
+        default="",
+        metadata=_opt(
+            "How callers are identified: dev (trusts every local caller; local testing only), "
+            "jwt-svid or oidc. Required by `serve`.",
+            choices=IDENTITY_MODES,
+        ),
+    )
+    dev_subject: str = field(
+        default="spiffe://jit.local/agent/dev",
+        metadata=_opt("The identity every caller gets in dev mode."),
+    )
+    trust_bundle: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_opt(
+            "DOMAIN=PATH of a JWKS trust bundle per SPIFFE trust domain (repeatable).",
+            parse=_mapping,
+            repeat=True,
+            metavar="DOMAIN=PATH",
+        ),
+    )
+    audience: str = field(
+        default="jit-sidecar",
+        metadata=_opt("Audience caller identity tokens must be issued for."),
+    )
+    # --- limits
+    max_ttl: int = field(
+        default=900,
+        metadata=_opt("Global maximum token lifetime in seconds.", parse=int),
+    )
+    max_ttl_jit: int = field(
+        default=300,
+        metadata=_opt("Maximum token lifetime of JIT-tier grants in seconds.", parse=int),
+    )
+    max_requested_ttl: int = field(
+        default=86400,
+        metadata=_opt(
+            "Requested TTLs above max_ttl are clamped; above this they are rejected as absurd "
+            "(invalid_ttl).",
+            parse=int,
+        ),
+    )
+    default_task_duration: int = field(
+        default=600,
+        metadata=_opt("Task lifetime in seconds when BeginTask asks for 0.", parse=int),
+    )
+    max_task_duration: int = field(
+        default=86400,
+        metadata=_opt("Longest task lifetime a caller may ask for, in seconds.", parse=int),
+    )
+    heartbeat_interval: int = field(
+        default=5,
+        metadata=_opt("Seconds between the heartbeats an agent must send.", parse=int),
+    )
+    heartbeat_misses: int = field(
+        default=3,
+        metadata=_opt(
+            "Missed heartbeat intervals after which a task counts as crashed.", parse=int
+        ),
+    )
+    max_grants_per_task: int = field(
+        default=1000,
+        metadata=_opt("Grants one task may hold at once (active ones).", parse=int),
+    )
+    max_tasks_per_identity: int = field(
+        default=100,
+        metadata=_opt("Active tasks one identity may hold at once.", parse=int),
+    )
+    max_concurrent_rpcs: int = field(
+        default=256,
+        metadata=_opt("RPCs served at once; more get RESOURCE_EXHAUSTED.", parse=int),
+    )
+    max_message_bytes: int = field(
+        default=64 * 1024,
+        metadata=_opt("Largest gRPC message accepted or sent.", parse=int),
+    )
+    rpc_timeout: float = field(
+        default=10.0,
+        metadata=_opt("Server-side cap on one call's duration, in seconds.", parse=float),
+    )
+    shutdown_grace: float = field(
+        default=10.0,
+        metadata=_opt("Seconds in-flight calls get to finish on SIGTERM.", parse=float),
+    )
+    sweep_interval: float = field(
+        default=1.0,
+        metadata=_opt(
+            "Longest sleep of the expiry sweeper, in seconds (it wakes earlier when something "
+            "is due).",
+            parse=float,
+        ),
+    )
+    # --- logging
+    log_level: str = field(default="info", metadata=_opt("Log level.", choices=LOG_LEVELS))
+    log_format: str = field(
+        default="json",
+        metadata=_opt(
+            "json: one object per line on stderr; text: for people.", choices=LOG_FORMATS
+        ),
+    )
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def sqlite_path(self) -> Path:
+        kind, _, rest = self.state.partition(":")
+        if kind != "sqlite" or not rest:
+            raise ConfigError(f"state must be sqlite:PATH, got {self.state!r}")
+        return Path(rest)
+
+    @property
+    def http_host_port(self) -> tuple[str, int] | None:
+        if not self.http_addr:
+            return None
+        host, sep, port = self.http_addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"http_addr must be HOST:PORT, got {self.http_addr!r}")
+        return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+    @property
+    def http_is_loopback(self) -> bool:
+        hp = self.http_host_port
+        if hp is None:
+            return True
+        host = hp[0]
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def validate(self, *, serving: bool = True) -> Config:
+        """Raise ConfigError naming the first setting that cannot work."""
+        problems: list[str] = []
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices and not (f.name == "identity" and not serving):
+                problems.append(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        positive = (
+            "max_ttl",
+            "max_ttl_jit",
+            "max_requested_ttl",
+            "default_task_duration",
+            "max_task_duration",
+            "heartbeat_interval",
+            "heartbeat_misses",
+            "max_grants_per_task",
+            "max_tasks_per_identity",
+            "max_concurrent_rpcs",
+            "max_message_bytes",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        for name in ("opa_timeout", "rpc_timeout", "sweep_interval"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be greater than 0")
+        if self.shutdown_grace < 0:
+            problems.append("shutdown_grace must not be negative")
+        if self.max_requested_ttl < self.max_ttl:
+            problems.append("max_requested_ttl must be at least max_ttl")
+        if self.default_task_duration > self.max_task_duration:
+            problems.append("default_task_duration must not exceed max_task_duration")
+        if not 0 <= self.socket_mode <= 0o777:
+            problems.append("socket_mode must be an octal file mode such as 660")
+        if not self.opa_url.startswith(("http://", "https://", "unix://")):
+            problems.append("opa_url must start with http://, https:// or unix://")
+        if not self.opa_decision_path.startswith("/v1/data/"):
+            problems.append("opa_decision_path must be an OPA Data API path (/v1/data/...)")
+        try:
+            self.http_host_port  # noqa: B018
+        except ConfigError as err:
+            problems.append(err.message)
+        if not self.state.startswith("sqlite:") or not self.state.partition(":")[2]:
+            problems.append(f"state must be sqlite:PATH, got {self.state!r}")
+        if serving and self.identity == "dev" and not self.http_is_loopback:
+            problems.append(
+                "dev identity trusts every local caller; it is refused while http_addr is "
+                "bound beyond loopback"
+            )
+        if serving and not self.http_is_loopback and self.http_token_file is None:
+            problems.append(
+                "http_addr is bound beyond loopback: set http_token_file so /introspect and "
+                "/revoke require a bearer credential"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse(name: str, raw: Any, source: str) -> Any:
+    f = _FIELDS[name]
+    parse = f.metadata["parse"]
+    try:
+        if isinstance(raw, str) or f.metadata["repeat"]:
+            return parse(raw)
+        if isinstance(raw, bool | int | float) and parse in (int, float, _bool):
+            return parse(raw)
+        if parse is _octal and isinstance(raw, int):
+            return _octal(str(raw))
+        return parse(str(raw))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: bad value for {name}: {err}") from err
+
+
+def load(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    serving: bool = True,
+) -> Config:
+    """Build the Config: defaults < TOML file < environment < explicit overrides."""
+    values: dict[str, Any] = {}
+    env = env if env is not None else {}
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        try:
+            document = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read config file {config_file}: {err}") from err
+        for key, raw in document.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[name] = _parse(name, raw, str(config_file))
+    for name in _FIELDS:
+        raw = env.get(env_name(name))
+        if raw is not None:
+            values[name] = _parse(name, raw, env_name(name))
+    for name, raw in (overrides or {}).items():
+        if raw is None or (isinstance(raw, list) and not raw):
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _parse(name, raw, flag_name(name))
+    return replace(Config(), **values).validate(serving=serving)
+
+
+def markdown_reference() -> str:
+    """The configuration reference in docs/configuration.md."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `sidecar/config.py` by `python -m sidecar.config --markdown`; a test "
+        "keeps it in sync.",
+        "",
+        "Each setting is a flag of `jit-sidecar serve`, an environment variable and a key of "
+        "the optional TOML file given with `--config FILE` (or `JIT_SIDECAR_CONFIG`). "
+        "Precedence: flag > environment > file > default.",
+        "",
+        "| flag | environment | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in fields(Config):
+        if f.default is not MISSING:
+            default: Any = f.default
+        else:
+            default = f.default_factory()  # type: ignore[operator]
+        if f.metadata["parse"] is _octal:
+            shown = f"{default:o}"
+        elif default in (None, "", {}):
+            shown = "(none)"
+        else:
+            shown = str(default)
+        meaning = f.metadata["help"]
+        if f.metadata["choices"]:
+            meaning += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+        if f.metadata["repeat"]:
+            meaning += " Repeatable."
+        lines.append(f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{shown}` | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(markdown_reference())
+    else:
+        sys.exit("usage: python -m sidecar.config --markdown")

@@ -1,0 +1,933 @@
+"""The engine: the only place that knows the order of a grant.
+
+RequestGrant: authenticate (done by the caller) → validate input → load the task (active,
+owned by the caller) → ask the policy → validate the decision → TTL = min(requested, policy,
+tier maximum, task remaining, global maximum) → persist and audit (one journal commit) → sign
+→ return. A token leaves only after its grant is durable; any failure on the way means no
+token.
+
+The engine keeps live state — active tasks and grants — in memory and changes it
+synchronously before each journal commit, so concurrent calls see a consistent picture and
+the journal writes changes in the order they happened. It does no I/O of its own: the
+policy, journal, store and key ring are adapters handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from .cache import DecisionCache
+from .clock import Clock, rfc3339
+from .config import Config
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PolicyError,
+    Reason,
+    ResourceExhausted,
+    SidecarError,
+)
+from .journal import CommitError, Journal
+from .metrics import Metrics
+from .model import (
+    OUTCOME_REVOCATION,
+    OUTCOME_TASK_STATE,
+    Grant,
+    GrantState,
+    Identity,
+    Intent,
+    Outcome,
+    PolicyDecision,
+    RevocationReason,
+    Task,
+    TaskState,
+    Tier,
+)
+from .policy import PolicyEngine, build_input
+from .store import Snapshot, Store
+from .tokens import KeyRing, SigningKey, new_grant_id
+from .validation import (
+    check_grant_id,
+    check_intent,
+    check_task_fields,
+    check_task_id,
+    check_ttl,
+    preview,
+)
+
+log = logging.getLogger("jit_sidecar.engine")
+
+
+class _Due(IntEnum):
+    GRANT_EXPIRY = 1
+    TASK_DEADLINE = 2
+    TASK_HEARTBEAT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class GrantOutcome:
+    """The answer to one RequestGrant."""
+
+    decision: str
+    """granted, denied or pending_approval."""
+    grant: Grant | None = None
+    token: str = ""
+    reasons: tuple[str, ...] = ()
+    decision_id: str = ""
+    approval_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    active: bool
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    grant: Grant | None = None
+    revocation_reason: str = ""
+
+
+@dataclass(slots=True)
+class _Ended:
+    """Bookkeeping for revocations made durable by one commit."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    lags: list[tuple[str, float]] = field(default_factory=list)
+    """(reason, trigger time) per revoked grant, for jit_revocation_lag_seconds."""
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        policy: PolicyEngine,
+        keys: KeyRing,
+        store: Store,
+        journal: Journal,
+        metrics: Metrics,
+        clock: Clock,
+        cache: DecisionCache | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.keys = keys
+        self.store = store
+        self.journal = journal
+        self.metrics = metrics
+        self.clock = clock
+        self.cache = cache if cache is not None else DecisionCache()
+        self._tasks: dict[str, Task] = {}
+        self._grants: dict[str, Grant] = {}
+        self._tasks_per_subject: dict[str, int] = {}
+        self._due: list[tuple[float, int, _Due, str]] = []
+        self._due_seq = 0
+        self._wakeup = asyncio.Event()
+        self._last_exp_by_kid: dict[str, float] = {}
+        self._tier_max = {Tier.STANDING: config.max_ttl, Tier.JIT: config.max_ttl_jit}
+        self._retries: set[asyncio.Task[None]] = set()
+        self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
+        """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
+
+    # ================================================================== start-up
+    def restore(self, snapshot: Snapshot) -> None:
+        """Take over the live state a store loaded at start-up."""
+        for task in snapshot.tasks:
+            self._tasks[task.task_id] = task
+            self._tasks_per_subject[task.subject] = self._tasks_per_subject.get(task.subject, 0) + 1
+            self._schedule_task(task)
+        for grant in snapshot.grants:
+            if grant.task_id not in self._tasks:
+                # A grant whose task already ended cannot be active; the sweep revokes it.
+                log.warning("active grant %s of ended task %s", grant.grant_id, grant.task_id)
+            self._grants[grant.grant_id] = grant
+            self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
+            self.metrics.active_grants.labels(tier=grant.tier.value).inc()
+        self._last_exp_by_kid = dict(snapshot.last_exp_by_kid)
+        self.metrics.active_tasks.set(len(self._tasks))
+
+    # ================================================================== tasks
+    async def begin_task(
+        self,
+        identity: Identity,
+        *,
+        task_id: str,
+        goal: str,
+        max_duration: int,
+        labels: Mapping[str, str],
+        pop_jkt: str = "",
+    ) -> Task:
+        try:
+            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop_jkt)
+        except SidecarError as err:
+            await self._record_rejection("BeginTask", identity, err, task_id=task_id)
+            raise
+
+    async def _begin_task(
+        self,
+        identity: Identity,
+        task_id: str,
+        goal: str,
+        max_duration: int,
+        labels: Mapping[str, str],
+        pop_jkt: str,
+    ) -> Task:
+        cfg = self.config
+        check_task_fields(goal, labels)
+        if max_duration > cfg.max_task_duration:
+            raise InvalidArgument(
+                f"max_duration_seconds {max_duration} exceeds the limit of {cfg.max_task_duration}",
+                Reason.INVALID_TASK,
+            )
+        if task_id:
+            check_task_id(task_id)
+            if task_id in self._tasks or await self.store.get_task(task_id) is not None:
+                raise AlreadyExists(f"task {task_id} already exists", Reason.TASK_EXISTS)
+        else:
+            task_id = "t-" + new_grant_id()
+        if task_id in self._tasks:  # a concurrent BeginTask with the same id won the race
+            raise AlreadyExists(f"task {task_id} already exists", Reason.TASK_EXISTS)
+        if self._tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
+            self.metrics.rejected.labels(reason=Reason.TOO_MANY_TASKS.value).inc()
+            raise ResourceExhausted(
+                f"this identity already has {cfg.max_tasks_per_identity} active tasks",
+                Reason.TOO_MANY_TASKS,
+            )
+        now = self.clock.now()
+        task = Task(
+            task_id=task_id,
+            subject=identity.subject,
+            goal=goal,
+            labels=dict(labels),
+            started_at=now,
+            deadline=now + (max_duration or cfg.default_task_duration),
+            heartbeat_interval=cfg.heartbeat_interval,
+            last_heartbeat=now,
+            pop_jkt=pop_jkt,
+        )
+        self._add_task(task)
+        event = _event(
+            "task_begun",
+            now,
+            task_id=task_id,
+            subject=identity.subject,
+            goal=goal,
+            labels=dict(labels),
+            expires_at=rfc3339(task.deadline),
+            heartbeat_interval_seconds=task.heartbeat_interval,
+            pop_jkt=pop_jkt or None,
+            identity_method=identity.method,
+        )
+        try:
+            await self.journal.commit([event])
+        except CommitError as err:
+            if not err.durable:
+                self._drop_task(task)
+            raise
+        return task
+
+    async def heartbeat(self, identity: Identity, task_id: str) -> Task:
+        try:
+            task = await self._active_task(identity, task_id)
+        except SidecarError as err:
+            await self._record_rejection("Heartbeat", identity, err, task_id=task_id)
+            raise
+        now = self.clock.now()
+        if now >= task.deadline:
+            await self.sweep()
+            raise FailedPrecondition(f"task {task_id} passed its deadline", Reason.TASK_INACTIVE)
+        task.last_heartbeat = now
+        self.journal.touch(task_id, now)
+        return task
+
+    async def complete_task(
+        self, identity: Identity, task_id: str, outcome: Outcome, detail: str = ""
+    ) -> tuple[Task, int]:
+        triggered = self.clock.now()
+        try:
+            task = await self._active_task(identity, task_id)
+        except SidecarError as err:
+            await self._record_rejection("CompleteTask", identity, err, task_id=task_id)
+            raise
+        ended = _Ended()
+        count = self._end_task(
+            task,
+            OUTCOME_TASK_STATE[outcome],
+            OUTCOME_REVOCATION[outcome],
+            triggered,
+            ended,
+            detail=detail,
+        )
+        await self._commit_revocations(ended)
+        return task, count
+
+    async def _active_task(self, identity: Identity, task_id: str) -> Task:
+        """The caller's active task, or the precise error saying why not."""
+        check_task_id(task_id)
+        task = self._tasks.get(task_id)
+        if task is None:
+            stored = await self.store.get_task(task_id)
+            if stored is None:
+                raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+            if stored.subject != identity.subject:
+                raise PermissionDenied(f"task {task_id} belongs to another identity")
+            raise FailedPrecondition(
+                f"task {task_id} has ended ({stored.state.value})", Reason.TASK_INACTIVE
+            )
+        if task.subject != identity.subject:
+            raise PermissionDenied(f"task {task_id} belongs to another identity")
+        return task
+
+    # ================================================================== grants
+    async def request_grant(
+        self, identity: Identity, task_id: str, intent: Intent, ttl_seconds: int
+    ) -> GrantOutcome:
+        try:
+            return await self._request_grant(identity, task_id, intent, ttl_seconds)
+        except PolicyError:
+            self.metrics.grant_requests.labels(decision="error", tier="").inc()
+            raise
+        except SidecarError as err:
+            self.metrics.grant_requests.labels(decision="error", tier="").inc()
+            await self._record_rejection(
+                "RequestGrant", identity, err, task_id=task_id, intent=intent
+            )
+            raise
+
+    async def _request_grant(
+        self, identity: Identity, task_id: str, intent: Intent, ttl_seconds: int
+    ) -> GrantOutcome:
+        cfg = self.config
+        check_intent(intent.action, intent.resource, intent.justification, intent.context)
+        check_ttl(ttl_seconds, cfg.max_requested_ttl)
+        task = await self._active_task(identity, task_id)
+        now = self.clock.now()
+        if now >= task.deadline:
+            await self.sweep()
+            raise FailedPrecondition(f"task {task_id} passed its deadline", Reason.TASK_INACTIVE)
+        if len(task.grant_ids) >= cfg.max_grants_per_task:
+            self.metrics.rejected.labels(reason=Reason.TOO_MANY_GRANTS.value).inc()
+            raise ResourceExhausted(
+                f"task {task_id} already holds {cfg.max_grants_per_task} active grants",
+                Reason.TOO_MANY_GRANTS,
+            )
+
+        decision = await self._decide(identity, intent, task, ttl_seconds, now)
+
+        if not decision.allow:
+            self.metrics.grant_requests.labels(decision="denied", tier="").inc()
+            await self.journal.commit(
+                [
+                    _event(
+                        "grant_denied",
+                        now,
+                        task_id=task_id,
+                        subject=identity.subject,
+                        intent=intent.as_input(),
+                        decision_id=decision.decision_id or None,
+                        reasons=list(decision.reasons),
+                    )
+                ]
+            )
+            return GrantOutcome(
+                "denied", reasons=decision.reasons, decision_id=decision.decision_id
+            )
+        if decision.approval_required:
+            self.metrics.grant_requests.labels(decision="denied", tier="").inc()
+            reasons = (*decision.reasons, "approval_required: human approval is not enabled")
+            await self.journal.commit(
+                [
+                    _event(
+                        "grant_denied",
+                        now,
+                        task_id=task_id,
+                        subject=identity.subject,
+                        intent=intent.as_input(),
+                        decision_id=decision.decision_id or None,
+                        reasons=list(reasons),
+                    )
+                ]
+            )
+            return GrantOutcome("denied", reasons=reasons, decision_id=decision.decision_id)
+        return await self._issue(identity, task, intent, ttl_seconds, decision)
+
+    async def _decide(
+        self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
+    ) -> PolicyDecision:
+        key = self.cache.key(identity, intent, task.labels)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.policy_cache.labels(result="hit").inc()
+            return cached
+        grants = [self._grants[g] for g in task.grant_ids if g in self._grants]
+        policy_input = build_input(identity, intent, task, grants, ttl, now)
+        started = time.perf_counter()
+        try:
+            decision = await self.policy.decide(policy_input)
+        except PolicyError as err:
+            self.metrics.policy_errors.labels(reason=err.reason.value, cause=err.cause).inc()
+            if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
+                self.on_policy_unavailable(err)
+            log.error(
+                "policy error: %s",
+                err.message,
+                extra={"reason": err.reason.value, "task_id": task.task_id, "cause": err.cause},
+            )
+            try:
+                await self.journal.commit(
+                    [
+                        _event(
+                            "policy_error",
+                            now,
+                            task_id=task.task_id,
+                            subject=identity.subject,
+                            intent=intent.as_input(),
+                            reason=err.reason.value,
+                            cause=err.cause,
+                        )
+                    ]
+                )
+            except CommitError:
+                log.error("policy_error record could not be written")
+            raise
+        finally:
+            self.metrics.policy_eval.observe(time.perf_counter() - started)
+        if decision.cache_seconds:
+            self.metrics.policy_cache.labels(result="miss").inc()
+            self.cache.put(key, decision)
+        return decision
+
+    def _ttl(
+        self, requested: int, decision: PolicyDecision, task: Task, now: float
+    ) -> tuple[int, str]:
+        """The lifetime and what limited it: never wider than any of the bounds."""
+        assert decision.tier is not None
+        bounds = (
+            (requested, "requested"),
+            (decision.ttl_seconds, "policy"),
+            (self._tier_max[decision.tier], "tier_max"),
+            (int(task.deadline - now), "task_remaining"),
+            (self.config.max_ttl, "global_max"),
+        )
+        return min(bounds)
+
+    async def _issue(
+        self,
+        identity: Identity,
+        task: Task,
+        intent: Intent,
+        requested_ttl: int,
+        decision: PolicyDecision,
+    ) -> GrantOutcome:
+        assert decision.tier is not None
+        if not task.active:  # the task ended while the policy was deciding
+            raise FailedPrecondition(f"task {task.task_id} has ended", Reason.TASK_INACTIVE)
+        now = self.clock.now()
+        ttl, limited_by = self._ttl(requested_ttl, decision, task, now)
+        if ttl < 1:
+            raise FailedPrecondition(
+                f"task {task.task_id} has less than a second left", Reason.TASK_INACTIVE
+            )
+        iat = int(now)
+        exp = iat + ttl
+        key = self.keys.current
+        grant = Grant(
+            grant_id=new_grant_id(),
+            task_id=task.task_id,
+            subject=identity.subject,
+            action=intent.action,
+            resource=intent.resource,
+            tier=decision.tier,
+            audience=decision.audience,
+            scope=decision.scope,
+            issued_at=now,
+            expires_at=float(exp),
+            kid=key.kid,
+            decision_id=decision.decision_id,
+            cnf_jkt=task.pop_jkt,
+        )
+        self._add_grant(task, grant)
+        token = self._sign(key, grant, iat)
+        event = _event(
+            "grant_issued",
+            now,
+            task_id=task.task_id,
+            grant_id=grant.grant_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            decision_id=decision.decision_id or None,
+            tier=decision.tier.value,
+            scope=list(decision.scope),
+            audience=decision.audience,
+            ttl_seconds=ttl,
+            ttl_limited_by=limited_by,
+            expires_at=rfc3339(exp),
+            reasons=list(decision.reasons),
+            kid=key.kid,
+            cnf_jkt=task.pop_jkt or None,
+            cached=decision.cached or None,
+        )
+        try:
+            await self.journal.commit([event])
+        except CommitError as err:
+            await self._abort_issue(grant, err)
+            raise
+        if grant.state is not GrantState.ACTIVE:
+            # Revoked (task completed or operator) while the commit was in flight.
+            raise FailedPrecondition(
+                f"grant {grant.grant_id} was revoked before it could be returned",
+                Reason.TASK_INACTIVE,
+            )
+        self.metrics.grant_requests.labels(decision="granted", tier=decision.tier.value).inc()
+        self.metrics.grant_ttl.observe(ttl)
+        return GrantOutcome(
+            "granted",
+            grant=grant,
+            token=token,
+            reasons=decision.reasons,
+            decision_id=decision.decision_id,
+        )
+
+    def _sign(self, key: SigningKey, grant: Grant, iat: int) -> str:
+        claims: dict[str, Any] = {
+            "iss": self.config.issuer,
+            "sub": grant.subject,
+            "client_id": grant.subject,
+            "aud": grant.audience,
+            "iat": iat,
+            "nbf": iat,
+            "exp": int(grant.expires_at),
+            "jti": grant.grant_id,
+            "scope": " ".join(grant.scope),
+            "authorization_details": [
+                {"type": "jit_intent", "actions": [grant.action], "locations": [grant.resource]}
+            ],
+            "txn": grant.task_id,
+            "tier": grant.tier.value,
+        }
+        if grant.cnf_jkt:
+            claims["cnf"] = {"jkt": grant.cnf_jkt}
+        if grant.expires_at > self._last_exp_by_kid.get(key.kid, 0.0):
+            self._last_exp_by_kid[key.kid] = grant.expires_at
+        return key.sign(claims)
+
+    async def _abort_issue(self, grant: Grant, err: CommitError) -> None:
+        """Undo an issuance whose commit failed; the token is never returned."""
+        task = self._tasks.get(grant.task_id)
+        if grant.state is GrantState.ACTIVE:
+            self._forget_grant(grant, task)
+        if err.durable:
+            # The audit log says "issued" but the store failed: record that it never left.
+            try:
+                await self.journal.commit(
+                    [
+                        _event(
+                            "grant_revoked",
+                            self.clock.now(),
+                            task_id=grant.task_id,
+                            grant_id=grant.grant_id,
+                            subject=grant.subject,
+                            tier=grant.tier.value,
+                            reason=RevocationReason.ISSUE_ABORTED.value,
+                        )
+                    ]
+                )
+            except CommitError:
+                log.error("could not record the aborted issue of %s", grant.grant_id)
+
+    async def revoke_grant(
+        self, identity: Identity | None, grant_id: str, reason: str = ""
+    ) -> tuple[bool, Grant]:
+        """Revoke one grant. `identity` None means an operator (no ownership check)."""
+        triggered = self.clock.now()
+        check_grant_id(grant_id)
+        grant = self._grants.get(grant_id)
+        if grant is None:
+            stored = await self.store.get_grant(grant_id)
+            if stored is None:
+                raise NotFound(f"no grant {grant_id}", Reason.GRANT_NOT_FOUND)
+            if identity is not None and stored.subject != identity.subject:
+                raise PermissionDenied(f"grant {grant_id} belongs to another identity")
+            return False, stored
+        if identity is not None and grant.subject != identity.subject:
+            raise PermissionDenied(f"grant {grant_id} belongs to another identity")
+        why = (
+            RevocationReason.REVOKED_BY_AGENT
+            if identity is not None
+            else RevocationReason.REVOKED_BY_OPERATOR
+        )
+        ended = _Ended()
+        self._end_grant(grant, GrantState.REVOKED, why, triggered, ended, detail=reason)
+        await self._commit_revocations(ended)
+        return True, grant
+
+    async def revoke_task(self, task_id: str, reason: str = "") -> int:
+        """Operator: end a task (as failed) and revoke its grants."""
+        triggered = self.clock.now()
+        check_task_id(task_id)
+        task = self._tasks.get(task_id)
+        if task is None:
+            if await self.store.get_task(task_id) is None:
+                raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+            return 0
+        ended = _Ended()
+        count = self._end_task(
+            task,
+            TaskState.FAILED,
+            RevocationReason.REVOKED_BY_OPERATOR,
+            triggered,
+            ended,
+            detail=reason,
+        )
+        await self._commit_revocations(ended)
+        return count
+
+    async def revoke_subject(self, subject: str | None, reason: str = "") -> int:
+        """Kill switch: end every task of `subject` (every task when None)."""
+        triggered = self.clock.now()
+        ended = _Ended()
+        count = 0
+        for task in list(self._tasks.values()):
+            if subject is None or task.subject == subject:
+                count += self._end_task(
+                    task,
+                    TaskState.FAILED,
+                    RevocationReason.KILL_SWITCH,
+                    triggered,
+                    ended,
+                    detail=reason,
+                )
+        await self._commit_revocations(ended)
+        return count
+
+    async def list_grants(
+        self, identity: Identity, task_id: str, include_inactive: bool
+    ) -> list[Grant]:
+        check_task_id(task_id)
+        task = self._tasks.get(task_id) or await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+        if task.subject != identity.subject:
+            raise PermissionDenied(f"task {task_id} belongs to another identity")
+        now = self.clock.now()
+        out = []
+        for grant in await self.store.list_grants(task_id, include_inactive):
+            if grant.grant_id in self._grants:
+                grant.state = GrantState.ACTIVE  # memory is authoritative for live grants
+            elif grant.state is GrantState.ACTIVE:
+                # Ended in memory; the store catches up with the journal's next commit.
+                grant.state = GrantState.EXPIRED if grant.expires_at <= now else GrantState.REVOKED
+            if include_inactive or grant.state is GrantState.ACTIVE:
+                out.append(grant)
+        return out
+
+    # ================================================================== introspection
+    async def introspect(self, token: str, *, with_reason: bool = True) -> Introspection:
+        """RFC 7662: active only for a token we signed whose grant is active right now."""
+        if not token or len(token) > 16384:
+            return Introspection(False)
+        now = self.clock.now()
+        claims = self.keys.verify(token, issuer=self.config.issuer, now=now)
+        if claims is None:
+            return Introspection(False)
+        jti = claims.get("jti")
+        if not isinstance(jti, str):
+            return Introspection(False)
+        grant = self._grants.get(jti)
+        exp = claims.get("exp")
+        if (
+            grant is not None
+            and grant.is_active(now)
+            and isinstance(exp, int)
+            and now < exp
+            and claims.get("sub") == grant.subject
+            and claims.get("txn") == grant.task_id
+        ):
+            return Introspection(True, claims, grant)
+        reason = ""
+        if with_reason:
+            stored = grant or await self.store.get_grant(jti)
+            if stored is not None:
+                reason = stored.end_reason or (
+                    "expired" if stored.expires_at <= now else stored.state.value
+                )
+        return Introspection(False, revocation_reason=reason)
+
+    # ================================================================== expiry sweeper
+    def _push(self, when: float, kind: _Due, ident: str) -> None:
+        self._due_seq += 1
+        heapq.heappush(self._due, (when, self._due_seq, kind, ident))
+        if self._due[0][1] == self._due_seq:
+            self._wakeup.set()
+
+    def next_due(self) -> float | None:
+        return self._due[0][0] if self._due else None
+
+    async def sweep(self) -> int:
+        """End whatever is due: expired grants, tasks past their deadline, tasks whose
+        heartbeats stopped. One pass over the due heap; O(k log n) for k due items."""
+        now = self.clock.now()
+        ended = _Ended()
+        count = 0
+        misses = self.config.heartbeat_misses
+        while self._due and self._due[0][0] <= now:
+            _, _, kind, ident = heapq.heappop(self._due)
+            if kind is _Due.GRANT_EXPIRY:
+                grant = self._grants.get(ident)
+                if grant is not None and grant.state is GrantState.ACTIVE:
+                    if grant.expires_at <= now:
+                        self._end_grant(
+                            grant,
+                            GrantState.EXPIRED,
+                            RevocationReason.EXPIRED,
+                            grant.expires_at,
+                            ended,
+                        )
+                        count += 1
+                    else:  # clock went backwards since it was scheduled
+                        self._push(grant.expires_at, kind, ident)
+                continue
+            task = self._tasks.get(ident)
+            if task is None or not task.active:
+                continue
+            if kind is _Due.TASK_DEADLINE:
+                if task.deadline <= now:
+                    count += self._end_task(
+                        task, TaskState.EXPIRED, RevocationReason.TASK_EXPIRED, task.deadline, ended
+                    )
+                else:
+                    self._push(task.deadline, kind, ident)
+            else:
+                deadline = task.heartbeat_deadline(misses)
+                if deadline <= now:
+                    count += self._end_task(
+                        task, TaskState.CRASHED, RevocationReason.AGENT_LOST, deadline, ended
+                    )
+                else:
+                    self._push(deadline, kind, ident)
+        # Retired signing keys leave the JWKS once their last token has expired.
+        self.keys.drop_expired(now)
+        if ended.events:
+            await self._commit_revocations(ended)
+        return count
+
+    async def run_sweeper(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            due = self.next_due()
+            delay = self.config.sweep_interval
+            if due is not None:
+                delay = min(delay, max(0.0, due - self.clock.now()))
+            self._wakeup.clear()
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+            try:
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if stop.is_set():
+                return
+            try:
+                await self.sweep()
+            except CommitError as err:
+                log.error("sweep could not commit: %s (retrying)", err.message)
+            except Exception:
+                log.exception("sweep failed")
+
+    # ================================================================== live state
+    def _add_task(self, task: Task) -> None:
+        self._tasks[task.task_id] = task
+        self._tasks_per_subject[task.subject] = self._tasks_per_subject.get(task.subject, 0) + 1
+        self.metrics.active_tasks.set(len(self._tasks))
+        self._schedule_task(task)
+
+    def _schedule_task(self, task: Task) -> None:
+        self._push(task.deadline, _Due.TASK_DEADLINE, task.task_id)
+        self._push(
+            task.heartbeat_deadline(self.config.heartbeat_misses), _Due.TASK_HEARTBEAT, task.task_id
+        )
+
+    def _drop_task(self, task: Task) -> None:
+        if self._tasks.pop(task.task_id, None) is not None:
+            left = self._tasks_per_subject.get(task.subject, 1) - 1
+            if left:
+                self._tasks_per_subject[task.subject] = left
+            else:
+                self._tasks_per_subject.pop(task.subject, None)
+        self.metrics.active_tasks.set(len(self._tasks))
+
+    def _add_grant(self, task: Task, grant: Grant) -> None:
+        self._grants[grant.grant_id] = grant
+        task.grant_ids.append(grant.grant_id)
+        self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
+        self.metrics.active_grants.labels(tier=grant.tier.value).inc()
+
+    def _forget_grant(self, grant: Grant, task: Task | None) -> None:
+        if self._grants.pop(grant.grant_id, None) is not None:
+            self.metrics.active_grants.labels(tier=grant.tier.value).dec()
+        if task is not None and grant.grant_id in task.grant_ids:
+            task.grant_ids.remove(grant.grant_id)
+
+    def _end_grant(
+        self,
+        grant: Grant,
+        state: GrantState,
+        reason: RevocationReason,
+        triggered: float,
+        ended: _Ended,
+        detail: str = "",
+    ) -> None:
+        now = self.clock.now()
+        grant.state = state
+        grant.end_reason = reason.value
+        grant.ended_at = now
+        self._forget_grant(grant, self._tasks.get(grant.task_id))
+        self.metrics.revocations.labels(reason=reason.value).inc()
+        ended.events.append(
+            _event(
+                "grant_expired" if state is GrantState.EXPIRED else "grant_revoked",
+                now,
+                task_id=grant.task_id,
+                grant_id=grant.grant_id,
+                subject=grant.subject,
+                tier=grant.tier.value,
+                reason=reason.value,
+                detail=preview(detail, 512) if detail else None,
+            )
+        )
+        ended.lags.append((reason.value, triggered))
+
+    def _end_task(
+        self,
+        task: Task,
+        state: TaskState,
+        reason: RevocationReason,
+        triggered: float,
+        ended: _Ended,
+        detail: str = "",
+    ) -> int:
+        """Mark a task ended and revoke its grants (in memory); returns how many."""
+        grants = [self._grants[g] for g in list(task.grant_ids) if g in self._grants]
+        for grant in grants:
+            self._end_grant(grant, GrantState.REVOKED, reason, triggered, ended)
+        now = self.clock.now()
+        task.state = state
+        task.ended_at = now
+        task.end_reason = reason.value
+        self._drop_task(task)
+        ended.events.append(
+            _event(
+                "task_completed",
+                now,
+                task_id=task.task_id,
+                subject=task.subject,
+                state=state.value,
+                reason=reason.value,
+                detail=preview(detail, 512) if detail else None,
+                revoked_grants=len(grants),
+            )
+        )
+        return len(grants)
+
+    async def _commit_revocations(self, ended: _Ended) -> None:
+        """Make revocations durable. They already hold in memory (fail closed) whatever
+        happens; when the audit log is down they are retried until it is back."""
+        if not ended.events:
+            return
+        try:
+            await self.journal.commit(ended.events)
+        except CommitError as err:
+            if err.durable:
+                return  # in the audit log; the store catches up on its next write or replay
+            self._retry_later(ended.events)
+            raise
+        done = self.clock.now()
+        for reason, triggered in ended.lags:
+            self.metrics.revocation_lag.labels(reason=reason).observe(max(0.0, done - triggered))
+
+    def _retry_later(self, events: list[dict[str, Any]]) -> None:
+        async def retry() -> None:
+            delay = 0.5
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.journal.commit(events)
+                    log.info("%d revocation records written after retry", len(events))
+                    return
+                except CommitError as err:
+                    if err.durable:
+                        return
+                    delay = min(delay * 2, 10.0)
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _record_rejection(
+        self,
+        rpc: str,
+        identity: Identity,
+        err: SidecarError,
+        *,
+        task_id: str = "",
+        intent: Intent | None = None,
+    ) -> None:
+        """Audit a refused request (bad input, wrong owner, limits). Never raises."""
+        if isinstance(err, CommitError | PolicyError):
+            return
+        self.metrics.rejected.labels(reason=err.reason.value).inc()
+        event = _event(
+            "request_rejected",
+            self.clock.now(),
+            rpc=rpc,
+            task_id=preview(task_id, 128) if task_id else None,
+            subject=identity.subject,
+            reason=err.reason.value,
+            detail=err.message,
+            intent=(
+                {
+                    "action": preview(intent.action),
+                    "resource": preview(intent.resource),
+                    "justification": preview(intent.justification, 512),
+                }
+                if intent is not None
+                else None
+            ),
+        )
+        try:
+            await self.journal.commit([event])
+        except CommitError:
+            log.error("could not audit a rejected %s", rpc, extra={"reason": err.reason.value})
+
+    # ================================================================== views
+    def task(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def grant(self, grant_id: str) -> Grant | None:
+        return self._grants.get(grant_id)
+
+    @property
+    def active_grant_count(self) -> int:
+        return len(self._grants)
+
+    def active_grants(self) -> Sequence[Grant]:
+        return list(self._grants.values())
+
+    def last_exp(self, kid: str) -> float:
+        return self._last_exp_by_kid.get(kid, 0.0)
+
+
+def _event(name: str, now: float, **fields: Any) -> dict[str, Any]:
+    """An audit record without its chain fields; None values are left out."""
+    record: dict[str, Any] = {"event": name, "time": rfc3339(now)}
+    for key, value in fields.items():
+        if value is not None:
+            record[key] = value
+    return record

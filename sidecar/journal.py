@@ -1,0 +1,212 @@
+"""The durable commit path: audit first, then state, with group commit.
+
+Every state change is an audit event. One writer thread takes whatever events have queued up,
+appends them to the audit log with one write and one fsync (group commit: concurrent requests
+share the fsync), then applies them to the state store in one transaction. The audit log is
+therefore the write-ahead log: after a crash, events the store had not applied yet are
+replayed from it at start-up (`Journal.open`), so the store never disagrees with the record of
+what was issued and revoked.
+
+Heartbeats ("touches") ride along in the same transaction but are not audited (they would
+flood the log) and need no fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .audit import AuditFile, AuditWriteError, log_files, records_after
+from .errors import Reason, Unavailable
+
+log = logging.getLogger("jit_sidecar.journal")
+MAX_BATCH = 512
+
+
+class StateWriter(Protocol):
+    """The write side of a store, called from the journal's thread only."""
+
+    def applied_seq(self) -> int: ...
+
+    def apply(
+        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
+    ) -> None: ...
+
+
+class CommitError(Unavailable):
+    """A commit did not complete. `durable` says whether its events reached the audit log
+    (and so will reach the store on replay) even though the store write failed."""
+
+    def __init__(self, message: str, reason: Reason, *, durable: bool) -> None:
+        super().__init__(message, reason)
+        self.durable = durable
+
+
+@dataclass(slots=True)
+class _Entry:
+    events: list[dict[str, Any]]
+    touches: list[tuple[str, float]]
+    future: asyncio.Future[None] | None
+    loop: asyncio.AbstractEventLoop | None
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+_STOP = object()
+
+
+class Journal:
+    """Owns the audit file and the store's write side; one thread does all the writing."""
+
+    def __init__(
+        self,
+        audit: AuditFile,
+        store: StateWriter,
+        *,
+        on_audit_error: Callable[[], None] = lambda: None,
+        on_batch: Callable[[int, float], None] = lambda n, seconds: None,
+    ) -> None:
+        self._audit = audit
+        self._store = store
+        self._queue: queue.SimpleQueue[_Entry | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._on_audit_error = on_audit_error
+        self._on_batch = on_batch
+        self._backlog: list[dict[str, Any]] = []
+        """Audited events the store failed to apply; retried before the next batch."""
+        self.store_healthy = True
+        self.audit_healthy = True
+
+    # ------------------------------------------------------------------ start-up
+    def replay(self) -> list[dict[str, Any]]:
+        """Apply audited events the store has not seen (after a crash); returns them.
+
+        Refuses to start when the store is ahead of the log: that means the log was
+        truncated or replaced, and the chain of evidence is broken.
+        """
+        applied = self._store.applied_seq()
+        if applied > self._audit.seq:
+            raise AuditWriteError(
+                f"the state store has applied audit record {applied} but the audit log "
+                f"{self._audit.path} ends at {self._audit.seq}: was the log truncated or "
+                "replaced? Run `jit-sidecar audit verify` before starting."
+            )
+        missing: list[dict[str, Any]] = []
+        for path in reversed(log_files(self._audit.path)):
+            older = records_after(path, applied)
+            missing[:0] = older
+            if not older or older[0]["seq"] == applied + 1:
+                break
+        if missing:
+            log.warning(
+                "replaying %d audited events into the state store (seq %d..%d)",
+                len(missing),
+                missing[0]["seq"],
+                missing[-1]["seq"],
+            )
+            self._store.apply(missing, (), missing[-1]["seq"])
+        return missing
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="jit-journal", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ API
+    async def commit(
+        self, events: list[dict[str, Any]], touches: Sequence[tuple[str, float]] = ()
+    ) -> None:
+        """Make `events` durable in the audit log and apply them to the store.
+
+        Entries are written in the order `commit` is called, so callers that change
+        in-memory state synchronously before awaiting get the same order on disk.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Entry(events, list(touches), future, loop))
+        await future
+
+    def touch(self, task_id: str, at: float) -> None:
+        """Persist a heartbeat without waiting (no audit record, no fsync)."""
+        self._queue.put(_Entry([], [(task_id, at)], None, None))
+
+    def close(self) -> None:
+        """Drain what is queued, stop the thread and close the audit file."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        self._audit.close()
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Entry] = [first]  # type: ignore[list-item]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Entry]) -> None:
+        started = time.perf_counter()
+        events = [e for entry in batch for e in entry.events]
+        touches = [t for entry in batch for t in entry.touches]
+        try:
+            self._audit.write(events)
+            self.audit_healthy = True
+        except AuditWriteError as err:
+            self.audit_healthy = False
+            self._on_audit_error()
+            log.error("audit write failed: %s", err, extra={"reason": "audit_unavailable"})
+            failure = CommitError(
+                "the audit log cannot be written", Reason.AUDIT_UNAVAILABLE, durable=False
+            )
+            self._resolve(batch, failure)
+            return
+        pending = self._backlog + events
+        try:
+            self._store.apply(pending, touches, self._audit.seq)
+            self._backlog = []
+            self.store_healthy = True
+            error: CommitError | None = None
+        except Exception as err:  # the store's own errors vary by backend
+            self._backlog = pending
+            self.store_healthy = False
+            log.error("state store write failed: %s", err, extra={"reason": "store_unavailable"})
+            error = CommitError(
+                "the state store cannot be written", Reason.STORE_UNAVAILABLE, durable=True
+            )
+        self._on_batch(len(events), time.perf_counter() - started)
+        self._resolve(batch, error)
+
+    @staticmethod
+    def _resolve(batch: list[_Entry], error: Exception | None) -> None:
+        for entry in batch:
+            if entry.future is None or entry.loop is None:
+                continue
+            entry.loop.call_soon_threadsafe(_settle, entry.future, error)
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():  # the awaiting call was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,113 @@
+"""Prometheus metrics (names and labels are a contract: DESIGN.md, docs/metrics.md).
+
+Every label is a bounded set: decision, tier, reason codes, RPC method names, gRPC codes.
+Never a token, subject, task id or resource. The registry is passed in, so tests read exact
+values from their own registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from . import __version__
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+TTL_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.grant_requests = Counter(
+            "jit_grant_requests_total",
+            "RequestGrant answers by decision (granted, denied, pending_approval, error) and tier.",
+            ["decision", "tier"],
+            registry=r,
+        )
+        self.revocations = Counter(
+            "jit_revocations_total",
+            "Grants that stopped being active, by reason (expiry counted once per grant).",
+            ["reason"],
+            registry=r,
+        )
+        self.active_grants = Gauge(
+            "jit_active_grants", "Grants currently active, by tier.", ["tier"], registry=r
+        )
+        self.active_tasks = Gauge("jit_active_tasks", "Tasks currently active.", registry=r)
+        self.grant_ttl = Histogram(
+            "jit_grant_ttl_seconds",
+            "Lifetime of issued tokens.",
+            buckets=TTL_BUCKETS,
+            registry=r,
+        )
+        self.policy_eval = Histogram(
+            "jit_policy_eval_seconds",
+            "Round trip of one OPA decision, as seen by the sidecar.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.policy_errors = Counter(
+            "jit_policy_errors_total",
+            "Decisions that could not be used (no token issued), by reason code and cause.",
+            ["reason", "cause"],
+            registry=r,
+        )
+        self.policy_cache = Counter(
+            "jit_policy_cache_total",
+            "Standing-decision cache lookups by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
+        self.rpc_duration = Histogram(
+            "jit_rpc_duration_seconds",
+            "Server-side duration of gRPC calls by method and status code.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audit_write_errors = Counter(
+            "jit_audit_write_errors_total",
+            "Audit log writes that failed (every grant in the batch was refused).",
+            registry=r,
+        )
+        self.journal_batch = Histogram(
+            "jit_journal_batch_seconds",
+            "Duration of one group commit (audit write + fsync + state store transaction).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.revocation_lag = Histogram(
+            "jit_revocation_lag_seconds",
+            "From the triggering event (completion, deadline, missed heartbeat, expiry) to the "
+            "revocation being durable.",
+            ["reason"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "jit_rejected_requests_total",
+            "Requests refused before policy evaluation, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self.build_info = Info("jit_build", "Build information.", registry=r)
+        self.build_info.info({"version": __version__})
+        for tier in ("standing", "jit"):
+            self.active_grants.labels(tier=tier).set(0)

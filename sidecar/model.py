@@ -1,0 +1,179 @@
+"""Domain objects: identities, intents, decisions, tasks and grants.
+
+Value objects are frozen; `Task` and `Grant` are the engine's live entities and change state
+only inside the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Tier(StrEnum):
+    STANDING = "standing"
+    JIT = "jit"
+
+
+class TaskState(StrEnum):
+    ACTIVE = "active"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERRORED = "errored"
+    CRASHED = "crashed"
+    EXPIRED = "expired"
+
+
+class GrantState(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERRORED = "errored"
+
+
+class RevocationReason(StrEnum):
+    """Why a grant stopped being active (label of `jit_revocations_total`)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ERRORED = "errored"
+    AGENT_LOST = "agent_lost"
+    TASK_EXPIRED = "task_expired"
+    EXPIRED = "expired"
+    REVOKED_BY_AGENT = "revoked_by_agent"
+    REVOKED_BY_OPERATOR = "revoked_by_operator"
+    KILL_SWITCH = "kill_switch"
+    ISSUE_ABORTED = "issue_aborted"
+
+
+OUTCOME_REVOCATION = {
+    Outcome.SUCCEEDED: RevocationReason.COMPLETED,
+    Outcome.FAILED: RevocationReason.FAILED,
+    Outcome.ERRORED: RevocationReason.ERRORED,
+}
+OUTCOME_TASK_STATE = {
+    Outcome.SUCCEEDED: TaskState.SUCCEEDED,
+    Outcome.FAILED: TaskState.FAILED,
+    Outcome.ERRORED: TaskState.ERRORED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified caller."""
+
+    subject: str
+    """Workload identity, e.g. `spiffe://example.org/agent/billing`."""
+    trust_domain: str
+    method: str
+    """`dev`, `jwt-svid` or `oidc`."""
+    issuer: str = ""
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    """The verified claims that policies may use (see docs/identity.md)."""
+
+    def as_input(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "trust_domain": self.trust_domain,
+            "method": self.method,
+            "issuer": self.issuer,
+            "claims": dict(self.claims),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What the agent is about to do."""
+
+    action: str
+    resource: str
+    justification: str = ""
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_input(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "resource": self.resource,
+            "justification": self.justification,
+            "context": dict(self.context),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """A type-checked OPA decision (see DESIGN.md, "OPA contract")."""
+
+    allow: bool
+    tier: Tier | None
+    approval_required: bool
+    ttl_seconds: int
+    audience: str
+    scope: tuple[str, ...]
+    reasons: tuple[str, ...]
+    cache_seconds: int
+    decision_id: str = ""
+    cached: bool = False
+    """True when served from the standing-decision cache rather than OPA."""
+
+
+@dataclass(slots=True)
+class Task:
+    """A unit of agent work; grants never outlive it."""
+
+    task_id: str
+    subject: str
+    goal: str
+    labels: dict[str, str]
+    started_at: float
+    deadline: float
+    heartbeat_interval: int
+    state: TaskState = TaskState.ACTIVE
+    last_heartbeat: float = 0.0
+    pop_jkt: str = ""
+    ended_at: float | None = None
+    end_reason: str = ""
+    grant_ids: list[str] = field(default_factory=list)
+    """Active grants only, oldest first."""
+
+    @property
+    def active(self) -> bool:
+        return self.state is TaskState.ACTIVE
+
+    def remaining(self, now: float) -> float:
+        return self.deadline - now
+
+    def heartbeat_deadline(self, misses: int) -> float:
+        return max(self.last_heartbeat, self.started_at) + misses * self.heartbeat_interval
+
+
+@dataclass(slots=True)
+class Grant:
+    """One issued credential (the token itself is never kept)."""
+
+    grant_id: str
+    task_id: str
+    subject: str
+    action: str
+    resource: str
+    tier: Tier
+    audience: str
+    scope: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    kid: str
+    decision_id: str = ""
+    cnf_jkt: str = ""
+    justification: str = ""
+    state: GrantState = GrantState.ACTIVE
+    end_reason: str = ""
+    ended_at: float | None = None
+
+    def is_active(self, now: float) -> bool:
+        return self.state is GrantState.ACTIVE and now < self.expires_at

@@ -1,0 +1,205 @@
+"""Asks an Open Policy Agent server for decisions, and trusts nothing it answers unchecked.
+
+The contract (DESIGN.md, "OPA contract"): POST `{"input": …}` to the decision path; the
+`result` must be an object whose fields have exactly the documented types. Anything else —
+no answer, a timeout, an HTTP error, invalid JSON, an undefined result, a wrong type — raises a
+`PolicyError`, and the engine issues no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ._http1 import Http1Pool, HttpError
+from .errors import PolicyResultInvalid, PolicyUnavailable
+from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
+
+MAX_REASONS = 32
+MAX_REASON_LEN = 512
+MAX_SCOPE = 32
+
+
+class PolicyEngine(Protocol):
+    async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def revision(self) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_input(
+    identity: Identity,
+    intent: Intent,
+    task: Task,
+    grants: Sequence[Grant],
+    ttl_seconds: int,
+    now: float,
+) -> dict[str, Any]:
+    """The `input` document of DESIGN.md for one RequestGrant."""
+    from .clock import rfc3339
+
+    return {
+        "identity": identity.as_input(),
+        "intent": intent.as_input(),
+        "task": {
+            "id": task.task_id,
+            "goal": task.goal,
+            "labels": dict(task.labels),
+            "age_seconds": int(now - task.started_at),
+            "remaining_seconds": max(0, int(task.deadline - now)),
+            "grants": [
+                {"action": g.action, "resource": g.resource, "tier": g.tier.value} for g in grants
+            ],
+        },
+        "request": {"ttl_seconds": ttl_seconds, "time": rfc3339(now)},
+    }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _strings(value: Any, field: str, *, limit: int, max_len: int) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise PolicyResultInvalid(f"`{field}` must be a list of at most {limit} strings", "shape")
+    for item in value:
+        if not isinstance(item, str) or not item or len(item) > max_len:
+            raise PolicyResultInvalid(f"`{field}` must hold non-empty strings", "shape")
+    return tuple(value)
+
+
+def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
+    """Type-check OPA's answer. `action` is the default scope when the policy names none."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PolicyResultInvalid("OPA answered something that is not JSON", "bad_json") from err
+    if not isinstance(document, dict):
+        raise PolicyResultInvalid("OPA's answer is not a JSON object", "shape")
+    if "result" not in document:
+        raise PolicyResultInvalid(
+            "the decision is undefined: is `package jit` with a `decision` rule loaded?",
+            "undefined",
+        )
+    result = document["result"]
+    decision_id = document.get("decision_id", "")
+    if not isinstance(decision_id, str):
+        decision_id = ""
+    if not isinstance(result, dict):
+        raise PolicyResultInvalid("the decision is not an object", "shape")
+    allow = result.get("allow")
+    if not isinstance(allow, bool):
+        raise PolicyResultInvalid("`allow` must be a boolean", "shape")
+    reasons = _strings(
+        result.get("reasons", []), "reasons", limit=MAX_REASONS, max_len=MAX_REASON_LEN
+    )
+    approval_required = result.get("approval_required", False)
+    if not isinstance(approval_required, bool):
+        raise PolicyResultInvalid("`approval_required` must be a boolean", "shape")
+    if not allow:
+        return PolicyDecision(
+            allow=False,
+            tier=None,
+            approval_required=False,
+            ttl_seconds=0,
+            audience="",
+            scope=(),
+            reasons=reasons,
+            cache_seconds=0,
+            decision_id=decision_id,
+        )
+    try:
+        tier = Tier(str(result.get("tier")))
+    except ValueError as err:
+        raise PolicyResultInvalid(
+            "an allowed decision needs `tier` standing or jit", "shape"
+        ) from err
+    ttl = result.get("ttl_seconds")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+        raise PolicyResultInvalid("an allowed decision needs integer `ttl_seconds` >= 1", "shape")
+    audience = result.get("audience")
+    if not isinstance(audience, str) or not audience or len(audience) > 256:
+        raise PolicyResultInvalid("an allowed decision needs a non-empty `audience`", "shape")
+    scope = (
+        _strings(result["scope"], "scope", limit=MAX_SCOPE, max_len=256)
+        if "scope" in result
+        else (action,)
+    )
+    if not scope:
+        raise PolicyResultInvalid("`scope` must not be empty", "shape")
+    if any(" " in s for s in scope):
+        raise PolicyResultInvalid("scope values must not contain spaces", "shape")
+    cache_seconds = result.get("cache_seconds", 0)
+    if not _is_int(cache_seconds) or cache_seconds < 0:
+        raise PolicyResultInvalid("`cache_seconds` must be an integer >= 0", "shape")
+    return PolicyDecision(
+        allow=True,
+        tier=tier,
+        approval_required=approval_required,
+        ttl_seconds=ttl,
+        audience=audience,
+        scope=scope,
+        reasons=reasons,
+        cache_seconds=cache_seconds if tier is Tier.STANDING else 0,
+        decision_id=decision_id,
+    )
+
+
+class OpaClient:
+    """PolicyEngine backed by an OPA server's Data API."""
+
+    def __init__(self, url: str, decision_path: str, timeout: float) -> None:
+        self._pool = Http1Pool(url)
+        self._path = decision_path
+        self._timeout = timeout
+        self.last_latency = 0.0
+
+    async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision:
+        body = json.dumps({"input": policy_input}, separators=(",", ":")).encode()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._pool.request("POST", self._path, body)
+        except TimeoutError as err:
+            raise PolicyUnavailable(
+                f"OPA did not answer within {self._timeout * 1000:.0f} ms", "timeout"
+            ) from err
+        except HttpError as err:
+            raise PolicyUnavailable(f"OPA unreachable: {err}", "unreachable") from err
+        finally:
+            self.last_latency = time.perf_counter() - started
+        if response.status >= 500:
+            raise PolicyUnavailable(f"OPA answered HTTP {response.status}", "http_5xx")
+        if response.status != 200:
+            raise PolicyResultInvalid(f"OPA answered HTTP {response.status}", "http_4xx")
+        return parse_decision(response.body, action=policy_input["intent"]["action"])
+
+    async def healthy(self) -> bool:
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                response = await self._pool.request("GET", "/health")
+        except (TimeoutError, HttpError):
+            return False
+        return response.status == 200
+
+    async def revision(self) -> str:
+        """A fingerprint of the loaded policies and bundle revisions ('' when unknown)."""
+        import hashlib
+
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                response = await self._pool.request("GET", "/v1/policies")
+        except (TimeoutError, HttpError):
+            return ""
+        if response.status != 200:
+            return ""
+        return hashlib.sha256(response.body).hexdigest()
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

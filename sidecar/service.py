@@ -1,0 +1,411 @@
+"""gRPC servicers: protobuf ⇄ domain objects, and SidecarError → gRPC status. Nothing else.
+
+Every call is authenticated first, bounded by `rpc_timeout`, counted against
+`max_concurrent_rpcs`, timed in `jit_rpc_duration_seconds{method,code}`, and logged with its
+reason code. Errors carry a `google.rpc.ErrorInfo` detail (domain `jit-sidecar`) whose
+`reason` is the fixed reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ._proto.jit.v1 import access_pb2 as pb
+from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
+from ._proto.jit.v1 import admin_pb2 as admin_pb
+from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
+from .dpop import thumbprint_of_public_jwk
+from .engine import Engine, GrantOutcome
+from .errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+    SidecarError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from .identity import Authenticator
+from .metrics import Metrics
+from .model import Grant, GrantState, Identity, Intent, Outcome, Task, TaskState, Tier
+from .validation import check_reason_text
+
+log = logging.getLogger("jit_sidecar.service")
+ERROR_DOMAIN = "jit-sidecar"
+
+_STATUS: list[tuple[type[SidecarError], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
+    (Internal, grpc.StatusCode.INTERNAL),
+]
+_TIER = {Tier.STANDING: pb.TIER_STANDING, Tier.JIT: pb.TIER_JIT}
+_TASK_STATE = {
+    TaskState.ACTIVE: pb.TASK_STATE_ACTIVE,
+    TaskState.SUCCEEDED: pb.TASK_STATE_SUCCEEDED,
+    TaskState.FAILED: pb.TASK_STATE_FAILED,
+    TaskState.ERRORED: pb.TASK_STATE_ERRORED,
+    TaskState.CRASHED: pb.TASK_STATE_CRASHED,
+    TaskState.EXPIRED: pb.TASK_STATE_EXPIRED,
+}
+_GRANT_STATE = {
+    GrantState.ACTIVE: pb.GRANT_STATE_ACTIVE,
+    GrantState.REVOKED: pb.GRANT_STATE_REVOKED,
+    GrantState.EXPIRED: pb.GRANT_STATE_EXPIRED,
+}
+_OUTCOME = {
+    pb.OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
+    pb.OUTCOME_FAILED: Outcome.FAILED,
+    pb.OUTCOME_ERRORED: Outcome.ERRORED,
+}
+_DECISION = {
+    "granted": pb.DECISION_GRANTED,
+    "denied": pb.DECISION_DENIED,
+    "pending_approval": pb.DECISION_PENDING_APPROVAL,
+}
+
+
+def status_code_for(err: SidecarError) -> grpc.StatusCode:
+    for cls, code in _STATUS:
+        if isinstance(err, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_status(err: SidecarError) -> grpc.Status:
+    code = status_code_for(err)
+    info = error_details_pb2.ErrorInfo(
+        reason=err.reason.value, domain=ERROR_DOMAIN, metadata=err.metadata
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=err.message, details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+def ts(value: float | None) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    if value is not None:
+        out.FromNanoseconds(int(value * 1e9))
+    return out
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    def tidy(v: Any) -> Any:
+        # Struct numbers are doubles: give integral ones back as ints for policy and audit.
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        if isinstance(v, dict):
+            return {k: tidy(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [tidy(x) for x in v]
+        return v
+
+    return tidy(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+
+
+def task_pb(task: Task) -> pb.Task:
+    return pb.Task(
+        task_id=task.task_id,
+        goal=task.goal,
+        subject=task.subject,
+        state=_TASK_STATE[task.state],
+        started_at=ts(task.started_at),
+        deadline=ts(task.deadline),
+        heartbeat_interval_seconds=task.heartbeat_interval,
+        labels=task.labels,
+        pop_jkt=task.pop_jkt,
+        ended_at=ts(task.ended_at) if task.ended_at else None,
+    )
+
+
+def grant_pb(grant: Grant, token: str = "") -> pb.Grant:
+    return pb.Grant(
+        grant_id=grant.grant_id,
+        token=token,
+        tier=_TIER[grant.tier],
+        audience=grant.audience,
+        scope=list(grant.scope),
+        issued_at=ts(grant.issued_at),
+        expires_at=ts(grant.expires_at),
+        intent=pb.Intent(
+            action=grant.action, resource=grant.resource, justification=grant.justification
+        ),
+        task_id=grant.task_id,
+        state=_GRANT_STATE[grant.state],
+        revocation_reason=grant.end_reason,
+        decision_id=grant.decision_id,
+    )
+
+
+def outcome_pb(outcome: GrantOutcome) -> pb.RequestGrantResponse:
+    return pb.RequestGrantResponse(
+        decision=_DECISION[outcome.decision],
+        grant=grant_pb(outcome.grant, outcome.token) if outcome.grant else None,
+        reasons=list(outcome.reasons),
+        decision_id=outcome.decision_id,
+        approval_id=outcome.approval_id,
+    )
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class CallGuard:
+    """Admission, deadlines, metrics and error mapping shared by every RPC."""
+
+    def __init__(self, metrics: Metrics, max_concurrent: int, timeout: float) -> None:
+        self._metrics = metrics
+        self._max = max_concurrent
+        self._timeout = timeout
+        self.inflight = 0
+        self.draining = False
+
+    async def run(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[], Awaitable[Resp]],
+    ) -> Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            if self.draining:
+                raise Unavailable("the sidecar is shutting down", Reason.SHUTTING_DOWN)
+            if self.inflight >= self._max:
+                self._metrics.rejected.labels(reason=Reason.TOO_MANY_REQUESTS.value).inc()
+                raise ResourceExhausted(
+                    f"more than {self._max} calls in flight", Reason.TOO_MANY_REQUESTS
+                )
+            self.inflight += 1
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await body()
+            finally:
+                self.inflight -= 1
+        except SidecarError as err:
+            code = status_code_for(err)
+            log.info(
+                "%s refused: %s",
+                method,
+                err.message,
+                extra={"reason": err.reason.value, "rpc": method, "code": code.name},
+            )
+            await context.abort_with_status(error_status(err))
+            raise  # abort_with_status raises; this is for type checkers
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            await context.abort_with_status(
+                rpc_status.to_status(
+                    status_pb2.Status(
+                        code=code_pb2.DEADLINE_EXCEEDED,
+                        message=f"{method} took longer than {self._timeout:g} s",
+                    )
+                )
+            )
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            if context.code() is not None:  # an abort already in progress
+                code = context.code()
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method, extra={"reason": "internal", "rpc": method})
+            await context.abort_with_status(error_status(Internal("internal error")))
+            raise
+        finally:
+            self._metrics.rpc_duration.labels(method=method, code=code.name).observe(
+                time.perf_counter() - started
+            )
+
+
+class AccessService(pb_grpc.AccessServiceServicer):
+    def __init__(self, engine: Engine, auth: Authenticator, guard: CallGuard) -> None:
+        self._engine = engine
+        self._auth = auth
+        self._guard = guard
+
+    async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return await self._auth.authenticate(metadata)
+
+    async def BeginTask(
+        self, request: pb.BeginTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BeginTaskResponse:
+        async def body() -> pb.BeginTaskResponse:
+            identity = await self._identity(context)
+            pop_jkt = ""
+            if request.HasField("pop_jwk"):
+                pop_jkt = thumbprint_of_public_jwk(struct_to_dict(request.pop_jwk))
+            task = await self._engine.begin_task(
+                identity,
+                task_id=request.task_id,
+                goal=request.goal,
+                max_duration=request.max_duration_seconds,
+                labels=dict(request.labels),
+                pop_jkt=pop_jkt,
+            )
+            return pb.BeginTaskResponse(task=task_pb(task))
+
+        return await self._guard.run("BeginTask", context, body)
+
+    async def RequestGrant(
+        self, request: pb.RequestGrantRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RequestGrantResponse:
+        async def body() -> pb.RequestGrantResponse:
+            identity = await self._identity(context)
+            i = request.intent
+            intent = Intent(
+                action=i.action,
+                resource=i.resource,
+                justification=i.justification,
+                context=struct_to_dict(i.context) if i.HasField("context") else {},
+            )
+            outcome = await self._engine.request_grant(
+                identity, request.task_id, intent, request.ttl_seconds
+            )
+            return outcome_pb(outcome)
+
+        return await self._guard.run("RequestGrant", context, body)
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        async def body() -> pb.HeartbeatResponse:
+            identity = await self._identity(context)
+            task = await self._engine.heartbeat(identity, request.task_id)
+            return pb.HeartbeatResponse(
+                task=task_pb(task),
+                next_heartbeat_before=ts(task.last_heartbeat + task.heartbeat_interval),
+            )
+
+        return await self._guard.run("Heartbeat", context, body)
+
+    async def CompleteTask(
+        self, request: pb.CompleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompleteTaskResponse:
+        async def body() -> pb.CompleteTaskResponse:
+            identity = await self._identity(context)
+            outcome = _OUTCOME.get(request.outcome)
+            if outcome is None:
+                raise InvalidArgument("outcome must be SUCCEEDED, FAILED or ERRORED")
+            check_reason_text(request.detail, "detail")
+            task, revoked = await self._engine.complete_task(
+                identity, request.task_id, outcome, request.detail
+            )
+            return pb.CompleteTaskResponse(revoked_grants=revoked, task=task_pb(task))
+
+        return await self._guard.run("CompleteTask", context, body)
+
+    async def RevokeGrant(
+        self, request: pb.RevokeGrantRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeGrantResponse:
+        async def body() -> pb.RevokeGrantResponse:
+            identity = await self._identity(context)
+            check_reason_text(request.reason)
+            revoked, grant = await self._engine.revoke_grant(
+                identity, request.grant_id, request.reason
+            )
+            return pb.RevokeGrantResponse(revoked=revoked, grant=grant_pb(grant))
+
+        return await self._guard.run("RevokeGrant", context, body)
+
+    async def IntrospectToken(
+        self, request: pb.IntrospectTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IntrospectTokenResponse:
+        async def body() -> pb.IntrospectTokenResponse:
+            await self._identity(context)
+            result = await self._engine.introspect(request.token)
+            if not result.active or result.grant is None:
+                return pb.IntrospectTokenResponse(
+                    active=False, revocation_reason=result.revocation_reason
+                )
+            g = result.grant
+            return pb.IntrospectTokenResponse(
+                active=True,
+                grant_id=g.grant_id,
+                subject=g.subject,
+                scope=list(g.scope),
+                audience=g.audience,
+                expires_at=ts(g.expires_at),
+                task_id=g.task_id,
+            )
+
+        return await self._guard.run("IntrospectToken", context, body)
+
+    async def ListGrants(
+        self, request: pb.ListGrantsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListGrantsResponse:
+        async def body() -> pb.ListGrantsResponse:
+            identity = await self._identity(context)
+            grants = await self._engine.list_grants(
+                identity, request.task_id, request.include_inactive
+            )
+            return pb.ListGrantsResponse(grants=[grant_pb(g) for g in grants])
+
+        return await self._guard.run("ListGrants", context, body)
+
+    async def AwaitApproval(
+        self, request: pb.AwaitApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AwaitApprovalResponse:
+        async def body() -> pb.AwaitApprovalResponse:
+            await self._identity(context)
+            raise Unimplemented("human approval is not enabled in this build")
+
+        return await self._guard.run("AwaitApproval", context, body)
+
+
+class AdminService(admin_pb_grpc.AdminServiceServicer):
+    """Operator API on the admin socket. The socket's file mode is its access control."""
+
+    def __init__(self, engine: Engine, guard: CallGuard) -> None:
+        self._engine = engine
+        self._guard = guard
+
+    async def Revoke(
+        self, request: admin_pb.RevokeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb.RevokeResponse:
+        async def body() -> admin_pb.RevokeResponse:
+            check_reason_text(request.reason)
+            which = request.WhichOneof("selector")
+            if which == "grant_id":
+                revoked, _ = await self._engine.revoke_grant(None, request.grant_id, request.reason)
+                count = int(revoked)
+            elif which == "task_id":
+                count = await self._engine.revoke_task(request.task_id, request.reason)
+            elif which == "subject":
+                if not request.subject:
+                    raise InvalidArgument("subject is empty")
+                count = await self._engine.revoke_subject(request.subject, request.reason)
+            elif which == "all" and request.all:
+                count = await self._engine.revoke_subject(None, request.reason)
+            else:
+                raise InvalidArgument("choose grant_id, task_id, subject or all")
+            return admin_pb.RevokeResponse(revoked_grants=count)
+
+        return await self._guard.run("Admin.Revoke", context, body)

@@ -1,0 +1,309 @@
+"""SQLite state store (the embedded default).
+
+WAL mode with synchronous=NORMAL: a commit survives a process crash; power-loss durability
+comes from the audit log, which is fsynced first and replayed into this store at start-up
+(`sidecar.journal`). One connection writes (the journal's thread); another serves cold-path
+reads in a worker thread so the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..model import Grant, GrantState, Task, TaskState, Tier
+from ..tokens import PublishedKey
+from . import Snapshot
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+  task_id TEXT PRIMARY KEY,
+  subject TEXT NOT NULL,
+  goal TEXT NOT NULL,
+  labels TEXT NOT NULL,
+  started_at REAL NOT NULL,
+  deadline REAL NOT NULL,
+  heartbeat_interval INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  last_heartbeat REAL NOT NULL,
+  pop_jkt TEXT NOT NULL DEFAULT '',
+  ended_at REAL,
+  end_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks (subject) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS grants (
+  grant_id TEXT PRIMARY KEY,
+  task_id TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  action TEXT NOT NULL,
+  resource TEXT NOT NULL,
+  justification TEXT NOT NULL,
+  tier TEXT NOT NULL,
+  audience TEXT NOT NULL,
+  scope TEXT NOT NULL,
+  issued_at REAL NOT NULL,
+  expires_at REAL NOT NULL,
+  kid TEXT NOT NULL,
+  decision_id TEXT NOT NULL,
+  cnf_jkt TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL,
+  end_reason TEXT NOT NULL DEFAULT '',
+  ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS grants_by_task ON grants (task_id);
+CREATE INDEX IF NOT EXISTS grants_active ON grants (expires_at) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS grants_by_kid ON grants (kid, expires_at);
+CREATE TABLE IF NOT EXISTS keys (
+  kid TEXT PRIMARY KEY,
+  jwk TEXT NOT NULL,
+  retire_at REAL NOT NULL
+);
+"""
+
+GRANT_COLUMNS = (
+    "grant_id, task_id, subject, action, resource, justification, tier, audience, scope, "
+    "issued_at, expires_at, kid, decision_id, cnf_jkt, state, end_reason, ended_at"
+)
+TASK_COLUMNS = (
+    "task_id, subject, goal, labels, started_at, deadline, heartbeat_interval, state, "
+    "last_heartbeat, pop_jkt, ended_at, end_reason"
+)
+
+
+def ts(value: str) -> float:
+    """Seconds since the epoch from an audit record's RFC 3339 time."""
+    return datetime.fromisoformat(value).timestamp()
+
+
+def _grant(row: Sequence[Any]) -> Grant:
+    return Grant(
+        grant_id=row[0],
+        task_id=row[1],
+        subject=row[2],
+        action=row[3],
+        resource=row[4],
+        justification=row[5],
+        tier=Tier(row[6]),
+        audience=row[7],
+        scope=tuple(row[8].split(" ")) if row[8] else (),
+        issued_at=row[9],
+        expires_at=row[10],
+        kid=row[11],
+        decision_id=row[12],
+        cnf_jkt=row[13],
+        state=GrantState(row[14]),
+        end_reason=row[15],
+        ended_at=row[16],
+    )
+
+
+def _task(row: Sequence[Any]) -> Task:
+    return Task(
+        task_id=row[0],
+        subject=row[1],
+        goal=row[2],
+        labels=json.loads(row[3]),
+        started_at=row[4],
+        deadline=row[5],
+        heartbeat_interval=row[6],
+        state=TaskState(row[7]),
+        last_heartbeat=row[8],
+        pop_jkt=row[9],
+        ended_at=row[10],
+        end_reason=row[11],
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA cache_size=-8192")  # 8 MiB per connection
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._w = _connect(path)
+        self._w.executescript(SCHEMA)
+        version = self._w.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version is None:
+            self._w.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?), ('applied_seq', '0')",
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(version[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{path} was written by a newer jit-sidecar (schema {version[0]})")
+        path.chmod(0o600)
+        self._r = _connect(path)
+        self._r_lock = threading.Lock()
+        self._handlers: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], None]] = {
+            "task_begun": self._task_begun,
+            "task_completed": self._task_completed,
+            "grant_issued": self._grant_issued,
+            "grant_revoked": self._grant_ended,
+            "grant_expired": self._grant_ended,
+            "key_rotated": self._key_rotated,
+        }
+
+    # ------------------------------------------------------------------ write side
+    def applied_seq(self) -> int:
+        row = self._w.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()
+        return int(row[0])
+
+    def apply(
+        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
+    ) -> None:
+        conn = self._w
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for record in records:
+                handler = self._handlers.get(record["event"])
+                if handler is not None:
+                    handler(conn, record)
+            if touches:
+                conn.executemany(
+                    "UPDATE tasks SET last_heartbeat = ? WHERE task_id = ? AND state = 'active'",
+                    [(at, task_id) for task_id, at in touches],
+                )
+            if records:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'applied_seq'", (str(seq),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _task_begun(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        started = ts(r["time"])
+        conn.execute(
+            f"INSERT OR IGNORE INTO tasks ({TASK_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, NULL, '')",
+            (
+                r["task_id"],
+                r["subject"],
+                r.get("goal", ""),
+                json.dumps(r.get("labels", {}), sort_keys=True),
+                started,
+                ts(r["expires_at"]),
+                r["heartbeat_interval_seconds"],
+                started,
+                r.get("pop_jkt", ""),
+            ),
+        )
+
+    @staticmethod
+    def _task_completed(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE tasks SET state = ?, ended_at = ?, end_reason = ? "
+            "WHERE task_id = ? AND state = 'active'",
+            (r["state"], ts(r["time"]), r.get("reason", ""), r["task_id"]),
+        )
+
+    @staticmethod
+    def _grant_issued(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        intent = r["intent"]
+        conn.execute(
+            f"INSERT OR IGNORE INTO grants ({GRANT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', '', NULL)",
+            (
+                r["grant_id"],
+                r["task_id"],
+                r["subject"],
+                intent["action"],
+                intent["resource"],
+                intent.get("justification", ""),
+                r["tier"],
+                r["audience"],
+                " ".join(r["scope"]),
+                ts(r["time"]),
+                ts(r["expires_at"]),
+                r["kid"],
+                r.get("decision_id", ""),
+                r.get("cnf_jkt", ""),
+            ),
+        )
+
+    @staticmethod
+    def _grant_ended(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        state = GrantState.EXPIRED if r["event"] == "grant_expired" else GrantState.REVOKED
+        conn.execute(
+            "UPDATE grants SET state = ?, end_reason = ?, ended_at = ? "
+            "WHERE grant_id = ? AND state = 'active'",
+            (state.value, r.get("reason", ""), ts(r["time"]), r["grant_id"]),
+        )
+
+    @staticmethod
+    def _key_rotated(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO keys (kid, jwk, retire_at) VALUES (?, ?, ?)",
+            (r["previous_kid"], json.dumps(r["previous_jwk"]), ts(r["retire_at"])),
+        )
+
+    # ------------------------------------------------------------------ start-up
+    def load(self) -> Snapshot:
+        snap = Snapshot()
+        tasks = {
+            row[0]: _task(row)
+            for row in self._w.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE state='active'")
+        }
+        for row in self._w.execute(
+            f"SELECT {GRANT_COLUMNS} FROM grants WHERE state='active' ORDER BY issued_at"
+        ):
+            grant = _grant(row)
+            grant.justification = ""  # not needed live; the store keeps it
+            snap.grants.append(grant)
+            task = tasks.get(grant.task_id)
+            if task is not None:
+                task.grant_ids.append(grant.grant_id)
+        snap.tasks = list(tasks.values())
+        for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
+            snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
+        snap.last_exp_by_kid = dict(
+            self._w.execute("SELECT kid, MAX(expires_at) FROM grants GROUP BY kid").fetchall()
+        )
+        return snap
+
+    # ------------------------------------------------------------------ cold reads
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._r_lock:
+            return self._r.execute(sql, args).fetchall()
+
+    async def get_task(self, task_id: str) -> Task | None:
+        rows = await asyncio.to_thread(
+            self._read, f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
+        )
+        return _task(rows[0]) if rows else None
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        rows = await asyncio.to_thread(
+            self._read, f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)
+        )
+        return _grant(rows[0]) if rows else None
+
+    async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
+        sql = f"SELECT {GRANT_COLUMNS} FROM grants WHERE task_id = ?"
+        if not include_inactive:
+            sql += " AND state = 'active'"
+        rows = await asyncio.to_thread(self._read, sql + " ORDER BY issued_at", (task_id,))
+        return [_grant(r) for r in rows]
+
+    def check_writable(self) -> bool:
+        import os
+
+        return os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+
+    def close(self) -> None:
+        self._w.close()
+        self._r.close()

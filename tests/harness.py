@@ -1,0 +1,244 @@
+"""Test harness: the real `opa` binary, real sidecar processes on real Unix sockets.
+
+Nothing here fakes a component; fakes for fault injection live in `tests/fakes.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+REGO = ROOT / "rego"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def opa_binary() -> str:
+    """The real OPA: on PATH or built into .tools/bin by `make test` (never a fake)."""
+    found = shutil.which("opa") or (
+        str(ROOT / ".tools/bin/opa") if (ROOT / ".tools/bin/opa").exists() else None
+    )
+    if found is None:
+        raise RuntimeError("the opa binary is missing: run `make test`, which installs it")
+    return found
+
+
+class OpaServer:
+    """A real `opa run --server` on a loopback port (and optionally a Unix socket)."""
+
+    def __init__(self, workdir: Path, policy_dirs: Sequence[Path] = (REGO,),
+                 unix_socket: Path | None = None) -> None:
+        self.workdir = workdir
+        self.policy_dirs = list(policy_dirs)
+        self.port = free_port()
+        self.unix_socket = unix_socket
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"opa-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OpaServer:
+        args = [opa_binary(), "run", "--server", "--disable-telemetry", "--log-level", "error",
+                "--addr", f"127.0.0.1:{self.port}"]
+        if self.unix_socket is not None:
+            args += ["--addr", f"unix://{self.unix_socket}"]
+        args += [str(p) for p in self.policy_dirs]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+        wait_for(self.healthy, 20, what="OPA to start")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"OPA exited: {self.log.read_text()[-2000:]}")
+        try:
+            return requests.get(self.url + "/health", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def put_policy(self, policy_id: str, rego: str) -> None:
+        r = requests.put(f"{self.url}/v1/policies/{policy_id}", data=rego.encode(), timeout=5)
+        r.raise_for_status()
+
+    def put_data(self, path: str, value: Any) -> None:
+        r = requests.put(f"{self.url}/v1/data/{path}", json=value, timeout=5)
+        r.raise_for_status()
+
+
+class SidecarProcess:
+    """`jit-sidecar serve` as a separate process, with its state in a temporary directory."""
+
+    def __init__(self, workdir: Path, opa_url: str, *extra: str,
+                 env: dict[str, str] | None = None, identity: str = "dev",
+                 http_port: int | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.socket = workdir / "run" / "sidecar.sock"
+        self.admin_socket = workdir / "run" / "admin.sock"
+        self.state = workdir / "state.db"
+        self.audit = workdir / "audit.jsonl"
+        self.key = workdir / "signing-key.pem"
+        self.http_port = http_port or free_port()
+        self.opa_url = opa_url
+        self.identity = identity
+        self.extra = list(extra)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "sidecar.log"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def args(self) -> list[str]:
+        args = [
+            sys.executable, "-m", "sidecar.cli", "serve",
+            "--identity", self.identity,
+            "--socket", str(self.socket),
+            "--admin-socket", str(self.admin_socket),
+            "--opa-url", self.opa_url,
+            "--http-addr", f"127.0.0.1:{self.http_port}",
+            "--state", f"sqlite:{self.state}",
+            "--audit-log", str(self.audit),
+            "--log-format", "json",
+            "--log-level", "debug",
+        ]
+        if self.identity == "dev" and "--signing-key" not in self.extra:
+            args += ["--signing-key", str(self.key)]
+        return args + self.extra
+
+    def start(self, wait: bool = True) -> SidecarProcess:
+        if self.identity == "dev" and not self.key.exists() and "--signing-key" not in self.extra:
+            from sidecar.tokens import generate_private_key, write_private_key
+
+            write_private_key(self.key, generate_private_key("EdDSA"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
+        env.update(self.env)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=log
+            )
+        if wait:
+            wait_for(self.ready_to_serve, 20, what="the sidecar to start")
+        return self
+
+    def ready_to_serve(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+        if not self.socket.exists():
+            return False
+        try:
+            return requests.get(self.http + "/healthz", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.audit_records() if r["event"] == name]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(self.http + "/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+    def client(self, **kwargs: Any) -> Any:
+        from sidecar.client import AccessClient
+
+        return AccessClient(self.socket, **kwargs)
+
+    def admin(self) -> Any:
+        from sidecar.client import AdminClient
+
+        return AdminClient(self.admin_socket)
+
+    def grant_rows(self) -> list[dict[str, Any]]:
+        import sqlite3
+
+        conn = sqlite3.connect(self.state)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM grants")]
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def running(process: SidecarProcess) -> Iterator[SidecarProcess]:
+    process.start()
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(Exception):
+            process.stop(timeout=15)
+        if process.proc is not None:
+            process.kill()
