@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every grant of every agent")
     revoke.add_argument("--reason", default="")
 
+    keys = sub.add_parser("keys", help="operator: signing keys (admin socket)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = keys_sub.add_parser(
+        "rotate", help="generate a new signing key (or --reload the key file) and use it now"
+    )
+    _admin_flags(rotate)
+    rotate.add_argument(
+        "--reload",
+        action="store_true",
+        help="reload the configured key file instead of generating a key",
+    )
+
     introspect = sub.add_parser("introspect", help="is this token active? (- reads stdin)")
     _client_flags(introspect)
     introspect.add_argument("token")
@@ -267,6 +279,17 @@ def _run_client(args: argparse.Namespace) -> int:
                 reason=args.reason,
             )
         _print(args, {"revoked_grants": count}, f"{count} grant(s) revoked")
+        return EXIT_OK
+    if args.command == "keys":
+        with AdminClient(args.admin_socket) as admin:
+            rotated = admin.rotate_signing_key(reload_from_file=args.reload)
+        text = f"signing key {rotated.kid} is current"
+        if rotated.previous_kid:
+            text += (
+                f"; {rotated.previous_kid} stays in the JWKS until "
+                f"{rotated.previous_retires_at.ToJsonString()}"
+            )
+        _print(args, _msg(rotated), text)
         return EXIT_OK
     raise AssertionError(args.command)
 

@@ -273,3 +273,9 @@ class AdminClient:
         else:
             raise ValueError("choose grant_id, task_id, subject or everything")
         return int(self._call("Revoke", request).revoked_grants)
+
+    def rotate_signing_key(
+        self, reload_from_file: bool = False
+    ) -> admin_pb.RotateSigningKeyResponse:
+        request = admin_pb.RotateSigningKeyRequest(reload_from_file=reload_from_file)
+        return cast(admin_pb.RotateSigningKeyResponse, self._call("RotateSigningKey", request))

@@ -147,6 +147,14 @@ class Config:
             choices=DURABILITY,
         ),
     )
+    audit_rotate_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_opt(
+            "Rotate the audit log when it reaches this size (0: never). The new file's first "
+            "record chains to the last hash of the rotated one.",
+            parse=int,
+        ),
+    )
     signing_key: Path | None = field(
         default=None,
         metadata=_opt(
@@ -322,6 +330,8 @@ class Config:
         for name in ("opa_timeout", "rpc_timeout", "sweep_interval"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be greater than 0")
+        if self.audit_rotate_bytes < 0:
+            problems.append("audit_rotate_bytes must not be negative")
         if self.shutdown_grace < 0:
             problems.append("shutdown_grace must not be negative")
         if self.max_requested_ttl < self.max_ttl:

@@ -29,7 +29,7 @@ from .cache import DecisionCache
 from .clock import Clock, SystemClock
 from .config import Config
 from .engine import Engine
-from .errors import ConfigError, PolicyError
+from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .http import Readiness, create_app
 from .identity import Authenticator, create_authenticator
 from .journal import Journal
@@ -37,7 +37,13 @@ from .metrics import Metrics
 from .policy import OpaClient, PolicyEngine
 from .service import AccessService, AdminService, CallGuard
 from .store import Store, open_store
-from .tokens import KeyRing, load_or_create_key
+from .tokens import (
+    KeyRing,
+    SigningKey,
+    generate_private_key,
+    load_or_create_key,
+    write_private_key,
+)
 
 log = logging.getLogger("jit_sidecar.server")
 DEV_KEY_PATH = Path("var/signing-key.pem")
@@ -133,7 +139,9 @@ class Sidecar:
                 "generated a dev signing key at %s (mode 0600)", key_path, extra={"kid": key.kid}
             )
         store = self._store or open_store(cfg.state)
-        audit = AuditFile(cfg.audit_log, fsync=cfg.durability == "fsync")
+        audit = AuditFile(
+            cfg.audit_log, fsync=cfg.durability == "fsync", rotate_bytes=cfg.audit_rotate_bytes
+        )
         if audit.recovered_torn:
             log.warning(
                 "dropped a torn (never acknowledged) record at the end of %s", cfg.audit_log
@@ -160,6 +168,7 @@ class Sidecar:
         engine.restore(snapshot)
         engine.on_policy_unavailable = self._policy_failed
         journal.start()
+        await engine.record_key_in_use(snapshot.current_key)
         recovered = await engine.sweep()
         if recovered:
             log.warning(
@@ -188,7 +197,7 @@ class Sidecar:
 
         self._admin = grpc.aio.server(options=grpc_options(cfg))
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(engine, self.guard), self._admin
+            AdminService(engine, self.guard, self.rotate_signing_key), self._admin
         )
         reflection.enable_server_reflection(
             (
@@ -244,6 +253,41 @@ class Sidecar:
         sockets = getattr(site._server, "sockets", None)  # the bound port, when 0 was asked
         if sockets:
             self.http_port = sockets[0].getsockname()[1]
+
+    # ------------------------------------------------------------------ keys
+    async def rotate_signing_key(self, reload_from_file: bool) -> tuple[str, str, float]:
+        """Generate a new key into the key file (or reload the file, e.g. after a Secret
+        update) and make it current. On any failure the current key stays in use.
+
+        Returns (new kid, previous kid, when the previous key leaves the JWKS).
+        """
+        assert self.engine is not None
+        path = self.config.signing_key or DEV_KEY_PATH
+        try:
+            if reload_from_file:
+                key, _ = await asyncio.to_thread(
+                    load_or_create_key, path, self.config.signing_alg, create=False
+                )
+            else:
+                key = SigningKey.from_private_key(generate_private_key(self.config.signing_alg))
+                await asyncio.to_thread(write_private_key, path, key.private_key)
+        except (ConfigError, OSError) as err:
+            self.metrics.key_rotation_errors.inc()
+            message = err.message if isinstance(err, ConfigError) else str(err)
+            log.error(
+                "signing key rotation failed; the current key stays in use: %s",
+                message,
+                extra={"kid": self.engine.keys.current.kid, "reason": "key_unavailable"},
+            )
+            raise FailedPrecondition(
+                f"key rotation failed, current key kept: {message}", Reason.SIGNING_UNAVAILABLE
+            ) from err
+        previous, retire_at = await self.engine.rotate_key(key)
+        return key.kid, previous, retire_at
+
+    async def _reload_key_on_sighup(self) -> None:
+        with contextlib.suppress(FailedPrecondition):
+            await self.rotate_signing_key(reload_from_file=True)
 
     # ------------------------------------------------------------------ probes
     async def _probe_policy(self) -> None:
@@ -333,6 +377,14 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(sidecar._reload_key_on_sighup())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stopping.wait()
     log.info("signal received; draining (grace %.0f s)", config.shutdown_grace)
     await sidecar.stop()

@@ -383,9 +383,28 @@ class AccessService(pb_grpc.AccessServiceServicer):
 class AdminService(admin_pb_grpc.AdminServiceServicer):
     """Operator API on the admin socket. The socket's file mode is its access control."""
 
-    def __init__(self, engine: Engine, guard: CallGuard) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        guard: CallGuard,
+        rotate_key: Callable[[bool], Awaitable[tuple[str, str, float]]],
+    ) -> None:
         self._engine = engine
         self._guard = guard
+        self._rotate_key = rotate_key
+
+    async def RotateSigningKey(
+        self, request: admin_pb.RotateSigningKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb.RotateSigningKeyResponse:
+        async def body() -> admin_pb.RotateSigningKeyResponse:
+            kid, previous, retire_at = await self._rotate_key(request.reload_from_file)
+            return admin_pb.RotateSigningKeyResponse(
+                kid=kid,
+                previous_kid=previous if previous != kid else "",
+                previous_retires_at=ts(retire_at) if retire_at else None,
+            )
+
+        return await self._guard.run("Admin.RotateSigningKey", context, body)
 
     async def Revoke(
         self, request: admin_pb.RevokeRequest, context: grpc.aio.ServicerContext

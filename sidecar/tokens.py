@@ -211,6 +211,12 @@ class KeyRing:
         self._jwks_cache = None
         return retired
 
+    def publish_retired(self, jwk: Mapping[str, str], retire_at: float) -> None:
+        """Keep a no-longer-current public key in the JWKS until `retire_at`."""
+        if jwk.get("kid") and jwk["kid"] != self.current.kid:
+            self._published[jwk["kid"]] = PublishedKey(jwk, retire_at)
+            self._jwks_cache = None
+
     def published(self, now: float) -> list[PublishedKey]:
         return [p for p in self._published.values() if p.retire_at is None or p.retire_at > now]
 

@@ -24,6 +24,8 @@ class Snapshot:
     grants: list[Grant] = field(default_factory=list)
     """Grants still active (some may be past `expires_at`: the engine expires them)."""
     retired_keys: list[PublishedKey] = field(default_factory=list)
+    current_key: dict[str, str] | None = None
+    """Public JWK of the key that was signing when the store last saw a rotation."""
     last_exp_by_kid: dict[str, float] = field(default_factory=dict)
     """Latest `exp` of any token signed by each key id (when retired keys can leave)."""
 

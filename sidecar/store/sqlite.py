@@ -246,9 +246,14 @@ class SqliteStore:
 
     @staticmethod
     def _key_rotated(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        if "previous_kid" in r:
+            conn.execute(
+                "INSERT OR REPLACE INTO keys (kid, jwk, retire_at) VALUES (?, ?, ?)",
+                (r["previous_kid"], json.dumps(r["previous_jwk"]), ts(r["retire_at"])),
+            )
         conn.execute(
-            "INSERT OR REPLACE INTO keys (kid, jwk, retire_at) VALUES (?, ?, ?)",
-            (r["previous_kid"], json.dumps(r["previous_jwk"]), ts(r["retire_at"])),
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('current_key', ?)",
+            (json.dumps(r["jwk"]),),
         )
 
     # ------------------------------------------------------------------ start-up
@@ -270,6 +275,8 @@ class SqliteStore:
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
+        current = self._w.execute("SELECT value FROM meta WHERE key='current_key'").fetchone()
+        snap.current_key = json.loads(current[0]) if current else None
         snap.last_exp_by_kid = dict(
             self._w.execute("SELECT kid, MAX(expires_at) FROM grants GROUP BY kid").fetchall()
         )
