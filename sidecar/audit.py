@@ -159,6 +159,13 @@ class AuditFile:
         self.recovered_torn = tail.torn
         self.seq = tail.seq
         self.last_hash = tail.hash
+        if tail.seq == 0:
+            # A fresh active file right after a rotation continues the rotated file's chain.
+            for rotated in reversed(log_files(path)[:-1] if path.exists() else log_files(path)):
+                previous = read_tail(rotated)
+                if previous.seq:
+                    self.seq, self.last_hash = previous.seq, previous.hash
+                    break
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._size = tail.size
 

@@ -1,0 +1,61 @@
+"""Configuration: precedence, validation, and the generated reference staying in sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import load, markdown_reference
+from sidecar.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    """Flags beat environment, which beats the TOML file, which beats defaults."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('opa-timeout = 0.5\nmax_ttl = 600\nsocket_mode = "640"\n')
+    env = {"JIT_SIDECAR_MAX_TTL": "700", "JIT_SIDECAR_IDENTITY": "dev"}
+    config = load({"max_ttl": "800"}, env=env, config_file=toml)
+    assert config.opa_timeout == 0.5
+    assert config.max_ttl == 800
+    assert config.socket_mode == 0o640
+    assert load({}, env=env, config_file=toml).max_ttl == 700
+
+
+def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
+    """A typo in the TOML file is reported, never silently ignored."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("opa_tiemout = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'opa_tiemout'"):
+        load({"identity": "dev"}, env={}, config_file=toml)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"identity": "root"}, "identity must be one of"),
+        ({"identity": "dev", "max_ttl": "0"}, "max_ttl must be at least 1"),
+        ({"identity": "dev", "opa_url": "ftp://x"}, "opa_url must start with"),
+        ({"identity": "dev", "http_addr": "0.0.0.0:9464"}, "dev identity trusts every"),
+        ({"identity": "dev", "http_addr": "nonsense"}, "http_addr must be HOST:PORT"),
+        ({"identity": "dev", "max_requested_ttl": "10"}, "max_requested_ttl must be at least"),
+        ({"identity": "dev", "state": "mysql://x"}, "state must be sqlite:PATH"),
+    ],
+)
+def test_invalid_settings_are_refused(overrides: dict[str, str], message: str) -> None:
+    """Each unusable setting is refused at start-up with a message naming it."""
+    with pytest.raises(ConfigError, match=message):
+        load(overrides, env={})
+
+
+def test_serve_requires_identity_mode() -> None:
+    """`serve` without --identity is refused: there is no silently-trusting default."""
+    with pytest.raises(ConfigError, match="identity must be one of"):
+        load({}, env={})
+
+
+def test_docs_configuration_reference_is_in_sync() -> None:
+    """docs/configuration.md is exactly what `python -m sidecar.config --markdown` prints."""
+    assert (ROOT / "docs/configuration.md").read_text() == markdown_reference()

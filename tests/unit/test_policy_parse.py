@@ -1,0 +1,79 @@
+"""Decision parsing trusts nothing OPA answers unchecked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.errors import PolicyResultInvalid
+from sidecar.model import Tier
+from sidecar.policy import parse_decision
+
+ALLOW = {
+    "allow": True,
+    "tier": "jit",
+    "ttl_seconds": 60,
+    "audience": "api",
+    "scope": ["a.write"],
+    "reasons": ["ok"],
+    "cache_seconds": 30,
+}
+
+
+def parse(result: object, **extra: object) -> object:
+    return parse_decision(json.dumps({"result": result, **extra}).encode(), action="a.write")
+
+
+def test_valid_decision_and_decision_id() -> None:
+    """A well-formed decision parses; OPA's decision_id is kept; JIT is never cacheable."""
+    d = parse(ALLOW, decision_id="abc")
+    assert d.allow
+    assert d.tier is Tier.JIT
+    assert d.decision_id == "abc"
+    assert d.cache_seconds == 0
+
+
+def test_deny_needs_only_allow() -> None:
+    """A deny parses with its reasons; other fields are ignored."""
+    d = parse({"allow": False, "reasons": ["no"]})
+    assert not d.allow
+    assert d.reasons == ("no",)
+
+
+def test_scope_defaults_to_the_action() -> None:
+    """No scope in an allow: the token's scope is the requested action."""
+    d = parse({k: v for k, v in ALLOW.items() if k != "scope"})
+    assert d.scope == ("a.write",)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"allow": 1},
+        {"allow": True, "tier": "jit", "ttl_seconds": True, "audience": "a"},
+        {"allow": True, "tier": "jit", "ttl_seconds": 0, "audience": "a"},
+        {"allow": True, "tier": "jit", "ttl_seconds": 60, "audience": ""},
+        ALLOW | {"scope": "a.write"},
+        ALLOW | {"scope": ["a b"]},
+        ALLOW | {"scope": []},
+        ALLOW | {"reasons": [1]},
+        ALLOW | {"approval_required": "no"},
+        ALLOW | {"cache_seconds": -1},
+        None,
+    ],
+)
+def test_malformed_decisions_raise(result: object) -> None:
+    """Every wrong type or missing required field is policy_result_invalid."""
+    with pytest.raises(PolicyResultInvalid):
+        parse(result)
+
+
+def test_undefined_and_garbage() -> None:
+    """No `result` is undefined; non-JSON is bad_json."""
+    with pytest.raises(PolicyResultInvalid) as undefined:
+        parse_decision(b"{}", action="a")
+    with pytest.raises(PolicyResultInvalid) as garbage:
+        parse_decision(b"\xff\xfe", action="a")
+    assert undefined.value.cause == "undefined"
+    assert garbage.value.cause == "bad_json"
