@@ -642,12 +642,13 @@ class Engine:
         if not isinstance(jti, str):
             return Introspection(False)
         grant = self._grants.get(jti)
-        exp = claims.get("exp")
+        exp, nbf = claims.get("exp"), claims.get("nbf")
         if (
             grant is not None
             and grant.is_active(now)
             and isinstance(exp, int)
-            and now < exp
+            and isinstance(nbf, int)
+            and nbf <= now < exp
             and claims.get("sub") == grant.subject
             and claims.get("txn") == grant.task_id
         ):

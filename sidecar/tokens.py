@@ -242,8 +242,8 @@ class KeyRing:
     def verify(self, token: str, *, issuer: str, now: float) -> dict[str, Any] | None:
         """Claims of a token we signed with a still-published key, or None.
 
-        Checks signature (algorithm pinned by the key), `typ`, `iss`; `exp` is left to the
-        caller, which knows the grant's state.
+        Checks signature (algorithm pinned by the key), `typ`, `iss`; `exp` and `nbf` are
+        left to the caller, which knows the grant's state and owns the clock.
         """
         try:
             header = jwt.get_unverified_header(token)
@@ -262,7 +262,13 @@ class KeyRing:
                 key=key,
                 algorithms=[published.jwk["alg"]],
                 issuer=issuer,
-                options={"verify_exp": False, "verify_aud": False, "verify_iat": False},
+                # Time claims are the caller's to check, with its (injectable) clock.
+                options={
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                },
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             return None

@@ -88,3 +88,44 @@ class FakeOpa:
 
     def answer(self, body: Any, status: int = 200, delay: float = 0.0) -> None:
         self.body, self.status, self.delay = body, status, delay
+
+
+class ManualClock:
+    """A wall clock tests move by hand (forwards and backwards)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.value = now
+
+    def now(self) -> float:
+        return self.value
+
+    def advance(self, seconds: float) -> None:
+        self.value += seconds
+
+
+class ScriptedPolicy:
+    """PolicyEngine answering a fixed decision (or raising), recording every input."""
+
+    def __init__(self, decision: Any = None) -> None:
+        from sidecar.policy import parse_decision
+
+        self._parse = parse_decision
+        self.result: Any = VALID_JIT if decision is None else decision
+        self.error: Exception | None = None
+        self.inputs: list[dict[str, Any]] = []
+
+    async def decide(self, policy_input: dict[str, Any]) -> Any:
+        self.inputs.append(policy_input)
+        if self.error is not None:
+            raise self.error
+        body = json.dumps({"result": self.result}).encode()
+        return self._parse(body, action=policy_input["intent"]["action"])
+
+    async def healthy(self) -> bool:
+        return self.error is None
+
+    async def revision(self) -> str:
+        return "r1"
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,207 @@
+"""The engine with a hand-moved clock, real SQLite, a real audit file and the real journal
+(only the policy is scripted): ordering, TTL arithmetic, revocation reasons, clock jumps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.audit import AuditFile, verify
+from sidecar.config import load
+from sidecar.engine import Engine
+from sidecar.errors import FailedPrecondition, PermissionDenied
+from sidecar.journal import Journal
+from sidecar.metrics import Metrics
+from sidecar.model import Identity, Intent, Outcome
+from sidecar.store.sqlite import SqliteStore
+from sidecar.tokens import KeyRing, SigningKey, generate_private_key
+from tests.fakes import VALID_JIT, ManualClock, ScriptedPolicy
+
+ME = Identity("spiffe://t/agent/me", "t", "dev")
+OTHER = Identity("spiffe://t/agent/other", "t", "dev")
+
+
+class Rig:
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        self.clock = ManualClock(1_800_000_000.0)
+        self.policy = ScriptedPolicy()
+        self.metrics = Metrics()
+        self.store = SqliteStore(tmp / "state.db")
+        self.audit_path = tmp / "audit.jsonl"
+        self.journal = Journal(AuditFile(self.audit_path), self.store)
+        config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
+        self.engine = Engine(
+            config,
+            policy=self.policy,
+            store=self.store,
+            journal=self.journal,
+            keys=KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA"))),
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.journal.start()
+
+    def close(self) -> None:
+        self.journal.close()
+        self.store.close()
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def run(tmp_path: Path, body: Callable[[Rig], Awaitable[None]], **settings: Any) -> Rig:
+    rig = Rig(tmp_path, **settings)
+    try:
+        asyncio.run(body(rig))
+    finally:
+        rig.close()
+    return rig
+
+
+def test_ttl_never_wider_than_the_task(tmp_path: Path) -> None:
+    """exp never passes the task deadline; when both fall due together, the task's deadline
+    revokes the grant with reason task_expired."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=10, labels={})
+        out = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        assert out.grant is not None
+        assert out.grant.expires_at == task.deadline  # integral clock: 10 s exactly
+        r.clock.advance(11)
+        await r.engine.sweep()
+        assert not (await r.engine.introspect(out.token)).active
+        assert r.value("jit_revocations_total", reason="task_expired") == 1
+
+    run(tmp_path, body)
+
+
+def test_clock_jump_backwards_keeps_grants_and_forwards_ends_them(tmp_path: Path) -> None:
+    """A clock stepping back ends nothing early (the grant stays active, though its token is
+    not valid before its nbf); stepping forward ends everything due, each exactly once."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        out = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        assert out.grant is not None
+        r.clock.advance(-3600)
+        assert await r.engine.sweep() == 0
+        assert r.engine.grant(out.grant.grant_id) is out.grant
+        assert not (await r.engine.introspect(out.token)).active  # nbf is in the future
+        r.clock.advance(3600)
+        assert (await r.engine.introspect(out.token)).active
+        r.clock.advance(31)
+        await r.engine.sweep()
+        await r.engine.sweep()
+        assert not (await r.engine.introspect(out.token)).active
+
+    rig = run(tmp_path, body, heartbeat_interval=1000)
+    assert rig.value("jit_revocations_total", reason="expired") == 1
+
+
+def test_completion_racing_an_issue_never_leaves_an_active_grant(tmp_path: Path) -> None:
+    """CompleteTask arriving while a grant is being decided: the grant is refused or revoked,
+    never left active in an ended task."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        gate = asyncio.Event()
+        original = r.policy.decide
+
+        async def slow(policy_input: dict[str, Any]) -> Any:
+            await gate.wait()
+            return await original(policy_input)
+
+        r.policy.decide = slow  # type: ignore[method-assign]
+        issuing = asyncio.create_task(
+            r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        )
+        await asyncio.sleep(0)
+        await r.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED)
+        gate.set()
+        with pytest.raises(FailedPrecondition):
+            await issuing
+        assert r.engine.active_grant_count == 0
+
+    run(tmp_path, body)
+
+
+def test_other_identity_cannot_touch_a_task(tmp_path: Path) -> None:
+    """Every operation on another identity's task is PERMISSION_DENIED task_not_owned."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="mine", goal="g", max_duration=60, labels={})
+        out = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        assert out.grant is not None
+        calls = [
+            r.engine.request_grant(OTHER, "mine", Intent("x.write", "x://1"), 30),
+            r.engine.heartbeat(OTHER, "mine"),
+            r.engine.complete_task(OTHER, "mine", Outcome.SUCCEEDED),
+            r.engine.revoke_grant(OTHER, out.grant.grant_id),
+            r.engine.list_grants(OTHER, "mine", True),
+        ]
+        for call in calls:
+            with pytest.raises(PermissionDenied):
+                await call
+        assert (await r.engine.introspect(out.token)).active
+
+    run(tmp_path, body)
+
+
+def test_kill_switch_revokes_every_grant_of_a_subject(tmp_path: Path) -> None:
+    """revoke_subject ends every task of that identity, others untouched (kill_switch)."""
+
+    async def body(r: Rig) -> None:
+        tokens = []
+        for who in (ME, ME, OTHER):
+            task = await r.engine.begin_task(who, task_id="", goal="g", max_duration=60, labels={})
+            out = await r.engine.request_grant(who, task.task_id, Intent("x.write", "x://1"), 30)
+            tokens.append(out.token)
+        assert await r.engine.revoke_subject(ME.subject, "compromised") == 2
+        states = [(await r.engine.introspect(t)).active for t in tokens]
+        assert states == [False, False, True]
+        assert await r.engine.revoke_subject(None) == 1
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_revocations_total", reason="kill_switch") == 3
+    assert verify([rig.audit_path]).ok
+
+
+def test_errored_outcome_revokes_with_reason_errored(tmp_path: Path) -> None:
+    """An ERRORED completion revokes with reason errored and records the detail."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        _, count = await r.engine.complete_task(ME, task.task_id, Outcome.ERRORED, "boom")
+        assert count == 1
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_revocations_total", reason="errored") == 1
+
+
+def test_standing_decisions_are_cached_jit_never(tmp_path: Path) -> None:
+    """A standing decision with cache_seconds is reused (one OPA call for two grants, each
+    audited with a fresh token); a JIT decision always asks OPA."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        r.policy.result = VALID_JIT | {"tier": "standing", "cache_seconds": 30}
+        a = await r.engine.request_grant(ME, task.task_id, Intent("x.read", "x://1"), 30)
+        b = await r.engine.request_grant(ME, task.task_id, Intent("x.read", "x://1"), 30)
+        assert len(r.policy.inputs) == 1
+        assert a.token != b.token
+        r.policy.result = VALID_JIT
+        await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        assert len(r.policy.inputs) == 3
+        r.engine.cache.set_revision("new policy")
+        r.policy.result = VALID_JIT | {"tier": "standing", "cache_seconds": 30}
+        await r.engine.request_grant(ME, task.task_id, Intent("x.read", "x://1"), 30)
+        assert len(r.policy.inputs) == 4
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_policy_cache_total", result="hit") == 1
