@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -124,6 +125,61 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reload the configured key file instead of generating a key",
     )
+
+    approvals = sub.add_parser("approvals", help="operator: human approvals (admin socket)")
+    approvals_sub = approvals.add_subparsers(dest="approvals_command", required=True)
+    listing = approvals_sub.add_parser("list", help="pending (and with --all, decided) requests")
+    _admin_flags(listing)
+    listing.add_argument("--all", action="store_true", help="include decided and expired")
+    for verb in ("approve", "deny"):
+        decide = approvals_sub.add_parser(verb, help=f"{verb} a pending request")
+        _admin_flags(decide)
+        decide.add_argument("approval_id")
+        decide.add_argument(
+            "--reason", required=verb == "deny", default="", help="why (recorded in the audit log)"
+        )
+        decide.add_argument(
+            "--approver", default="", help="who decides (default: the current user)"
+        )
+
+    policy = sub.add_parser("policy", help="policy tools")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_sub.add_parser(
+        "explain", help="ask the running OPA for the decision on an intent, and why"
+    )
+    explain.add_argument("action")
+    explain.add_argument("resource")
+    explain.add_argument("--justification", default="")
+    explain.add_argument("--context", default="", help="JSON object (intent.context)")
+    explain.add_argument(
+        "--subject", default="spiffe://jit.local/agent/dev", help="the agent's workload identity"
+    )
+    explain.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="identity claims the policy may use",
+    )
+    explain.add_argument("--goal", default="")
+    explain.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    explain.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="ACTION=RESOURCE",
+        help="grants the task already holds (for per-task limits)",
+    )
+    explain.add_argument(
+        "--remaining", type=int, default=300, help="seconds left in the task (default 300)"
+    )
+    explain.add_argument("--ttl", type=int, default=60)
+    explain.add_argument(
+        "--opa-url", default="", help="default $JIT_SIDECAR_OPA_URL or http://127.0.0.1:8181"
+    )
+    explain.add_argument("--decision-path", default="/v1/data/jit/decision")
+    explain.add_argument("--trace", action="store_true", help="print OPA's full evaluation trace")
+    explain.add_argument("--json", action="store_true")
 
     introspect = sub.add_parser("introspect", help="is this token active? (- reads stdin)")
     _client_flags(introspect)
@@ -280,6 +336,34 @@ def _run_client(args: argparse.Namespace) -> int:
             )
         _print(args, {"revoked_grants": count}, f"{count} grant(s) revoked")
         return EXIT_OK
+    if args.command == "approvals":
+        with AdminClient(args.admin_socket) as admin:
+            if args.approvals_command == "list":
+                items = admin.list_approvals(include_decided=args.all)
+                lines = [
+                    f"{a.approval_id}  {_APPROVAL_STATES.get(a.state, '?'):8s} "
+                    f"{a.subject}  {a.intent.action} {a.intent.resource}  "
+                    f"task {a.task_id}  expires {a.expires_at.ToJsonString()}\n"
+                    f"    justification: {a.intent.justification!r}\n"
+                    + "".join(f"    - {r}\n" for r in a.reasons)
+                    for a in items
+                ]
+                _print(args, [_msg(a) for a in items], "".join(lines).rstrip() or "(no approvals)")
+                return EXIT_OK
+            approver = args.approver or getpass.getuser()
+            decided = admin.decide_approval(
+                args.approval_id,
+                approve=args.approvals_command == "approve",
+                reason=args.reason,
+                approver=approver,
+            )
+        _print(
+            args,
+            _msg(decided),
+            f"approval {decided.approval_id} {_APPROVAL_STATES.get(decided.state, '?')} "
+            f"by {approver}",
+        )
+        return EXIT_OK
     if args.command == "keys":
         with AdminClient(args.admin_socket) as admin:
             rotated = admin.rotate_signing_key(reload_from_file=args.reload)
@@ -292,6 +376,98 @@ def _run_client(args: argparse.Namespace) -> int:
         _print(args, _msg(rotated), text)
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+_APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired", 5: "used"}
+
+
+def _run_policy_explain(args: argparse.Namespace) -> int:
+    import time
+
+    import requests
+
+    from .clock import rfc3339
+    from .identity import trust_domain_of
+
+    def pairs(items: list[str]) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in items if "=" in item)
+
+    policy_input = {
+        "identity": {
+            "subject": args.subject,
+            "trust_domain": trust_domain_of(args.subject),
+            "method": "explain",
+            "issuer": "",
+            "claims": pairs(args.claim),
+        },
+        "intent": {
+            "action": args.action,
+            "resource": args.resource,
+            "justification": args.justification,
+            "context": json.loads(args.context) if args.context else {},
+        },
+        "task": {
+            "id": "t-explain",
+            "goal": args.goal,
+            "labels": pairs(args.label),
+            "age_seconds": 0,
+            "remaining_seconds": args.remaining,
+            "grants": [
+                {"action": a, "resource": r, "tier": "jit"} for a, r in pairs(args.grant).items()
+            ],
+        },
+        "request": {"ttl_seconds": args.ttl, "time": rfc3339(time.time())},
+    }
+    url = args.opa_url or os.environ.get("JIT_SIDECAR_OPA_URL") or "http://127.0.0.1:8181"
+    params = {"metrics": "true"}
+    if args.trace:
+        params |= {"explain": "full", "pretty": "true"}
+    try:
+        response = requests.post(
+            url.rstrip("/") + args.decision_path,
+            json={"input": policy_input},
+            params=params,
+            timeout=10,
+        )
+    except requests.RequestException as err:
+        print(f"jit-sidecar: OPA at {url} is unreachable: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    body = (
+        response.json()
+        if response.headers.get("content-type", "").startswith("application/json")
+        else {}
+    )
+    if response.status_code != 200 or "result" not in body:
+        print(
+            f"jit-sidecar: no decision (HTTP {response.status_code}): {json.dumps(body)[:500]}",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    decision = body["result"]
+    if args.json:
+        print(
+            json.dumps(
+                {"input": policy_input, "decision": decision, "metrics": body.get("metrics", {})},
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return EXIT_OK
+    verdict = "ALLOW" if decision.get("allow") is True else "DENY"
+    if verdict == "ALLOW" and decision.get("approval_required"):
+        verdict = "ALLOW after human approval"
+    print(f"{verdict}  {args.subject} → {args.action} {args.resource}")
+    for key in ("tier", "ttl_seconds", "audience", "scope", "cache_seconds"):
+        if key in decision:
+            print(f"  {key}: {decision[key]}")
+    for reason in decision.get("reasons", []):
+        print(f"  - {reason}")
+    eval_ns = body.get("metrics", {}).get("timer_rego_query_eval_ns")
+    if eval_ns:
+        print(f"  (evaluated in {eval_ns / 1000:.0f} µs)")
+    for line in body.get("explanation", []) if args.trace else []:
+        print(line)
+    return EXIT_OK
 
 
 def _state(value: int) -> str:
@@ -338,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_serve(args)
         if args.command == "audit":
             return _run_audit(args)
+        if args.command == "policy":
+            return _run_policy_explain(args)
         return _run_client(args)
     except ConfigError as err:
         print(f"jit-sidecar: configuration error: {err.message}", file=sys.stderr)

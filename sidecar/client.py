@@ -274,6 +274,18 @@ class AdminClient:
             raise ValueError("choose grant_id, task_id, subject or everything")
         return int(self._call("Revoke", request).revoked_grants)
 
+    def list_approvals(self, include_decided: bool = False) -> list[admin_pb.Approval]:
+        request = admin_pb.ListApprovalsRequest(include_decided=include_decided)
+        return list(self._call("ListApprovals", request).approvals)
+
+    def decide_approval(
+        self, approval_id: str, *, approve: bool, reason: str = "", approver: str = ""
+    ) -> admin_pb.Approval:
+        request = admin_pb.DecideApprovalRequest(
+            approval_id=approval_id, approve=approve, reason=reason, approver=approver
+        )
+        return cast(admin_pb.Approval, self._call("DecideApproval", request).approval)
+
     def rotate_signing_key(
         self, reload_from_file: bool = False
     ) -> admin_pb.RotateSigningKeyResponse:

@@ -264,6 +264,28 @@ class Config:
             parse=float,
         ),
     )
+    # --- human approval
+    approval_ttl: int = field(
+        default=600,
+        metadata=_opt(
+            "Seconds an approval request stays open (and an approval collectable).", parse=int
+        ),
+    )
+    approval_webhook_url: str = field(
+        default="",
+        metadata=_opt("URL that receives a JSON POST for every new approval request."),
+    )
+    approval_webhook_secret_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "File with the HMAC-SHA256 key for the webhook's X-JIT-Signature header.",
+            parse=_optional_path,
+        ),
+    )
+    decision_cache_size: int = field(
+        default=10_000,
+        metadata=_opt("Entries in the standing-decision cache (LRU).", parse=int),
+    )
     # --- logging
     log_level: str = field(default="info", metadata=_opt("Log level.", choices=LOG_LEVELS))
     log_format: str = field(
@@ -323,6 +345,8 @@ class Config:
             "max_tasks_per_identity",
             "max_concurrent_rpcs",
             "max_message_bytes",
+            "approval_ttl",
+            "decision_cache_size",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -360,6 +384,10 @@ class Config:
                 "http_addr is bound beyond loopback: set http_token_file so /introspect and "
                 "/revoke require a bearer credential"
             )
+        if self.approval_webhook_url and not self.approval_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            problems.append("approval_webhook_url must be an http:// or https:// URL")
         if problems:
             raise ConfigError("; ".join(problems))
         return self

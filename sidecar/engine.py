@@ -15,6 +15,7 @@ policy, journal, store and key ring are adapters handed to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from .approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
 from .cache import DecisionCache
 from .clock import Clock, rfc3339
 from .config import Config
@@ -72,6 +74,7 @@ class _Due(IntEnum):
     GRANT_EXPIRY = 1
     TASK_DEADLINE = 2
     TASK_HEARTBEAT = 3
+    APPROVAL_EXPIRY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,10 @@ class Engine:
         self._last_exp_by_kid: dict[str, float] = {}
         self._tier_max = {Tier.STANDING: config.max_ttl, Tier.JIT: config.max_ttl_jit}
         self._retries: set[asyncio.Task[None]] = set()
+        self._approvals: dict[str, Approval] = {}
+        """Open approvals (pending or approved, not yet used or expired)."""
+        self._approval_by_hash: dict[str, Approval] = {}
+        self.notifier: WebhookNotifier | None = None
         self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
         """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
 
@@ -152,6 +159,8 @@ class Engine:
             self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
             self.metrics.active_grants.labels(tier=grant.tier.value).inc()
         self._last_exp_by_kid = dict(snapshot.last_exp_by_kid)
+        for approval in snapshot.approvals:
+            self._open_approval(approval)
         self.metrics.active_tasks.set(len(self._tasks))
 
     # ================================================================== tasks
@@ -320,6 +329,34 @@ class Engine:
                 Reason.TOO_MANY_GRANTS,
             )
 
+        digest = intent_hash(identity.subject, task_id, intent)
+        parked = self._approval_by_hash.get(digest)
+        if parked is not None and parked.expires_at > now:
+            if parked.state is ApprovalState.APPROVED:
+                return await self._use_approval(identity, parked)
+            return self._pending_outcome(parked)
+        mismatch = self._approved_for_other_intent(task_id, intent, digest)
+        if mismatch is not None:
+            reasons = (
+                f"approval_intent_mismatch: approval {mismatch.approval_id} covers a different "
+                "intent (justification or context changed after approval)",
+            )
+            self.metrics.grant_requests.labels(decision="denied", tier="").inc()
+            await self.journal.commit(
+                [
+                    _event(
+                        "grant_denied",
+                        now,
+                        task_id=task_id,
+                        subject=identity.subject,
+                        intent=intent.as_input(),
+                        approval_id=mismatch.approval_id,
+                        reasons=list(reasons),
+                    )
+                ]
+            )
+            return GrantOutcome("denied", reasons=reasons)
+
         decision = await self._decide(identity, intent, task, ttl_seconds, now)
 
         if not decision.allow:
@@ -341,22 +378,7 @@ class Engine:
                 "denied", reasons=decision.reasons, decision_id=decision.decision_id
             )
         if decision.approval_required:
-            self.metrics.grant_requests.labels(decision="denied", tier="").inc()
-            reasons = (*decision.reasons, "approval_required: human approval is not enabled")
-            await self.journal.commit(
-                [
-                    _event(
-                        "grant_denied",
-                        now,
-                        task_id=task_id,
-                        subject=identity.subject,
-                        intent=intent.as_input(),
-                        decision_id=decision.decision_id or None,
-                        reasons=list(reasons),
-                    )
-                ]
-            )
-            return GrantOutcome("denied", reasons=reasons, decision_id=decision.decision_id)
+            return await self._park(identity, task, intent, ttl_seconds, decision, digest)
         return await self._issue(identity, task, intent, ttl_seconds, decision)
 
     async def _decide(
@@ -426,6 +448,7 @@ class Engine:
         intent: Intent,
         requested_ttl: int,
         decision: PolicyDecision,
+        approval_id: str = "",
     ) -> GrantOutcome:
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
@@ -474,6 +497,7 @@ class Engine:
             kid=key.kid,
             cnf_jkt=task.pop_jkt or None,
             cached=decision.cached or None,
+            approval_id=approval_id or None,
         )
         try:
             await self.journal.commit([event])
@@ -696,6 +720,20 @@ class Engine:
                     else:  # clock went backwards since it was scheduled
                         self._push(grant.expires_at, kind, ident)
                 continue
+            if kind is _Due.APPROVAL_EXPIRY:
+                approval = self._approvals.get(ident)
+                if approval is not None and approval.expires_at <= now:
+                    self._close_approval(approval, ApprovalState.EXPIRED)
+                    ended.events.append(
+                        _event(
+                            "approval_expired",
+                            now,
+                            approval_id=approval.approval_id,
+                            task_id=approval.task_id,
+                            subject=approval.subject,
+                        )
+                    )
+                continue
             task = self._tasks.get(ident)
             if task is None or not task.active:
                 continue
@@ -906,6 +944,217 @@ class Engine:
             await self.journal.commit([event])
         except CommitError:
             log.error("could not audit a rejected %s", rpc, extra={"reason": err.reason.value})
+
+    # ================================================================== approvals
+    async def _park(
+        self,
+        identity: Identity,
+        task: Task,
+        intent: Intent,
+        requested_ttl: int,
+        decision: PolicyDecision,
+        digest: str,
+    ) -> GrantOutcome:
+        """Hold an intent that needs a human: nothing is issued until someone approves."""
+        assert decision.tier is not None
+        now = self.clock.now()
+        approval = Approval(
+            approval_id="a-" + new_grant_id(),
+            task_id=task.task_id,
+            subject=identity.subject,
+            intent=intent,
+            intent_hash=digest,
+            requested_ttl=requested_ttl,
+            decision=decision,
+            created_at=now,
+            expires_at=now + self.config.approval_ttl,
+        )
+        self._open_approval(approval)
+        try:
+            await self.journal.commit(
+                [
+                    _event(
+                        "grant_pending",
+                        now,
+                        approval_id=approval.approval_id,
+                        task_id=task.task_id,
+                        subject=identity.subject,
+                        intent=intent.as_input(),
+                        intent_hash=digest,
+                        decision_id=decision.decision_id or None,
+                        reasons=list(decision.reasons),
+                        decision={
+                            "tier": decision.tier.value,
+                            "ttl_seconds": decision.ttl_seconds,
+                            "audience": decision.audience,
+                            "scope": list(decision.scope),
+                        },
+                        ttl_seconds=requested_ttl,
+                        expires_at=rfc3339(approval.expires_at),
+                    )
+                ]
+            )
+        except CommitError as err:
+            if not err.durable:
+                self._close_approval(approval, ApprovalState.EXPIRED)
+            raise
+        self.metrics.grant_requests.labels(
+            decision="pending_approval", tier=decision.tier.value
+        ).inc()
+        log.info(
+            "approval requested",
+            extra={"approval_id": approval.approval_id, "task_id": task.task_id},
+        )
+        if self.notifier is not None:
+            self.notifier.notify(approval)
+        return self._pending_outcome(approval)
+
+    @staticmethod
+    def _pending_outcome(approval: Approval) -> GrantOutcome:
+        return GrantOutcome(
+            "pending_approval",
+            reasons=approval.decision.reasons,
+            decision_id=approval.decision.decision_id,
+            approval_id=approval.approval_id,
+        )
+
+    def _open_approval(self, approval: Approval) -> None:
+        self._approvals[approval.approval_id] = approval
+        self._approval_by_hash[approval.intent_hash] = approval
+        self._push(approval.expires_at, _Due.APPROVAL_EXPIRY, approval.approval_id)
+
+    def _close_approval(self, approval: Approval, state: ApprovalState) -> None:
+        approval.state = state
+        self._approvals.pop(approval.approval_id, None)
+        if self._approval_by_hash.get(approval.intent_hash) is approval:
+            del self._approval_by_hash[approval.intent_hash]
+        approval.settled.set()
+
+    def _approved_for_other_intent(
+        self, task_id: str, intent: Intent, digest: str
+    ) -> Approval | None:
+        for approval in self._approvals.values():
+            if (
+                approval.task_id == task_id
+                and approval.state is ApprovalState.APPROVED
+                and approval.intent.action == intent.action
+                and approval.intent.resource == intent.resource
+                and approval.intent_hash != digest
+            ):
+                return approval
+        return None
+
+    def open_approvals(self) -> list[Approval]:
+        return sorted(self._approvals.values(), key=lambda a: a.created_at)
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, approver: str, reason: str
+    ) -> Approval:
+        """An approver's verdict. Unknown → NOT_FOUND; decided, used or expired →
+        FAILED_PRECONDITION approval_inactive (an approval is decided once)."""
+        now = self.clock.now()
+        approval = self._approvals.get(approval_id)
+        if approval is None:
+            stored = await self.store.get_approval(approval_id)
+            if stored is None:
+                raise NotFound(f"no approval {approval_id}", Reason.APPROVAL_NOT_FOUND)
+            raise FailedPrecondition(
+                f"approval {approval_id} is already {stored.state.value}",
+                Reason.APPROVAL_INACTIVE,
+            )
+        if approval.expires_at <= now:
+            await self.sweep()
+            raise FailedPrecondition(
+                f"approval {approval_id} has expired", Reason.APPROVAL_INACTIVE
+            )
+        if approval.state is not ApprovalState.PENDING:
+            raise FailedPrecondition(
+                f"approval {approval_id} is already {approval.state.value}",
+                Reason.APPROVAL_INACTIVE,
+            )
+        approval.decided_by = approver
+        approval.decision_reason = reason
+        if approve:
+            approval.state = ApprovalState.APPROVED
+            approval.settled.set()
+        else:
+            self._close_approval(approval, ApprovalState.DENIED)
+        await self.journal.commit(
+            [
+                _event(
+                    "approval_decided",
+                    now,
+                    approval_id=approval_id,
+                    task_id=approval.task_id,
+                    subject=approval.subject,
+                    approved=approve,
+                    approver=approver,
+                    reason=reason or None,
+                )
+            ]
+        )
+        log.info(
+            "approval %s",
+            "granted" if approve else "denied",
+            extra={"approval_id": approval_id, "task_id": approval.task_id},
+        )
+        return approval
+
+    async def await_approval(
+        self, identity: Identity, approval_id: str, wait: float
+    ) -> GrantOutcome:
+        """Wait up to `wait` seconds for a verdict; an approval yields one JIT grant."""
+        approval = self._approvals.get(approval_id)
+        if approval is None:
+            stored = await self.store.get_approval(approval_id)
+            if stored is None or stored.subject != identity.subject:
+                raise NotFound(f"no approval {approval_id}", Reason.APPROVAL_NOT_FOUND)
+            return self._settled_outcome(stored)
+        if approval.subject != identity.subject:
+            raise PermissionDenied(f"approval {approval_id} belongs to another identity")
+        if approval.state is ApprovalState.PENDING and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(approval.settled.wait(), wait)
+        if approval.state is ApprovalState.APPROVED:
+            return await self._use_approval(identity, approval)
+        if approval.state is ApprovalState.PENDING:
+            return self._pending_outcome(approval)
+        return self._settled_outcome(approval)
+
+    @staticmethod
+    def _settled_outcome(approval: Approval) -> GrantOutcome:
+        if approval.state is ApprovalState.USED:
+            raise FailedPrecondition(
+                f"approval {approval.approval_id} was already used", Reason.APPROVAL_INACTIVE
+            )
+        if approval.state is ApprovalState.DENIED:
+            why = approval.decision_reason or "no reason given"
+            reasons: tuple[str, ...] = (f"approval_denied: {approval.decided_by}: {why}",)
+        else:
+            reasons = ("approval_expired: nobody approved the request in time",)
+        return GrantOutcome("denied", reasons=reasons, approval_id=approval.approval_id)
+
+    async def _use_approval(self, identity: Identity, approval: Approval) -> GrantOutcome:
+        task = self._tasks.get(approval.task_id)
+        if task is None:
+            raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
+        self._close_approval(approval, ApprovalState.USED)
+        try:
+            return await self._issue(
+                identity,
+                task,
+                approval.intent,
+                approval.requested_ttl,
+                approval.decision,
+                approval_id=approval.approval_id,
+            )
+        except CommitError as err:
+            if not err.durable:  # nothing recorded: the approval can still be collected
+                approval.state = ApprovalState.APPROVED
+                approval.settled = asyncio.Event()
+                approval.settled.set()
+                self._open_approval(approval)
+            raise
 
     # ================================================================== signing keys
     async def rotate_key(self, new: SigningKey) -> tuple[str, float]:

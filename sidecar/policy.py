@@ -9,6 +9,7 @@ no answer, a timeout, an HTTP error, invalid JSON, an undefined result, a wrong 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -189,17 +190,20 @@ class OpaClient:
         return response.status == 200
 
     async def revision(self) -> str:
-        """A fingerprint of the loaded policies and bundle revisions ('' when unknown)."""
-        import hashlib
-
+        """A fingerprint of what decides: the loaded policy modules and the documents of the
+        decision's package (its data, e.g. an action catalog). '' when OPA cannot say."""
+        digest = hashlib.sha256()
+        package = self._path.rsplit("/", 1)[0]
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                response = await self._pool.request("GET", "/v1/policies")
+                for path in ("/v1/policies", package):
+                    response = await self._pool.request("GET", path)
+                    if response.status != 200:
+                        return ""
+                    digest.update(response.body)
         except (TimeoutError, HttpError):
             return ""
-        if response.status != 200:
-            return ""
-        return hashlib.sha256(response.body).hexdigest()
+        return digest.hexdigest()
 
     async def aclose(self) -> None:
         await self._pool.aclose()

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import __version__
 from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
+from .approvals import WebhookNotifier
 from .audit import AuditFile
 from .cache import DecisionCache
 from .clock import Clock, SystemClock
@@ -163,10 +164,20 @@ class Sidecar:
             journal=journal,
             metrics=self.metrics,
             clock=self.clock,
-            cache=DecisionCache(),
+            cache=DecisionCache(cfg.decision_cache_size),
         )
         engine.restore(snapshot)
         engine.on_policy_unavailable = self._policy_failed
+        if cfg.approval_webhook_url:
+            secret = None
+            if cfg.approval_webhook_secret_file is not None:
+                try:
+                    secret = cfg.approval_webhook_secret_file.read_bytes().strip()
+                except OSError as err:
+                    raise ConfigError(
+                        f"cannot read approval_webhook_secret_file: {err.strerror}"
+                    ) from err
+            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret)
         journal.start()
         await engine.record_key_in_use(snapshot.current_key)
         recovered = await engine.sweep()
@@ -363,6 +374,8 @@ class Sidecar:
             await asyncio.to_thread(self.engine.journal.close)
             self.engine.store.close()
         await self.policy.aclose()
+        if self.engine is not None and self.engine.notifier is not None:
+            await self.engine.notifier.aclose()
         for path in (self.config.socket, self.config.admin_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -23,6 +23,7 @@ from ._proto.jit.v1 import access_pb2 as pb
 from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from ._proto.jit.v1 import admin_pb2 as admin_pb
 from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
+from .approvals import Approval, ApprovalState
 from .dpop import thumbprint_of_public_jwk
 from .engine import Engine, GrantOutcome
 from .errors import (
@@ -42,7 +43,7 @@ from .errors import (
 from .identity import Authenticator
 from .metrics import Metrics
 from .model import Grant, GrantState, Identity, Intent, Outcome, Task, TaskState, Tier
-from .validation import check_reason_text
+from .validation import APPROVAL_ID_RE, check_reason_text
 
 log = logging.getLogger("jit_sidecar.service")
 ERROR_DOMAIN = "jit-sidecar"
@@ -170,6 +171,36 @@ def outcome_pb(outcome: GrantOutcome) -> pb.RequestGrantResponse:
     )
 
 
+_APPROVAL_STATE = {
+    ApprovalState.PENDING: admin_pb.APPROVAL_STATE_PENDING,
+    ApprovalState.APPROVED: admin_pb.APPROVAL_STATE_APPROVED,
+    ApprovalState.DENIED: admin_pb.APPROVAL_STATE_DENIED,
+    ApprovalState.EXPIRED: admin_pb.APPROVAL_STATE_EXPIRED,
+    ApprovalState.USED: admin_pb.APPROVAL_STATE_USED,
+}
+
+
+def approval_pb(a: Approval) -> admin_pb.Approval:
+    intent = pb.Intent(
+        action=a.intent.action, resource=a.intent.resource, justification=a.intent.justification
+    )
+    if a.intent.context:
+        json_format.ParseDict(dict(a.intent.context), intent.context)
+    return admin_pb.Approval(
+        approval_id=a.approval_id,
+        state=_APPROVAL_STATE[a.state],
+        task_id=a.task_id,
+        subject=a.subject,
+        intent=intent,
+        reasons=list(a.decision.reasons),
+        created_at=ts(a.created_at),
+        expires_at=ts(a.expires_at),
+        decided_by=a.decided_by,
+        decision_reason=a.decision_reason,
+        ttl_seconds=a.requested_ttl,
+    )
+
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -177,10 +208,14 @@ Resp = TypeVar("Resp")
 class CallGuard:
     """Admission, deadlines, metrics and error mapping shared by every RPC."""
 
-    def __init__(self, metrics: Metrics, max_concurrent: int, timeout: float) -> None:
+    def __init__(
+        self, metrics: Metrics, max_concurrent: int, timeout: float, long_timeout: float = 300.0
+    ) -> None:
         self._metrics = metrics
         self._max = max_concurrent
-        self._timeout = timeout
+        self.timeout = timeout
+        self.long_timeout = long_timeout
+        """Cap for long-polls (AwaitApproval)."""
         self.inflight = 0
         self.draining = False
 
@@ -189,8 +224,10 @@ class CallGuard:
         method: str,
         context: grpc.aio.ServicerContext,
         body: Callable[[], Awaitable[Resp]],
+        long_poll: bool = False,
     ) -> Resp:
         started = time.perf_counter()
+        limit = self.long_timeout if long_poll else self.timeout
         code = grpc.StatusCode.OK
         try:
             if self.draining:
@@ -202,7 +239,7 @@ class CallGuard:
                 )
             self.inflight += 1
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(limit):
                     return await body()
             finally:
                 self.inflight -= 1
@@ -222,7 +259,7 @@ class CallGuard:
                 rpc_status.to_status(
                     status_pb2.Status(
                         code=code_pb2.DEADLINE_EXCEEDED,
-                        message=f"{method} took longer than {self._timeout:g} s",
+                        message=f"{method} took longer than {limit:g} s",
                     )
                 )
             )
@@ -374,10 +411,18 @@ class AccessService(pb_grpc.AccessServiceServicer):
         self, request: pb.AwaitApprovalRequest, context: grpc.aio.ServicerContext
     ) -> pb.AwaitApprovalResponse:
         async def body() -> pb.AwaitApprovalResponse:
-            await self._identity(context)
-            raise Unimplemented("human approval is not enabled in this build")
+            identity = await self._identity(context)
+            if not APPROVAL_ID_RE.fullmatch(request.approval_id):
+                raise InvalidArgument("approval_id is malformed")
+            # Answer just before the caller's deadline (or the server's cap) with PENDING.
+            remaining = context.time_remaining()
+            wait = self._guard.long_timeout - 0.5
+            if remaining is not None:
+                wait = min(wait, remaining - 0.25)
+            outcome = await self._engine.await_approval(identity, request.approval_id, wait)
+            return pb.AwaitApprovalResponse(result=outcome_pb(outcome))
 
-        return await self._guard.run("AwaitApproval", context, body)
+        return await self._guard.run("AwaitApproval", context, body, long_poll=True)
 
 
 class AdminService(admin_pb_grpc.AdminServiceServicer):
@@ -405,6 +450,38 @@ class AdminService(admin_pb_grpc.AdminServiceServicer):
             )
 
         return await self._guard.run("Admin.RotateSigningKey", context, body)
+
+    async def ListApprovals(
+        self, request: admin_pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb.ListApprovalsResponse:
+        async def body() -> admin_pb.ListApprovalsResponse:
+            if request.include_decided:
+                approvals = await self._engine.store.list_approvals()
+                live = {a.approval_id: a for a in self._engine.open_approvals()}
+                approvals = [live.get(a.approval_id, a) for a in approvals]
+            else:
+                approvals = self._engine.open_approvals()
+            return admin_pb.ListApprovalsResponse(approvals=[approval_pb(a) for a in approvals])
+
+        return await self._guard.run("Admin.ListApprovals", context, body)
+
+    async def DecideApproval(
+        self, request: admin_pb.DecideApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb.DecideApprovalResponse:
+        async def body() -> admin_pb.DecideApprovalResponse:
+            if not APPROVAL_ID_RE.fullmatch(request.approval_id):
+                raise InvalidArgument("approval_id is malformed")
+            check_reason_text(request.reason)
+            check_reason_text(request.approver, "approver")
+            approval = await self._engine.decide_approval(
+                request.approval_id,
+                approve=request.approve,
+                approver=request.approver or "operator",
+                reason=request.reason,
+            )
+            return admin_pb.DecideApprovalResponse(approval=approval_pb(approval))
+
+        return await self._guard.run("Admin.DecideApproval", context, body)
 
     async def Revoke(
         self, request: admin_pb.RevokeRequest, context: grpc.aio.ServicerContext

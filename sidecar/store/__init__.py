@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..approvals import Approval
 from ..model import Grant, Task
 from ..tokens import PublishedKey
 
@@ -24,6 +25,8 @@ class Snapshot:
     grants: list[Grant] = field(default_factory=list)
     """Grants still active (some may be past `expires_at`: the engine expires them)."""
     retired_keys: list[PublishedKey] = field(default_factory=list)
+    approvals: list[Approval] = field(default_factory=list)
+    """Approvals still pending or approved-but-unused."""
     current_key: dict[str, str] | None = None
     """Public JWK of the key that was signing when the store last saw a rotation."""
     last_exp_by_kid: dict[str, float] = field(default_factory=dict)
@@ -44,6 +47,10 @@ class Store(Protocol):
     async def get_grant(self, grant_id: str) -> Grant | None: ...
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]: ...
+
+    async def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    async def list_approvals(self, limit: int = 1000) -> list[Approval]: ...
 
     def check_writable(self) -> bool: ...
 

@@ -17,7 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..model import Grant, GrantState, Task, TaskState, Tier
+from ..approvals import Approval, ApprovalState, decision_from_record
+from ..model import Grant, GrantState, Intent, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
 
@@ -61,6 +62,22 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE INDEX IF NOT EXISTS grants_by_task ON grants (task_id);
 CREATE INDEX IF NOT EXISTS grants_active ON grants (expires_at) WHERE state = 'active';
 CREATE INDEX IF NOT EXISTS grants_by_kid ON grants (kid, expires_at);
+CREATE TABLE IF NOT EXISTS approvals (
+  approval_id TEXT PRIMARY KEY,
+  task_id TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  intent TEXT NOT NULL,
+  intent_hash TEXT NOT NULL,
+  requested_ttl INTEGER NOT NULL,
+  record TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  expires_at REAL NOT NULL,
+  state TEXT NOT NULL,
+  decided_by TEXT NOT NULL DEFAULT '',
+  decision_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS approvals_open ON approvals (expires_at)
+  WHERE state IN ('pending', 'approved');
 CREATE TABLE IF NOT EXISTS keys (
   kid TEXT PRIMARY KEY,
   jwk TEXT NOT NULL,
@@ -122,6 +139,35 @@ def _task(row: Sequence[Any]) -> Task:
     )
 
 
+APPROVAL_COLUMNS = (
+    "approval_id, task_id, subject, intent, intent_hash, requested_ttl, record, created_at, "
+    "expires_at, state, decided_by, decision_reason"
+)
+
+
+def _approval(row: Sequence[Any]) -> Approval:
+    intent = json.loads(row[3])
+    return Approval(
+        approval_id=row[0],
+        task_id=row[1],
+        subject=row[2],
+        intent=Intent(
+            intent["action"],
+            intent["resource"],
+            intent.get("justification", ""),
+            intent.get("context", {}),
+        ),
+        intent_hash=row[4],
+        requested_ttl=row[5],
+        decision=decision_from_record(json.loads(row[6])),
+        created_at=row[7],
+        expires_at=row[8],
+        state=ApprovalState(row[9]),
+        decided_by=row[10],
+        decision_reason=row[11],
+    )
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -155,6 +201,9 @@ class SqliteStore:
             "grant_revoked": self._grant_ended,
             "grant_expired": self._grant_ended,
             "key_rotated": self._key_rotated,
+            "grant_pending": self._grant_pending,
+            "approval_decided": self._approval_decided,
+            "approval_expired": self._approval_expired,
         }
 
     # ------------------------------------------------------------------ write side
@@ -234,6 +283,50 @@ class SqliteStore:
                 r.get("cnf_jkt", ""),
             ),
         )
+        if "approval_id" in r:
+            conn.execute(
+                "UPDATE approvals SET state = 'used' WHERE approval_id = ?", (r["approval_id"],)
+            )
+
+    @staticmethod
+    def _grant_pending(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO approvals (approval_id, task_id, subject, intent, "
+            "intent_hash, requested_ttl, record, created_at, expires_at, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (
+                r["approval_id"],
+                r["task_id"],
+                r["subject"],
+                json.dumps(r["intent"]),
+                r["intent_hash"],
+                r["ttl_seconds"],
+                json.dumps({k: r[k] for k in ("decision", "reasons", "decision_id") if k in r}),
+                ts(r["time"]),
+                ts(r["expires_at"]),
+            ),
+        )
+
+    @staticmethod
+    def _approval_decided(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE approvals SET state = ?, decided_by = ?, decision_reason = ? "
+            "WHERE approval_id = ? AND state = 'pending'",
+            (
+                "approved" if r["approved"] else "denied",
+                r.get("approver", ""),
+                r.get("reason", ""),
+                r["approval_id"],
+            ),
+        )
+
+    @staticmethod
+    def _approval_expired(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE approvals SET state = 'expired' WHERE approval_id = ? "
+            "AND state IN ('pending', 'approved')",
+            (r["approval_id"],),
+        )
 
     @staticmethod
     def _grant_ended(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
@@ -275,6 +368,12 @@ class SqliteStore:
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
+        snap.approvals = [
+            _approval(row)
+            for row in self._w.execute(
+                f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved')"
+            )
+        ]
         current = self._w.execute("SELECT value FROM meta WHERE key='current_key'").fetchone()
         snap.current_key = json.loads(current[0]) if current else None
         snap.last_exp_by_kid = dict(
@@ -305,6 +404,22 @@ class SqliteStore:
             sql += " AND state = 'active'"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY issued_at", (task_id,))
         return [_grant(r) for r in rows]
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        rows = await asyncio.to_thread(
+            self._read,
+            f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?",
+            (approval_id,),
+        )
+        return _approval(rows[0]) if rows else None
+
+    async def list_approvals(self, limit: int = 1000) -> list[Approval]:
+        rows = await asyncio.to_thread(
+            self._read,
+            f"SELECT {APPROVAL_COLUMNS} FROM approvals ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_approval(r) for r in rows]
 
     def check_writable(self) -> bool:
         import os

@@ -1,0 +1,162 @@
+"""Human approval for the riskiest intents.
+
+A decision with `approval_required` parks the request as an `Approval`, bound to the exact
+intent by a hash of (subject, task, action, resource, justification, context), and valid
+for `approval_ttl` seconds. An approver decides through the admin socket; the agent then
+collects one JIT grant, either by waiting (`AwaitApproval`) or by repeating the identical
+RequestGrant. A webhook tells approvers about new requests, signed with HMAC-SHA256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .model import Identity, Intent, PolicyDecision
+
+log = logging.getLogger("jit_sidecar.approvals")
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    USED = "used"
+
+
+def intent_hash(subject: str, task_id: str, intent: Intent) -> str:
+    """What an approval is bound to: any change to these makes it not apply."""
+    material = {
+        "subject": subject,
+        "task_id": task_id,
+        "action": intent.action,
+        "resource": intent.resource,
+        "justification": intent.justification,
+        "context": dict(intent.context),
+    }
+    return hashlib.sha256(
+        json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+@dataclass(slots=True)
+class Approval:
+    approval_id: str
+    task_id: str
+    subject: str
+    intent: Intent
+    intent_hash: str
+    requested_ttl: int
+    decision: PolicyDecision
+    created_at: float
+    expires_at: float
+    state: ApprovalState = ApprovalState.PENDING
+    decided_by: str = ""
+    decision_reason: str = ""
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the approval leaves PENDING (waiters wake up)."""
+
+    @property
+    def open(self) -> bool:
+        return self.state in (ApprovalState.PENDING, ApprovalState.APPROVED)
+
+
+def decision_from_record(record: Mapping[str, Any]) -> PolicyDecision:
+    """The allowing decision a pending approval carries (from its audit record)."""
+    from .model import Tier
+
+    d = record["decision"]
+    return PolicyDecision(
+        allow=True,
+        tier=Tier(d["tier"]),
+        approval_required=True,
+        ttl_seconds=int(d["ttl_seconds"]),
+        audience=str(d["audience"]),
+        scope=tuple(d["scope"]),
+        reasons=tuple(record.get("reasons", ())),
+        cache_seconds=0,
+        decision_id=str(record.get("decision_id", "")),
+    )
+
+
+def webhook_body(approval: Approval, identity: Identity | None = None) -> bytes:
+    return json.dumps(
+        {
+            "type": "jit.approval.requested",
+            "approval_id": approval.approval_id,
+            "task_id": approval.task_id,
+            "subject": approval.subject,
+            "intent": approval.intent.as_input(),
+            "reasons": list(approval.decision.reasons),
+            "expires_at": int(approval.expires_at),
+            "approve": f"jit-sidecar approvals approve {approval.approval_id} --reason '...'",
+            "deny": f"jit-sidecar approvals deny {approval.approval_id} --reason '...'",
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def sign_webhook(secret: bytes, timestamp: int, body: bytes) -> str:
+    """`X-JIT-Signature` value: `sha256=` HMAC over `<timestamp>.<body>` (replay-bounded by
+    the `X-JIT-Timestamp` header the receiver checks)."""
+    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class WebhookNotifier:
+    """POSTs new approval requests to one URL, off the request path, with a few retries."""
+
+    def __init__(self, url: str, secret: bytes | None, timeout: float = 5.0) -> None:
+        self._url = url
+        self._secret = secret
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.delivered = 0
+        self.failed = 0
+
+    def notify(self, approval: Approval) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(webhook_body(approval), approval.approval_id)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, body: bytes, approval_id: str) -> None:
+        import requests
+
+        for attempt in range(3):
+            timestamp = int(time.time())
+            headers = {"Content-Type": "application/json", "X-JIT-Timestamp": str(timestamp)}
+            if self._secret is not None:
+                headers["X-JIT-Signature"] = sign_webhook(self._secret, timestamp, body)
+            try:
+                response = await asyncio.to_thread(
+                    requests.post, self._url, data=body, headers=headers, timeout=self._timeout
+                )
+                if response.status_code < 300:
+                    self.delivered += 1
+                    return
+                problem = f"HTTP {response.status_code}"
+            except requests.RequestException as err:
+                problem = type(err).__name__
+            log.warning(
+                "approval webhook failed (%s), attempt %d",
+                problem,
+                attempt + 1,
+                extra={"approval_id": approval_id},
+            )
+            await asyncio.sleep(0.5 * 2**attempt)
+        self.failed += 1
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
