@@ -208,6 +208,7 @@ class WorkloadApiWatcher:
         self._retry = retry
         self._client: Any = None
         self._cancel: Any = None
+        self._last: dict[str, DomainKeys] = {}
         self.updates = 0
 
     def _on_bundles(self, bundle_set: Any) -> None:
@@ -215,6 +216,9 @@ class WorkloadApiWatcher:
         for bundle in bundle_set.bundles:
             domain = bundle.trust_domain.name
             domains[domain] = _keys_from_authorities(domain, bundle.jwt_authorities)
+        if self.updates and domains == self._last:
+            return  # the stream repeats what the first fetch gave
+        self._last = domains
         self._bundles.set_workload_bundles(domains)
         self.updates += 1
         log.info(
