@@ -209,6 +209,7 @@ class WorkloadApiWatcher:
         self._client: Any = None
         self._cancel: Any = None
         self._last: dict[str, DomainKeys] = {}
+        self._broken = threading.Event()
         self.updates = 0
 
     def _on_bundles(self, bundle_set: Any) -> None:
@@ -228,9 +229,13 @@ class WorkloadApiWatcher:
         )
 
     def _on_error(self, err: Exception) -> None:
+        # The spiffe client gives up on errors it does not retry itself; reconnect from run().
         log.error(
-            "SPIFFE Workload API stream failed: %s", err, extra={"cause": "workload_api_error"}
+            "SPIFFE Workload API stream failed: %s; keeping the last bundles and reconnecting",
+            err,
+            extra={"cause": "workload_api_error"},
         )
+        self._broken.set()
 
     def _connect(self) -> None:
         from spiffe import WorkloadApiClient
@@ -245,21 +250,25 @@ class WorkloadApiWatcher:
         self._cancel = client.stream_jwt_bundles(self._on_bundles, self._on_error)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect (retrying until it works), then let the stream thread deliver updates."""
+        """Connect (retrying until it works) and let the stream thread deliver updates;
+        reconnect whenever the stream gives up."""
         while not stop.is_set():
-            try:
-                await asyncio.to_thread(self._connect)
-                break
-            except Exception as err:
-                log.error(
-                    "cannot fetch JWT bundles from the Workload API at %s: %s; retrying",
-                    self._endpoint,
-                    err,
-                    extra={"cause": "workload_api_unavailable"},
-                )
+            if self._client is None:
+                try:
+                    await asyncio.to_thread(self._connect)
+                except Exception as err:
+                    log.error(
+                        "cannot fetch JWT bundles from the Workload API at %s: %s; retrying",
+                        self._endpoint,
+                        err,
+                        extra={"cause": "workload_api_unavailable"},
+                    )
+            elif self._broken.is_set():
+                self.close()
+                self._broken.clear()
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._retry)
-        await stop.wait()
         self.close()
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from .jws import VerifyKey, parse_jwks
 log = logging.getLogger("jit_sidecar.identity")
 
 UNKNOWN_KID_INTERVAL = 30.0
+UNKNOWN_KID_WAIT = 3.0
 FETCH_TIMEOUT = 5.0
 RETRY_AFTER_FAILURE = 30.0
 _MAX_DOCUMENT_BYTES = 1 << 20
@@ -180,7 +181,11 @@ class OidcKeys:
         if last is not None and now - last < self._unknown_kid_interval:
             return False
         self._last_forced[issuer] = now
-        return await self.fetch(issuer)
+        try:
+            # Bounded so the RPC stays well inside rpc_timeout; the fetch itself goes on.
+            return await asyncio.wait_for(self.fetch(issuer), UNKNOWN_KID_WAIT)
+        except TimeoutError:
+            return False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch every issuer now, then refresh each on its schedule until `stop`."""

@@ -93,3 +93,41 @@ def test_client_token_sources(tmp_path: Path, opa: OpaServer, workload_api: Work
     assert from_api == "spiffe://example.org/agent/wl"
     assert from_file == "spiffe://example.org/agent/from-file"
     assert after_rotation == "spiffe://example.org/agent/rotated-file"
+
+
+def test_agent_restart_keeps_bundles_then_follows_new_agent(
+    tmp_path: Path, opa: OpaServer, workload_api: WorkloadApi
+) -> None:
+    """While the agent is down the last bundles stay in force; a restarted agent with rotated
+    keys is reconnected to and its bundles applied."""
+    key = tmp_path / "signing-key.pem"
+    write_private_key(key, generate_private_key("EdDSA"))
+    process = SidecarProcess(
+        tmp_path / "sc",
+        opa.url,
+        "--signing-key",
+        str(key),
+        identity="jwt-svid",
+        env={"SPIFFE_ENDPOINT_SOCKET": workload_api.endpoint},
+    ).start()
+    old_domain = workload_api.domain
+    try:
+        workload_api.stop()
+        workload_api.socket.unlink(missing_ok=True)
+        with process.client(identity_token=old_domain.svid("agent/wl")) as c:
+            while_down = c.begin_task("agent down").subject
+        rotated = TrustDomain("example.org", [Key.generate("ES256")])
+        restarted = WorkloadApi(workload_api.socket, rotated, "agent/wl").start()
+        try:
+            wait_for(
+                lambda: process.log().count("JWT bundles from the Workload API") >= 2,
+                30,
+                what="reconnect to the restarted agent",
+            )
+            with process.client(identity_token=rotated.svid("agent/wl")) as c:
+                after_restart = c.begin_task("agent back").subject
+        finally:
+            restarted.stop()
+    finally:
+        process.stop()
+    assert while_down == after_restart == "spiffe://example.org/agent/wl"

@@ -245,3 +245,11 @@ def test_spiffe_endpoint_socket_env(tmp_path: Path) -> None:
     toml.write_text('spiffe_endpoint_socket = "unix:///from-file.sock"\n')
     from_file = load({"identity": "jwt-svid"}, env=env, config_file=toml)
     assert from_file.spiffe_endpoint_socket == "unix:///from-file.sock"
+
+
+def test_trust_domain_without_bundle() -> None:
+    """Without an allow-list, a trust domain that has no bundle is refused."""
+    auth = _authenticator(TrustDomain.create("example.org"))
+    with pytest.raises(Unauthenticated) as err:
+        auth.verify(TrustDomain.create("evil.org").svid())
+    assert err.value.metadata["cause"] == "trust_domain_unknown"
