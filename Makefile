@@ -9,12 +9,13 @@ PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run test policy-test lint typecheck unit integration gen clean
+.PHONY: help deps run test test-spire policy-test lint typecheck unit integration gen clean
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
+	@echo "make test-spire  opt-in: build SPIRE (~7 min once) and run the real SPIRE tests"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -49,6 +50,11 @@ typecheck: deps
 
 test: deps policy-test lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Opt-in: a real SPIRE server and agent issue a JWT-SVID that the sidecar must accept.
+test-spire: deps
+	scripts/build-spire.sh
+	SPIRE_BIN_DIR=$(CURDIR)/.tools/spire $(PY) -m pytest tests/integration/test_spire.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools var .pytest_cache .mypy_cache .ruff_cache sidecar/_proto/.stamp

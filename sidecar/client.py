@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -115,6 +116,69 @@ def translate_error(err: grpc.RpcError) -> SidecarRpcError:
     return cls(code, message or "", reason or code.name.lower(), metadata)
 
 
+class IdentityTokenSource(Protocol):
+    """Where an agent's identity token comes from; asked before every call."""
+
+    def token(self) -> str:
+        """The current token (JWT-SVID or OIDC ID token)."""
+        ...
+
+
+class TokenFile:
+    """A token kept fresh in a file by someone else: a Kubernetes projected service-account
+    token, or a JWT-SVID written by spiffe-helper. Re-read whenever the file changes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def token(self) -> str:
+        st = self.path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            self._token = self.path.read_text().strip()
+            self._stamp = stamp
+        return self._token
+
+
+class WorkloadApiToken:
+    """JWT-SVIDs for `audience` from the SPIFFE Workload API (a SPIRE agent), fetched again
+    once half of the current one's lifetime has passed.
+
+    `socket` defaults to the SPIFFE_ENDPOINT_SOCKET environment variable.
+    """
+
+    def __init__(
+        self, audience: str = "jit-sidecar", socket: str | None = None, *, timeout: float = 5.0
+    ) -> None:
+        from spiffe import WorkloadApiClient
+
+        self._client = WorkloadApiClient(socket, default_timeout=timeout)
+        self._audience = audience
+        self._token = ""
+        self._refresh_at = 0.0
+
+    def token(self) -> str:
+        now = time.time()
+        if not self._token or now >= self._refresh_at:
+            svid = self._client.fetch_jwt_svid(audience={self._audience})
+            self._token = svid.token
+            self._refresh_at = now + max(1.0, (svid.expiry - now) / 2)
+        return self._token
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _StaticToken:
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def token(self) -> str:
+        return self._token
+
+
 def socket_target(path: str | os.PathLike[str]) -> str:
     return f"unix:{Path(path).resolve()}"
 
@@ -132,14 +196,28 @@ class AccessClient:
         self,
         socket: str | os.PathLike[str] | None = None,
         *,
-        identity_token: str | None = None,
+        identity_token: str | IdentityTokenSource | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        """`identity_token`: a token, or a source asked before every call (`TokenFile`,
+        `WorkloadApiToken`); default: the file named by $JIT_SIDECAR_IDENTITY_TOKEN_FILE,
+        else none (dev mode)."""
         path = socket or os.environ.get("JIT_SIDECAR_SOCKET") or DEFAULT_SOCKET
         self._channel = grpc.insecure_channel(socket_target(path))
         self._stub = pb_grpc.AccessServiceStub(self._channel)
         self._timeout = timeout
-        self._metadata = (("authorization", f"Bearer {identity_token}"),) if identity_token else ()
+        if identity_token is None and os.environ.get("JIT_SIDECAR_IDENTITY_TOKEN_FILE"):
+            identity_token = TokenFile(os.environ["JIT_SIDECAR_IDENTITY_TOKEN_FILE"])
+        self._token_source: IdentityTokenSource | None = (
+            _StaticToken(identity_token) if isinstance(identity_token, str) else identity_token
+        )
+        if isinstance(identity_token, str) and not identity_token:
+            self._token_source = None
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token_source is None:
+            return ()
+        return (("authorization", f"Bearer {self._token_source.token()}"),)
 
     def __enter__(self) -> AccessClient:
         return self
@@ -153,7 +231,7 @@ class AccessClient:
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
             return getattr(self._stub, method)(
-                request, timeout=timeout or self._timeout, metadata=self._metadata
+                request, timeout=timeout or self._timeout, metadata=self._metadata()
             )
         except grpc.RpcError as err:
             raise translate_error(err) from None

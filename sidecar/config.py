@@ -59,9 +59,10 @@ def _mapping(values: Sequence[str] | Mapping[str, str] | str) -> dict[str, str]:
 
 
 def _list(values: Sequence[str] | str) -> tuple[str, ...]:
+    """Comma-separated items, from one string or each of several (repeated flag, TOML)."""
     if isinstance(values, str):
-        values = values.split(",")
-    return tuple(v.strip() for v in values if v.strip())
+        values = [values]
+    return tuple(v.strip() for item in values for v in str(item).split(",") if v.strip())
 
 
 def _opt(
@@ -196,6 +197,84 @@ class Config:
     audience: str = field(
         default="jit-sidecar",
         metadata=_opt("Audience caller identity tokens must be issued for."),
+    )
+    identity_leeway: int = field(
+        default=10,
+        metadata=_opt(
+            "Clock skew in seconds tolerated on identity tokens' exp, nbf and iat.", parse=int
+        ),
+    )
+    trust_domains: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "jwt-svid: SPIFFE trust domains callers may belong to (comma-separated or "
+            "repeated); empty allows every domain that has a bundle.",
+            parse=_list,
+            repeat=True,
+            metavar="DOMAIN",
+        ),
+    )
+    trust_bundle_refresh: float = field(
+        default=2.0,
+        metadata=_opt("Seconds between checks of the trust bundle files for changes.", parse=float),
+    )
+    spiffe_endpoint_socket: str = field(
+        default="",
+        metadata=_opt(
+            "jwt-svid: SPIFFE Workload API address (unix:///path/agent.sock) to fetch and watch "
+            "JWT bundles from; the standard SPIFFE_ENDPOINT_SOCKET variable is honoured too.",
+        ),
+    )
+    oidc_issuer: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "oidc: issuers whose ID tokens are accepted (exact match; comma-separated or "
+            "repeated).",
+            parse=_list,
+            repeat=True,
+            metavar="URL",
+        ),
+    )
+    oidc_subject_map: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_opt(
+            "oidc: PATTERN=TEMPLATE rules mapping a token's sub to the agent identity, first "
+            "match wins, e.g. `system:serviceaccount:{ns}:{sa}="
+            "spiffe://cluster.local/ns/{ns}/sa/{sa}` (repeatable).",
+            parse=_mapping,
+            repeat=True,
+            metavar="PATTERN=TEMPLATE",
+        ),
+    )
+    oidc_ca_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "oidc: CA bundle (PEM) that verifies the issuers' TLS certificates (e.g. the "
+            "Kubernetes API server's ca.crt); default: the system store.",
+            parse=_optional_path,
+        ),
+    )
+    oidc_fetch_token_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "oidc: file with a bearer token sent when fetching discovery documents and JWKS "
+            "(re-read on every fetch), e.g. the sidecar's own service-account token.",
+            parse=_optional_path,
+        ),
+    )
+    oidc_refresh: float = field(
+        default=300.0,
+        metadata=_opt(
+            "oidc: seconds between background refreshes of each issuer's keys.", parse=float
+        ),
+    )
+    oidc_keys_max_age: float = field(
+        default=3600.0,
+        metadata=_opt(
+            "oidc: seconds fetched keys stay usable while the issuer is unreachable; after "
+            "that, its tokens are refused (fail closed).",
+            parse=float,
+        ),
     )
     # --- limits
     max_ttl: int = field(
@@ -379,6 +458,13 @@ class Config:
                 "dev identity trusts every local caller; it is refused while http_addr is "
                 "bound beyond loopback"
             )
+        if serving and self.identity == "dev" and self.socket_mode & 0o007:
+            problems.append(
+                "dev identity trusts every caller of the socket; it is refused while "
+                "socket_mode lets every local user connect (use 660 or stricter)"
+            )
+        if serving:
+            problems.extend(self._identity_problems())
         if serving and not self.http_is_loopback and self.http_token_file is None:
             problems.append(
                 "http_addr is bound beyond loopback: set http_token_file so /introspect and "
@@ -392,8 +478,62 @@ class Config:
             raise ConfigError("; ".join(problems))
         return self
 
+    def _identity_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.identity_leeway < 0 or self.identity_leeway > 300:
+            problems.append("identity_leeway must be between 0 and 300 seconds")
+        for name in ("trust_bundle_refresh", "oidc_refresh", "oidc_keys_max_age"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be greater than 0")
+        if self.oidc_keys_max_age < self.oidc_refresh:
+            problems.append("oidc_keys_max_age must be at least oidc_refresh")
+        if self.identity == "jwt-svid":
+            if not self.trust_bundle and not self.spiffe_endpoint_socket:
+                problems.append(
+                    "identity jwt-svid needs trust bundles: set trust_bundle DOMAIN=PATH or "
+                    "spiffe_endpoint_socket (SPIFFE_ENDPOINT_SOCKET)"
+                )
+            if self.trust_domains and self.trust_bundle and not self.spiffe_endpoint_socket:
+                unknown = sorted(set(self.trust_domains) - set(self.trust_bundle))
+                if unknown:
+                    problems.append("trust_domains without a trust_bundle: " + ", ".join(unknown))
+        if self.identity == "oidc":
+            if not self.oidc_issuer:
+                problems.append("identity oidc needs at least one oidc_issuer")
+            if not self.oidc_subject_map:
+                problems.append(
+                    "identity oidc needs oidc_subject_map rules (PATTERN=TEMPLATE) mapping the "
+                    "token subject to an agent identity"
+                )
+            if self.issuer in self.oidc_issuer:
+                problems.append(
+                    "oidc_issuer must not list this sidecar's own issuer: its access tokens "
+                    "are never a caller identity"
+                )
+            for iss in self.oidc_issuer:
+                if not iss.startswith("https://") and not _loopback_url(iss):
+                    problems.append(f"oidc_issuer {iss!r} must be an https:// URL")
+        return problems
+
+
+def _loopback_url(url: str) -> bool:
+    """http://127.0.0.1:PORT and friends: plain HTTP is tolerated only on loopback (tests)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
 
 _FIELDS = {f.name: f for f in fields(Config)}
+#: Standard variable of the SPIFFE Workload API; honoured below JIT_SIDECAR_SPIFFE_ENDPOINT_SOCKET.
+SPIFFE_ENDPOINT_SOCKET = "SPIFFE_ENDPOINT_SOCKET"
 
 
 def flag_name(name: str) -> str:
@@ -441,6 +581,8 @@ def load(
             if name not in _FIELDS:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}")
             values[name] = _parse(name, raw, str(config_file))
+    if env.get(SPIFFE_ENDPOINT_SOCKET) and "spiffe_endpoint_socket" not in values:
+        values["spiffe_endpoint_socket"] = env[SPIFFE_ENDPOINT_SOCKET]
     for name in _FIELDS:
         raw = env.get(env_name(name))
         if raw is not None:

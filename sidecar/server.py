@@ -32,7 +32,7 @@ from .config import Config
 from .engine import Engine
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .http import Readiness, create_app
-from .identity import Authenticator, create_authenticator
+from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
 from .metrics import Metrics
 from .policy import OpaClient, PolicyEngine
@@ -126,11 +126,11 @@ class Sidecar:
         self.engine: Engine | None = None
         self.guard = CallGuard(self.metrics, config.max_concurrent_rpcs, config.rpc_timeout)
         self.http_port: int | None = None
+        self._managed_auth: ManagedAuthenticator | None = None
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         cfg = self.config
-        auth = self._authenticator or create_authenticator(cfg)
         key_path = cfg.signing_key or DEV_KEY_PATH
         if cfg.signing_key is None and cfg.identity != "dev":
             raise ConfigError("--signing-key is required outside dev mode")
@@ -156,6 +156,15 @@ class Sidecar:
         journal.replay()
         snapshot = store.load()
         keys = KeyRing(key, snapshot.retired_keys)
+        # Created once the key ring exists: tokens our own keys signed are never an identity.
+        auth = self._authenticator or create_authenticator(
+            cfg,
+            own_kids=lambda: [p.jwk["kid"] for p in keys.published(self.clock.now())],
+            clock=self.clock,
+        )
+        if isinstance(auth, ManagedAuthenticator):
+            await auth.start()  # loads trust bundles / issuer keys; starts their refresh
+        self._managed_auth = auth if isinstance(auth, ManagedAuthenticator) else None
         self.engine = engine = Engine(
             cfg,
             policy=self.policy,
@@ -376,6 +385,8 @@ class Sidecar:
         await self.policy.aclose()
         if self.engine is not None and self.engine.notifier is not None:
             await self.engine.notifier.aclose()
+        if self._managed_auth is not None:
+            await self._managed_auth.close()
         for path in (self.config.socket, self.config.admin_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

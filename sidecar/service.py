@@ -249,7 +249,12 @@ class CallGuard:
                 "%s refused: %s",
                 method,
                 err.message,
-                extra={"reason": err.reason.value, "rpc": method, "code": code.name},
+                extra={
+                    "reason": err.reason.value,
+                    "rpc": method,
+                    "code": code.name,
+                    "cause": err.metadata.get("cause"),
+                },
             )
             await context.abort_with_status(error_status(err))
             raise  # abort_with_status raises; this is for type checkers

@@ -79,13 +79,17 @@ def test_token_verifies_with_jwks_using_raw_ed25519(sidecar: SidecarProcess) -> 
         "tier",
     }
     assert claims["sub"] == claims["client_id"] == "spiffe://jit.local/agent/dev"
-    assert claims["jti"] == grant.grant_id and len(_b64d(claims["jti"])) >= 16
-    assert claims["aud"] == "docs" and claims["scope"] == "docs.read"
+    assert claims["jti"] == grant.grant_id
+    assert len(_b64d(claims["jti"])) >= 16
+    assert claims["aud"] == "docs"
+    assert claims["scope"] == "docs.read"
     assert claims["authorization_details"] == [
         {"type": "jit_intent", "actions": ["docs.read"], "locations": ["docs://a/b"]}
     ]
-    assert claims["txn"] == task.task_id and claims["tier"] == "standing"
-    assert claims["exp"] - claims["iat"] == 30 and claims["nbf"] == claims["iat"]
+    assert claims["txn"] == task.task_id
+    assert claims["tier"] == "standing"
+    assert claims["exp"] - claims["iat"] == 30
+    assert claims["nbf"] == claims["iat"]
 
 
 def test_complete_task_revokes_and_refuses_new_grants(sidecar: SidecarProcess) -> None:
@@ -128,4 +132,5 @@ def test_ttl_zero_is_rejected_and_audited(sidecar: SidecarProcess) -> None:
     assert sidecar.events("grant_issued") == []
     assert sidecar.grant_rows() == []
     (rejected,) = sidecar.events("request_rejected")
-    assert rejected["reason"] == "invalid_ttl" and rejected["rpc"] == "RequestGrant"
+    assert rejected["reason"] == "invalid_ttl"
+    assert rejected["rpc"] == "RequestGrant"

@@ -1,0 +1,311 @@
+"""Strict verification of compact JWS tokens that *other* parties signed (RFC 7515, RFC 8725).
+
+Used for caller identity tokens (JWT-SVID, OIDC) and DPoP proofs. Every verifier passes its
+own explicit algorithm allow-list; a key only verifies the algorithms its type (and its JWK
+`alg`, when given) allows, so HS* can never meet an asymmetric key. Header members that point
+at keys (`jku`, `x5u`, `jwk`, `x5c`) and any `crit` extension are refused before a key is
+looked up, and nothing here ever fetches anything. Errors carry a bounded `cause` label for
+logs; messages never contain the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+EC_ALGS = frozenset({"ES256", "ES384", "ES512"})
+#: What SPIFFE JWT-SVID validators accept (and what we accept for OIDC ID tokens).
+ASYMMETRIC_JWT_ALGS = RSA_ALGS | EC_ALGS
+MAX_TOKEN_LENGTH = 8192
+MIN_RSA_BITS = 2048
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
+}
+_CURVES: dict[str, tuple[type[ec.EllipticCurve], str, int]] = {
+    # JWK crv -> (curve, the one ES alg it may verify, coordinate size in bytes)
+    "P-256": (ec.SECP256R1, "ES256", 32),
+    "P-384": (ec.SECP384R1, "ES384", 48),
+    "P-521": (ec.SECP521R1, "ES512", 66),
+}
+_CURVE_BY_NAME: dict[str, str] = {cls().name: crv for crv, (cls, _, _) in _CURVES.items()}
+#: Header members that would make a verifier trust key material chosen by the sender.
+KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: kids seen in practice (SPIRE: base62, Kubernetes/most IdPs: base64url, some: hex or
+#: dotted names). No `/`, quotes, backslash, whitespace or control characters, so a kid can
+#: never be a path or break out of a log line.
+_KID = re.compile(r"[A-Za-z0-9._~+=:-]{1,128}")
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+
+class JwsError(Exception):
+    """The token is not acceptable. `cause` is a bounded snake_case label for logs."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyKey:
+    """A public key trusted to verify signatures, with the algorithms it may verify."""
+
+    kid: str
+    key: PublicKey
+    algs: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Jws:
+    """A parsed (not yet verified) compact JWS."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def b64url_decode(value: str) -> bytes:
+    """Strict base64url without padding; raises ValueError."""
+    if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise ValueError("not base64url") from err
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate member {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError) as err:
+        raise JwsError("malformed", f"the {what} is not a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise JwsError("malformed", f"the {what} is not a JSON object")
+    return value
+
+
+def parse(token: str, *, max_length: int = MAX_TOKEN_LENGTH) -> Jws:
+    """Split and decode a compact JWS (no verification). Raises JwsError("malformed")."""
+    if len(token) > max_length:
+        raise JwsError("malformed", f"the token is longer than {max_length} characters")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JwsError("malformed", "the token is not a compact JWS (three dot-separated parts)")
+    try:
+        header_raw, claims_raw, signature = (b64url_decode(p) for p in parts)
+    except ValueError as err:
+        raise JwsError("malformed", "the token is not base64url-encoded") from err
+    header = _json_object(header_raw, "header")
+    claims = _json_object(claims_raw, "payload")
+    return Jws(header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+
+
+def check_header(header: Mapping[str, Any], algorithms: frozenset[str]) -> str:
+    """Apply the RFC 8725 header rules; return the (allowed) `alg`."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        shown = alg if isinstance(alg, str) and len(alg) <= 16 else "?"
+        raise JwsError(
+            "alg_not_allowed",
+            f"algorithm {shown!r} is not allowed here (allowed: {', '.join(sorted(algorithms))})",
+        )
+    present = [h for h in KEY_REFERENCE_HEADERS if h in header]
+    if present:
+        raise JwsError(
+            "header_key_reference",
+            f"header member {present[0]!r} is refused (keys come only from configured trust)",
+        )
+    if "crit" in header:
+        raise JwsError("crit_unsupported", "the header lists critical extensions we do not know")
+    return alg
+
+
+def is_valid_kid(kid: object) -> bool:
+    """A kid we are willing to look up (and to log)."""
+    return isinstance(kid, str) and _KID.fullmatch(kid) is not None
+
+
+def kid_of(header: Mapping[str, Any]) -> str:
+    """The header's `kid`, required and syntactically sane."""
+    kid = header.get("kid")
+    if kid is None:
+        raise JwsError("kid_missing", "the header has no kid")
+    if not isinstance(kid, str) or not _KID.fullmatch(kid):
+        raise JwsError("kid_invalid", "the header kid has characters or a length we refuse")
+    return kid
+
+
+def verify_signature(jws: Jws, alg: str, key: VerifyKey) -> None:
+    """Check `jws`'s signature with `key` under `alg` (which `key` must allow)."""
+    if alg not in key.algs:
+        raise JwsError("alg_key_mismatch", f"key {key.kid!r} may not verify {alg}")
+    data, sig = jws.signing_input, jws.signature
+    try:
+        if alg == "EdDSA":
+            if not isinstance(key.key, ed25519.Ed25519PublicKey):
+                raise JwsError("alg_key_mismatch", "EdDSA needs an Ed25519 key")
+            key.key.verify(sig, data)
+            return
+        digest = _HASHES[alg[2:]]()
+        if alg[0] == "E":
+            if not isinstance(key.key, ec.EllipticCurvePublicKey):
+                raise JwsError("alg_key_mismatch", f"{alg} needs an EC key")
+            size = _CURVES[_CURVE_BY_NAME[key.key.curve.name]][2]
+            if len(sig) != 2 * size:
+                raise JwsError("signature_invalid", "the signature does not verify")
+            r = int.from_bytes(sig[:size], "big")
+            s = int.from_bytes(sig[size:], "big")
+            key.key.verify(encode_dss_signature(r, s), data, ec.ECDSA(digest))
+            return
+        if not isinstance(key.key, rsa.RSAPublicKey):
+            raise JwsError("alg_key_mismatch", f"{alg} needs an RSA key")
+        pad: padding.AsymmetricPadding
+        if alg[0] == "P":
+            pad = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+        else:
+            pad = padding.PKCS1v15()
+        key.key.verify(sig, data, pad, digest)
+    except InvalidSignature as err:
+        raise JwsError("signature_invalid", "the signature does not verify") from err
+
+
+def _int_member(jwk: Mapping[str, Any], name: str) -> int:
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"member {name!r} missing")
+    raw = b64url_decode(value)
+    if not raw:
+        raise ValueError(f"member {name!r} is empty")
+    return int.from_bytes(raw, "big")
+
+
+def _ec_coordinate(jwk: Mapping[str, Any], name: str, size: int) -> int:
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"member {name!r} missing")
+    raw = b64url_decode(value)
+    if len(raw) != size:
+        raise ValueError(f"member {name!r} must be {size} bytes")
+    return int.from_bytes(raw, "big")
+
+
+def algorithms_for(key: PublicKey) -> frozenset[str]:
+    """Every algorithm a key of this type may verify."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSA_ALGS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        crv = _CURVE_BY_NAME.get(key.curve.name)
+        return frozenset({_CURVES[crv][1]}) if crv else frozenset()
+    return frozenset({"EdDSA"})
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
+    """The public key of an RSA, EC (P-256/384/521) or Ed25519 JWK; raises ValueError.
+
+    A JWK holding private members is refused: trust material must be public.
+    """
+    if any(m in jwk for m in PRIVATE_JWK_MEMBERS):
+        raise ValueError("the JWK holds private key members")
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        n, e = _int_member(jwk, "n"), _int_member(jwk, "e")
+        if n.bit_length() < MIN_RSA_BITS:
+            raise ValueError(f"RSA keys must have at least {MIN_RSA_BITS} bits")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if kty == "EC":
+        crv = jwk.get("crv")
+        if not isinstance(crv, str) or crv not in _CURVES:
+            raise ValueError("unsupported EC curve")
+        curve, _alg, size = _CURVES[crv]
+        x, y = _ec_coordinate(jwk, "x", size), _ec_coordinate(jwk, "y", size)
+        return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
+    if kty == "OKP" and jwk.get("crv") == "Ed25519":
+        x_member = jwk.get("x")
+        raw = b64url_decode(x_member) if isinstance(x_member, str) else b""
+        if len(raw) != 32:
+            raise ValueError("member 'x' must be 32 bytes")
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    raise ValueError(f"unsupported key type {kty!r}")
+
+
+def verify_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyKey:
+    """A VerifyKey from a JWKS member: needs a sane `kid`; a JWK `alg` narrows its algorithms."""
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not _KID.fullmatch(kid):
+        raise ValueError("missing or unusable kid")
+    key = public_key_from_jwk(jwk)
+    algs = algorithms_for(key)
+    alg = jwk.get("alg")
+    if alg is not None:
+        if alg not in algs:
+            raise ValueError(f"alg {alg!r} does not fit the key type")
+        algs = frozenset({alg})
+    return VerifyKey(kid, key, algs)
+
+
+def parse_jwks(
+    data: bytes | str | Mapping[str, Any], *, uses: Iterable[str | None] = (None, "sig")
+) -> tuple[dict[str, VerifyKey], list[str]]:
+    """Keys of a JWKS document by kid, and a list of problems with members that were skipped.
+
+    Members whose `use` is not in `uses` (e.g. SPIFFE `x509-svid` authorities) are skipped
+    silently; unusable members are skipped and reported; a duplicate kid, or a document that
+    is not a JWKS, raises ValueError.
+    """
+    doc = data if isinstance(data, Mapping) else json.loads(data)
+    keys_field = doc.get("keys") if isinstance(doc, Mapping) else None
+    if not isinstance(keys_field, list):
+        raise ValueError("not a JWKS document (no `keys` array)")
+    allowed_uses = set(uses)
+    out: dict[str, VerifyKey] = {}
+    problems: list[str] = []
+    for index, member in enumerate(keys_field):
+        if not isinstance(member, Mapping):
+            problems.append(f"keys[{index}] is not an object")
+            continue
+        if member.get("use") not in allowed_uses:
+            continue
+        try:
+            key = verify_key_from_jwk(member)
+        except (ValueError, TypeError) as err:
+            problems.append(f"keys[{index}]: {err}")
+            continue
+        if key.kid in out:
+            raise ValueError(f"duplicate kid {key.kid!r}")
+        out[key.kid] = key
+    return out, problems
