@@ -625,6 +625,8 @@ class TaskHandle(_TaskBase):
         if self._closed:
             return self.completion
         self._closed = True
+        if self._ended is not None:
+            return None  # the sidecar ended it already (and revoked its grants)
         try:
             self.completion = self._client.complete_task(self.task_id, outcome, detail)
         except TaskEnded as err:
@@ -919,6 +921,8 @@ class AsyncTaskHandle(_TaskBase):
         if self._closed:
             return self.completion
         self._closed = True
+        if self._ended is not None:
+            return None  # the sidecar ended it already (and revoked its grants)
         try:
             self.completion = await self._client.complete_task(self.task_id, outcome, detail)
         except TaskEnded as err:
