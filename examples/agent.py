@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             trace.expect(spent[-1].tier == "jit", "the write should be a JIT grant")
             trace.expect(result.status == 200, "the write token should be accepted")
 
-            trace.step("3. the write token cannot read documents (scoped to one action)")
+            trace.step("3. the ticket token is refused by the docs API (one audience, one action)")
             result = api.call("GET", f"/docs/{DOC}", spent[-1])
             trace.line("API", f"GET /docs/{DOC} with the ticket token -> {result}")
             trace.expect(result.status == 401, "a tickets token must not read docs")

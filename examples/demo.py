@@ -123,7 +123,7 @@ def workspace(keep: bool) -> Iterator[Path]:
 
 def show_audit(audit: Path) -> bool:
     """Print the audit trail of the run and verify its hash chain."""
-    print("\n== audit trail (var/audit.jsonl of this run; tokens are never in it)")
+    print("\n== audit trail of this run (hash-chained; tokens are never in it)")
     for line in audit.read_text().splitlines():
         r = json.loads(line)
         what = r.get("tier") or r.get("state") or (f'goal="{r["goal"]}"' if r.get("goal") else "")

@@ -102,7 +102,7 @@ def make_handler(api: Api, base_url: str) -> type[BaseHTTPRequestHandler]:
             try:
                 status, extra, body = api.handle(self.command, path, headers, base_url + path)
             except TokenRejected as err:
-                status, body = err.status, {"error": "invalid_token", "reason": err.reason}
+                status, body = err.status, {"error": err.error, "reason": err.reason}
                 extra = {"WWW-Authenticate": err.www_authenticate}
             payload = json.dumps(body).encode()
             self.send_response(status)

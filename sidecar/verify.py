@@ -11,7 +11,7 @@
     try:
         token = verifier.verify(raw_token, action="tickets.update", resource="tickets://T-1001")
     except TokenRejected as err:
-        ...  # err.reason (fixed code), err.status (401/403/503), err.www_authenticate
+        ...  # err.reason (fixed code), err.status (401/403/503), err.error, err.www_authenticate
 
 Checks, in order: the compact JWS parses; its `alg` is allowed (EdDSA, ES256) and equals the
 algorithm pinned by the signing key in the JWKS (no `none`, no HS256 with a public key as the
@@ -100,12 +100,21 @@ class TokenRejected(Exception):
         return 401
 
     @property
+    def error(self) -> str:
+        """RFC 6750 error code: insufficient_scope (403), temporarily_unavailable (503),
+        invalid_token otherwise."""
+        if self.reason in _FORBIDDEN:
+            return "insufficient_scope"
+        if self.reason in _UNAVAILABLE:
+            return "temporarily_unavailable"
+        return "invalid_token"
+
+    @property
     def www_authenticate(self) -> str:
-        """`WWW-Authenticate` header value (RFC 6750 §3)."""
+        """`WWW-Authenticate` header value (RFC 6750 §3; no error code when no token came)."""
         if self.reason == "missing_token":
             return 'Bearer realm="jit"'
-        error = "insufficient_scope" if self.reason in _FORBIDDEN else "invalid_token"
-        return f'Bearer realm="jit", error="{error}", error_description="{self.reason}"'
+        return f'Bearer realm="jit", error="{self.error}", error_description="{self.reason}"'
 
 
 @dataclass(frozen=True, slots=True)

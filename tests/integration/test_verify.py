@@ -9,12 +9,15 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -22,7 +25,7 @@ from sidecar import dpop
 from sidecar.client import Grant, TaskHandle
 from sidecar.tokens import SigningKey, generate_private_key, load_private_key
 from sidecar.verify import REASONS, TokenRejected, TokenVerifier
-from tests.harness import OpaServer, SidecarProcess, free_port, wait_for
+from tests.harness import ROOT, OpaServer, SidecarProcess, free_port, wait_for
 
 ISSUER = "https://jit-sidecar.local"
 
@@ -114,6 +117,7 @@ def test_wrong_action(verifier: Callable[..., TokenVerifier], read: Grant) -> No
     )
     assert err.reason == "wrong_action"
     assert err.status == 403
+    assert err.error == "insufficient_scope"
     assert 'error="insufficient_scope"' in err.www_authenticate
 
 
@@ -363,6 +367,7 @@ def test_unreachable_jwks_and_introspection_fail_closed(
     assert keys_err.reason == "jwks_unavailable"
     assert intro_err.reason == "introspection_unavailable"
     assert intro_err.status == 503
+    assert intro_err.error == "temporarily_unavailable"
 
 
 def test_introspection_credential(tmp_path: Path, opa: OpaServer) -> None:
@@ -444,3 +449,46 @@ def test_reason_codes_are_a_fixed_set() -> None:
         "dpop_required",
         "dpop_unsupported",
     } <= REASONS
+
+
+def test_wsgi_snippet_in_the_docs_works(
+    verifier: Callable[..., TokenVerifier], read: Grant
+) -> None:
+    """The WSGI wrapper shown in docs/resource-servers.md, served by wsgiref: 200 for the right
+    resource, 403 insufficient_scope for another, 401 without a token."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    doc = (ROOT / "docs" / "resource-servers.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def protect" in b]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # noqa: S102 (our own documentation)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["jit.token"].jti.encode()]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    wrapped = namespace["protect"](
+        app, verifier(), "docs.read", lambda env: "docs://" + env["PATH_INFO"].lstrip("/")
+    )
+    port = free_port()
+    server = make_server("127.0.0.1", port, wrapped, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base, auth = f"http://127.0.0.1:{port}", {"Authorization": read.authorization}
+        ok = requests.get(f"{base}/handbook/intro", headers=auth, timeout=5)
+        other = requests.get(f"{base}/handbook/other", headers=auth, timeout=5)
+        anonymous = requests.get(f"{base}/handbook/intro", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert (ok.status_code, ok.text) == (200, read.grant_id)
+    assert other.status_code == 403
+    assert other.json() == {"error": "insufficient_scope", "reason": "wrong_resource"}
+    assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"] == 'Bearer realm="jit"'
