@@ -449,13 +449,15 @@ class AccessClient:
                     request, timeout=remaining, metadata=self._credentials.metadata()
                 )
             except grpc.RpcError as err:
-                if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    continue  # this call's deadline, not the decision's: ask again if time left
-                raise translate_error(err) from None
-            result = response.result
-            if result.decision != pb.DECISION_PENDING_APPROVAL:
-                return cast(pb.RequestGrantResponse, result)
-            reasons = list(result.reasons) or list(reasons)
+                # DEADLINE_EXCEEDED is this call's deadline (ours or the sidecar's own cap),
+                # not the decision's: ask again while time is left.
+                if err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise translate_error(err) from None
+            else:
+                result = response.result
+                if result.decision != pb.DECISION_PENDING_APPROVAL:
+                    return cast(pb.RequestGrantResponse, result)
+                reasons = list(result.reasons) or list(reasons)
             pause = _MIN_APPROVAL_POLL - (time.monotonic() - started)
             if pause > 0:
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -561,8 +563,9 @@ class _TaskBase:
     def _check_usable(self) -> None:
         if self._raw is None:
             raise NoActiveTask("the task has not been opened yet (use it in a with block)")
-        if self._ended is not None:
-            raise self._ended
+        ended = self._ended
+        if ended is not None:
+            raise TaskEnded(ended.code, ended.message, ended.reason, ended.metadata)
         if self._closed:
             raise NoActiveTask(f"task {self.task_id} has been completed")
 
@@ -837,13 +840,13 @@ class AsyncAccessClient:
                     request, timeout=remaining, metadata=self._credentials.metadata()
                 )
             except grpc.RpcError as err:
-                if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    continue
-                raise translate_error(err) from None
-            result = response.result
-            if result.decision != pb.DECISION_PENDING_APPROVAL:
-                return cast(pb.RequestGrantResponse, result)
-            reasons = list(result.reasons) or list(reasons)
+                if err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise translate_error(err) from None
+            else:
+                result = response.result
+                if result.decision != pb.DECISION_PENDING_APPROVAL:
+                    return cast(pb.RequestGrantResponse, result)
+                reasons = list(result.reasons) or list(reasons)
             pause = _MIN_APPROVAL_POLL - (loop.time() - started)
             if pause > 0:
                 await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
