@@ -9,10 +9,11 @@ PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run test test-spire policy-test lint typecheck unit integration gen clean
+.PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
+	@echo "make demo   OPA + sidecar + example resource server + example agent, traced, then stop"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
 	@echo "make test-spire  opt-in: build SPIRE (~7 min once) and run the real SPIRE tests"
@@ -36,14 +37,17 @@ deps: $(VENV)/.installed $(TOOLS)/.opa gen
 run: deps
 	scripts/dev-run.sh
 
+demo: deps
+	$(PY) examples/demo.py
+
 policy-test: $(TOOLS)/.opa
 	opa fmt --list --fail rego/
 	opa check --strict rego/
 	opa test rego/
 
 lint: deps
-	$(VENV)/bin/ruff check sidecar tests bench
-	$(VENV)/bin/ruff format --check sidecar tests bench
+	$(VENV)/bin/ruff check sidecar tests bench examples
+	$(VENV)/bin/ruff format --check sidecar tests bench examples
 
 typecheck: deps
 	$(VENV)/bin/mypy

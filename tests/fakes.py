@@ -2,6 +2,9 @@
 
 `FakeOpa` is an HTTP/1.1 server speaking just enough of OPA's Data API to answer garbage,
 errors, wrong shapes or to stall — the real sidecar talks to it over real TCP.
+`ScriptedAccessService` is a real gRPC server on a real Unix socket whose answers a test
+scripts: server-side deadline expiries and a record of each call's metadata and deadline
+(which the real sidecar does not expose), for the client SDK's own tests.
 """
 
 from __future__ import annotations
@@ -9,8 +12,21 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from sidecar._proto.jit.v1 import access_pb2 as pb
+from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 
 VALID_JIT = {
     "allow": True,
@@ -129,3 +145,130 @@ class ScriptedPolicy:
 
     async def aclose(self) -> None:
         pass
+
+
+@dataclass
+class Call:
+    method: str
+    metadata: dict[str, str]
+    time_remaining: float | None
+    request: Any
+
+
+def granted(action: str = "payments.refund", resource: str = "payments://orders/42") -> Any:
+    now = int(time.time())
+    grant = pb.Grant(
+        grant_id="g-1",
+        token="header.payload.signature",
+        tier=pb.TIER_JIT,
+        audience="payments",
+        scope=[action],
+        intent=pb.Intent(action=action, resource=resource),
+        task_id="t-1",
+    )
+    grant.issued_at.FromSeconds(now)
+    grant.expires_at.FromSeconds(now + 60)
+    return pb.RequestGrantResponse(decision=pb.DECISION_GRANTED, grant=grant, decision_id="d-1")
+
+
+def pending() -> Any:
+    return pb.RequestGrantResponse(
+        decision=pb.DECISION_PENDING_APPROVAL,
+        approval_id="a-1",
+        reasons=["approval_required: refunds need a human"],
+        decision_id="d-1",
+    )
+
+
+def denied(*reasons: str) -> Any:
+    return pb.RequestGrantResponse(
+        decision=pb.DECISION_DENIED, reasons=list(reasons), decision_id="d-1"
+    )
+
+
+def _abort(context: grpc.ServicerContext, code: int, message: str, reason: str) -> None:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="jit-sidecar"))
+    context.abort_with_status(
+        rpc_status.to_status(status_pb2.Status(code=code, message=message, details=[detail]))
+    )
+
+
+@dataclass
+class ScriptedAccessService(pb_grpc.AccessServiceServicer):  # type: ignore[misc]
+    """Answers from scripts; every call is recorded in `calls`."""
+
+    request_grant: list[Any] = field(default_factory=list)
+    """Answers of RequestGrant, in order (the last one repeats)."""
+    await_approval: list[tuple[str, Any]] = field(default_factory=list)
+    """AwaitApproval steps: ("answer", RequestGrantResponse), ("hold", seconds or None) =
+    wait that long (None: until the call's deadline) then answer PENDING_APPROVAL, as the
+    sidecar does when its own wait ends first, ("deadline", None) = abort with
+    DEADLINE_EXCEEDED as a server-side timeout would. The last step repeats."""
+    heartbeat_fails: bool = False
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _record(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        with self.lock:
+            self.calls.append(Call(method, metadata, context.time_remaining(), request))
+
+    def methods(self) -> list[str]:
+        return [c.method for c in self.calls]
+
+    def BeginTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("BeginTask", request, context)
+        task = pb.Task(task_id="t-1", goal=request.goal, subject="spiffe://fake/agent", state=1)
+        task.heartbeat_interval_seconds = 1
+        task.deadline.FromSeconds(int(time.time()) + 600)
+        return pb.BeginTaskResponse(task=task)
+
+    def RequestGrant(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("RequestGrant", request, context)
+        with self.lock:
+            answer = self.request_grant[0]
+            if len(self.request_grant) > 1:
+                self.request_grant.pop(0)
+        return answer
+
+    def AwaitApproval(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("AwaitApproval", request, context)
+        with self.lock:
+            kind, answer = self.await_approval[0]
+            if len(self.await_approval) > 1:
+                self.await_approval.pop(0)
+        if kind == "deadline":
+            _abort(context, code_pb2.DEADLINE_EXCEEDED, "server-side timeout", "")
+        if kind == "hold":
+            remaining = max(0.0, (context.time_remaining() or 1.0) - 0.05)
+            time.sleep(remaining if answer is None else min(answer, remaining))
+            return pb.AwaitApprovalResponse(result=pending())
+        return pb.AwaitApprovalResponse(result=answer)
+
+    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("Heartbeat", request, context)
+        if self.heartbeat_fails:
+            _abort(context, code_pb2.FAILED_PRECONDITION, "task t-1 has ended", "task_inactive")
+        return pb.HeartbeatResponse()
+
+    def CompleteTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("CompleteTask", request, context)
+        return pb.CompleteTaskResponse(revoked_grants=0)
+
+    def ListGrants(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("ListGrants", request, context)
+        return pb.ListGrantsResponse()
+
+
+@contextmanager
+def serve(service: ScriptedAccessService, socket: Path) -> Iterator[Path]:
+    """Serve `service` on `socket` (a real gRPC server) for the duration of the block."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    pb_grpc.add_AccessServiceServicer_to_server(service, server)
+    server.add_insecure_port(f"unix:{socket}")
+    server.start()
+    try:
+        yield socket
+    finally:
+        server.stop(grace=None)

@@ -1,0 +1,520 @@
+"""Verifying jit-sidecar access tokens in a resource server (the API an agent calls).
+
+    from sidecar.verify import TokenVerifier, TokenRejected
+
+    verifier = TokenVerifier(
+        "http://127.0.0.1:9464/.well-known/jwks.json",
+        issuer="https://jit-sidecar.local",
+        audience="tickets",
+        introspection_url="http://127.0.0.1:9464/introspect",   # optional: revocation
+    )
+    try:
+        token = verifier.verify(raw_token, action="tickets.update", resource="tickets://T-1001")
+    except TokenRejected as err:
+        ...  # err.reason (fixed code), err.status (401/403/503), err.error, err.www_authenticate
+
+Checks, in order: the compact JWS parses; its `alg` is allowed (EdDSA, ES256) and equals the
+algorithm pinned by the signing key in the JWKS (no `none`, no HS256 with a public key as the
+secret); the `kid` is published (the JWKS is cached and re-fetched on an unknown kid at most
+once per `jwks_refresh_interval`); the signature; `typ` is `at+jwt` (RFC 9068); `iss`; `aud`;
+`exp`/`nbf`/`iat` with `leeway`; that `authorization_details` (RFC 9396, type `jit_intent`)
+names exactly the action and resource being served; a DPoP proof when the token is bound to a
+key (`cnf.jkt`); and, with `introspection_url`, that the grant is still active (RFC 7662;
+answers cached for `introspection_cache_seconds`). Every failure raises `TokenRejected` with
+one of the fixed `REASONS`; every doubt (JWKS or introspection unreachable) rejects.
+Tokens are never logged; only their `jti`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+import requests
+
+from .dpop import DpopError, ReplayCache, verify_dpop_proof
+
+log = logging.getLogger("jit_sidecar.verify")
+
+ALGORITHMS = ("EdDSA", "ES256")
+TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+INTENT_TYPE = "jit_intent"
+MAX_TOKEN_BYTES = 16 * 1024
+_MAX_INTROSPECTION_CACHE = 10_000
+# (kty, crv) → the one algorithm such a key may verify.
+_KEY_ALGORITHMS = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
+
+REASONS = frozenset(
+    {
+        "missing_token",  # no Authorization header (or not Bearer/DPoP)
+        "malformed",  # not a compact JWS, bad base64/JSON, required claim missing or mistyped
+        "algorithm_not_allowed",  # alg outside the allow-list, or not the key's pinned alg
+        "unknown_kid",  # kid absent from the JWKS even after a refresh
+        "bad_signature",  # signature does not verify (tampered header or payload)
+        "wrong_type",  # typ is not at+jwt
+        "wrong_issuer",
+        "wrong_audience",
+        "expired",
+        "not_yet_valid",  # nbf or iat in the future (beyond leeway)
+        "wrong_action",  # authorization_details does not name the action served
+        "wrong_resource",  # ... names the action, but not for this resource
+        "dpop_required",  # token bound to a key (cnf.jkt) presented without a DPoP proof
+        "dpop_invalid",  # the DPoP proof does not verify
+        "revoked",  # introspection says the grant is no longer active
+        "jwks_unavailable",  # keys could not be fetched (fail closed)
+        "introspection_unavailable",  # revocation could not be checked (fail closed)
+    }
+)
+_FORBIDDEN = frozenset({"wrong_action", "wrong_resource"})
+_UNAVAILABLE = frozenset({"jwks_unavailable", "introspection_unavailable"})
+
+
+class TokenRejected(Exception):
+    """The token does not let the caller do this; `reason` is one of `REASONS`."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message or reason
+
+    @property
+    def status(self) -> int:
+        """HTTP status for the answer: 403 wrong action/resource, 503 when the check could
+        not be made, 401 otherwise (RFC 6750 §3.1)."""
+        if self.reason in _FORBIDDEN:
+            return 403
+        if self.reason in _UNAVAILABLE:
+            return 503
+        return 401
+
+    @property
+    def error(self) -> str:
+        """RFC 6750 error code: insufficient_scope (403), temporarily_unavailable (503),
+        invalid_token otherwise."""
+        if self.reason in _FORBIDDEN:
+            return "insufficient_scope"
+        if self.reason in _UNAVAILABLE:
+            return "temporarily_unavailable"
+        return "invalid_token"
+
+    @property
+    def www_authenticate(self) -> str:
+        """`WWW-Authenticate` header value (RFC 6750 §3; no error code when no token came)."""
+        if self.reason == "missing_token":
+            return 'Bearer realm="jit"'
+        return f'Bearer realm="jit", error="{self.error}", error_description="{self.reason}"'
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """Claims of a token that passed every check for `action` on `resource`."""
+
+    claims: Mapping[str, Any] = field(repr=False)
+    """Every claim, as signed."""
+    subject: str
+    """`sub`: the agent's workload identity."""
+    jti: str
+    """= the sidecar's grant id; safe to log."""
+    task_id: str
+    """`txn`: the agent's task."""
+    audience: tuple[str, ...]
+    scope: tuple[str, ...]
+    tier: str
+    expires_at: datetime
+    action: str
+    resource: str
+
+    def authorizes(self, action: str, resource: str) -> bool:
+        """Does `authorization_details` name exactly this action on this resource?"""
+        return _authorization_problem(self.claims, action, resource) is None
+
+
+def _b64decode(part: str) -> bytes:
+    if "=" in part:
+        raise ValueError("padding is not allowed in a compact JWS")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _json_object(part: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_b64decode(part))
+    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
+        raise TokenRejected("malformed", f"{what} is not base64url JSON") from err
+    if not isinstance(value, dict):
+        raise TokenRejected("malformed", f"{what} is not a JSON object")
+    return value
+
+
+def _number(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenRejected("malformed", f"`{name}` must be a number")
+    return float(value)
+
+
+def _strings(value: Any) -> list[str] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _authorization_problem(claims: Mapping[str, Any], action: str, resource: str) -> str | None:
+    """None when some jit_intent entry names both `action` and `resource` exactly."""
+    details = claims.get("authorization_details")
+    if not isinstance(details, list):
+        return "malformed"
+    action_seen = False
+    for entry in details:
+        if not isinstance(entry, dict) or entry.get("type") != INTENT_TYPE:
+            continue
+        actions, locations = _strings(entry.get("actions")), _strings(entry.get("locations"))
+        if actions is None or locations is None or action not in actions:
+            continue
+        action_seen = True
+        if resource in locations:
+            return None
+    return "wrong_resource" if action_seen else "wrong_action"
+
+
+def jwk_algorithm(jwk: Mapping[str, Any]) -> str | None:
+    """The one algorithm a published key may verify, or None for keys we never accept."""
+    derived = _KEY_ALGORITHMS.get((jwk.get("kty"), jwk.get("crv")))  # type: ignore[arg-type]
+    if derived is None or jwk.get("alg", derived) != derived:
+        return None
+    if jwk.get("use", "sig") != "sig":
+        return None
+    return derived
+
+
+class _HttpSessions(threading.local):
+    """One keep-alive `requests.Session` per thread (Sessions are not thread-safe)."""
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+
+
+class TokenVerifier:
+    """Verifies jit-sidecar tokens for one audience (see the module docstring).
+
+    `introspection_credential` (a string or a callable returning one) is sent as
+    `Authorization: Bearer …` to `introspection_url` (the sidecar's `http_token_file`).
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        jwks_url: str,
+        issuer: str,
+        audience: str,
+        *,
+        leeway: float = 30,
+        introspection_url: str | None = None,
+        introspection_credential: str | Callable[[], str] | None = None,
+        introspection_cache_seconds: float = 2,
+        http_timeout: float = 2.0,
+        jwks_refresh_interval: float = 30,
+        jwks_max_age: float = 300,
+        algorithms: tuple[str, ...] = ALGORITHMS,
+        clock: Callable[[], float] = time.time,
+        dpop_max_age: float = 60.0,
+        dpop_replay_cache: ReplayCache | None = None,
+    ) -> None:
+        unknown = set(algorithms) - set(ALGORITHMS)
+        if unknown:
+            raise ValueError(f"only {', '.join(ALGORITHMS)} are supported, not {unknown}")
+        if not issuer or not audience:
+            raise ValueError("issuer and audience are required")
+        self.jwks_url = jwks_url
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.introspection_url = introspection_url
+        self._credential = introspection_credential
+        self._introspection_ttl = introspection_cache_seconds
+        self._timeout = http_timeout
+        self._refresh_interval = jwks_refresh_interval
+        self._max_age = jwks_max_age
+        self._algorithms = algorithms
+        self._clock = clock
+        self._http = _HttpSessions()
+        self._lock = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._last_attempt = float("-inf")
+        self._cache: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._jws = jwt.PyJWS()
+        self._dpop_max_age = dpop_max_age
+        self._dpop_replay = dpop_replay_cache or ReplayCache()
+        """Proof jtis seen: share one cache across every verifier of a process."""
+        self.jwks_fetches = 0
+        """How many times the JWKS was fetched (for tests and metrics)."""
+
+    # ------------------------------------------------------------------ public API
+    def verify(
+        self,
+        token: str,
+        *,
+        action: str,
+        resource: str,
+        dpop_proof: str | None = None,
+        http_method: str | None = None,
+        http_url: str | None = None,
+        fresh: bool = False,
+    ) -> VerifiedToken:
+        """The verified claims if `token` lets its bearer do `action` on `resource` now;
+        TokenRejected otherwise. `dpop_proof`, `http_method` and `http_url` are needed for
+        tokens bound to a key (`cnf.jkt`). `fresh=True` skips the cached introspection
+        answer (use it for writes: a revocation then takes effect at once rather than
+        within `introspection_cache_seconds`)."""
+        header, claims = self._verify_signature(token)
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in TOKEN_TYPES:
+            raise TokenRejected("wrong_type", f"typ {typ!r} is not at+jwt")
+        self._check_claims(claims)
+        problem = _authorization_problem(claims, action, resource)
+        if problem is not None:
+            raise TokenRejected(problem, f"token does not authorize {action} on {resource}")
+        if "cnf" in claims:
+            self._check_dpop(token, claims, dpop_proof, http_method, http_url)
+        if self.introspection_url:
+            self._check_active(token, claims, fresh)
+        aud = claims["aud"]
+        return VerifiedToken(
+            claims=claims,
+            subject=claims["sub"],
+            jti=claims["jti"],
+            task_id=str(claims.get("txn", "")),
+            audience=(aud,) if isinstance(aud, str) else tuple(aud),
+            scope=tuple(str(claims.get("scope", "")).split()),
+            tier=str(claims.get("tier", "")),
+            expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
+            action=action,
+            resource=resource,
+        )
+
+    def verify_request(
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        url: str,
+        *,
+        action: str,
+        resource: str,
+        fresh: bool = False,
+    ) -> VerifiedToken:
+        """`verify` for an HTTP request: reads `Authorization: Bearer|DPoP <token>` (and the
+        `DPoP` proof header) from `headers` (any case-insensitive or plain mapping)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        scheme, _, token = lowered.get("authorization", "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("bearer", "dpop") or not token:
+            raise TokenRejected("missing_token", "Authorization: Bearer <token> expected")
+        proof = lowered.get("dpop") if scheme.lower() == "dpop" else None
+        return self.verify(
+            token,
+            action=action,
+            resource=resource,
+            dpop_proof=proof,
+            http_method=method,
+            http_url=url,
+            fresh=fresh,
+        )
+
+    # ------------------------------------------------------------------ signature
+    def _verify_signature(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+            raise TokenRejected("malformed", "empty or oversized token")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenRejected("malformed", "not a compact JWS")
+        header = _json_object(parts[0], "header")
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise TokenRejected("algorithm_not_allowed", f"alg {alg!r} is not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenRejected("unknown_kid", "no kid in the header")
+        key = self._key(kid)
+        if alg != key.algorithm_name:
+            raise TokenRejected(
+                "algorithm_not_allowed", f"key {kid} verifies {key.algorithm_name}, not {alg}"
+            )
+        try:
+            decoded = self._jws.decode_complete(token, key=key, algorithms=[key.algorithm_name])
+        except jwt.InvalidSignatureError as err:
+            raise TokenRejected("bad_signature", "signature does not verify") from err
+        except jwt.InvalidAlgorithmError as err:
+            raise TokenRejected("algorithm_not_allowed", str(err)) from err
+        except jwt.PyJWTError as err:
+            raise TokenRejected("malformed", str(err)) from err
+        try:
+            claims = json.loads(decoded["payload"])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise TokenRejected("malformed", "payload is not JSON") from err
+        if not isinstance(claims, dict):
+            raise TokenRejected("malformed", "payload is not a JSON object")
+        return header, claims
+
+    def _key(self, kid: str) -> jwt.PyJWK:
+        with self._lock:
+            now = time.monotonic()
+            stale = self._fetched_at is None or now - self._fetched_at > self._max_age
+            # First use, or the cached set is old: fetch (retrying at most once a second).
+            if stale and now - self._last_attempt >= min(1.0, self._refresh_interval):
+                self._refresh(now)
+            key = self._keys.get(kid)
+            if key is None and now - self._last_attempt >= self._refresh_interval:
+                # An unknown kid may be a freshly rotated key; the rate limit stops tokens
+                # with random kids from turning into a flood of JWKS fetches.
+                self._refresh(now)
+                key = self._keys.get(kid)
+            if key is None:
+                if self._fetched_at is None:
+                    raise TokenRejected("jwks_unavailable", "the JWKS could not be fetched")
+                raise TokenRejected("unknown_kid", f"kid {kid} is not published")
+            return key
+
+    def _refresh(self, now: float) -> None:
+        self._last_attempt = now
+        self.jwks_fetches += 1
+        try:
+            response = self._http.session.get(self.jwks_url, timeout=self._timeout)
+            response.raise_for_status()
+            document = response.json()
+        except (requests.RequestException, ValueError) as err:
+            # Keep the keys we have (if any): a JWKS hiccup must not reject valid tokens.
+            log.warning("JWKS fetch from %s failed: %s", self.jwks_url, err)
+            return
+        keys: dict[str, jwt.PyJWK] = {}
+        for jwk in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+                continue
+            alg = jwk_algorithm(jwk)
+            if alg is None or alg not in self._algorithms:
+                continue
+            try:
+                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=alg)
+            except jwt.PyJWTError as err:
+                log.warning("ignoring unusable JWK %s: %s", jwk["kid"], err)
+        self._keys = keys
+        self._fetched_at = now
+
+    # ------------------------------------------------------------------ claims
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
+        for name in ("sub", "jti"):
+            if not isinstance(claims.get(name), str) or not claims[name]:
+                raise TokenRejected("malformed", f"`{name}` missing")
+        if claims.get("iss") != self.issuer:
+            raise TokenRejected("wrong_issuer", f"iss {claims.get('iss')!r}")
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else _strings(aud)
+        if audiences is None:
+            raise TokenRejected("malformed", "`aud` must be a string or a list of strings")
+        if self.audience not in audiences:
+            raise TokenRejected("wrong_audience", f"token is for {aud!r}")
+        now = self._clock()
+        exp = _number(claims, "exp", required=True)
+        assert exp is not None
+        if now >= exp + self.leeway:
+            raise TokenRejected("expired", f"expired at {exp:.0f}")
+        for name in ("nbf", "iat"):
+            when = _number(claims, name, required=False)
+            if when is not None and when > now + self.leeway:
+                raise TokenRejected("not_yet_valid", f"`{name}` is in the future")
+
+    # ------------------------------------------------------------------ proof of possession
+    def _check_dpop(
+        self,
+        token: str,
+        claims: Mapping[str, Any],
+        proof: str | None,
+        method: str | None,
+        url: str | None,
+    ) -> None:
+        cnf = claims.get("cnf")
+        if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str):
+            raise TokenRejected("malformed", "`cnf` without `jkt`")
+        if not proof:
+            raise TokenRejected("dpop_required", "token is bound to a key: send a DPoP proof")
+        if not method or not url:
+            raise TokenRejected("dpop_invalid", "the request's method and URL are needed")
+        try:
+            verify_dpop_proof(
+                token,
+                proof,
+                method,
+                url,
+                token_claims=claims,
+                replay_cache=self._dpop_replay,
+                now=self._clock(),
+                max_age=self._dpop_max_age,
+                leeway=self.leeway,
+            )
+        except DpopError as err:
+            raise TokenRejected("dpop_invalid", f"{err.reason}: {err.message}") from err
+
+    # ------------------------------------------------------------------ revocation
+    def _check_active(self, token: str, claims: Mapping[str, Any], fresh: bool) -> None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > now and not (fresh and cached[1]):
+                active = cached[1]
+            else:
+                cached = None
+        if cached is None:
+            active = self._introspect(token, claims)
+            # Inactive is final (revocation is permanent): remember it until the token
+            # expires anyway. Active is remembered only briefly, so revocations show quickly.
+            ttl = (
+                self._introspection_ttl
+                if active
+                else max(self._introspection_ttl, float(claims["exp"]) - self._clock())
+            )
+            with self._cache_lock:
+                self._cache[key] = (now + ttl, active)
+                self._cache.move_to_end(key)
+                while len(self._cache) > _MAX_INTROSPECTION_CACHE:
+                    self._cache.popitem(last=False)
+        if not active:
+            raise TokenRejected("revoked", f"grant {claims['jti']} is no longer active")
+
+    def _introspect(self, token: str, claims: Mapping[str, Any]) -> bool:
+        assert self.introspection_url is not None
+        headers = {"Accept": "application/json"}
+        credential = self._credential() if callable(self._credential) else self._credential
+        if credential:
+            headers["Authorization"] = f"Bearer {credential}"
+        try:
+            response = self._http.session.post(
+                self.introspection_url,
+                data={"token": token, "token_type_hint": "access_token"},
+                headers=headers,
+                timeout=self._timeout,
+            )
+            response.raise_for_status()
+            body = response.json()
+        except (requests.RequestException, ValueError) as err:
+            log.warning("introspection of %s failed: %s", claims.get("jti"), err)
+            raise TokenRejected("introspection_unavailable", "revocation status unknown") from err
+        if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+            raise TokenRejected("introspection_unavailable", "not an RFC 7662 answer")
+        # An active answer about a different token would be a broken server: not active.
+        return body["active"] is True and body.get("jti", claims["jti"]) == claims["jti"]
