@@ -64,7 +64,8 @@ def metric_names(expr: str) -> set[str]:
     names: set[str] = set()
     for match in _NAME.finditer(text):
         word = match.group()
-        if match.start() > 0 and (text[match.start() - 1].isdigit() or text[match.start() - 1] == "."):
+        before = text[match.start() - 1] if match.start() else " "
+        if before.isdigit() or before == ".":
             continue  # the exponent or suffix of a number, e.g. 1e3
         rest = text[match.end() :].lstrip()
         if rest.startswith("(") or word.lower() in _KEYWORDS:

@@ -107,9 +107,7 @@ def test_denials_panel_counts_policy_denials_too() -> None:
 def test_every_queried_metric_is_exported_by_the_sidecar() -> None:
     """Every metric name in every PromQL expression is produced by sidecar.metrics.Metrics."""
     exported = set(exported_labels())
-    unknown = {
-        (title, name) for title, expr in _exprs() for name in metric_names(expr) - exported
-    }
+    unknown = {(title, name) for title, expr in _exprs() for name in metric_names(expr) - exported}
     assert len(_exprs()) >= 20
     assert unknown == set()
 
