@@ -39,6 +39,9 @@ for version in $(scripts/bootstrap.sh k8s-versions); do
 done
 
 step "prometheus-operator resources"
+# The PrometheusRule exactly as docs/operations.md tells operators to create it.
+{ printf 'apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: jit-sidecar\nspec:\n'
+  sed 's/^/  /' deploy/prometheus/jit-sidecar.rules.yml; } >"$out/prometheusrule.yaml"
 node .tools/crd-check/validate.mjs "$out"/*.yaml
 
 step "compose-check"
