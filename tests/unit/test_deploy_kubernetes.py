@@ -77,8 +77,11 @@ def _under(path: str, mount: dict[str, Any]) -> bool:
 
 
 def _sidecar_config(rendered: dict[str, Any]) -> Config:
-    args = _containers(rendered)["jit-sidecar"]["args"]
-    env = _config_map(rendered, "jit-sidecar-config")["data"]
+    """The settings the sidecar process gets: its args, the ConfigMap and its own env."""
+    sidecar = _containers(rendered)["jit-sidecar"]
+    env = dict(_config_map(rendered, "jit-sidecar-config")["data"])
+    env.update({e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e})
+    args = sidecar["args"]
     return load({"identity": args[args.index("--identity") + 1]}, env=env, serving=True)
 
 
