@@ -10,13 +10,13 @@ PYTEST_ARGS ?=
 LINT_DIRS := $(wildcard sidecar tests bench scripts/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deploy-tools deploy-check run test policy-test lint typecheck unit integration gen clean
+.PHONY: help deps run test policy-test lint typecheck unit integration gen clean
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
+	@echo "make deploy-check  validate deploy/ and the Dockerfile (promtool, kubeconform, ...)"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
-	@echo "make deploy-check   validate deploy/ and the Dockerfile (promtool, kubeconform, ...)"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -51,6 +51,7 @@ $(TOOLS)/.compose-check: scripts/bootstrap.sh $(wildcard scripts/compose-check/*
 	scripts/bootstrap.sh crd-check
 	touch $@
 
+.PHONY: deploy-tools deploy-check
 DEPLOY_TOOLS := $(TOOLS)/.promtool $(TOOLS)/.kubeconform $(TOOLS)/.kustomize \
 	$(TOOLS)/.compose-check .tools/k8s-schemas/.stamp .tools/crd-check/.stamp
 

@@ -1,4 +1,4 @@
-"""docs/metrics.md and docs/configuration.md stay true to the code."""
+"""docs/metrics.md stays true to sidecar/metrics.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import re
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.config import markdown_reference
 from sidecar.metrics import Metrics
 from tests.deploy import ROOT
 from tests.promql import exported_labels
@@ -44,8 +43,3 @@ def test_metrics_doc_table_lists_each_metrics_labels() -> None:
         for name in _documented_names()
     }
     assert rows == expected
-
-
-def test_configuration_doc_is_generated_from_the_config_object() -> None:
-    """docs/configuration.md equals `python -m sidecar.config --markdown`."""
-    assert (DOCS / "configuration.md").read_text() == markdown_reference()
