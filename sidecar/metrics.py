@@ -107,6 +107,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.key_rotation_errors = Counter(
+            "jit_key_rotation_errors_total",
+            "Signing key rotations that failed (the previous key stayed in use).",
+            registry=r,
+        )
         self.build_info = Info("jit_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
         for tier in ("standing", "jit"):

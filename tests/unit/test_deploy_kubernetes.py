@@ -164,7 +164,8 @@ def test_sidecar_settings_are_real_settings_that_validate(base: dict[str, Any]) 
 
 def test_signing_key_comes_from_a_read_only_0400_secret(base: dict[str, Any]) -> None:
     """The Secret is mounted read-only with mode 0400, into the init container only, which
-    copies it to a memory volume the sidecar reads (the sidecar refuses group-readable keys)."""
+    copies it (0600) to a memory volume only the sidecar mounts (it refuses group-readable keys,
+    and `keys rotate` writes the new key there)."""
     secret = _volume(base, "jit-secrets")["secret"]
     pod = _pod(base)
     (installer,) = pod["initContainers"]
@@ -177,7 +178,9 @@ def test_signing_key_comes_from_a_read_only_0400_secret(base: dict[str, Any]) ->
     assert _mounts(installer)["jit-secrets"]["readOnly"] is True
     assert "0o600" in installer["command"][-1]
     assert keys_volume["medium"] == "Memory"
-    assert sidecar_keys["readOnly"] is True
+    assert [c["name"] for c in _pod(base)["containers"] if "jit-keys" in _mounts(c)] == [
+        "jit-sidecar"
+    ]
     assert config.signing_key is not None
     assert _under(str(config.signing_key), sidecar_keys)
     assert config.http_token_file is not None
