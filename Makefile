@@ -7,6 +7,7 @@ TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
+LINT_DIRS := $(wildcard sidecar tests bench examples scripts/*.py)
 
 .DEFAULT_GOAL := help
 .PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean
@@ -14,6 +15,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
 	@echo "make demo   OPA + sidecar + example resource server + example agent, traced, then stop"
+	@echo "make deploy-check  validate deploy/ and the Dockerfile (promtool, kubeconform, ...)"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
 	@echo "make test-spire  opt-in: build SPIRE (~7 min once) and run the real SPIRE tests"
@@ -25,6 +27,37 @@ $(VENV)/.installed: pyproject.toml
 $(TOOLS)/.opa: scripts/bootstrap.sh
 	scripts/bootstrap.sh opa
 	touch $@
+
+# Validators for deploy/ (scripts/deploy-check.sh); each is built or fetched once and cached.
+$(TOOLS)/.promtool: scripts/bootstrap.sh
+	scripts/bootstrap.sh promtool
+	touch $@
+
+$(TOOLS)/.kubeconform: scripts/bootstrap.sh
+	scripts/bootstrap.sh kubeconform
+	touch $@
+
+$(TOOLS)/.kustomize: scripts/bootstrap.sh
+	scripts/bootstrap.sh kustomize
+	touch $@
+
+$(TOOLS)/.compose-check: scripts/bootstrap.sh $(wildcard scripts/compose-check/*)
+	scripts/bootstrap.sh compose-check
+	touch $@
+
+.tools/k8s-schemas/.stamp: scripts/bootstrap.sh scripts/k8s-schemas.py $(VENV)/.installed
+	scripts/bootstrap.sh k8s-schemas
+	touch $@
+
+.tools/crd-check/.stamp: scripts/bootstrap.sh $(wildcard scripts/crd-check/*)
+	scripts/bootstrap.sh crd-check
+	touch $@
+
+.PHONY: deploy-tools deploy-check
+DEPLOY_TOOLS := $(TOOLS)/.promtool $(TOOLS)/.kubeconform $(TOOLS)/.kustomize \
+	$(TOOLS)/.compose-check .tools/k8s-schemas/.stamp .tools/crd-check/.stamp
+
+deploy-tools: $(DEPLOY_TOOLS)
 
 sidecar/_proto/.stamp: $(PROTOS) $(VENV)/.installed scripts/gen-proto.sh
 	scripts/gen-proto.sh
@@ -46,13 +79,16 @@ policy-test: $(TOOLS)/.opa
 	opa test rego/
 
 lint: deps
-	$(VENV)/bin/ruff check sidecar tests bench examples
-	$(VENV)/bin/ruff format --check sidecar tests bench examples
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 typecheck: deps
 	$(VENV)/bin/mypy
 
-test: deps policy-test lint typecheck
+deploy-check: deps deploy-tools
+	scripts/deploy-check.sh
+
+test: deps policy-test lint typecheck deploy-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Opt-in: a real SPIRE server and agent issue a JWT-SVID that the sidecar must accept.

