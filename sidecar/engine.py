@@ -241,6 +241,7 @@ class Engine:
             if not err.durable:
                 self._drop_task(task)
             raise
+        log.info("task begun", extra={"task_id": task_id})
         return task
 
     async def heartbeat(self, identity: Identity, task_id: str) -> Task:
@@ -361,6 +362,16 @@ class Engine:
 
         if not decision.allow:
             self.metrics.grant_requests.labels(decision="denied", tier="").inc()
+            log.info(
+                "grant denied: %s %s",
+                intent.action,
+                preview(intent.resource, 128),
+                extra={
+                    "task_id": task_id,
+                    "decision_id": decision.decision_id or None,
+                    "reason": reason_code(decision.reasons),
+                },
+            )
             await self.journal.commit(
                 [
                     _event(
@@ -512,6 +523,19 @@ class Engine:
             )
         self.metrics.grant_requests.labels(decision="granted", tier=decision.tier.value).inc()
         self.metrics.grant_ttl.observe(ttl)
+        log.info(
+            "grant issued: %s %s for %d s",
+            intent.action,
+            preview(intent.resource, 128),
+            ttl,
+            extra={
+                "task_id": task.task_id,
+                "grant_id": grant.grant_id,
+                "decision_id": decision.decision_id or None,
+                "tier": decision.tier.value,
+                "kid": key.kid,
+            },
+        )
         return GrantOutcome(
             "granted",
             grant=grant,
@@ -888,6 +912,24 @@ class Engine:
             self._retry_later(ended.events)
             raise
         done = self.clock.now()
+        for event in ended.events:
+            if event["event"] == "task_completed":
+                log.info(
+                    "task ended (%s)",
+                    event["state"],
+                    extra={"task_id": event["task_id"], "reason": event["reason"]},
+                )
+            else:
+                log.log(
+                    logging.DEBUG if event["event"] == "grant_expired" else logging.INFO,
+                    "%s",
+                    event["event"].replace("_", " "),
+                    extra={
+                        "task_id": event["task_id"],
+                        "grant_id": event["grant_id"],
+                        "reason": event["reason"],
+                    },
+                )
         for reason, triggered in ended.lags:
             self.metrics.revocation_lag.labels(reason=reason).observe(max(0.0, done - triggered))
 
@@ -1223,6 +1265,14 @@ class Engine:
 
     def last_exp(self, kid: str) -> float:
         return self._last_exp_by_kid.get(kid, 0.0)
+
+
+def reason_code(reasons: Sequence[str]) -> str:
+    """The machine-readable code of the first `"<code>: <sentence>"` reason."""
+    if not reasons:
+        return "no_reason"
+    code = reasons[0].partition(":")[0].strip()
+    return code if code.replace("_", "").isalnum() and len(code) <= 64 else "unstructured"
 
 
 def _event(name: str, now: float, **fields: Any) -> dict[str, Any]:
