@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     begin.add_argument("--task-id", default="")
     begin.add_argument("--max-duration", type=int, default=0, help="seconds (0: default)")
     begin.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    begin.add_argument("-q", "--quiet", action="store_true", help="print only the task id")
     complete = task_sub.add_parser("complete", help="complete a task (revokes its grants)")
     _client_flags(complete)
     complete.add_argument("task_id")
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--justification", default="")
     grant.add_argument("--ttl", type=int, default=60, help="requested lifetime in seconds")
     grant.add_argument("--context", default="", help="JSON object for the policy")
+    grant.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the token (for scripts); nothing when denied",
+    )
 
     grants = sub.add_parser("grants", help="list a task's grants")
     _client_flags(grants)
@@ -239,6 +246,9 @@ def _run_client(args: argparse.Namespace) -> int:
                 task = client.begin_task(
                     args.goal, task_id=args.task_id, labels=labels, max_duration=args.max_duration
                 )
+                if args.quiet:
+                    print(task.task_id)
+                    return EXIT_OK
                 _print(
                     args,
                     _msg(task),
@@ -274,6 +284,9 @@ def _run_client(args: argparse.Namespace) -> int:
                     context=context,
                 )
             except AccessDenied as denied:
+                if args.quiet:
+                    print("DENIED: " + "; ".join(denied.reasons), file=sys.stderr)
+                    return EXIT_DENIED
                 _print(
                     args,
                     {"decision": "DENIED", "reasons": denied.reasons},
@@ -291,6 +304,9 @@ def _run_client(args: argparse.Namespace) -> int:
                     f"PENDING_APPROVAL {pending.approval_id}",
                 )
                 return EXIT_DENIED
+        if args.quiet:
+            print(grant.token)
+            return EXIT_OK
         tier = "standing" if grant.tier == 1 else "jit"
         _print(
             args,

@@ -59,3 +59,12 @@ def test_serve_requires_identity_mode() -> None:
 def test_docs_configuration_reference_is_in_sync() -> None:
     """docs/configuration.md is exactly what `python -m sidecar.config --markdown` prints."""
     assert (ROOT / "docs/configuration.md").read_text() == markdown_reference()
+
+
+def test_api_docs_list_every_reason_code() -> None:
+    """docs/api.md documents every reason code the sidecar can answer."""
+    from sidecar.errors import Reason
+
+    text = (ROOT / "docs/api.md").read_text()
+    missing = [r.value for r in Reason if f"`{r.value}`" not in text]
+    assert missing == []
