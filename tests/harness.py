@@ -30,8 +30,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -55,8 +59,9 @@ def opa_binary() -> str:
 class OpaServer:
     """A real `opa run --server` on a loopback port (and optionally a Unix socket)."""
 
-    def __init__(self, workdir: Path, policy_dirs: Sequence[Path] = (REGO,),
-                 unix_socket: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, policy_dirs: Sequence[Path] = (REGO,), unix_socket: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.policy_dirs = list(policy_dirs)
         self.port = free_port()
@@ -69,8 +74,16 @@ class OpaServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> OpaServer:
-        args = [opa_binary(), "run", "--server", "--disable-telemetry", "--log-level", "error",
-                "--addr", f"127.0.0.1:{self.port}"]
+        args = [
+            opa_binary(),
+            "run",
+            "--server",
+            "--disable-telemetry",
+            "--log-level",
+            "error",
+            "--addr",
+            f"127.0.0.1:{self.port}",
+        ]
         if self.unix_socket is not None:
             args += ["--addr", f"unix://{self.unix_socket}"]
         args += [str(p) for p in self.policy_dirs]
@@ -105,9 +118,15 @@ class OpaServer:
 class SidecarProcess:
     """`jit-sidecar serve` as a separate process, with its state in a temporary directory."""
 
-    def __init__(self, workdir: Path, opa_url: str, *extra: str,
-                 env: dict[str, str] | None = None, identity: str = "dev",
-                 http_port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        opa_url: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        identity: str = "dev",
+        http_port: int | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket = workdir / "run" / "sidecar.sock"
@@ -129,16 +148,28 @@ class SidecarProcess:
 
     def args(self) -> list[str]:
         args = [
-            sys.executable, "-m", "sidecar.cli", "serve",
-            "--identity", self.identity,
-            "--socket", str(self.socket),
-            "--admin-socket", str(self.admin_socket),
-            "--opa-url", self.opa_url,
-            "--http-addr", f"127.0.0.1:{self.http_port}",
-            "--state", f"sqlite:{self.state}",
-            "--audit-log", str(self.audit),
-            "--log-format", "json",
-            "--log-level", "debug",
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "serve",
+            "--identity",
+            self.identity,
+            "--socket",
+            str(self.socket),
+            "--admin-socket",
+            str(self.admin_socket),
+            "--opa-url",
+            self.opa_url,
+            "--http-addr",
+            f"127.0.0.1:{self.http_port}",
+            "--state",
+            f"sqlite:{self.state}",
+            "--audit-log",
+            str(self.audit),
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
         ]
         if self.identity == "dev" and "--signing-key" not in self.extra:
             args += ["--signing-key", str(self.key)]
@@ -206,8 +237,9 @@ class SidecarProcess:
         text = requests.get(self.http + "/metrics", timeout=5).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v
-                                               for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     return float(sample.value)
         return 0.0
 
