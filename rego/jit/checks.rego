@@ -45,6 +45,19 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 }
 
 # METADATA
+# title: malformed approval triggers
+# description: A class's approval.amount_above must be a number, its resource_prefixes strings.
+# scope: rule
+# custom:
+#   reason_code: class_invalid
+#   stage: 2
+_denials contains _denial(rego.metadata.rule(), msg) if {
+	_class_spec
+	not _approval_triggers_valid
+	msg := sprintf("class %s has malformed approval triggers in data.jit.classes", [_class])
+}
+
+# METADATA
 # title: unknown domain
 # description: Resources whose domain (URI scheme) is not in data.jit.domains are denied.
 # scope: rule
@@ -247,6 +260,17 @@ _well_formed contains "task.labels.resources" if not _labels_object
 _well_formed contains "task.grants" if is_array(input.task.grants)
 
 _labels_object if is_object(input.task.labels)
+
+# A typo here (a quoted amount, a lone prefix) must not switch approval off.
+_approval_triggers_valid if {
+	approval := object.get(_class_spec, "approval", {})
+	is_number(object.get(approval, "amount_above", 0))
+	prefixes := object.get(approval, "resource_prefixes", [])
+	is_array(prefixes)
+	every prefix in prefixes {
+		is_string(prefix)
+	}
+}
 
 _non_empty_string(value) if {
 	is_string(value)

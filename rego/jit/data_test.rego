@@ -25,6 +25,15 @@ test_class_tiers_are_valid if {
 	}
 }
 
+test_approval_triggers_are_well_formed if {
+	every _, class in jit.classes {
+		is_number(object.get(class, ["approval", "amount_above"], 0))
+		every prefix in object.get(class, ["approval", "resource_prefixes"], []) {
+			is_string(prefix)
+		}
+	}
+}
+
 test_only_read_is_standing if {
 	{name | some name, class in jit.classes; class.tier == "standing"} == {"read"}
 }

@@ -92,6 +92,14 @@ test_class_with_invalid_tier_is_denied if {
 	decision == _denied(["class_invalid: docs.read has class read, which has no valid tier in data.jit.classes"])
 }
 
+test_malformed_approval_triggers_deny if {
+	every approval in [{"amount_above": "100"}, {"resource_prefixes": "payments://"}, {"resource_prefixes": [1]}, "yes"] {
+		decision := jit.decision with input as _refund(500, "ticket 991: duplicate charge")
+			with jit.classes.payment.approval as approval
+		decision == _denied(["class_invalid: class payment has malformed approval triggers in data.jit.classes"])
+	}
+}
+
 test_only_the_earliest_stage_is_reported if {
 	# Malformed context (stage 1) hides the cross-domain denial (stage 3).
 	decision := jit.decision with input as _input(
