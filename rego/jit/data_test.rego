@@ -86,6 +86,15 @@ test_purposes_name_known_classes_and_domains if {
 	}
 }
 
-test_grant_limit_is_set if {
+test_limits_are_well_typed if {
+	is_number(jit.limits.max_grants_per_task)
 	jit.limits.max_grants_per_task >= 1
+	is_boolean(jit.limits.require_purpose)
+}
+
+test_audiences_are_non_empty_strings if {
+	every _, domain in jit.domains {
+		is_string(domain.audience)
+		domain.audience != ""
+	}
 }

@@ -11,7 +11,11 @@ _domain := substring(input.intent.resource, 0, i) if {
 _domain_spec := data.jit.domains[_domain]
 
 # Resource servers get a stable audience per domain (the domain's name unless data says).
-_audience := object.get(_domain_spec, "audience", _domain)
+_audience := audience if {
+	audience := object.get(_domain_spec, "audience", _domain)
+	is_string(audience)
+	audience != ""
+}
 
 _action_parts := split(input.intent.action, ".")
 

@@ -135,6 +135,13 @@ test_audience_comes_from_the_domain if {
 	decision == _standing("https://docs.example.com", "docs.read", [_standing_reason("docs.read", "read", "docs", 900)])
 }
 
+test_malformed_audience_fails_closed if {
+	every audience in ["", 7, null] {
+		decision := jit.decision with input as _input(_dev, {}, {}) with jit.domains.docs.audience as audience
+		decision == _denied(["default_deny: no rule allows this intent"])
+	}
+}
+
 test_unknown_agent_has_no_home_domain if {
 	decision := jit.decision with input as _input(
 		"spiffe://jit.local/agent/docs",
