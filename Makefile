@@ -8,6 +8,7 @@ export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 LINT_DIRS := $(wildcard sidecar tests bench examples scripts/*.py)
+REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
 .PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean
@@ -77,6 +78,15 @@ policy-test: $(TOOLS)/.opa
 	opa fmt --list --fail rego/
 	opa check --strict rego/
 	opa test rego/
+	opa test --coverage --format=json rego/ | python3 scripts/rego-coverage.py --min $(REGO_MIN_COVERAGE)
+	opa inspect -a --format json rego/ | python3 scripts/rego-reasons.py docs/policy-authoring.md
+	@if scripts/bootstrap.sh regal; then \
+	  echo "regal lint rego/ ($$(regal version | sed -n 's/^Version: *//p'))"; \
+	  regal lint rego/; \
+	else \
+	  echo "*** REGAL NOT RUN: scripts/bootstrap.sh regal could not install Regal (error above;" >&2; \
+	  echo "*** it needs Go and the Go module proxy). The opa checks above passed." >&2; \
+	fi
 
 lint: deps
 	$(VENV)/bin/ruff check $(LINT_DIRS)

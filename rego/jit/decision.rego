@@ -1,98 +1,67 @@
 # METADATA
-# title: jit-sidecar starter policy
+# title: jit-sidecar grant policy
 # description: |
-#   Deny by default. Reads on the agent's own domain get a standing grant; writes, deletes,
-#   admin actions and secret reads get a short JIT grant and need a justification.
+#   Decides one agent intent (DESIGN.md, "OPA contract"). The rules are generic; what they
+#   allow is data (data.jit, from data.json next to this file): the action catalog, risk
+#   classes, tiers, domains, agents, task purposes and limits. See docs/policy-authoring.md.
+#
+#   Files: decision.rego (this entrypoint), checks.rego (every reason to deny, in stages),
+#   tiers.rego (which tier an allowed intent gets, and why), facts.rego (what the input says).
 package jit
-
-default decision := {"allow": false, "reasons": ["default_deny: no rule allows this intent"]}
-
-_read_verbs := {"read", "list", "get"}
-
-_jit_verbs := {"write", "create", "update", "delete", "admin", "refund"}
-
-_verb := v if {
-	parts := split(input.intent.action, ".")
-	count(parts) >= 2
-	v := parts[count(parts) - 1]
-}
-
-_domain := d if {
-	parts := split(input.intent.resource, "://")
-	count(parts) == 2
-	d := parts[0]
-}
-
-_agent_name := n if {
-	path := trim_prefix(input.identity.subject, sprintf("spiffe://%s/", [input.identity.trust_domain]))
-	parts := split(path, "/")
-	n := parts[count(parts) - 1]
-}
-
-# The agent's own domains come from data (data.jit.agents), else from its SPIFFE name.
-_home_domains := data.jit.agents[input.identity.subject].domains
-
-_home_domains := {_agent_name} if not data.jit.agents[input.identity.subject]
-
-_own_domain if _domain in _home_domains
-
-_secret if startswith(input.intent.action, "secrets.")
-
-_justified if count(trim_space(input.intent.justification)) >= 8
 
 # METADATA
 # title: decision
-# description: The decision for one intent (DESIGN.md, "OPA contract").
+# description: |
+#   The decision for one intent: allow, tier, approval_required, ttl_seconds, audience,
+#   scope, reasons, cache_seconds. It allows only when no check denies and every field of
+#   the grant can be derived from data; a deny carries the reasons of the earliest failing
+#   stage (see checks.rego). Each reason is "<reason_code>: <sentence>", the code coming
+#   from the `custom.reason_code` annotation of the rule that produced it.
+# scope: document
 # entrypoint: true
-decision := {
-	"allow": true,
-	"tier": "standing",
+# custom:
+#   reason_code: default_deny
+default decision := {
+	"allow": false,
+	"tier": "",
 	"approval_required": false,
-	"ttl_seconds": input.task.remaining_seconds,
-	"audience": _domain,
-	"scope": [input.intent.action],
-	"reasons": ["standing_read: read on the agent's own domain"],
-	"cache_seconds": 30,
-} if {
-	_verb in _read_verbs
-	not _secret
-	_own_domain
-	input.task.remaining_seconds > 0
-}
-
-decision := {
-	"allow": true,
-	"tier": "jit",
-	"approval_required": false,
-	"ttl_seconds": 120,
-	"audience": _domain,
-	"scope": [input.intent.action],
-	"reasons": ["jit_write: write, admin or secret access on the agent's own domain"],
+	"ttl_seconds": 0,
+	"audience": "",
+	"scope": [],
+	"reasons": ["default_deny: no rule allows this intent"],
 	"cache_seconds": 0,
-} if {
-	_jit_candidate
-	_own_domain
-	_justified
 }
 
-decision := {"allow": false, "reasons": ["justification_required: JIT access needs a justification of at least 8 characters"]} if {
-	_jit_candidate
-	_own_domain
-	not _justified
+decision := _denied if _denials != set()
+
+decision := _granted if _denials == set()
+
+_denied := {
+	"allow": false,
+	"tier": "",
+	"approval_required": false,
+	"ttl_seconds": 0,
+	"audience": "",
+	"scope": [],
+	"reasons": sort([d.reason | some d in _denials; d.stage == _first_stage]),
+	"cache_seconds": 0,
 }
 
-decision := {"allow": false, "reasons": [sprintf("cross_domain: %s is not among this agent's domains", [_domain])]} if {
-	_known_verb
-	not _own_domain
+_first_stage := min({d.stage | some d in _denials})
+
+# Every field is derived; if any cannot be (a gap in data), this is undefined and the
+# default (deny) stands.
+_granted := {
+	"allow": true,
+	"tier": _token_tier,
+	"approval_required": _tier == "approval",
+	"ttl_seconds": _max_ttl,
+	"audience": _audience,
+	"scope": [input.intent.action],
+	"reasons": array.concat([_tier_reason], sort([e.reason | some e in _escalations])),
+	"cache_seconds": _cache_seconds,
 }
 
-_jit_candidate if _verb in _jit_verbs
-
-_jit_candidate if {
-	_secret
-	_verb in _read_verbs
-}
-
-_known_verb if _verb in _read_verbs
-
-_known_verb if _verb in _jit_verbs
+# A reason string from the annotation of the rule that produced it. A rule without a
+# `reason_code` annotation still yields a reason (never a silent gap), flagged as such.
+_reason(meta, sentence) := concat(": ", [object.get(meta, ["custom", "reason_code"], "unannotated_rule"), sentence])

@@ -392,7 +392,9 @@ def test_async_task_completes_and_errors(sidecar: SidecarProcess) -> None:
     async def scenario() -> tuple[Grant, Grant, str, str]:
         async with AsyncAccessClient(sidecar.socket) as jit:
             async with jit.task(goal="async ok") as task:
-                ok = await task.grant("tickets.update", "tickets://1", justification="async work")
+                ok = await task.grant(
+                    "tickets.update", "tickets://1", justification="async ticket work"
+                )
                 via_tool = await fetch("guide")
             failing = jit.task(goal="async boom")
 

@@ -16,6 +16,12 @@ from sidecar.config import ENV_PREFIX, Config, load
 from tests.deploy import DEPLOY, ROOT, kustomize_build
 
 K8S = DEPLOY / "kubernetes"
+# The policy as OPA loads it: every module and data file of rego/jit except the tests.
+POLICY_FILES = sorted(
+    p.name
+    for p in (ROOT / "rego" / "jit").iterdir()
+    if (p.suffix == ".rego" and not p.stem.endswith("_test")) or p.name == "data.json"
+)
 OPA_IMAGE = "openpolicyagent/opa:1.22.3-static"
 
 
@@ -193,12 +199,8 @@ def test_policies_configmap_matches_rego_and_keeps_the_package_path(base: dict[s
     data = _config_map(base, "jit-policies")["data"]
     items = _volume(base, "jit-policies")["configMap"]["items"]
     mount = _mounts(_containers(base)["opa"])["jit-policies"]
-    assert data["decision.rego"] == (ROOT / "rego/jit/decision.rego").read_text()
-    assert data["data.json"] == (ROOT / "rego/jit/data.json").read_text()
-    assert {i["key"]: i["path"] for i in items} == {
-        "decision.rego": "jit/decision.rego",
-        "data.json": "jit/data.json",
-    }
+    assert data == {name: (ROOT / "rego/jit" / name).read_text() for name in POLICY_FILES}
+    assert {i["key"]: i["path"] for i in items} == {name: f"jit/{name}" for name in POLICY_FILES}
     assert mount["mountPath"] == "/policies"
     assert mount["readOnly"] is True
 
@@ -208,10 +210,13 @@ def test_base_policy_copies_are_in_sync_with_rego() -> None:
     copies = K8S / "base" / "policies" / "jit"
     stale = [
         name
-        for name in ("decision.rego", "data.json")
-        if (copies / name).read_text() != (ROOT / "rego" / "jit" / name).read_text()
+        for name in POLICY_FILES
+        if not (copies / name).exists()
+        or (copies / name).read_text() != (ROOT / "rego" / "jit" / name).read_text()
     ]
-    assert stale == [], "cp rego/jit/{decision.rego,data.json} deploy/kubernetes/base/policies/jit/"
+    extra = sorted({p.name for p in copies.iterdir()} - set(POLICY_FILES))
+    assert stale == [], f"copy {stale} from rego/jit/ to deploy/kubernetes/base/policies/jit/"
+    assert extra == []
 
 
 def test_trust_bundle_is_mounted_where_the_setting_points(base: dict[str, Any]) -> None:
