@@ -9,12 +9,13 @@ PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run test policy-test lint typecheck unit integration gen clean
+.PHONY: help deps run test policy-test lint typecheck unit integration gen clean redis bench-propagation
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
+	@echo "make bench-propagation  fleet revocation latency and Redis sizing (bench/results/)"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -47,8 +48,16 @@ lint: deps
 typecheck: deps
 	$(VENV)/bin/mypy
 
-test: deps policy-test lint typecheck
+# Debian's redis-server for the fleet tests (throwaway instances on free loopback ports).
+redis:
+	scripts/bootstrap.sh redis
+
+test: deps redis policy-test lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-propagation: deps redis
+	$(PY) bench/propagation.py
+	$(PY) bench/fleet_sizing.py
 
 clean:
 	rm -rf $(VENV) .tools var .pytest_cache .mypy_cache .ruff_cache sidecar/_proto/.stamp

@@ -1,12 +1,15 @@
 """Fault injection only: things a real component cannot be made to do on demand.
 
 `FakeOpa` is an HTTP/1.1 server speaking just enough of OPA's Data API to answer garbage,
-errors, wrong shapes or to stall — the real sidecar talks to it over real TCP.
+errors, wrong shapes or to stall — the real sidecar talks to it over real TCP. `TcpProxy`
+cuts one sidecar off a real Redis while the rest of the fleet keeps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -129,3 +132,78 @@ class ScriptedPolicy:
 
     async def aclose(self) -> None:
         pass
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can cut its connections on demand: the network
+    partition between one sidecar and Redis that a real Redis cannot produce by itself
+    (every other sidecar keeps talking to the same, real Redis)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._cut = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[Any] = set()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until `restore`."""
+        self._cut.set()
+        with self._lock:
+            for sock in list(self._sockets):
+                self._close(sock)
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        self._listener.close()
+
+    def _close(self, sock: Any) -> None:
+        self._sockets.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._cut.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            self._close(source)
+            self._close(sink)
