@@ -843,13 +843,12 @@ class Engine:
     async def _order_task_revocation(self, task: Task, detail: str) -> int:
         """Operator: end another sidecar's task fleet-wide; returns its active grants."""
         now = self.clock.now()
-        grants = await self.store.list_grants(task.task_id, False)
         why = RevocationReason.REVOKED_BY_OPERATOR
         expires = max(task.deadline, now + 1.0)  # no token of the task outlives its deadline
         await self.journal.commit(
             [self._order_event("task", task.task_id, now, expires, why, detail)]
         )
-        return len(grants)
+        return len(task.grant_ids)
 
     # ================================================================== expiry sweeper
     def _push(self, when: float, kind: _Due, ident: str) -> None:

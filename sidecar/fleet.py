@@ -102,6 +102,8 @@ class Fleet:
         self._applying: set[asyncio.Task[None]] = set()
         self._missing: dict[str, float] = {}
         self._pending_kids: set[str] = set()
+        self._keys_registered = False
+        """Our public keys are in Redis (others can verify what we sign)."""
         metrics.fleet_view_staleness.set_function(self.view.staleness)
         metrics.fleet_view_entries.set_function(lambda: len(self.view))
 
@@ -132,7 +134,6 @@ class Fleet:
         engine.keys.fleet_jwks = self.jwks
         checks["fleet"] = self.readiness
         try:
-            await self._register_keys()
             await self._sync()
             await self._read_once(block=False)
         except REDIS_ERRORS as err:
@@ -156,8 +157,12 @@ class Fleet:
 
     # ================================================================== FleetGate
     def check_issuable(self) -> None:
-        if not self.store.issuable():
-            why = self.store.problem or f"{self.store.depth} changes still queued for Redis"
+        if not self.store.issuable() or not self._keys_registered:
+            why = self.store.problem or (
+                f"{self.store.depth} changes still queued for Redis"
+                if self.store.depth
+                else "our public keys are not registered yet"
+            )
             raise SharedStateUnavailable(
                 f"shared state unavailable ({why}); new grants are refused until Redis is back"
             )
@@ -289,9 +294,10 @@ class Fleet:
             if self._epoch is not None:
                 log.warning("Redis lost the fleet's data (new epoch); republishing ours")
                 self.store.request_repair()
-                await self._register_keys()
             self._epoch = epoch
             await asyncio.to_thread(self.store.remember_epoch, epoch)
+        # After any reconnect: whatever Redis lost or we could not write, our keys are back.
+        await self._register_keys()
         self._need_sync = False
 
     def _resumable(self, last: str, first: str) -> bool:
@@ -374,6 +380,7 @@ class Fleet:
                 int(now * 1000),
                 minid,
             )
+        self._keys_registered = True
 
     async def _load_keys(self, kids: list[str]) -> None:
         if not kids:
@@ -412,6 +419,7 @@ class Fleet:
                 await self._load_keys(list(kids))
                 epoch = await self._client.get(self.keys.epoch)
                 if epoch != self._epoch:
+                    self._keys_registered = False
                     self._need_sync = True  # flushed or replaced under us
             except asyncio.CancelledError:
                 raise

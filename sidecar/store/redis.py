@@ -46,7 +46,7 @@ from ..approvals import Approval
 from ..config import Config
 from ..errors import ConfigError, Reason, Unavailable
 from ..metrics import Metrics
-from ..model import Grant, GrantState, Task, TaskState, Tier
+from ..model import Grant, Task, TaskState
 from ..revocations import Revocation
 from . import Snapshot
 from .sqlite import SqliteStore
@@ -305,10 +305,9 @@ class RedisStore:
         return await self.local.get_grant(grant_id)
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
-        grants = await self.local.list_grants(task_id, include_inactive)
-        if not grants and await self.local.get_task(task_id) is None:
-            grants = await asyncio.to_thread(self._remote_grants, task_id, include_inactive)
-        return grants
+        # This sidecar's grants only: a task's grants are listed by the sidecar that owns it
+        # (the engine treats grants it does not hold in memory as ended).
+        return await self.local.list_grants(task_id, include_inactive)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
         return await self.local.get_approval(approval_id)
@@ -766,11 +765,18 @@ class RedisStore:
 
     # ------------------------------------------------------------------ registry reads
     def _remote_task(self, task_id: str) -> Task | None:
+        """A task another sidecar registered, with its active grants in `grant_ids`."""
+        keys = self.keys
         try:
-            fields = self._redis.hgetall(self.keys.task(task_id))
+            fields = self._redis.hgetall(keys.task(task_id))
+            if not fields:
+                return None
+            ids = self._redis.zrangebyscore(keys.task_grants(task_id), _ms(time.time()), "+inf")
+            pipe = self._redis.pipeline(transaction=False)
+            for gid in ids:
+                pipe.hget(keys.grant(task_id, gid), "state")
+            states = pipe.execute() if ids else []
         except REDIS_ERRORS:
-            return None
-        if not fields:
             return None
         try:
             state = TaskState(fields.get("state", "active"))
@@ -787,45 +793,10 @@ class RedisStore:
                 heartbeat_interval=self.config.heartbeat_interval,
                 state=state,
                 end_reason=fields.get("reason", ""),
+                grant_ids=[g for g, s in zip(ids, states, strict=True) if s == "active"],
             )
         except (KeyError, ValueError):
             return None
-
-    def _remote_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
-        now = time.time()
-        try:
-            ids = self._redis.zrangebyscore(self.keys.task_grants(task_id), _ms(now), "+inf")
-            pipe = self._redis.pipeline(transaction=False)
-            for gid in ids:
-                pipe.hgetall(self.keys.grant(task_id, gid))
-            rows = pipe.execute() if ids else []
-        except REDIS_ERRORS:
-            return []
-        out = []
-        for gid, f in zip(ids, rows, strict=True):
-            if not f:
-                continue
-            try:
-                grant = Grant(
-                    grant_id=gid,
-                    task_id=task_id,
-                    subject=f["subject"],
-                    action=f["action"],
-                    resource=f["resource"],
-                    tier=Tier(f["tier"]),
-                    audience=f["audience"],
-                    scope=tuple(f["scope"].split()),
-                    issued_at=float(f["issued_at"]),
-                    expires_at=float(f["expires_at"]),
-                    kid=f["kid"],
-                    state=GrantState.REVOKED if f.get("state") == "revoked" else GrantState.ACTIVE,
-                    end_reason=f.get("reason", ""),
-                )
-            except (KeyError, ValueError):
-                continue
-            if include_inactive or grant.state is GrantState.ACTIVE:
-                out.append(grant)
-        return sorted(out, key=lambda g: g.issued_at)
 
 
 def key_value(jwk: Mapping[str, str], owner: str, expires_at: float) -> str:

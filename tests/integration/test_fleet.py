@@ -121,11 +121,13 @@ def test_revoke_on_one_sidecar_is_inactive_on_the_others(
 def test_operator_revokes_by_task_and_grant_from_another_sidecar(
     tmp_path: Path, opa: OpaServer, redis_server: RedisServer
 ) -> None:
-    """An operator on B revokes A's grant (by id) and A's task (by id): both are inactive
-    everywhere at once, and A ends them itself, audited with B as their origin."""
+    """An operator on B revokes A's grant (by id), A's task (by id), and a resource server
+    revokes another of A's tokens through B's RFC 7009 /revoke: all are inactive everywhere at
+    once, and A ends them itself, audited with B as their origin."""
     prefix = new_prefix()
     with fleet(*(member(tmp_path, n, opa, redis_server.url, prefix) for n in "ab")) as (a, b):
         lone = issue(a, "docs://lone")
+        posted = issue(a, "docs://posted")
         with a.client() as c:
             task = c.begin_task("two grants", max_duration=300)
             g1 = c.request_grant(task.task_id, "docs.read", "docs://1", ttl_seconds=120)
@@ -134,8 +136,10 @@ def test_operator_revokes_by_task_and_grant_from_another_sidecar(
         by_grant = cli("revoke", lone.grant_id, *admin, "--reason", "leaked")
         by_task = cli("revoke", "--task", task.task_id, *admin, "--reason", "runaway")
         unknown_task = cli("revoke", "--task", "t-nobody-has-this", *admin)
-        inactive = {g.grant_id: [active(s, g.token) for s in (a, b)] for g in (lone, g1, g2)}
-        wait_for(lambda: len(a.events("grant_revoked")) == 3, 5, what="A to end its grants")
+        rfc7009 = requests.post(b.http + "/revoke", data={"token": posted.token}, timeout=5)
+        everything = (lone, g1, g2, posted)
+        inactive = {g.grant_id: [active(s, g.token) for s in (a, b)] for g in everything}
+        wait_for(lambda: len(a.events("grant_revoked")) == 4, 5, what="A to end its grants")
         revoked = {r["grant_id"]: r for r in a.events("grant_revoked")}
         (ended,) = a.events("task_completed")
         orders = b.events("revocation_ordered")
@@ -146,7 +150,8 @@ def test_operator_revokes_by_task_and_grant_from_another_sidecar(
     assert "2 grant(s) revoked" in by_task.stdout
     assert unknown_task.returncode != 0
     assert "task_not_found" in unknown_task.stderr + unknown_task.stdout
-    assert inactive == {g.grant_id: [False, False] for g in (lone, g1, g2)}
+    assert rfc7009.status_code == 200
+    assert inactive == {g.grant_id: [False, False] for g in everything}
     assert {r["reason"] for r in revoked.values()} == {"revoked_by_operator"}
     assert {r["origin"] for r in revoked.values()} == {"b"}
     assert revoked[lone.grant_id]["detail"] == "from b: leaked"
@@ -155,6 +160,7 @@ def test_operator_revokes_by_task_and_grant_from_another_sidecar(
     assert [(o["scope"], o.get("grant_id") or o.get("task_id")) for o in orders] == [
         ("grant", lone.grant_id),
         ("task", task.task_id),
+        ("grant", posted.grant_id),
     ]
     assert {g.revocation_reason for g in states} == {"revoked_by_operator"}
 
@@ -323,6 +329,8 @@ def test_disconnected_sidecar_applies_kill_switch_on_resync(
             wait_for(lambda: ready(c)[0] == 503, 5, what="C's view to go stale")
             _, readiness = ready(c)
             stale = [active(c, g.token) for g in (xc, ya)]
+            with c.client() as client:
+                stale_reason = client.introspect(xc.token).revocation_reason
             killed = cli("revoke", "--subject", AGENT_X, "--admin-socket", str(b.admin_socket))
             elsewhere = [active(s, xc.token) for s in (a, b)]
             not_yet = c.events("grant_revoked")
@@ -336,6 +344,7 @@ def test_disconnected_sidecar_applies_kill_switch_on_resync(
         proxy.close()
     assert "revocation view" in readiness["checks"]["fleet"]
     assert stale == [False, False]
+    assert stale_reason == "revocation_view_stale"
     assert killed.returncode == 0, killed.stderr
     assert elsewhere == [False, False]
     assert not_yet == []
