@@ -158,11 +158,7 @@ class Fleet:
     # ================================================================== FleetGate
     def check_issuable(self) -> None:
         if not self.store.issuable() or not self._keys_registered:
-            why = self.store.problem or (
-                f"{self.store.depth} changes still queued for Redis"
-                if self.store.depth
-                else "our public keys are not registered yet"
-            )
+            why = self.store.problem or "our public keys are not registered yet"
             raise SharedStateUnavailable(
                 f"shared state unavailable ({why}); new grants are refused until Redis is back"
             )
@@ -193,9 +189,10 @@ class Fleet:
             age = "never synchronised" if stale == float("inf") else f"stale for {stale:.1f} s"
             problems.append(f"revocation view {age} ({self.view.problem or 'catching up'})")
         if self.store.unavailable_since is not None:
-            problems.append(f"Redis unavailable for writes ({self.store.problem})")
-        if self.store.depth:
-            problems.append(f"{self.store.depth} changes queued in the outbox")
+            problems.append(
+                f"Redis unavailable for writes ({self.store.problem}); "
+                f"{self.store.depth} changes queued in the outbox"
+            )
         return "; ".join(problems) or "ok"
 
     # ================================================================== reader

@@ -385,8 +385,9 @@ class RedisStore:
             )
 
     def issuable(self) -> bool:
-        """True when a new grant's registration can reach Redis at once."""
-        return self.unavailable_since is None and self.depth == 0
+        """True when a new grant's registration can reach Redis at once: Redis answers and
+        no replay is pending (an outage ends when its queued changes are all pushed)."""
+        return self.unavailable_since is None
 
     # ------------------------------------------------------------------ events → fleet ops
     def _ops(self, conn: sqlite3.Connection, r: dict[str, Any]) -> list[_Op]:
