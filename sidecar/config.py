@@ -191,6 +191,14 @@ class Config:
             parse=_optional_path,
         ),
     )
+    redis_ca_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "CA bundle (PEM) that verifies Redis' TLS certificate with rediss:// (default: the "
+            "system store).",
+            parse=_optional_path,
+        ),
+    )
     redis_cluster: bool = field(
         default=False,
         metadata=_opt(

@@ -60,6 +60,7 @@ KEY_REFRESH = 10.0
 KEY_FETCH_TIMEOUT = 0.25
 MISSING_KEY_TTL = 1.0
 """Seconds an unknown kid is remembered as unknown (bounds lookups for garbage tokens)."""
+FLEET_KEY_TYPES = {("OKP", "EdDSA"), ("EC", "ES256")}
 
 
 def default_fleet_id(config: Config) -> str:
@@ -102,6 +103,8 @@ class Fleet:
         self._applying: set[asyncio.Task[None]] = set()
         self._missing: dict[str, float] = {}
         self._pending_kids: set[str] = set()
+        self._failing = False
+        """The reader's last attempt failed (so the next success is logged)."""
         self._keys_registered = False
         """Our public keys are in Redis (others can verify what we sign)."""
         metrics.fleet_view_staleness.set_function(self.view.staleness)
@@ -239,6 +242,9 @@ class Fleet:
             # Everything published before this read started is in the view now.
             self._catching_up = False
             self.view.mark_synced(started)
+            if self._failing:
+                self._failing = False
+                log.warning("revocation stream resumed; the view is current again")
 
     def _entry(self, entry_id: str, fields: Mapping[str, str], now: float) -> None:
         kind = fields.get("kind")
@@ -311,7 +317,8 @@ class Fleet:
         return _stream_id(last) == seen or (bool(first) and _stream_id(first) <= seen)
 
     def _lost(self, err: BaseException) -> None:
-        if not self.view.problem:
+        if not self._failing:
+            self._failing = True
             self.metrics.fleet_redis_errors.labels(side="read").inc()
             log.error(
                 "lost the revocation stream (%s: %s); introspection fails closed once the view "
@@ -438,7 +445,12 @@ def parse_key(kid: str, value: str | None) -> FleetKey | None:
         expires_at = float(document["exp"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    # Only public members: a registration carrying a private key is refused outright.
-    if jwk.get("kid") != kid or "d" in jwk or "alg" not in jwk:
+    # Only the asymmetric keys sidecars sign with, public members only: a registration
+    # carrying a private member, a symmetric key or another algorithm is refused outright.
+    if (
+        jwk.get("kid") != kid
+        or (jwk.get("kty"), jwk.get("alg")) not in FLEET_KEY_TYPES
+        or {"d", "k", "p", "q"} & set(jwk)
+    ):
         return None
     return FleetKey(jwk, expires_at, owner)

@@ -290,14 +290,79 @@ def redis_binary(name: str = "redis-server") -> str:
     return found
 
 
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jit test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
 class RedisServer:
     """A real, throwaway `redis-server` on a free loopback port, without persistence
-    (`--save '' --appendonly no`): a restart loses everything, like a crashed cache."""
+    (`--save '' --appendonly no`): a restart loses everything, like a crashed cache.
+    Optionally TLS only (`tls` = (ca, cert, key)) and an ACL user instead of `default`."""
 
-    def __init__(self, workdir: Path, *, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        cluster: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
+        user: tuple[str, str] | None = None,
+        acl: Sequence[str] = ("~*", "&*", "+@all"),
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls = tls
+        self.user = user
+        self.acl = list(acl)
         self.cluster = cluster
         self.bus_port = free_port() if cluster else 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -305,13 +370,25 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        scheme = "rediss" if self.tls else "redis"
+        user = f"{self.user[0]}@" if self.user else ""
+        return f"{scheme}://{user}127.0.0.1:{self.port}"
 
     def args(self) -> list[str]:
+        if self.tls:
+            ca, cert, key = self.tls
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert)]
+            listen += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
+            listen += ["--tls-auth-clients", "no"]
+        else:
+            listen = ["--port", str(self.port)]
+        if self.user:
+            name, password = self.user
+            listen += ["--user", "default", "off"]
+            listen += ["--user", name, "on", f">{password}", *self.acl]
         args = [
             redis_binary(),
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -340,7 +417,11 @@ class RedisServer:
         self.proc = subprocess.Popen(
             self.args(), cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(self.healthy, 10, what="redis-server to start")
+        try:
+            wait_for(self.healthy, 10, what="redis-server to start")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def healthy(self) -> bool:
@@ -350,10 +431,20 @@ class RedisServer:
         import redis
 
         try:
-            with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+            with redis.Redis(
+                host="127.0.0.1", port=self.port, socket_timeout=0.5, **self._auth()
+            ) as client:
                 return bool(client.ping())
         except redis.RedisError:
             return False
+
+    def _auth(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[0]))
+        if self.user:
+            options.update(username=self.user[0], password=self.user[1])
+        return options
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -365,7 +456,13 @@ class RedisServer:
         """A redis-py client (use it in a `with` block: it holds sockets)."""
         import redis
 
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            decode_responses=True,
+            socket_timeout=5,
+            **self._auth(),
+        )
 
     def used_memory(self) -> int:
         with self.client() as client:

@@ -194,14 +194,21 @@ def redis_password(config: Config) -> str | None:
         raise ConfigError(f"cannot read redis_password_file: {err.strerror}") from err
 
 
-def connect_sync(config: Config, timeout: float) -> Any:
-    """A thread-safe (pooled) client; one quick retry (a pooled connection may be stale)."""
-    kwargs: dict[str, Any] = {
+def _options(config: Config, timeout: float, connect_timeout: float) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": connect_timeout,
         "decode_responses": True,
         "password": redis_password(config),
     }
+    if config.redis_ca_file is not None and config.state.startswith("rediss://"):
+        options["ssl_ca_certs"] = str(config.redis_ca_file)
+    return options
+
+
+def connect_sync(config: Config, timeout: float) -> Any:
+    """A thread-safe (pooled) client; one quick retry (a pooled connection may be stale)."""
+    kwargs = _options(config, timeout, timeout)
     if config.redis_cluster:
         return redis.cluster.RedisCluster.from_url(
             config.state, cluster_error_retry_attempts=1, **kwargs
@@ -210,12 +217,7 @@ def connect_sync(config: Config, timeout: float) -> Any:
 
 
 def connect_async(config: Config, timeout: float) -> Any:
-    kwargs: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": min(timeout, 2.0),
-        "decode_responses": True,
-        "password": redis_password(config),
-    }
+    kwargs = _options(config, timeout, min(timeout, 2.0))
     if config.redis_cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(
             config.state, cluster_error_retry_attempts=1, **kwargs
@@ -229,8 +231,9 @@ def redacted(url: str) -> str:
     creds, at, host = rest.rpartition("@")
     if not at:
         return url
-    user = creds.partition(":")[0]
-    return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
+    user, colon, _ = creds.partition(":")
+    hidden = f"{user}:***" if colon and user else (user or "***")
+    return f"{scheme}{sep}{hidden}@{host}"
 
 
 def _ts(value: str) -> float:

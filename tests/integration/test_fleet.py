@@ -5,7 +5,9 @@ while the rest of the fleet keeps it."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import secrets
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 import requests
 
 from sidecar.client import SidecarRpcError
+from sidecar.tokens import SigningKey, generate_private_key
 from tests.fakes import TcpProxy
 from tests.harness import (
     OpaServer,
@@ -26,9 +29,16 @@ from tests.harness import (
     RedisServer,
     SidecarProcess,
     running,
+    tls_files,
     wait_for,
 )
 
+FLEET_ACL = (
+    "resetkeys ~jit:* ~{jit}:* resetchannels -@all +ping +eval +xread +get +mget +hgetall +hget "
+    "+zrangebyscore +hset +set +exists +zadd +zremrangebyscore +pexpireat +pexpiretime +xadd "
+    "+xinfo|stream"
+)
+"""The least a fleet member needs (docs/scale-out.md, "Securing Redis"), with prefix jit."""
 AGENT_X = "spiffe://example.org/x/docs"
 AGENT_Y = "spiffe://example.org/y/docs"
 
@@ -95,13 +105,19 @@ def issue(sidecar: SidecarProcess, resource: str = "docs://a", ttl: int = 120) -
 def test_revoke_on_one_sidecar_is_inactive_on_the_others(
     tmp_path: Path, opa: OpaServer, redis_server: RedisServer
 ) -> None:
-    """Three sidecars share Redis: A's token is active on B and C (fleet JWKS), and once
-    RevokeGrant returns on A it is inactive on B and C, with A's revocation reason."""
+    """Three sidecars share Redis: A's token is active on B and C (fleet JWKS), a token
+    forged under A's kid or signed by an unknown key is not, and once RevokeGrant returns on
+    A it is inactive on B and C, with A's revocation reason."""
     prefix = new_prefix()
     members = (member(tmp_path, n, opa, redis_server.url, prefix) for n in ("a", "b", "c"))
     with fleet(*members) as (a, b, c):
         grant = issue(a)
         before = [active(s, grant.token) for s in (a, b, c)]
+        stranger = SigningKey.from_private_key(generate_private_key("EdDSA"))
+        header, payload, _ = grant.token.split(".")
+        resigned = stranger.sign(json.loads(base64.urlsafe_b64decode(payload + "==")))
+        forged = f"{header}.{payload}.{resigned.split('.')[2]}"  # A's kid, another key
+        fakes = [active(s, t) for s in (b, c) for t in (forged, resigned)]
         with a.client() as client:
             client.revoke_grant(grant.grant_id, "done")
         after = [active(s, grant.token) for s in (b, c)]
@@ -111,6 +127,7 @@ def test_revoke_on_one_sidecar_is_inactive_on_the_others(
         kids = {k["kid"] for k in jwks["keys"]}
         (issued,) = a.events("grant_issued")
     assert before == [True, True, True]
+    assert fakes == [False] * 4
     assert after == [False, False]
     assert reason == "revoked_by_agent"
     assert issued["kid"] in kids  # A's key, served by B
@@ -467,3 +484,52 @@ def test_key_rotation_reaches_the_fleet(
     assert {issued[old.grant_id], issued[new.grant_id]} <= kids
     assert values
     assert all('"d"' not in v for v in values)
+
+
+def test_tls_and_acl_user(tmp_path: Path, opa: OpaServer) -> None:
+    """Over rediss:// with a least-privilege ACL user (password from a file, CA from
+    --redis-ca-file) the fleet works; with a wrong password a sidecar starts but fails
+    closed: no grant (store_unavailable), every token inactive, /readyz says why; no password
+    in its log."""
+    ca, cert, key = tls_files(tmp_path / "tls")
+    prefix = new_prefix()
+    acl = [rule.replace("jit", prefix) for rule in FLEET_ACL.split()]  # docs/scale-out.md
+    user = ("fleet", "pw-0123456789")
+    server = RedisServer(tmp_path / "redis", tls=(ca, cert, key), user=user, acl=acl).start()
+    good = tmp_path / "redis-password"
+    good.write_text("pw-0123456789\n")
+    bad = tmp_path / "wrong-password"
+    bad.write_text("not-the-password\n")
+
+    def tls_member(name: str, password: Path) -> SidecarProcess:
+        flags = ("--redis-ca-file", str(ca), "--redis-password-file", str(password))
+        return member(tmp_path, name, opa, server.url, prefix, *flags)
+
+    try:
+        with fleet(tls_member("a", good), tls_member("b", good), tls_member("c", bad)) as (
+            a,
+            b,
+            c,
+        ):
+            grant = issue(a)
+            on_b = active(b, grant.token)
+            with a.client() as client:
+                client.revoke_grant(grant.grant_id)
+            after = active(b, grant.token)
+            code, body = ready(c)
+            with c.client() as client:
+                task = client.begin_task("locked out")  # local: works without Redis
+                with pytest.raises(SidecarRpcError) as refused:
+                    client.request_grant(task.task_id, "docs.read", "docs://a")
+            on_c = active(c, issue(a, "docs://other").token)
+    finally:
+        server.stop()
+    assert server.url.startswith("rediss://fleet@")
+    assert on_b is True
+    assert after is False
+    assert code == 503
+    assert "revocation view" in body["checks"]["fleet"]
+    assert refused.value.reason == "store_unavailable"
+    assert on_c is False
+    assert "pw-0123456789" not in c.log() + a.log()
+    assert "not-the-password" not in c.log()

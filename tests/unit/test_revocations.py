@@ -133,7 +133,8 @@ def test_grant_from_claims() -> None:
 
 
 def test_key_registrations_never_carry_private_members() -> None:
-    """A key registration keeps public members only; one carrying `d` is refused on read."""
+    """A key registration keeps public members only; one carrying a private member, a
+    symmetric key or an unexpected algorithm is refused on read."""
     jwk = {"kty": "OKP", "crv": "Ed25519", "x": "abc", "kid": "k1", "alg": "EdDSA", "d": "secret"}
     value = key_value(jwk, "a", NOW)
     assert "secret" not in value
@@ -143,6 +144,9 @@ def test_key_registrations_never_carry_private_members() -> None:
     assert key.expires_at == NOW
     forged = value.replace('"x":"abc"', '"x":"abc","d":"leak"')
     assert parse_key("k1", forged) is None
+    symmetric = key_value({"kty": "oct", "k": "c2VjcmV0", "kid": "k1", "alg": "HS256"}, "a", NOW)
+    assert parse_key("k1", symmetric) is None
+    assert parse_key("k1", value.replace("EdDSA", "none")) is None
     assert parse_key("other", value) is None
     assert parse_key("k1", "not json") is None
 
@@ -166,3 +170,4 @@ def test_key_layout_and_redaction() -> None:
     assert redacted("rediss://svc:s3cret@redis:6380/0") == "rediss://svc:***@redis:6380/0"
     assert redacted("redis://:s3cret@redis") == "redis://***@redis"
     assert redacted("redis://redis:6379") == "redis://redis:6379"
+    assert redacted("rediss://fleet@redis:6380") == "rediss://fleet@redis:6380"
