@@ -277,7 +277,6 @@ class RedisStore:
         """Monotonic time Redis stopped answering writes (None while it answers)."""
         self.problem = ""
         self.depth = 0
-        self._aborted: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -375,13 +374,9 @@ class RedisStore:
                 pushed = self._drain_or_open(self.local.writer, replaying=False)
         else:
             self._wake.set()
-        if pushed or not self.live:
-            return
-        unpushed = [g for g in issued if g not in self._aborted]
-        if unpushed:
-            # Each grant fails once; when the journal re-applies this batch, it must not
-            # fail the unrelated changes that follow it.
-            self._aborted.update(unpushed)
+        if issued and self.live and not pushed:
+            # When the journal re-applies this batch, its records are skipped above (already
+            # queued), so this fails the issue once, never the unrelated changes after it.
             raise SharedStateUnavailable(
                 f"Redis is unavailable ({self.problem}); new grants are refused until it is "
                 "back and the outbox is replayed"
