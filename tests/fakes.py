@@ -207,3 +207,36 @@ class TcpProxy:
         with self._lock:
             self._close(source)
             self._close(sink)
+
+
+class ViewGate:
+    """The engine's FleetGate over a real, in-memory RevocationView, with issuing switched
+    on and off by hand: Redis being down, which the engine's unit tests cannot reach.
+    (The real gate, `sidecar.fleet.Fleet`, runs against real Redis in the integration
+    tests.)"""
+
+    def __init__(self, clock: ManualClock, keys: dict[str, Any] | None = None) -> None:
+        from sidecar.revocations import RevocationView
+
+        self.fleet_id = "here"
+        self.issuable = True
+        self.mono = 0.0
+        self.view = RevocationView(2.0, monotonic=lambda: self.mono)
+        self.view.mark_synced(0.0)
+        self.keys = keys or {}
+        """kid → public JWK of other sidecars."""
+
+    def check_issuable(self) -> None:
+        from sidecar.store.redis import SharedStateUnavailable
+
+        if not self.issuable:
+            raise SharedStateUnavailable("shared state unavailable (test)")
+
+    def barred(self, claims: Any, now: float) -> str:
+        return self.view.barred(claims, now)
+
+    async def verify(self, token: str, *, issuer: str, now: float) -> dict[str, Any] | None:
+        from sidecar.tokens import token_kid, verify_with
+
+        jwk = self.keys.get(token_kid(token) or "")
+        return verify_with(token, jwk, issuer=issuer) if jwk else None
