@@ -130,7 +130,9 @@ class Fleet:
         """
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        self._client = connect_async(self.config, self._block_ms / 1000 + 1.0)
+        # Generous: a full resync reads the whole revocation index in one reply. Staleness
+        # is judged by time, not by this timeout.
+        self._client = connect_async(self.config, max(5.0, self._block_ms / 1000 + 1.0))
         self.store.listener = self._local_revocations
         self.store.live = True
         self._epoch = await asyncio.to_thread(self.store.known_epoch)
