@@ -392,43 +392,21 @@ class RedisStore:
         event = r["event"]
         now = _ts(r["time"])
         if event == "task_begun":
-            deadline = _ts(r["expires_at"])
-            return [
-                _Op(
-                    "task",
-                    {
-                        "task_id": r["task_id"],
-                        "subject": r["subject"],
-                        "started_at": now,
-                        "deadline": deadline,
-                        "sidecar": self.fleet_id,
-                    },
-                    deadline,
-                )
-            ]
+            return [self._task_op(r["task_id"], r["subject"], now, _ts(r["expires_at"]))]
         if event == "grant_issued":
-            exp = _ts(r["expires_at"])
             intent = r.get("intent") or {}
-            return [
-                _Op(
-                    "grant",
-                    {
-                        "task_id": r["task_id"],
-                        "grant_id": r["grant_id"],
-                        "subject": r["subject"],
-                        "action": intent.get("action", ""),
-                        "resource": intent.get("resource", ""),
-                        "tier": r["tier"],
-                        "audience": r["audience"],
-                        "scope": " ".join(r.get("scope", ())),
-                        "kid": r["kid"],
-                        "issued_at": now,
-                        "expires_at": exp,
-                        "sidecar": self.fleet_id,
-                    },
-                    exp,
-                )
-            ]
+            registration = {
+                "subject": r["subject"],
+                "action": intent.get("action", ""),
+                "resource": intent.get("resource", ""),
+                "tier": r["tier"],
+                "audience": r["audience"],
+                "scope": " ".join(r.get("scope", ())),
+                "kid": r["kid"],
+                "issued_at": now,
+                "expires_at": _ts(r["expires_at"]),
+            }
+            return [self._grant_op(r["task_id"], r["grant_id"], registration)]
         if event == "grant_revoked":
             row = conn.execute(
                 "SELECT expires_at FROM grants WHERE grant_id = ?", (r["grant_id"],)
@@ -436,17 +414,11 @@ class RedisStore:
             exp = float(row[0]) if row else now + self.config.max_ttl
             # Published even when an order from elsewhere caused it: the order's cutoff may
             # miss a token issued here just before it arrived if the clocks disagree.
-            member = Revocation(
-                "grant", r["grant_id"], 0.0, r.get("reason", ""), exp, self.fleet_id
-            ).member()
-            payload = {
-                "task_id": r["task_id"],
-                "grant_id": r["grant_id"],
-                "reason": r.get("reason", ""),
-                "member": member,
-                "detail": r.get("detail", ""),
-            }
-            return [_Op("grant_end", payload, exp)]
+            return [
+                self._end_op(
+                    r["task_id"], r["grant_id"], r.get("reason", ""), exp, r.get("detail", "")
+                )
+            ]
         if event == "task_completed":
             row = conn.execute(
                 "SELECT deadline FROM tasks WHERE task_id = ?", (r["task_id"],)
@@ -493,6 +465,31 @@ class RedisStore:
                 )
             return ops
         return []
+
+    def _task_op(self, task_id: str, subject: str, started: float, deadline: float) -> _Op:
+        payload = {
+            "task_id": task_id,
+            "subject": subject,
+            "started_at": started,
+            "deadline": deadline,
+            "sidecar": self.fleet_id,
+        }
+        return _Op("task", payload, deadline)
+
+    def _grant_op(self, task_id: str, grant_id: str, registration: dict[str, Any]) -> _Op:
+        payload = {"task_id": task_id, "grant_id": grant_id, "sidecar": self.fleet_id}
+        return _Op("grant", payload | registration, float(registration["expires_at"]))
+
+    def _end_op(self, task_id: str, grant_id: str, reason: str, exp: float, detail: str) -> _Op:
+        member = Revocation("grant", grant_id, 0.0, reason, exp, self.fleet_id).member()
+        payload = {
+            "task_id": task_id,
+            "grant_id": grant_id,
+            "reason": reason,
+            "member": member,
+            "detail": detail,
+        }
+        return _Op("grant_end", payload, exp)
 
     # ------------------------------------------------------------------ pushing
     def _drain_or_open(self, conn: sqlite3.Connection, *, replaying: bool) -> bool:
@@ -676,52 +673,30 @@ class RedisStore:
             "WHERE state = 'active' AND deadline > ?",
             (now,),
         ):
-            payload = {
-                "task_id": task_id,
-                "subject": subject,
-                "started_at": started,
-                "deadline": deadline,
-                "sidecar": self.fleet_id,
-            }
-            ops.append(_Op("task", payload, deadline))
+            ops.append(self._task_op(task_id, subject, started, deadline))
+        columns = (
+            "subject",
+            "action",
+            "resource",
+            "tier",
+            "audience",
+            "scope",
+            "kid",
+            "issued_at",
+            "expires_at",
+        )
         for row in conn.execute(
-            "SELECT grant_id, task_id, subject, action, resource, tier, audience, scope, kid, "
-            "issued_at, expires_at, state, end_reason FROM grants "
+            f"SELECT grant_id, task_id, state, end_reason, {', '.join(columns)} FROM grants "
             "WHERE expires_at > ? AND state IN ('active', 'revoked')",
             (now,),
         ):
-            gid, task_id, subject, action, resource, tier, aud, scope, kid, iat, exp = row[:11]
-            if row[11] == "active":
-                payload = {
-                    "task_id": task_id,
-                    "grant_id": gid,
-                    "subject": subject,
-                    "action": action,
-                    "resource": resource,
-                    "tier": tier,
-                    "audience": aud,
-                    "scope": scope,
-                    "kid": kid,
-                    "issued_at": iat,
-                    "expires_at": exp,
-                    "sidecar": self.fleet_id,
-                }
-                ops.append(_Op("grant", payload, exp))
+            grant_id, task_id, state, reason = row[:4]
+            registration = dict(zip(columns, row[4:], strict=True))
+            if state == "active":
+                ops.append(self._grant_op(task_id, grant_id, registration))
             else:
-                member = Revocation("grant", gid, 0.0, row[12], exp, self.fleet_id).member()
-                ops.append(
-                    _Op(
-                        "grant_end",
-                        {
-                            "task_id": task_id,
-                            "grant_id": gid,
-                            "reason": row[12],
-                            "member": member,
-                            "detail": "",
-                        },
-                        exp,
-                    )
-                )
+                exp = float(registration["expires_at"])
+                ops.append(self._end_op(task_id, grant_id, reason, exp, ""))
         conn.execute("DELETE FROM fleet_orders WHERE expires_at <= ?", (now,))
         for member, expires_at, detail in conn.execute(
             "SELECT member, expires_at, detail FROM fleet_orders"
