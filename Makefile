@@ -11,7 +11,7 @@ LINT_DIRS := $(wildcard sidecar tests bench examples scripts/*.py)
 REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean
+.PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean redis bench-propagation
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
@@ -20,6 +20,7 @@ help:
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
 	@echo "make test-spire  opt-in: build SPIRE (~7 min once) and run the real SPIRE tests"
+	@echo "make bench-propagation  fleet revocation latency and Redis sizing (bench/results/)"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -95,16 +96,24 @@ lint: deps
 typecheck: deps
 	$(VENV)/bin/mypy
 
+# Debian's redis-server for the fleet tests (throwaway instances on free loopback ports).
+redis:
+	scripts/bootstrap.sh redis
+
 deploy-check: deps deploy-tools
 	scripts/deploy-check.sh
 
-test: deps policy-test lint typecheck deploy-check
+test: deps redis policy-test lint typecheck deploy-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Opt-in: a real SPIRE server and agent issue a JWT-SVID that the sidecar must accept.
 test-spire: deps
 	scripts/build-spire.sh
 	SPIRE_BIN_DIR=$(CURDIR)/.tools/spire $(PY) -m pytest tests/integration/test_spire.py $(PYTEST_ARGS)
+
+bench-propagation: deps redis
+	$(PY) bench/propagation.py
+	$(PY) bench/fleet_sizing.py
 
 clean:
 	rm -rf $(VENV) .tools var .pytest_cache .mypy_cache .ruff_cache sidecar/_proto/.stamp

@@ -9,6 +9,7 @@ reads `os.environ`. docs/configuration.md is generated from the field metadata b
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -133,7 +134,11 @@ class Config:
     # --- state, audit, keys
     state: str = field(
         default="sqlite:var/state.db",
-        metadata=_opt("Where tasks and grants persist: sqlite:PATH (redis:// comes later)."),
+        metadata=_opt(
+            "Where tasks and grants persist: sqlite:PATH, or redis://[USER:PASSWORD@]HOST:PORT "
+            "(rediss:// for TLS) to share revocations, the kill switch and public keys with a "
+            "fleet of sidecars (local state then lives in local_state; see docs/scale-out.md)."
+        ),
     )
     audit_log: Path = field(
         default=Path("var/audit.jsonl"),
@@ -171,6 +176,72 @@ class Config:
     issuer: str = field(
         default="https://jit-sidecar.local",
         metadata=_opt("`iss` of every token; resource servers match it exactly."),
+    )
+    # --- fleet (shared state on Redis; see docs/scale-out.md)
+    local_state: str = field(
+        default="sqlite:var/state.db",
+        metadata=_opt(
+            "With a redis:// state: this sidecar's own SQLite store (tasks, grants, approvals "
+            "and the outbox of changes not yet in Redis)."
+        ),
+    )
+    redis_password_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "File holding the Redis password (used when the state URL carries none).",
+            parse=_optional_path,
+        ),
+    )
+    redis_ca_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "CA bundle (PEM) that verifies Redis' TLS certificate with rediss:// (default: the "
+            "system store).",
+            parse=_optional_path,
+        ),
+    )
+    redis_cluster: bool = field(
+        default=False,
+        metadata=_opt(
+            "The state URL names one node of a Redis Cluster (keys are hash-tagged per task).",
+            parse=_bool,
+        ),
+    )
+    redis_prefix: str = field(
+        default="jit",
+        metadata=_opt(
+            "Prefix of every Redis key; fleets sharing one Redis use different prefixes."
+        ),
+    )
+    redis_timeout: float = field(
+        default=0.5,
+        metadata=_opt(
+            "Seconds to wait for Redis on the write path before treating it as unavailable.",
+            parse=float,
+        ),
+    )
+    redis_stream_retention: float = field(
+        default=300.0,
+        metadata=_opt(
+            "Seconds revocation events stay in the Redis stream; a sidecar disconnected for "
+            "longer resynchronises from the revocation index instead.",
+            parse=float,
+        ),
+    )
+    fleet_stale_after: float = field(
+        default=2.0,
+        metadata=_opt(
+            "Seconds without confirmed contact with Redis after which the revocation view is "
+            "stale: introspection answers inactive (fail closed) and /readyz fails.",
+            parse=float,
+        ),
+    )
+    fleet_id: str = field(
+        default="",
+        metadata=_opt(
+            "This sidecar's name in the fleet (audit records of revocations made elsewhere "
+            "name their origin); default: host name plus a hash of the audit log path."
+        ),
     )
     # --- identity
     identity: str = field(
@@ -451,8 +522,15 @@ class Config:
             self.http_host_port  # noqa: B018
         except ConfigError as err:
             problems.append(err.message)
-        if not self.state.startswith("sqlite:") or not self.state.partition(":")[2]:
-            problems.append(f"state must be sqlite:PATH, got {self.state!r}")
+        if not self.shared_state and (
+            not self.state.startswith("sqlite:") or not self.state.partition(":")[2]
+        ):
+            problems.append(
+                "state must be sqlite:PATH or redis://HOST:PORT (rediss:// for TLS), "
+                f"got {self.state!r}"
+            )
+        if self.shared_state:
+            problems.extend(self._fleet_problems())
         if serving and self.identity == "dev" and not self.http_is_loopback:
             problems.append(
                 "dev identity trusts every local caller; it is refused while http_addr is "
@@ -515,6 +593,24 @@ class Config:
                     problems.append(f"oidc_issuer {iss!r} must be an https:// URL")
         return problems
 
+    def _fleet_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not self.local_state.startswith("sqlite:") or not self.local_state.partition(":")[2]:
+            problems.append(f"local_state must be sqlite:PATH, got {self.local_state!r}")
+        if not REDIS_PREFIX_RE.fullmatch(self.redis_prefix):
+            problems.append("redis_prefix must be 1-32 letters, digits, '.', '_' or '-'")
+        for name in ("redis_timeout", "redis_stream_retention", "fleet_stale_after"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be greater than 0")
+        if len(self.fleet_id) > 128 or any(ord(c) < 33 for c in self.fleet_id):
+            problems.append("fleet_id must be at most 128 printable characters without spaces")
+        return problems
+
+    @property
+    def shared_state(self) -> bool:
+        """True when state is shared with a fleet through Redis."""
+        return self.state.startswith(REDIS_SCHEMES)
+
 
 def _loopback_url(url: str) -> bool:
     """http://127.0.0.1:PORT and friends: plain HTTP is tolerated only on loopback (tests)."""
@@ -531,6 +627,8 @@ def _loopback_url(url: str) -> bool:
         return False
 
 
+REDIS_SCHEMES = ("redis://", "rediss://")
+REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _FIELDS = {f.name: f for f in fields(Config)}
 #: Standard variable of the SPIFFE Workload API; honoured below JIT_SIDECAR_SPIFFE_ENDPOINT_SOCKET.
 SPIFFE_ENDPOINT_SOCKET = "SPIFFE_ENDPOINT_SOCKET"

@@ -56,6 +56,7 @@ from .model import (
     Tier,
 )
 from .policy import PolicyEngine, build_input
+from .revocations import FleetGate, Revocation, grant_from_claims
 from .store import Snapshot, Store
 from .tokens import KeyRing, SigningKey, new_grant_id
 from .validation import (
@@ -143,6 +144,9 @@ class Engine:
         self.notifier: WebhookNotifier | None = None
         self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
         """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
+        self.fleet: FleetGate | None = None
+        """Set when state is shared with a fleet (docs/scale-out.md): consulted to issue,
+        to introspect other sidecars' tokens, and told of revocations made elsewhere."""
 
     # ================================================================== start-up
     def restore(self, snapshot: Snapshot) -> None:
@@ -464,6 +468,8 @@ class Engine:
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise FailedPrecondition(f"task {task.task_id} has ended", Reason.TASK_INACTIVE)
+        if self.fleet is not None:
+            self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
         now = self.clock.now()
         ttl, limited_by = self._ttl(requested_ttl, decision, task, now)
         if ttl < 1:
@@ -600,6 +606,8 @@ class Engine:
         grant = self._grants.get(grant_id)
         if grant is None:
             stored = await self.store.get_grant(grant_id)
+            if stored is None and identity is None and self.fleet is not None:
+                return True, await self._order_grant_revocation(grant_id, reason)
             if stored is None:
                 raise NotFound(f"no grant {grant_id}", Reason.GRANT_NOT_FOUND)
             if identity is not None and stored.subject != identity.subject:
@@ -623,8 +631,11 @@ class Engine:
         check_task_id(task_id)
         task = self._tasks.get(task_id)
         if task is None:
-            if await self.store.get_task(task_id) is None:
+            stored = await self.store.get_task(task_id)
+            if stored is None:
                 raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+            if self.fleet is not None and stored.active:
+                return await self._order_task_revocation(stored, reason)
             return 0
         ended = _Ended()
         count = self._end_task(
@@ -643,6 +654,18 @@ class Engine:
         triggered = self.clock.now()
         ended = _Ended()
         count = 0
+        if self.fleet is not None:
+            # Every token of `subject` issued until now is inactive on every sidecar.
+            ended.events.append(
+                self._order_event(
+                    "all" if subject is None else "subject",
+                    subject or "",
+                    triggered,
+                    triggered + self.config.max_ttl,
+                    RevocationReason.KILL_SWITCH,
+                    reason,
+                )
+            )
         for task in list(self._tasks.values()):
             if subject is None or task.subject == subject:
                 count += self._end_task(
@@ -684,11 +707,21 @@ class Engine:
             return Introspection(False)
         now = self.clock.now()
         claims = self.keys.verify(token, issuer=self.config.issuer, now=now)
+        foreign = False
+        if claims is None and self.fleet is not None:
+            claims = await self.fleet.verify(token, issuer=self.config.issuer, now=now)
+            foreign = claims is not None
         if claims is None:
             return Introspection(False)
         jti = claims.get("jti")
         if not isinstance(jti, str):
             return Introspection(False)
+        if self.fleet is not None:
+            barred = self.fleet.barred(claims, now)
+            if barred:
+                return Introspection(False, revocation_reason=barred if with_reason else "")
+            if foreign:
+                return self._introspect_foreign(claims, now, with_reason)
         grant = self._grants.get(jti)
         exp, nbf = claims.get("exp"), claims.get("nbf")
         if (
@@ -709,6 +742,137 @@ class Engine:
                     "expired" if stored.expires_at <= now else stored.state.value
                 )
         return Introspection(False, revocation_reason=reason)
+
+    # ================================================================== fleet
+    @staticmethod
+    def _introspect_foreign(
+        claims: Mapping[str, Any], now: float, with_reason: bool
+    ) -> Introspection:
+        """A token another sidecar of the fleet signed and nobody revoked: active while
+        its time claims say so."""
+        grant = grant_from_claims(claims)
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if grant is None or not isinstance(exp, int) or not isinstance(nbf, int):
+            return Introspection(False)
+        if nbf <= now < exp:
+            return Introspection(True, claims, grant)
+        return Introspection(False, revocation_reason="expired" if with_reason else "")
+
+    def fleet_targets(self, rev: Revocation) -> tuple[list[Task], list[Grant]]:
+        """This sidecar's active tasks and grants a fleet revocation covers."""
+        if rev.scope == "grant":
+            grant = self._grants.get(rev.target)
+            return [], [grant] if grant is not None else []
+        if rev.scope == "task":
+            task = self._tasks.get(rev.target)
+            return [task] if task is not None else [], []
+        everyone = rev.scope == "all"
+        tasks = [
+            t
+            for t in self._tasks.values()
+            if (everyone or t.subject == rev.target) and t.started_at <= rev.cutoff
+        ]
+        ending = {t.task_id for t in tasks}
+        grants = [
+            g
+            for g in self._grants.values()
+            if (everyone or g.subject == rev.target)
+            and int(g.issued_at) <= rev.cutoff  # the token's iat, as every view compares it
+            and g.task_id not in ending
+        ]
+        return tasks, grants
+
+    async def apply_fleet_revocation(self, rev: Revocation) -> int:
+        """End what a revocation made elsewhere in the fleet covers here (kill switch,
+        operator revoke on another sidecar), audited locally with its origin, so this
+        sidecar's state and audit log agree with the fleet. Returns how many grants."""
+        tasks, grants = self.fleet_targets(rev)
+        if not tasks and not grants:
+            return 0
+        try:
+            why = RevocationReason(rev.reason)
+        except ValueError:
+            why = RevocationReason.REVOKED_BY_OPERATOR
+        now = self.clock.now()
+        triggered = min(rev.cutoff, now) if rev.cutoff else now
+        detail = f"from {rev.origin}" + (f": {rev.detail}" if rev.detail else "")
+        ended = _Ended()
+        count = 0
+        for task in tasks:
+            if task.active:
+                count += self._end_task(task, TaskState.FAILED, why, triggered, ended, detail)
+        for grant in grants:
+            if grant.state is GrantState.ACTIVE and grant.grant_id in self._grants:
+                self._end_grant(grant, GrantState.REVOKED, why, triggered, ended, detail)
+                count += 1
+        for event in ended.events:
+            event["origin"] = rev.origin
+        log.warning(
+            "ended %d grants on a %s revocation from %s",
+            count,
+            rev.scope,
+            rev.origin,
+            extra={"reason": why.value, "count": count},
+        )
+        await self._commit_revocations(ended)
+        return count
+
+    def _order_event(
+        self,
+        scope: str,
+        target: str,
+        cutoff: float,
+        expires_at: float,
+        reason: RevocationReason,
+        detail: str,
+    ) -> dict[str, Any]:
+        """An operator's fleet-wide revocation, for the store to publish."""
+        return _event(
+            "revocation_ordered",
+            self.clock.now(),
+            scope=scope,
+            grant_id=target if scope == "grant" else None,
+            task_id=target if scope == "task" else None,
+            subject=target if scope == "subject" else None,
+            cutoff=rfc3339(cutoff) if scope != "grant" else None,
+            revocation_expires_at=rfc3339(expires_at),
+            reason=reason.value,
+            detail=preview(detail, 512) if detail else None,
+        )
+
+    async def _order_grant_revocation(self, grant_id: str, detail: str) -> Grant:
+        """Operator: revoke a grant this sidecar never issued; its issuer, wherever it is,
+        ends and audits it, and every sidecar refuses the token meanwhile."""
+        now = self.clock.now()
+        expires = now + self.config.max_ttl  # the grant's own expiry is its issuer's to know
+        why = RevocationReason.REVOKED_BY_OPERATOR
+        await self.journal.commit([self._order_event("grant", grant_id, now, expires, why, detail)])
+        return Grant(
+            grant_id=grant_id,
+            task_id="",
+            subject="",
+            action="",
+            resource="",
+            tier=Tier.JIT,
+            audience="",
+            scope=(),
+            issued_at=now,
+            expires_at=expires,
+            kid="",
+            state=GrantState.REVOKED,
+            end_reason=why.value,
+            ended_at=now,
+        )
+
+    async def _order_task_revocation(self, task: Task, detail: str) -> int:
+        """Operator: end another sidecar's task fleet-wide; returns its active grants."""
+        now = self.clock.now()
+        why = RevocationReason.REVOKED_BY_OPERATOR
+        expires = max(task.deadline, now + 1.0)  # no token of the task outlives its deadline
+        await self.journal.commit(
+            [self._order_event("task", task.task_id, now, expires, why, detail)]
+        )
+        return len(task.grant_ids)
 
     # ================================================================== expiry sweeper
     def _push(self, when: float, kind: _Due, ident: str) -> None:
@@ -913,17 +1077,18 @@ class Engine:
             raise
         done = self.clock.now()
         for event in ended.events:
-            if event["event"] == "task_completed":
+            name = event["event"]
+            if name == "task_completed":
                 log.info(
                     "task ended (%s)",
                     event["state"],
                     extra={"task_id": event["task_id"], "reason": event["reason"]},
                 )
-            else:
+            elif name in ("grant_revoked", "grant_expired"):
                 log.log(
-                    logging.DEBUG if event["event"] == "grant_expired" else logging.INFO,
+                    logging.DEBUG if name == "grant_expired" else logging.INFO,
                     "%s",
-                    event["event"].replace("_", " "),
+                    name.replace("_", " "),
                     extra={
                         "task_id": event["task_id"],
                         "grant_id": event["grant_id"],
@@ -1180,6 +1345,8 @@ class Engine:
         task = self._tasks.get(approval.task_id)
         if task is None:
             raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
+        if self.fleet is not None:
+            self.fleet.check_issuable()  # before the approval is used up
         self._close_approval(approval, ApprovalState.USED)
         try:
             return await self._issue(

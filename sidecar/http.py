@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +27,8 @@ class Readiness:
 
     policy_ok: bool = False
     policy_detail: str = "not checked yet"
+    extra: dict[str, Callable[[], str]] = field(default_factory=dict)
+    """More checks by name (e.g. `fleet`): each says "ok" or what is wrong."""
 
 
 def create_app(
@@ -84,6 +86,7 @@ def create_app(
             "audit": "ok" if journal.audit_healthy else "not writable",
             "signing_key": "ok" if engine.keys.current is not None else "missing",
         }
+        checks.update({name: check() for name, check in readiness.extra.items()})
         ready = all(v == "ok" for v in checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 

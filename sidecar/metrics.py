@@ -112,6 +112,54 @@ class Metrics:
             "Signing key rotations that failed (the previous key stayed in use).",
             registry=r,
         )
+        # --- fleet (shared state on Redis; docs/scale-out.md)
+        self.fleet_outbox_depth = Gauge(
+            "jit_fleet_outbox_depth",
+            "Changes (revocations, completions, registrations) queued for Redis, not yet pushed.",
+            registry=r,
+        )
+        self.fleet_replay_lag = Histogram(
+            "jit_fleet_outbox_replay_lag_seconds",
+            "Time a change waited in the outbox before the replay pushed it to Redis.",
+            buckets=(*LAG_BUCKETS, 60.0, 300.0, 1800.0),
+            registry=r,
+        )
+        self.fleet_view_staleness = Gauge(
+            "jit_fleet_view_staleness_seconds",
+            "Seconds since the revocation view was last known complete (+Inf before the first "
+            "sync); above fleet_stale_after, introspection fails closed.",
+            registry=r,
+        )
+        self.fleet_view_entries = Gauge(
+            "jit_fleet_view_entries",
+            "Revocations (grants, tasks, subjects, all) held in the in-memory view.",
+            registry=r,
+        )
+        self.fleet_propagation = Histogram(
+            "jit_fleet_propagation_seconds",
+            "From a revocation entering the Redis stream to this sidecar's view holding it.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fleet_resyncs = Counter(
+            "jit_fleet_resyncs_total",
+            "Resynchronisations of the view after (re)connecting, by kind (incremental: from "
+            "the stream; full: from the revocation index).",
+            ["kind"],
+            registry=r,
+        )
+        self.fleet_redis_errors = Counter(
+            "jit_fleet_redis_errors_total",
+            "Times Redis became unreachable, by side (read: the view's reader; write: pushes).",
+            ["side"],
+            registry=r,
+        )
+        self.fleet_remote_revocations = Counter(
+            "jit_fleet_remote_revocations_total",
+            "Revocations made on other sidecars that ended grants or tasks of this one, by scope.",
+            ["scope"],
+            registry=r,
+        )
         self.build_info = Info("jit_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
         for tier in ("standing", "jit"):

@@ -31,6 +31,7 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .engine import Engine
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
+from .fleet import Fleet
 from .http import Readiness, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
@@ -124,6 +125,7 @@ class Sidecar:
         self._admin: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self.engine: Engine | None = None
+        self.fleet: Fleet | None = None
         self.guard = CallGuard(self.metrics, config.max_concurrent_rpcs, config.rpc_timeout)
         self.http_port: int | None = None
         self._managed_auth: ManagedAuthenticator | None = None
@@ -139,7 +141,9 @@ class Sidecar:
             log.warning(
                 "generated a dev signing key at %s (mode 0600)", key_path, extra={"kid": key.kid}
             )
-        store = self._store or open_store(cfg.state)
+        if cfg.shared_state and self._store is None:
+            self.fleet = Fleet.open(cfg, self.metrics)  # docs/scale-out.md
+        store = self._store or (self.fleet.store if self.fleet else open_store(cfg.state))
         audit = AuditFile(
             cfg.audit_log, fsync=cfg.durability == "fsync", rotate_bytes=cfg.audit_rotate_bytes
         )
@@ -196,6 +200,9 @@ class Sidecar:
                 recovered,
                 extra={"count": recovered},
             )
+        if self.fleet is not None:
+            engine.fleet = self.fleet
+            await self.fleet.start(engine, self.readiness.extra)
         await self._probe_policy()
 
         self._grpc = grpc.aio.server(
@@ -379,6 +386,8 @@ class Sidecar:
                 await task
         if self._http is not None:
             await self._http.cleanup()
+        if self.fleet is not None:
+            await self.fleet.stop()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.journal.close)
             self.engine.store.close()

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,8 @@ class KeyRing:
         }
         self._published[current.kid] = PublishedKey(current.jwk)
         self._jwks_cache: tuple[float, bytes] | None = None
+        self.fleet_jwks: Callable[[float], Iterable[Mapping[str, str]]] | None = None
+        """Public keys of the other sidecars of a fleet, served in the JWKS too."""
 
     def rotate(self, new: SigningKey, old_retire_at: float) -> PublishedKey | None:
         """Make `new` current; the old public key stays published until `old_retire_at`."""
@@ -234,10 +236,18 @@ class KeyRing:
 
     def jwks_json(self, now: float) -> bytes:
         self.drop_expired(now)
-        if self._jwks_cache is None:
+        cache = self._jwks_cache
+        # A fleet's keys change without our knowing: rebuild at most once a second.
+        if cache is None or (self.fleet_jwks is not None and not 0 <= now - cache[0] < 1.0):
             keys = [dict(p.jwk) for p in self._published.values()]
-            self._jwks_cache = (now, json.dumps({"keys": keys}, separators=(",", ":")).encode())
-        return self._jwks_cache[1]
+            if self.fleet_jwks is not None:
+                ours = set(self._published)
+                keys += [dict(k) for k in self.fleet_jwks(now) if k.get("kid") not in ours]
+            cache = self._jwks_cache = (
+                now,
+                json.dumps({"keys": keys}, separators=(",", ":")).encode(),
+            )
+        return cache[1]
 
     def verify(self, token: str, *, issuer: str, now: float) -> dict[str, Any] | None:
         """Claims of a token we signed with a still-published key, or None.
@@ -245,34 +255,54 @@ class KeyRing:
         Checks signature (algorithm pinned by the key), `typ`, `iss`; `exp` and `nbf` are
         left to the caller, which knows the grant's state and owns the clock.
         """
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            return None
-        kid = header.get("kid")
-        if not isinstance(kid, str) or header.get("typ") != TOKEN_TYPE:
+        kid = token_kid(token)
+        if kid is None:
             return None
         published = self._published.get(kid)
         if published is None or (published.retire_at is not None and published.retire_at <= now):
             return None
-        try:
-            key = jwt.PyJWK(dict(published.jwk))
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key=key,
-                algorithms=[published.jwk["alg"]],
-                issuer=issuer,
-                # Time claims are the caller's to check, with its (injectable) clock.
-                options={
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                },
-            )
-        except (jwt.PyJWTError, ValueError, TypeError):
-            return None
-        return claims
+        return verify_with(token, published.jwk, issuer=issuer)
+
+    def owns(self, kid: str) -> bool:
+        """True when `kid` is (or was, and is still published as) one of our keys."""
+        return kid in self._published
+
+
+def token_kid(token: str) -> str | None:
+    """The `kid` of an `at+jwt` header, or None for anything else (unverified)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return None
+    kid = header.get("kid")
+    if not isinstance(kid, str) or header.get("typ") != TOKEN_TYPE:
+        return None
+    return kid
+
+
+def verify_with(token: str, jwk: Mapping[str, str], *, issuer: str) -> dict[str, Any] | None:
+    """Claims of `token` when `jwk` (public) verifies its signature and `iss` matches.
+
+    The algorithm is pinned by the key; time claims are the caller's to check, with its
+    (injectable) clock.
+    """
+    try:
+        key = jwt.PyJWK(dict(jwk))
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key=key,
+            algorithms=[jwk["alg"]],
+            issuer=issuer,
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+            },
+        )
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        return None
+    return claims
 
 
 def new_grant_id() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import OpaServer, SidecarProcess, opa_binary
+from tests.harness import OpaServer, RedisClusterServers, RedisServer, SidecarProcess, opa_binary
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,25 @@ def sidecar(tmp_path: Path, opa: OpaServer) -> Iterator[SidecarProcess]:
         except Exception:
             process.kill()
             raise
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real, throwaway redis-server for the session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real 3-master Redis Cluster (redis-cli --cluster create) for the session."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

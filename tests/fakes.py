@@ -1,7 +1,8 @@
 """Fault injection only: things a real component cannot be made to do on demand.
 
 `FakeOpa` is an HTTP/1.1 server speaking just enough of OPA's Data API to answer garbage,
-errors, wrong shapes or to stall — the real sidecar talks to it over real TCP.
+errors, wrong shapes or to stall — the real sidecar talks to it over real TCP. `TcpProxy`
+cuts one sidecar off a real Redis while the rest of the fleet keeps it.
 `ScriptedAccessService` is a real gRPC server on a real Unix socket whose answers a test
 scripts: server-side deadline expiries and a record of each call's metadata and deadline
 (which the real sidecar does not expose), for the client SDK's own tests.
@@ -9,7 +10,9 @@ scripts: server-side deadline expiries and a record of each call's metadata and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -272,3 +275,111 @@ def serve(service: ScriptedAccessService, socket: Path) -> Iterator[Path]:
         yield socket
     finally:
         server.stop(grace=None)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can cut its connections on demand: the network
+    partition between one sidecar and Redis that a real Redis cannot produce by itself
+    (every other sidecar keeps talking to the same, real Redis)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._cut = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[Any] = set()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones until `restore`."""
+        self._cut.set()
+        with self._lock:
+            for sock in list(self._sockets):
+                self._close(sock)
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        self._listener.close()
+
+    def _close(self, sock: Any) -> None:
+        self._sockets.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._cut.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            self._close(source)
+            self._close(sink)
+
+
+class ViewGate:
+    """The engine's FleetGate over a real, in-memory RevocationView, with issuing switched
+    on and off by hand: Redis being down, which the engine's unit tests cannot reach.
+    (The real gate, `sidecar.fleet.Fleet`, runs against real Redis in the integration
+    tests.)"""
+
+    def __init__(self, clock: ManualClock, keys: dict[str, Any] | None = None) -> None:
+        from sidecar.revocations import RevocationView
+
+        self.fleet_id = "here"
+        self.issuable = True
+        self.mono = 0.0
+        self.view = RevocationView(2.0, monotonic=lambda: self.mono)
+        self.view.mark_synced(0.0)
+        self.keys = keys or {}
+        """kid → public JWK of other sidecars."""
+
+    def check_issuable(self) -> None:
+        from sidecar.store.redis import SharedStateUnavailable
+
+        if not self.issuable:
+            raise SharedStateUnavailable("shared state unavailable (test)")
+
+    def barred(self, claims: Any, now: float) -> str:
+        return self.view.barred(claims, now)
+
+    async def verify(self, token: str, *, issuer: str, now: float) -> dict[str, Any] | None:
+        from sidecar.tokens import token_kid, verify_with
+
+        jwk = self.keys.get(token_kid(token) or "")
+        return verify_with(token, jwk, issuer=issuer) if jwk else None

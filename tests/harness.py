@@ -126,8 +126,11 @@ class SidecarProcess:
         env: dict[str, str] | None = None,
         identity: str = "dev",
         http_port: int | None = None,
+        shared: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.shared = shared
+        """A redis:// URL: state shared with a fleet (the local SQLite is still `state`)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket = workdir / "run" / "sidecar.sock"
         self.admin_socket = workdir / "run" / "admin.sock"
@@ -162,8 +165,11 @@ class SidecarProcess:
             self.opa_url,
             "--http-addr",
             f"127.0.0.1:{self.http_port}",
-            "--state",
-            f"sqlite:{self.state}",
+            *(
+                ("--state", self.shared, "--local-state", f"sqlite:{self.state}")
+                if self.shared
+                else ("--state", f"sqlite:{self.state}")
+            ),
             "--audit-log",
             str(self.audit),
             "--log-format",
@@ -274,3 +280,238 @@ def running(process: SidecarProcess) -> Iterator[SidecarProcess]:
             process.stop(timeout=15)
         if process.proc is not None:
             process.kill()
+
+
+def redis_binary(name: str = "redis-server") -> str:
+    """Debian's redis-server / redis-cli, installed by `make test` (scripts/bootstrap.sh)."""
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is missing: run `make test`, which installs it")
+    return found
+
+
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jit test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+class RedisServer:
+    """A real, throwaway `redis-server` on a free loopback port, without persistence
+    (`--save '' --appendonly no`): a restart loses everything, like a crashed cache.
+    Optionally TLS only (`tls` = (ca, cert, key)) and an ACL user instead of `default`."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        cluster: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
+        user: tuple[str, str] | None = None,
+        acl: Sequence[str] = ("~*", "&*", "+@all"),
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls = tls
+        self.user = user
+        self.acl = list(acl)
+        self.cluster = cluster
+        self.bus_port = free_port() if cluster else 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"redis-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        user = f"{self.user[0]}@" if self.user else ""
+        return f"{scheme}://{user}127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        if self.tls:
+            ca, cert, key = self.tls
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert)]
+            listen += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
+            listen += ["--tls-auth-clients", "no"]
+        else:
+            listen = ["--port", str(self.port)]
+        if self.user:
+            name, password = self.user
+            listen += ["--user", "default", "off"]
+            listen += ["--user", name, "on", f">{password}", *self.acl]
+        args = [
+            redis_binary(),
+            *listen,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.log),
+        ]
+        if self.cluster:
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(self.bus_port),
+                "--cluster-config-file",
+                f"nodes-{self.port}.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
+        return args
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            self.args(), cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for(self.healthy, 10, what="redis-server to start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"redis-server exited: {tail}")
+        import redis
+
+        try:
+            with redis.Redis(
+                host="127.0.0.1", port=self.port, socket_timeout=0.5, **self._auth()
+            ) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def _auth(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[0]))
+        if self.user:
+            options.update(username=self.user[0], password=self.user[1])
+        return options
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self) -> Any:
+        """A redis-py client (use it in a `with` block: it holds sockets)."""
+        import redis
+
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            decode_responses=True,
+            socket_timeout=5,
+            **self._auth(),
+        )
+
+    def used_memory(self) -> int:
+        with self.client() as client:
+            return int(client.info("memory")["used_memory"])
+
+
+class RedisClusterServers:
+    """Three real redis-server masters joined by `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [RedisServer(workdir / f"node{i}", cluster=True) for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                redis_binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self.ready, 20, what="the Redis Cluster to agree on its slots")
+        return self
+
+    def ready(self) -> bool:
+        for node in self.nodes:
+            with node.client() as client:
+                if client.cluster("info").get("cluster_state") != "ok":
+                    return False
+        return True
+
+    def client(self) -> Any:
+        """A redis-py cluster client (use it in a `with` block)."""
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, decode_responses=True)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

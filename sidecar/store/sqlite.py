@@ -211,9 +211,20 @@ class SqliteStore:
         row = self._w.execute("SELECT value FROM meta WHERE key='applied_seq'").fetchone()
         return int(row[0])
 
+    @property
+    def writer(self) -> sqlite3.Connection:
+        """The write connection: for the journal's thread only (and start-up)."""
+        return self._w
+
     def apply(
-        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
+        self,
+        records: Sequence[dict[str, Any]],
+        touches: Sequence[tuple[str, float]],
+        seq: int,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
+        """Apply audited events in one transaction; `also` runs inside it after them (a
+        composing store's own writes, committed atomically with these)."""
         conn = self._w
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -226,6 +237,8 @@ class SqliteStore:
                     "UPDATE tasks SET last_heartbeat = ? WHERE task_id = ? AND state = 'active'",
                     [(at, task_id) for task_id, at in touches],
                 )
+            if also is not None:
+                also(conn)
             if records:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'applied_seq'", (str(seq),))
             conn.execute("COMMIT")

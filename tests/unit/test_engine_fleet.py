@@ -1,0 +1,146 @@
+"""The engine's side of a fleet, with a hand-moved clock, real SQLite, the real journal and
+a real RevocationView behind a test gate (tests/fakes.py `ViewGate`): cutoffs applied to
+this sidecar's own grants, grants refused while the fleet cannot see them, other sidecars'
+tokens introspected from the view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.approvals import ApprovalState
+from sidecar.errors import Unavailable
+from sidecar.model import Intent
+from sidecar.revocations import STALE, Revocation
+from sidecar.tokens import SigningKey, generate_private_key
+from tests.fakes import VALID_JIT, ViewGate
+from tests.unit.test_engine import ME, OTHER, Rig
+
+
+class FleetRig(Rig):
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        super().__init__(tmp, **settings)
+        self.gate = ViewGate(self.clock)
+        self.engine.fleet = self.gate
+
+
+def fleet_rig(tmp_path: Path, body: Any, **settings: Any) -> FleetRig:
+    rig = FleetRig(tmp_path, **settings)
+    try:
+        asyncio.run(body(rig))
+    finally:
+        rig.close()
+    return rig
+
+
+def records(rig: Rig, event: str) -> list[dict[str, Any]]:
+    lines = rig.audit_path.read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def test_kill_switch_from_elsewhere_ends_only_what_its_cutoff_covers(tmp_path: Path) -> None:
+    """A subject cutoff made on another sidecar ends this sidecar's tasks of that subject
+    begun at or before the cutoff (kill_switch, with origin and detail), leaves a task begun
+    after it and other subjects alone, and agrees with the view on every token."""
+
+    async def body(r: FleetRig) -> None:
+        e = r.engine
+        old = await e.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        g_old = await e.request_grant(ME, old.task_id, Intent("x.write", "x://1"), 60)
+        other = await e.begin_task(OTHER, task_id="", goal="g", max_duration=300, labels={})
+        g_other = await e.request_grant(OTHER, other.task_id, Intent("x.write", "x://1"), 60)
+        cutoff = r.clock.now() + 0.5
+        r.clock.advance(2)
+        new = await e.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        g_new = await e.request_grant(ME, new.task_id, Intent("x.write", "x://2"), 60)
+        rev = Revocation("subject", ME.subject, cutoff, "kill_switch", cutoff + 900, "b", "stop")
+        r.gate.view.add(rev)
+        assert await e.apply_fleet_revocation(rev) == 1
+        assert await e.apply_fleet_revocation(rev) == 0  # applied once
+        states = [(await e.introspect(g.token)).active for g in (g_old, g_new, g_other)]
+        assert states == [False, True, True]
+        assert e.task(old.task_id) is None
+        assert e.task(new.task_id) is not None
+
+    rig = fleet_rig(tmp_path, body)
+    (revoked,) = records(rig, "grant_revoked")
+    (ended,) = records(rig, "task_completed")
+    assert (revoked["reason"], revoked["origin"]) == ("kill_switch", "b")
+    assert (ended["state"], ended["origin"], ended["detail"]) == ("failed", "b", "from b: stop")
+
+
+def test_grants_wait_while_the_fleet_cannot_see_them(tmp_path: Path) -> None:
+    """With the shared state unavailable no grant is issued (Unavailable store_unavailable,
+    audited as a rejection, no grant_issued), and an approved request is not used up: it
+    yields its grant once the fleet is back."""
+
+    async def body(r: FleetRig) -> None:
+        e = r.engine
+        task = await e.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        r.gate.issuable = False
+        with pytest.raises(Unavailable) as refused:
+            await e.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        assert refused.value.reason.value == "store_unavailable"
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        parked = await e.request_grant(ME, task.task_id, Intent("x.write", "x://2"), 60)
+        await e.decide_approval(parked.approval_id, approve=True, approver="ops", reason="ok")
+        with pytest.raises(Unavailable):
+            await e.await_approval(ME, parked.approval_id, 0)
+        (approval,) = e.open_approvals()
+        assert approval.state is ApprovalState.APPROVED
+        r.gate.issuable = True
+        out = await e.await_approval(ME, parked.approval_id, 0)
+        assert out.decision == "granted"
+
+    rig = fleet_rig(tmp_path, body)
+    assert len(records(rig, "grant_issued")) == 1  # only the approved one, once back
+    (rejected,) = records(rig, "request_rejected")
+    assert rejected["reason"] == "store_unavailable"
+
+
+def test_tokens_of_other_sidecars_introspect_from_the_view(tmp_path: Path) -> None:
+    """A token another sidecar signed is active while the view does not bar it and its time
+    claims hold; revoked, expired, or anything while the view is stale is inactive."""
+    other_key = SigningKey.from_private_key(generate_private_key("EdDSA"))
+
+    async def body(r: FleetRig) -> None:
+        r.gate.keys[other_key.kid] = other_key.jwk
+        now = int(r.clock.now())
+        claims = {
+            "iss": r.engine.config.issuer,
+            "sub": OTHER.subject,
+            "aud": "x",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 60,
+            "jti": "remote-grant",
+            "txn": "t-remote",
+            "scope": "x.write",
+            "tier": "jit",
+            "authorization_details": [
+                {"type": "jit_intent", "actions": ["x.write"], "locations": ["x://1"]}
+            ],
+        }
+        token = other_key.sign(claims)
+        active = await r.engine.introspect(token)
+        assert active.active
+        assert active.grant is not None
+        assert (active.grant.grant_id, active.grant.task_id) == ("remote-grant", "t-remote")
+        assert not (await r.engine.introspect(other_key.sign(claims | {"iss": "evil"}))).active
+        r.gate.mono = 3.0
+        stale = await r.engine.introspect(token)
+        assert (stale.active, stale.revocation_reason) == (False, STALE)
+        r.gate.view.mark_synced(3.0)
+        r.gate.view.add(Revocation("task", "t-remote", now, "completed", now + 300, "b"))
+        revoked = await r.engine.introspect(token)
+        assert (revoked.active, revoked.revocation_reason) == (False, "completed")
+        fresh = other_key.sign(claims | {"txn": "t-2", "exp": now + 10})
+        r.clock.advance(10)
+        expired = await r.engine.introspect(fresh)
+        assert (expired.active, expired.revocation_reason) == (False, "expired")
+
+    fleet_rig(tmp_path, body)
