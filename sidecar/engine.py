@@ -293,6 +293,12 @@ class Engine:
                 raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
             if stored.subject != identity.subject:
                 raise PermissionDenied(f"task {task_id} belongs to another identity")
+            if stored.state is TaskState.ACTIVE:
+                # Live state holds every active task this sidecar serves: an active task in
+                # the store is another sidecar's (fleet) or is ending right now.
+                raise FailedPrecondition(
+                    f"task {task_id} is not served by this sidecar", Reason.TASK_INACTIVE
+                )
             raise FailedPrecondition(
                 f"task {task_id} has ended ({stored.state.value})", Reason.TASK_INACTIVE
             )
