@@ -205,7 +205,6 @@ class Engine:
         if task_id in self._tasks:  # a concurrent BeginTask with the same id won the race
             raise AlreadyExists(f"task {task_id} already exists", Reason.TASK_EXISTS)
         if self._tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
-            self.metrics.rejected.labels(reason=Reason.TOO_MANY_TASKS.value).inc()
             raise ResourceExhausted(
                 f"this identity already has {cfg.max_tasks_per_identity} active tasks",
                 Reason.TOO_MANY_TASKS,
@@ -323,7 +322,6 @@ class Engine:
             await self.sweep()
             raise FailedPrecondition(f"task {task_id} passed its deadline", Reason.TASK_INACTIVE)
         if len(task.grant_ids) >= cfg.max_grants_per_task:
-            self.metrics.rejected.labels(reason=Reason.TOO_MANY_GRANTS.value).inc()
             raise ResourceExhausted(
                 f"task {task_id} already holds {cfg.max_grants_per_task} active grants",
                 Reason.TOO_MANY_GRANTS,

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import __version__
 from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
+from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
 from .cache import DecisionCache
@@ -87,7 +88,8 @@ def prepare_socket_path(path: Path) -> None:
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Above our own limit, which RequestAdmission enforces with a reason code.
+        ("grpc.max_receive_message_length", core_receive_limit(config.max_message_bytes)),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_concurrent_streams", config.max_concurrent_rpcs),
         ("grpc.keepalive_time_ms", 60_000),
@@ -124,7 +126,13 @@ class Sidecar:
         self._admin: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self.engine: Engine | None = None
-        self.guard = CallGuard(self.metrics, config.max_concurrent_rpcs, config.rpc_timeout)
+        self.guard = CallGuard(
+            self.metrics,
+            config.max_concurrent_rpcs,
+            config.rpc_timeout,
+            max_per_identity=config.max_rpcs_per_identity,
+        )
+        self._admission = RequestAdmission(self.metrics, self.guard, config.max_message_bytes)
         self.http_port: int | None = None
         self._managed_auth: ManagedAuthenticator | None = None
 
@@ -199,7 +207,9 @@ class Sidecar:
         await self._probe_policy()
 
         self._grpc = grpc.aio.server(
-            options=grpc_options(cfg), maximum_concurrent_rpcs=cfg.max_concurrent_rpcs * 2
+            options=grpc_options(cfg),
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs * 2,
+            interceptors=[self._admission],
         )
         access_pb2_grpc.add_AccessServiceServicer_to_server(
             AccessService(engine, auth, self.guard), self._grpc
@@ -215,7 +225,7 @@ class Sidecar:
         )
         self._bind(self._grpc, cfg.socket, cfg.socket_mode)
 
-        self._admin = grpc.aio.server(options=grpc_options(cfg))
+        self._admin = grpc.aio.server(options=grpc_options(cfg), interceptors=[self._admission])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(engine, self.guard, self.rotate_signing_key), self._admin
         )
