@@ -51,6 +51,7 @@ log = logging.getLogger("jit_sidecar.server")
 DEV_KEY_PATH = Path("var/signing-key.pem")
 POLICY_PROBE_INTERVAL = 1.0
 REVISION_CHECK_INTERVAL = 5.0
+MAX_METADATA_BYTES = 16 * 1024
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -92,6 +93,10 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", core_receive_limit(config.max_message_bytes)),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_concurrent_streams", config.max_concurrent_rpcs),
+        # One deterministic metadata limit (gRPC's default refuses 8-16 KiB at random).
+        # Identity tokens are at most 8 KiB; larger metadata gets core's RESOURCE_EXHAUSTED.
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.max_pings_without_data", 0),
