@@ -7,15 +7,39 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import grpc
+
+from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from sidecar.audit import log_files, verify
-from sidecar.client import AccessClient, AccessDenied, SidecarClientError, SidecarRpcError
+from sidecar.client import (
+    AccessClient,
+    AccessDenied,
+    SidecarClientError,
+    SidecarRpcError,
+    socket_target,
+)
 from sidecar.errors import Reason
 from tests.harness import SidecarProcess
 
 REASONS = {r.value for r in Reason}
 TRANSPORT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
+
+
+def own_connection(client: AccessClient, path: Path) -> AccessClient:
+    """Give `client` a connection of its own, as a separate agent process would have.
+
+    gRPC Python shares one HTTP/2 connection between channels to the same target inside a
+    process, so simulated agents would otherwise compete for one connection's stream limit
+    instead of the sidecar's own admission."""
+    client._channel.close()
+    client._channel = grpc.insecure_channel(
+        socket_target(path), options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    client._stub = pb_grpc.AccessServiceStub(client._channel)
+    return client
 
 
 @dataclass
@@ -71,7 +95,10 @@ class Load:
         return self.ledger
 
     def _run(self, number: int) -> None:
-        client = AccessClient(self.sidecar.socket, identity_token=self._token, timeout=5)
+        client = own_connection(
+            AccessClient(self.sidecar.socket, identity_token=self._token, timeout=5),
+            self.sidecar.socket,
+        )
         task_id = ""
         i = 0
         try:
