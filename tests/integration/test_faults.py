@@ -256,7 +256,7 @@ def test_signal_under_load_then_restart(tmp_path: Path, opa: OpaServer, sig: int
     """4 clients load the sidecar when it gets SIGTERM (drain) or SIGKILL; after a restart
     on the same state: the audit chain verifies, every grant a client received is in the
     audit log and the store and still active (its TTL is 60 s), nothing was ended twice,
-    and the restarted sidecar serves."""
+    the restarted sidecar serves; after SIGTERM no active grant lacks a receiver."""
     process = SidecarProcess(tmp_path / "s", opa.url, "--shutdown-grace", "5")
     process.start()
     try:
@@ -286,7 +286,10 @@ def test_signal_under_load_then_restart(tmp_path: Path, opa: OpaServer, sig: int
     assert len(ledger.received) > 0
     assert set(ledger.received) <= active
     assert ledger.undefined_reasons == []
-    assert unknown == [], "an active grant no client received"
+    # SIGTERM drains: every committed grant reached its caller. SIGKILL can land between the
+    # commit and the answer: such a grant is audited and stored, but its token died with the
+    # process (tokens are never stored), so nobody holds it; at most one per client.
+    assert len(unknown) <= (0 if sig == signal.SIGTERM else 4)
     assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
 
 
