@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -68,6 +69,8 @@ from .validation import (
 )
 
 log = logging.getLogger("jit_sidecar.engine")
+#: Ended grants kept in memory for introspection until the store has caught up.
+RECENTLY_ENDED = 4096
 
 
 class _Due(IntEnum):
@@ -130,6 +133,9 @@ class Engine:
         self.cache = cache if cache is not None else DecisionCache()
         self._tasks: dict[str, Task] = {}
         self._grants: dict[str, Grant] = {}
+        self._recently_ended: OrderedDict[str, Grant] = OrderedDict()
+        """Grants ended in memory, newest last: introspection states their end reason even
+        before the journal's commit reaches the store (bounded; see _end_grant)."""
         self._tasks_per_subject: dict[str, int] = {}
         self._due: list[tuple[float, int, _Due, str]] = []
         self._due_seq = 0
@@ -677,7 +683,7 @@ class Engine:
             return Introspection(True, claims, grant)
         reason = ""
         if with_reason:
-            stored = grant or await self.store.get_grant(jti)
+            stored = grant or self._recently_ended.get(jti) or await self.store.get_grant(jti)
             if stored is not None:
                 reason = stored.end_reason or (
                     "expired" if stored.expires_at <= now else stored.state.value
@@ -826,6 +832,9 @@ class Engine:
         grant.end_reason = reason.value
         grant.ended_at = now
         self._forget_grant(grant, self._tasks.get(grant.task_id))
+        self._recently_ended[grant.grant_id] = grant
+        if len(self._recently_ended) > RECENTLY_ENDED:
+            self._recently_ended.popitem(last=False)
         self.metrics.revocations.labels(reason=reason.value).inc()
         ended.events.append(
             _event(
