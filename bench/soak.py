@@ -67,8 +67,10 @@ class Shared:
 
 def agent(number: int, sidecar: SidecarProcess, stop: threading.Event, shared: Shared) -> None:
     rng = random.Random(number)
-    admin = AdminClient(sidecar.admin_socket)
-    with AccessClient(sidecar.socket, timeout=10) as client:
+    with (
+        AdminClient(sidecar.admin_socket) as admin,
+        AccessClient(sidecar.socket, timeout=10) as client,
+    ):
         while not stop.is_set():
             try:
                 run_task(rng, client, admin, shared)
@@ -78,7 +80,6 @@ def agent(number: int, sidecar: SidecarProcess, stop: threading.Event, shared: S
             except Exception as err:  # counted and reported; a soak keeps going
                 with shared.lock:
                     shared.errors[type(err).__name__] += 1
-    admin.close()
 
 
 def run_task(rng: random.Random, client: AccessClient, admin: AdminClient, shared: Shared) -> None:
