@@ -8,6 +8,7 @@ or raises its one documented error type — never anything else, never a crash.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -21,9 +22,10 @@ from hypothesis import strategies as st
 
 from sidecar.bundles import TrustBundles
 from sidecar.errors import PolicyResultInvalid, Reason, Unauthenticated
-from sidecar.identity import JwtSvidAuthenticator, TokenRules
+from sidecar.identity import JwtSvidAuthenticator, OidcAuthenticator, SubjectRule, TokenRules
 from sidecar.jws import JwsError, parse, parse_jwks
 from sidecar.model import Tier
+from sidecar.oidc import OidcKeys
 from sidecar.policy import parse_decision
 from sidecar.tokens import KeyRing, SigningKey, generate_private_key
 from tests.fakes import VALID_JIT
@@ -299,3 +301,66 @@ def test_own_token_verification(value: Any) -> None:
         # Only a change hidden in base64url's unused bits of the signature can survive.
         assert mutated.rsplit(".", 1)[0] == valid.rsplit(".", 1)[0]
         assert claims["jti"] == "j"
+
+
+OIDC_ISSUER = "https://issuer.example"
+OIDC_KEYS, _ = parse_jwks(DOMAIN.bundle(), uses=(None, "jwt-svid"))
+
+
+def _oidc() -> OidcAuthenticator:
+    keys = OidcKeys([OIDC_ISSUER], lambda issuer: OIDC_KEYS, refresh=300, max_age=3600)
+    asyncio.run(keys.fetch(OIDC_ISSUER))
+    rules = TokenRules(AUDIENCE, 10, ISSUER, lambda: (), frozenset({None, "jwt"}))
+    rule = SubjectRule.compile(
+        "system:serviceaccount:{ns}:{sa}", "spiffe://cluster.local/ns/{ns}/sa/{sa}"
+    )
+    return OidcAuthenticator(keys, rules, [rule])
+
+
+OIDC = _oidc()
+_oidc_claim_changes = dict(
+    _claim_changes,
+    sub=hostile_text(valid=["system:serviceaccount:a:b", "system:serviceaccount:a/b:c"]),
+    iss=st.one_of(st.just(ISSUER), st.just("https://other.example"), hostile_text()),
+)
+
+
+@settings(max_examples=examples(300))
+@given(
+    st.one_of(jwt_like(), st.builds(lambda: None)),
+    _changed({"alg": "ES256", "kid": DOMAIN.key.kid, "typ": "JWT"}, _header_changes),
+    st.builds(lambda: None).flatmap(
+        lambda _: _changed(
+            {
+                "iss": OIDC_ISSUER,
+                "sub": "system:serviceaccount:agents:billing",
+                "aud": AUDIENCE,
+                "exp": int(time.time()) + 300,
+            },
+            _oidc_claim_changes,
+        )
+    ),
+)
+def test_oidc_authenticator(
+    garbage: str | None, header: dict[str, Any], claims: dict[str, Any]
+) -> None:
+    """The OIDC authenticator: garbage is Unauthenticated; a correctly signed token is
+    accepted only from the allowed issuer, for our audience, unexpired, with a `sub` the
+    subject rules map — and then the identity is exactly the mapped subject."""
+    token = garbage if garbage is not None else _sign_es256(header, claims, DOMAIN.key.private)
+    reasons: list[Reason] = []
+    try:
+        identity = asyncio.run(OIDC.verify(token))
+    except Unauthenticated as err:
+        reasons.append(err.reason)
+    assert reasons in ([], [Reason.IDENTITY_INVALID])
+    if reasons:
+        return
+    assert garbage is None
+    event("accepted")
+    sub = claims["sub"]
+    assert claims["iss"] == OIDC_ISSUER
+    assert AUDIENCE in ([claims["aud"]] if isinstance(claims["aud"], str) else claims["aud"])
+    assert header.get("alg") == "ES256" and not {"jku", "jwk", "crit"} & header.keys()
+    ns, sa = sub.removeprefix("system:serviceaccount:").split(":")
+    assert identity.subject == f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
