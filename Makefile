@@ -7,11 +7,12 @@ TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
-LINT_DIRS := $(wildcard sidecar tests bench examples scripts/*.py)
+LINT_DIRS := $(wildcard sidecar tests bench examples fuzz scripts/*.py)
 REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean redis bench-propagation
+.PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean \
+	redis bench-propagation fuzz soak
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
@@ -21,6 +22,8 @@ help:
 	@echo "make gen    regenerate sidecar/_proto from proto/"
 	@echo "make test-spire  opt-in: build SPIRE (~7 min once) and run the real SPIRE tests"
 	@echo "make bench-propagation  fleet revocation latency and Redis sizing (bench/results/)"
+	@echo "make fuzz   coverage-guided fuzzing of the JWT parsing path (FUZZ_SECONDS, default 180)"
+	@echo "make soak   simulated agents against a real sidecar (SOAK_SECONDS, default 600)"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -117,3 +120,17 @@ bench-propagation: deps redis
 
 clean:
 	rm -rf $(VENV) .tools var .pytest_cache .mypy_cache .ruff_cache sidecar/_proto/.stamp
+
+# Outside CI: atheris (coverage-guided) over the JWT parsing path; Hypothesis if atheris is
+# not installable. FUZZ_SECONDS=600 make fuzz
+FUZZ_SECONDS ?= 180
+fuzz: deps
+	scripts/bootstrap.sh fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) fuzz/fuzz_jwt.py
+
+# N simulated agents against a real sidecar and OPA, then invariant checks (bench/soak.py).
+# SOAK_SECONDS=60 make soak   (CI-sized); default 10 minutes.
+SOAK_SECONDS ?= 600
+SOAK_AGENTS ?= 8
+soak: deps
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS) --agents $(SOAK_AGENTS)

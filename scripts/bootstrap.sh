@@ -3,6 +3,7 @@
 # builds outside the checkout so that a fresh clone on the same machine installs quickly.
 #
 #   scripts/bootstrap.sh venv       .venv with the package and its dev extras
+#   scripts/bootstrap.sh fuzz       atheris (the fuzz extras) into .venv, for `make fuzz`
 #   scripts/bootstrap.sh opa        OPA v$OPA_VERSION in .tools/bin (unless `opa` is on PATH)
 #   scripts/bootstrap.sh redis      Debian's redis-server (apt-get) unless already installed
 #   scripts/bootstrap.sh promtool   promtool from Debian's prometheus package into .tools/bin
@@ -80,6 +81,12 @@ case "${1:-}" in
     log "installing jit-sidecar[dev] into .venv"
     PIP_CACHE_DIR="$cache/pip" "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
       -e "$root[dev]"
+    ;;
+  fuzz)
+    # atheris ships manylinux wheels; where it cannot install, fuzz/fuzz_jwt.py falls back to
+    # Hypothesis, so a failure here is not fatal.
+    PIP_CACHE_DIR="$cache/pip" "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
+      -e "$root[fuzz]" || log "atheris could not be installed; make fuzz uses Hypothesis"
     ;;
   opa)
     if existing=$(on_path opa); then

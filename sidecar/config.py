@@ -394,6 +394,15 @@ class Config:
         default=256,
         metadata=_opt("RPCs served at once; more get RESOURCE_EXHAUSTED.", parse=int),
     )
+    max_rpcs_per_identity: int = field(
+        default=64,
+        metadata=_opt(
+            "RPCs one caller identity may have in flight at once; more get RESOURCE_EXHAUSTED "
+            "too_many_requests, so one noisy agent cannot take every slot of "
+            "max_concurrent_rpcs.",
+            parse=int,
+        ),
+    )
     max_message_bytes: int = field(
         default=64 * 1024,
         metadata=_opt("Largest gRPC message accepted or sent.", parse=int),
@@ -494,6 +503,7 @@ class Config:
             "max_grants_per_task",
             "max_tasks_per_identity",
             "max_concurrent_rpcs",
+            "max_rpcs_per_identity",
             "max_message_bytes",
             "approval_ttl",
             "decision_cache_size",

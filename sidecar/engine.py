@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -69,6 +70,8 @@ from .validation import (
 )
 
 log = logging.getLogger("jit_sidecar.engine")
+#: Ended grants kept in memory for introspection until the store has caught up.
+RECENTLY_ENDED = 4096
 
 
 class _Due(IntEnum):
@@ -131,6 +134,9 @@ class Engine:
         self.cache = cache if cache is not None else DecisionCache()
         self._tasks: dict[str, Task] = {}
         self._grants: dict[str, Grant] = {}
+        self._recently_ended: OrderedDict[str, Grant] = OrderedDict()
+        """Grants ended in memory, newest last: introspection states their end reason even
+        before the journal's commit reaches the store (bounded; see _end_grant)."""
         self._tasks_per_subject: dict[str, int] = {}
         self._due: list[tuple[float, int, _Due, str]] = []
         self._due_seq = 0
@@ -209,7 +215,6 @@ class Engine:
         if task_id in self._tasks:  # a concurrent BeginTask with the same id won the race
             raise AlreadyExists(f"task {task_id} already exists", Reason.TASK_EXISTS)
         if self._tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
-            self.metrics.rejected.labels(reason=Reason.TOO_MANY_TASKS.value).inc()
             raise ResourceExhausted(
                 f"this identity already has {cfg.max_tasks_per_identity} active tasks",
                 Reason.TOO_MANY_TASKS,
@@ -334,7 +339,6 @@ class Engine:
             await self.sweep()
             raise FailedPrecondition(f"task {task_id} passed its deadline", Reason.TASK_INACTIVE)
         if len(task.grant_ids) >= cfg.max_grants_per_task:
-            self.metrics.rejected.labels(reason=Reason.TOO_MANY_GRANTS.value).inc()
             raise ResourceExhausted(
                 f"task {task_id} already holds {cfg.max_grants_per_task} active grants",
                 Reason.TOO_MANY_GRANTS,
@@ -742,7 +746,7 @@ class Engine:
             return Introspection(True, claims, grant)
         reason = ""
         if with_reason:
-            stored = grant or await self.store.get_grant(jti)
+            stored = grant or self._recently_ended.get(jti) or await self.store.get_grant(jti)
             if stored is not None:
                 reason = stored.end_reason or (
                     "expired" if stored.expires_at <= now else stored.state.value
@@ -1022,6 +1026,9 @@ class Engine:
         grant.end_reason = reason.value
         grant.ended_at = now
         self._forget_grant(grant, self._tasks.get(grant.task_id))
+        self._recently_ended[grant.grant_id] = grant
+        if len(self._recently_ended) > RECENTLY_ENDED:
+            self._recently_ended.popitem(last=False)
         self.metrics.revocations.labels(reason=reason.value).inc()
         ended.events.append(
             _event(

@@ -66,7 +66,12 @@ def create_app(
     async def form_token(request: web.Request) -> str | None:
         if request.content_type != "application/x-www-form-urlencoded":
             return None
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:
+            # A body that is not UTF-8 form data (UnicodeDecodeError) is a bad request,
+            # not a 500 with a traceback in the log.
+            return None
         token = form.get("token")
         return token if isinstance(token, str) else None
 

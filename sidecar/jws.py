@@ -112,7 +112,8 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
             object_pairs_hook=_reject_duplicates,
             parse_constant=_reject_constant,
         )
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # RecursionError: a few KB of `[[[[…` nests deeper than the parser's stack.
         raise JwsError("malformed", f"the {what} is not a JSON object: {err}") from err
     if not isinstance(value, dict):
         raise JwsError("malformed", f"the {what} is not a JSON object")

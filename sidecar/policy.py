@@ -79,7 +79,8 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
     """Type-check OPA's answer. `action` is the default scope when the policy names none."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        # RecursionError: nesting deeper than the parser's stack is garbage too, not a crash.
         raise PolicyResultInvalid("OPA answered something that is not JSON", "bad_json") from err
     if not isinstance(document, dict):
         raise PolicyResultInvalid("OPA's answer is not a JSON object", "shape")

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import __version__
 from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
+from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
 from .cache import DecisionCache
@@ -51,6 +52,7 @@ log = logging.getLogger("jit_sidecar.server")
 DEV_KEY_PATH = Path("var/signing-key.pem")
 POLICY_PROBE_INTERVAL = 1.0
 REVISION_CHECK_INTERVAL = 5.0
+MAX_METADATA_BYTES = 16 * 1024
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -88,9 +90,14 @@ def prepare_socket_path(path: Path) -> None:
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Above our own limit, which RequestAdmission enforces with a reason code.
+        ("grpc.max_receive_message_length", core_receive_limit(config.max_message_bytes)),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_concurrent_streams", config.max_concurrent_rpcs),
+        # One deterministic metadata limit (gRPC's default refuses 8-16 KiB at random).
+        # Identity tokens are at most 8 KiB; larger metadata gets core's RESOURCE_EXHAUSTED.
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.max_pings_without_data", 0),
@@ -126,7 +133,13 @@ class Sidecar:
         self._http: web.AppRunner | None = None
         self.engine: Engine | None = None
         self.fleet: Fleet | None = None
-        self.guard = CallGuard(self.metrics, config.max_concurrent_rpcs, config.rpc_timeout)
+        self.guard = CallGuard(
+            self.metrics,
+            config.max_concurrent_rpcs,
+            config.rpc_timeout,
+            max_per_identity=config.max_rpcs_per_identity,
+        )
+        self._admission = RequestAdmission(self.metrics, self.guard, config.max_message_bytes)
         self.http_port: int | None = None
         self._managed_auth: ManagedAuthenticator | None = None
 
@@ -206,7 +219,9 @@ class Sidecar:
         await self._probe_policy()
 
         self._grpc = grpc.aio.server(
-            options=grpc_options(cfg), maximum_concurrent_rpcs=cfg.max_concurrent_rpcs * 2
+            options=grpc_options(cfg),
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs * 2,
+            interceptors=[self._admission],
         )
         access_pb2_grpc.add_AccessServiceServicer_to_server(
             AccessService(engine, auth, self.guard), self._grpc
@@ -222,7 +237,7 @@ class Sidecar:
         )
         self._bind(self._grpc, cfg.socket, cfg.socket_mode)
 
-        self._admin = grpc.aio.server(options=grpc_options(cfg))
+        self._admin = grpc.aio.server(options=grpc_options(cfg), interceptors=[self._admission])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(engine, self.guard, self.rotate_signing_key), self._admin
         )

@@ -9,6 +9,7 @@ reason code. Errors carry a `google.rpc.ErrorInfo` detail (domain `jit-sidecar`)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -205,19 +206,56 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+#: The identities whose in-flight slot the current call holds (released when it ends).
+_HELD: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("held", default=None)
+
+
 class CallGuard:
     """Admission, deadlines, metrics and error mapping shared by every RPC."""
 
     def __init__(
-        self, metrics: Metrics, max_concurrent: int, timeout: float, long_timeout: float = 300.0
+        self,
+        metrics: Metrics,
+        max_concurrent: int,
+        timeout: float,
+        long_timeout: float = 300.0,
+        max_per_identity: int | None = None,
     ) -> None:
         self._metrics = metrics
         self._max = max_concurrent
+        self._max_per_identity = max_per_identity or max_concurrent
         self.timeout = timeout
         self.long_timeout = long_timeout
         """Cap for long-polls (AwaitApproval)."""
         self.inflight = 0
+        self.inflight_by_identity: dict[str, int] = {}
         self.draining = False
+
+    def admit(self, subject: str) -> None:
+        """Take one of `subject`'s in-flight slots for the current call, so one noisy
+        identity cannot hold every slot of `max_concurrent_rpcs`; released when the call
+        ends. Raises RESOURCE_EXHAUSTED too_many_requests when it has none left."""
+        held = _HELD.get()
+        if held is None or subject in held:
+            return
+        count = self.inflight_by_identity.get(subject, 0)
+        if count >= self._max_per_identity:
+            self._metrics.rejected.labels(reason=Reason.TOO_MANY_REQUESTS.value).inc()
+            raise ResourceExhausted(
+                f"more than {self._max_per_identity} calls of this identity in flight",
+                Reason.TOO_MANY_REQUESTS,
+                metadata={"limit": "per_identity"},
+            )
+        self.inflight_by_identity[subject] = count + 1
+        held.append(subject)
+
+    def _release(self, held: list[str]) -> None:
+        for subject in held:
+            left = self.inflight_by_identity.get(subject, 1) - 1
+            if left > 0:
+                self.inflight_by_identity[subject] = left
+            else:
+                self.inflight_by_identity.pop(subject, None)
 
     async def run(
         self,
@@ -235,13 +273,19 @@ class CallGuard:
             if self.inflight >= self._max:
                 self._metrics.rejected.labels(reason=Reason.TOO_MANY_REQUESTS.value).inc()
                 raise ResourceExhausted(
-                    f"more than {self._max} calls in flight", Reason.TOO_MANY_REQUESTS
+                    f"more than {self._max} calls in flight",
+                    Reason.TOO_MANY_REQUESTS,
+                    metadata={"limit": "global"},
                 )
             self.inflight += 1
+            held: list[str] = []
+            token = _HELD.set(held)
             try:
                 async with asyncio.timeout(limit):
                     return await body()
             finally:
+                _HELD.reset(token)
+                self._release(held)
                 self.inflight -= 1
         except SidecarError as err:
             code = status_code_for(err)
@@ -294,7 +338,9 @@ class AccessService(pb_grpc.AccessServiceServicer):
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return await self._auth.authenticate(metadata)
+        identity = await self._auth.authenticate(metadata)
+        self._guard.admit(identity.subject)
+        return identity
 
     async def BeginTask(
         self, request: pb.BeginTaskRequest, context: grpc.aio.ServicerContext

@@ -151,7 +151,8 @@ def _b64decode(part: str) -> bytes:
 def _json_object(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64decode(part))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError) as err:
+        # RecursionError: deeply nested JSON must be rejected, not raised at the caller.
         raise TokenRejected("malformed", f"{what} is not base64url JSON") from err
     if not isinstance(value, dict):
         raise TokenRejected("malformed", f"{what} is not a JSON object")
@@ -365,7 +366,7 @@ class TokenVerifier:
             raise TokenRejected("malformed", str(err)) from err
         try:
             claims = json.loads(decoded["payload"])
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             raise TokenRejected("malformed", "payload is not JSON") from err
         if not isinstance(claims, dict):
             raise TokenRejected("malformed", "payload is not a JSON object")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,31 @@ def test_standing_decisions_are_cached_jit_never(tmp_path: Path) -> None:
 
     rig = run(tmp_path, body)
     assert rig.value("jit_policy_cache_total", result="hit") == 1
+
+
+def test_introspection_names_the_end_reason_before_the_store_catches_up(tmp_path: Path) -> None:
+    """Between a revocation in memory and its commit reaching the store, introspection is
+    inactive with the real end reason (it once said `active`, read from the stale row)."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        outcome = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        # Hold the journal's store write so the revocation's commit stays in flight.
+        release = threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        completing = asyncio.create_task(r.engine.complete_task(ME, task.task_id, Outcome.ERRORED))
+        await asyncio.sleep(0.05)  # ended in memory; the commit waits on the store
+        during = await r.engine.introspect(outcome.token)
+        release.set()
+        await completing
+        after = await r.engine.introspect(outcome.token)
+        assert (during.active, during.revocation_reason) == (False, "errored")
+        assert (after.active, after.revocation_reason) == (False, "errored")
+
+    run(tmp_path, body)
