@@ -9,12 +9,13 @@ PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run test policy-test lint typecheck unit integration gen clean
+.PHONY: help deps run test policy-test lint typecheck unit integration gen clean bench
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
+	@echo "make bench  benchmark against the floor (docs/performance.md); not part of make test"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -52,3 +53,6 @@ test: deps policy-test lint typecheck
 
 clean:
 	rm -rf $(VENV) .tools var .pytest_cache .mypy_cache .ruff_cache sidecar/_proto/.stamp
+
+bench: deps
+	$(PY) -m bench.run $(BENCH_ARGS)
