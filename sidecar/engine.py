@@ -143,6 +143,15 @@ class Engine:
         self.notifier: WebhookNotifier | None = None
         self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
         """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
+        # Metric children bound once: `.labels()` validates and locks on every call, which
+        # is measurable on the grant path and in sweeps of thousands of grants.
+        self._granted = {
+            t: metrics.grant_requests.labels(decision="granted", tier=t.value) for t in Tier
+        }
+        self._active = {t: metrics.active_grants.labels(tier=t.value) for t in Tier}
+        self._revoked = {r: metrics.revocations.labels(reason=r.value) for r in RevocationReason}
+        self._cache_hit = metrics.policy_cache.labels(result="hit")
+        self._cache_miss = metrics.policy_cache.labels(result="miss")
 
     # ================================================================== start-up
     def restore(self, snapshot: Snapshot) -> None:
@@ -157,7 +166,7 @@ class Engine:
                 log.warning("active grant %s of ended task %s", grant.grant_id, grant.task_id)
             self._grants[grant.grant_id] = grant
             self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
-            self.metrics.active_grants.labels(tier=grant.tier.value).inc()
+            self._active[grant.tier].inc()
         self._last_exp_by_kid = dict(snapshot.last_exp_by_kid)
         for approval in snapshot.approvals:
             self._open_approval(approval)
@@ -387,7 +396,7 @@ class Engine:
         key = self.cache.key(identity, intent, task.labels)
         cached = self.cache.get(key)
         if cached is not None:
-            self.metrics.policy_cache.labels(result="hit").inc()
+            self._cache_hit.inc()
             return cached
         grants = [self._grants[g] for g in task.grant_ids if g in self._grants]
         policy_input = build_input(identity, intent, task, grants, ttl, now)
@@ -423,7 +432,7 @@ class Engine:
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         if decision.cache_seconds:
-            self.metrics.policy_cache.labels(result="miss").inc()
+            self._cache_miss.inc()
             self.cache.put(key, decision)
         return decision
 
@@ -510,7 +519,7 @@ class Engine:
                 f"grant {grant.grant_id} was revoked before it could be returned",
                 Reason.TASK_INACTIVE,
             )
-        self.metrics.grant_requests.labels(decision="granted", tier=decision.tier.value).inc()
+        self._granted[decision.tier].inc()
         self.metrics.grant_ttl.observe(ttl)
         return GrantOutcome(
             "granted",
@@ -806,11 +815,11 @@ class Engine:
         self._grants[grant.grant_id] = grant
         task.grant_ids.append(grant.grant_id)
         self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
-        self.metrics.active_grants.labels(tier=grant.tier.value).inc()
+        self._active[grant.tier].inc()
 
     def _forget_grant(self, grant: Grant, task: Task | None) -> None:
         if self._grants.pop(grant.grant_id, None) is not None:
-            self.metrics.active_grants.labels(tier=grant.tier.value).dec()
+            self._active[grant.tier].dec()
         if task is not None and grant.grant_id in task.grant_ids:
             task.grant_ids.remove(grant.grant_id)
 
@@ -828,7 +837,7 @@ class Engine:
         grant.end_reason = reason.value
         grant.ended_at = now
         self._forget_grant(grant, self._tasks.get(grant.task_id))
-        self.metrics.revocations.labels(reason=reason.value).inc()
+        self._revoked[reason].inc()
         ended.events.append(
             _event(
                 "grant_expired" if state is GrantState.EXPIRED else "grant_revoked",
