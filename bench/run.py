@@ -183,7 +183,12 @@ class Bench:
 
     def throughput(self, name: str, kind: str, c: int) -> None:
         assert self.pool is not None
+        cpu = cpu_seconds(self.pid)
         r = self.pool.run(self.target(kind), c, duration=self.args.duration, warm_calls=20)
+        # Includes warm-up calls; an upper bound.
+        self.figures[f"{name}_c{c}_sidecar_cpu_ms"] = (
+            (cpu_seconds(self.pid) - cpu) / (r.calls + 20 * c) * 1e3
+        )
         self.figures[f"{name}_c{c}_per_s"] = r.throughput
         self.figures[f"{name}_c{c}_p50_ms"] = pct(r.latencies, 50) * 1e3
         self.figures[f"{name}_c{c}_p99_ms"] = pct(r.latencies, 99) * 1e3
