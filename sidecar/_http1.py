@@ -102,12 +102,14 @@ class Http1Pool:
         try:
             conn.writer.write(payload)
             try:
-                status_line = await conn.reader.readuntil(b"\r\n")
+                # The whole head in one read: a coroutine round per header line was a
+                # quarter of this client's CPU per decision.
+                head = await conn.reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as err:
                 if not fresh and not err.partial:
                     raise _StaleConnection from err
                 raise HttpError("connection closed before a response") from err
-            status, headers = await self._read_head(conn.reader, status_line)
+            status, headers = self._parse_head(head)
             body = await self._read_body(conn.reader, headers)
             keep = headers.get("connection", "").lower() != "close"
             return Response(status, body)
@@ -124,26 +126,21 @@ class Http1Pool:
                 conn.close()
 
     @staticmethod
-    async def _read_head(
-        reader: asyncio.StreamReader, status_line: bytes
-    ) -> tuple[int, dict[str, str]]:
-        parts = status_line.split(b" ", 2)
+    def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+        """Status and headers (names lower-cased) of a head ending in an empty line."""
+        if len(head) > MAX_HEADER_BYTES:
+            raise HttpError("response headers too large")
+        lines = head[:-4].split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("malformed status line")
-        status = int(parts[1])
         headers: dict[str, str] = {}
-        size = len(status_line)
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            size += len(line)
-            if size > MAX_HEADER_BYTES:
-                raise HttpError("response headers too large")
-            if line == b"\r\n":
-                return status, headers
+        for line in lines[1:]:
             name, sep, value = line.decode("latin-1").partition(":")
             if not sep:
                 raise HttpError("malformed header line")
             headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
 
     @staticmethod
     async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
