@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -475,10 +476,13 @@ class Engine:
             grant_id=new_grant_id(),
             task_id=task.task_id,
             subject=identity.subject,
-            action=intent.action,
-            resource=intent.resource,
+            # Agents repeat intents: interning shares one string between the live grants
+            # of the same action/resource/audience (~180 bytes a grant). Interned strings
+            # are freed with their last grant.
+            action=sys.intern(intent.action),
+            resource=sys.intern(intent.resource),
             tier=decision.tier,
-            audience=decision.audience,
+            audience=sys.intern(decision.audience),
             scope=decision.scope,
             issued_at=now,
             expires_at=float(exp),
