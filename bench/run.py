@@ -130,6 +130,10 @@ class Bench:
             # crashed after 15 s and every grant of theirs be revoked mid-run.
             "--heartbeat-interval",
             "3600",
+            # 2 cores shared by OPA, the sidecar and up to 32 client processes: a decision
+            # can queue behind them for longer than the production default of 250 ms.
+            "--opa-timeout",
+            "2",
         ).start()
         assert self.sidecar.proc is not None
         self.pid = self.sidecar.proc.pid
