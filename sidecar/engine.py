@@ -78,6 +78,9 @@ class _Due(IntEnum):
     APPROVAL_EXPIRY = 4
 
 
+_DUE = {int(d): d for d in _Due}
+
+
 @dataclass(frozen=True, slots=True)
 class GrantOutcome:
     """The answer to one RequestGrant."""
@@ -132,7 +135,10 @@ class Engine:
         self._tasks: dict[str, Task] = {}
         self._grants: dict[str, Grant] = {}
         self._tasks_per_subject: dict[str, int] = {}
-        self._due: list[tuple[float, int, _Due, str]] = []
+        self._due: list[tuple[float, int, int, str]] = []
+        """Heap of (when, seq, kind, id). `kind` is stored as a plain int: a tuple of
+        floats, ints and strs is untracked by the cyclic GC, one holding an enum member is
+        not, and full collections with 100k grants took twice as long (docs/performance.md)."""
         self._due_seq = 0
         self._wakeup = asyncio.Event()
         self._last_exp_by_kid: dict[str, float] = {}
@@ -702,7 +708,7 @@ class Engine:
     # ================================================================== expiry sweeper
     def _push(self, when: float, kind: _Due, ident: str) -> None:
         self._due_seq += 1
-        heapq.heappush(self._due, (when, self._due_seq, kind, ident))
+        heapq.heappush(self._due, (when, self._due_seq, int(kind), ident))
         if self._due[0][1] == self._due_seq:
             self._wakeup.set()
 
@@ -717,7 +723,8 @@ class Engine:
         count = 0
         misses = self.config.heartbeat_misses
         while self._due and self._due[0][0] <= now:
-            _, _, kind, ident = heapq.heappop(self._due)
+            _, _, due, ident = heapq.heappop(self._due)
+            kind = _DUE[due]
             if kind is _Due.GRANT_EXPIRY:
                 grant = self._grants.get(ident)
                 if grant is not None and grant.state is GrantState.ACTIVE:
