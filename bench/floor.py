@@ -9,6 +9,7 @@ sidecar's state, and `Engine.sweep()` over an engine holding 100k active grants.
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -32,8 +33,8 @@ SUBJECT = "spiffe://jit.local/agent/dev"
 IDENTITY = Identity(subject=SUBJECT, trust_domain="jit.local", method="dev")
 
 
-def median_of(fn: Callable[[], Any], n: int, prepare: Callable[[], Any] | None = None) -> float:
-    """Median seconds of `fn()` over n calls (`prepare()` runs untimed before each)."""
+def timed(fn: Callable[[], Any], n: int, prepare: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds of each of n calls of `fn()` (`prepare()` runs untimed before each)."""
     samples = []
     for _ in range(n):
         if prepare is not None:
@@ -41,7 +42,7 @@ def median_of(fn: Callable[[], Any], n: int, prepare: Callable[[], Any] | None =
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return samples
 
 
 def claims_like_engine(grant_id: str, now: int) -> dict[str, Any]:
@@ -64,13 +65,16 @@ def claims_like_engine(grant_id: str, now: int) -> dict[str, Any]:
     }
 
 
-def b_sign(key_path: Path, n: int = 5000) -> float:
-    """Median cost of signing one token with the sidecar's key."""
-    key, _ = load_or_create_key(key_path, "EdDSA", create=False)
-    claims = claims_like_engine(new_grant_id(), int(time.time()))
-    for _ in range(200):
-        key.sign(claims)
-    return median_of(lambda: key.sign(claims), n)
+class SignProbe:
+    """B_sign: `SigningKey.sign` with the sidecar's own key, on the claims it signs."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.key, _ = load_or_create_key(key_path, "EdDSA", create=False)
+        self.claims = claims_like_engine(new_grant_id(), int(time.time()))
+        self.samples(200)
+
+    def samples(self, n: int) -> list[float]:
+        return timed(lambda: self.key.sign(self.claims), n)
 
 
 def grant_event(now: float, task_id: str, grant_id: str, kid: str) -> dict[str, Any]:
@@ -99,30 +103,31 @@ def grant_event(now: float, task_id: str, grant_id: str, kid: str) -> dict[str, 
     }
 
 
-def b_sync(workdir: Path, n: int = 300) -> float:
-    """Median cost of the journal's durable write for a batch of one grant: audit append +
-    fsync, then the SQLite transaction (what `Journal._write` does per batch)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    audit = AuditFile(workdir / "audit.jsonl", fsync=True)
-    store = SqliteStore(workdir / "state.db")
-    kid = "bench-kid"
-    pending: list[dict[str, Any]] = []
+class SyncProbe:
+    """B_sync: the journal's durable write for a batch of one grant, i.e. what
+    `Journal._write` does per batch: audit append + fsync, then the SQLite transaction.
+    In its own files, on the same file system as the sidecar's state."""
 
-    def prepare() -> None:
-        pending[:] = [grant_event(time.time(), "t-bench", new_grant_id(), kid)]
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.audit = AuditFile(workdir / "audit.jsonl", fsync=True)
+        self.store = SqliteStore(workdir / "state.db")
+        self.pending: list[dict[str, Any]] = []
+        self.samples(20)
 
-    def write() -> None:
-        audit.write(pending)
-        store.apply(pending, (), audit.seq)
+    def _prepare(self) -> None:
+        self.pending = [grant_event(time.time(), "t-bench", new_grant_id(), "bench-kid")]
 
-    try:
-        for _ in range(20):
-            prepare()
-            write()
-        return median_of(write, n, prepare)
-    finally:
-        audit.close()
-        store.close()
+    def _write(self) -> None:
+        self.audit.write(self.pending)
+        self.store.apply(self.pending, (), self.audit.seq)
+
+    def samples(self, n: int) -> list[float]:
+        return timed(self._write, n, self._prepare)
+
+    def close(self) -> None:
+        self.audit.close()
+        self.store.close()
 
 
 def opa_bodies(rotate_every: int) -> tuple[bytes, ...]:
@@ -186,6 +191,17 @@ def sweep_cost(
 
 
 async def _sweep_cost(
+    workdir: Path, key_path: Path, opa_url: str, n_grants: int, due: int
+) -> dict[str, float]:
+    gc.collect()
+    gc.freeze()
+    try:
+        return await _sweep_cost_inner(workdir, key_path, opa_url, n_grants, due)
+    finally:
+        gc.unfreeze()
+
+
+async def _sweep_cost_inner(
     workdir: Path, key_path: Path, opa_url: str, n_grants: int, due: int
 ) -> dict[str, float]:
     config = load(
@@ -257,6 +273,7 @@ async def _sweep_cost(
         event["expires_at"] = rfc3339(expires)
         events.append(event)
     store.apply(events, (), 0)
+    del events
     engine = Engine(
         config,
         policy=OpaClient(opa_url, config.opa_decision_path, config.opa_timeout),
@@ -268,6 +285,7 @@ async def _sweep_cost(
         cache=DecisionCache(),
     )
     engine.restore(Snapshot(tasks=tasks, grants=grants))
+    del grants, tasks
     journal.start()
     try:
         idle = []
@@ -285,8 +303,13 @@ async def _sweep_cost(
             commits.append(sum(batches))
             if ended != due:
                 raise RuntimeError(f"sweep ended {ended} grants, expected {due}")
+        # A full collection with this many grants alive (what existed before they were
+        # made is frozen out, as serve() does after start-up): the event-loop pause the
+        # cyclic GC adds each time the live set has grown by a quarter.
+        pauses = timed(lambda: gc.collect(2), 5)
         return {
             "active": float(n_grants),
+            "gc_full_s": statistics.median(pauses),
             "sweep_0_due_s": statistics.median(idle),
             "sweep_1k_due_s": statistics.median(busy),
             "sweep_1k_due_commit_s": statistics.median(commits),

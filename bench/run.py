@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import floor  # noqa: E402
-from bench.load import LoadPool, RunResult, Target  # noqa: E402
+from bench.load import LoadPool, Target  # noqa: E402
 from tests.harness import OpaServer, SidecarProcess, opa_binary  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -170,20 +170,50 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ runs
-    def latency(self, name: str, kind: str, calls: int) -> RunResult:
+    def c1_rounds(self) -> None:
+        """The c=1 figures, interleaved: `rounds` rounds of (health, raw OPA, JIT,
+        standing, sign, sync), so that a change in background load during the run shifts
+        the floor and the RequestGrant figures alike instead of skewing their ratio."""
         assert self.pool is not None
         assert self.opa is not None
         assert self.opa.proc is not None
-        cpu = cpu_seconds(self.pid), cpu_seconds(self.opa.proc.pid)
-        r = self.pool.run(self.target(kind), 1, max_calls=calls, warm_calls=100)
-        # Includes the warm-up calls and the untimed BeginTask calls: an upper bound.
-        n = calls + 100
-        self.figures[f"{name}_sidecar_cpu_ms"] = (cpu_seconds(self.pid) - cpu[0]) / n * 1e3
-        self.figures[f"{name}_opa_cpu_ms"] = (cpu_seconds(self.opa.proc.pid) - cpu[1]) / n * 1e3
-        self.figures[f"{name}_p50_ms"] = pct(r.latencies, 50) * 1e3
-        self.figures[f"{name}_p90_ms"] = pct(r.latencies, 90) * 1e3
-        self.figures[f"{name}_p99_ms"] = pct(r.latencies, 99) * 1e3
-        return r
+        a = self.args
+        per_round = max(1, a.calls // a.rounds)
+        lat: dict[str, list[float]] = {k: [] for k in ("health", "opa", "jit", "standing")}
+        cpu = {k: [0.0, 0.0] for k in lat}
+        sign = floor.SignProbe(self.sidecar_key)
+        sync = floor.SyncProbe(self.workdir / "sync")
+        signs: list[float] = []
+        syncs: list[float] = []
+        try:
+            for r in range(a.rounds):
+                self.step(f"c=1 round {r + 1}/{a.rounds}: health, OPA, JIT, standing, sign, sync")
+                for kind in lat:
+                    before = cpu_seconds(self.pid), cpu_seconds(self.opa.proc.pid)
+                    warm = 100 if r == 0 else 10
+                    result = self.pool.run(
+                        self.target(kind), 1, max_calls=per_round, warm_calls=warm
+                    )
+                    lat[kind] += result.latencies
+                    # Includes warm-up and the untimed BeginTask calls: an upper bound.
+                    n = per_round + warm
+                    cpu[kind][0] += (cpu_seconds(self.pid) - before[0]) / n / a.rounds
+                    cpu[kind][1] += (cpu_seconds(self.opa.proc.pid) - before[1]) / n / a.rounds
+                signs += sign.samples(max(1, a.sign_calls // a.rounds))
+                syncs += sync.samples(max(1, a.sync_calls // a.rounds))
+        finally:
+            sync.close()
+        f = self.figures
+        for kind, values in lat.items():
+            f[f"{kind}_p50_ms"] = pct(values, 50) * 1e3
+            f[f"{kind}_p90_ms"] = pct(values, 90) * 1e3
+            f[f"{kind}_p99_ms"] = pct(values, 99) * 1e3
+            f[f"{kind}_sidecar_cpu_ms"] = cpu[kind][0] * 1e3
+            f[f"{kind}_opa_cpu_ms"] = cpu[kind][1] * 1e3
+        f["B_rpc_ms"] = f["health_p50_ms"]
+        f["B_opa_ms"] = f["opa_p50_ms"]
+        f["B_sign_ms"] = pct(signs, 50) * 1e3
+        f["B_sync_ms"] = pct(syncs, 50) * 1e3
 
     def throughput(self, name: str, kind: str, c: int) -> None:
         assert self.pool is not None
@@ -200,17 +230,7 @@ class Bench:
     def run(self) -> None:
         a = self.args
         f = self.figures
-        self.step("floor: B_rpc, B_opa")
-        self.latency("health", "health", a.calls)
-        f["B_rpc_ms"] = f["health_p50_ms"]
-        self.latency("opa", "opa", a.calls)
-        f["B_opa_ms"] = f["opa_p50_ms"]
-        self.step("floor: B_sign, B_sync")
-        f["B_sign_ms"] = floor.b_sign(self.sidecar_key) * 1e3
-        f["B_sync_ms"] = floor.b_sync(self.workdir / "sync") * 1e3
-        self.step("RequestGrant at c=1")
-        self.latency("jit", "jit", a.calls)
-        self.latency("standing", "standing", a.calls)
+        self.c1_rounds()
         if a.profile:
             self.profile(a.profile)
         for c in (8, 32):
@@ -229,6 +249,7 @@ class Bench:
             f["sweep_0_due_ms"] = sweep["sweep_0_due_s"] * 1e3
             f["sweep_1k_due_ms"] = sweep["sweep_1k_due_s"] * 1e3
             f["sweep_1k_due_commit_ms"] = sweep["sweep_1k_due_commit_s"] * 1e3
+            f["gc_full_ms"] = sweep["gc_full_s"] * 1e3
         self.notes["envoy_ext_authz"] = ENVOY_SKIPPED
 
     @property
@@ -415,6 +436,7 @@ def table(figures: dict[str, float], rows: list[dict[str, Any]]) -> str:
         ("sidecar RSS before the fill / after", "rss", ""),
         ("RSS per added grant", "rss_per_grant_bytes", "B"),
         ("fill rate (standing grants/s, c=8)", "fill_per_s", ""),
+        ("full GC collection with 100k grants (in-process engine)", "gc_full_ms", "ms"),
         ("Engine.sweep() with 100k grants: 0 due / 1k due (of which commit)", "sweep", ""),
     ]
     for label, key, unit in order:
@@ -460,7 +482,10 @@ def table(figures: dict[str, float], rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--calls", type=int, default=2000, help="calls per c=1 latency run")
+    p.add_argument("--calls", type=int, default=2000, help="calls per c=1 latency figure")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the c=1 runs")
+    p.add_argument("--sign-calls", type=int, default=4000)
+    p.add_argument("--sync-calls", type=int, default=400)
     p.add_argument("--duration", type=float, default=4.0, help="seconds per throughput run")
     p.add_argument("--grants", type=int, default=100_000, help="active grants for RSS/sweep")
     p.add_argument("--fill-concurrency", type=int, default=8)
@@ -500,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                     "opa_transport": args.opa_transport,
                     "durability": "fsync",
                     "calls": args.calls,
+                    "rounds": args.rounds,
                     "duration_s": args.duration,
                     "grants": args.grants,
                     "rotate_every": ROTATE_EVERY,
