@@ -471,7 +471,7 @@ def table(figures: dict[str, float], rows: list[dict[str, Any]]) -> str:
         else:
             value = f"{f[key]:.0f}"
         out.append(f"| {label} | {value} |")
-    out += ["", "| target | measured | limit | ratio | holds |", "|---|---|---|---|---|"]
+    out += ["", "| target | measured | limit | measured / limit | holds |", "|---|---|---|---|---|"]
     for r in rows:
         out.append(
             f"| {r['target']}: {r['rule']} | {r['value']:.3f} | {r['limit']:.3f} | "
