@@ -45,6 +45,16 @@ from tests.harness import OpaServer, SidecarProcess, opa_binary  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ROTATE_EVERY = 20
+SIDECAR_FLAGS = (
+    *("--log-level", "info", "--durability", "fsync"),
+    *("--max-tasks-per-identity", "100000", "--max-grants-per-task", "1000"),
+    # The load clients send no heartbeats; without this their tasks would count as crashed
+    # after 15 s and every grant of theirs be revoked mid-run.
+    *("--heartbeat-interval", "3600"),
+    # 2 cores shared by OPA, the sidecar and up to 32 client processes: a decision can
+    # queue behind them for longer than the production default of 250 ms.
+    *("--opa-timeout", "2"),
+)
 ENVOY_SKIPPED = (
     "not run: `go install github.com/open-policy-agent/opa-envoy-plugin/cmd/"
     "opa-envoy-plugin@v1.22.3-envoy` fails here (the Go module proxy answers 403 Forbidden "
@@ -116,24 +126,7 @@ class Bench:
             f"unix://{self.workdir / 'opa.sock'}" if a.opa_transport == "unix" else self.opa.url
         )
         self.sidecar = SidecarProcess(
-            self.workdir / "sidecar",
-            self.opa_url,
-            "--log-level",
-            "info",
-            "--durability",
-            "fsync",
-            "--max-tasks-per-identity",
-            "100000",
-            "--max-grants-per-task",
-            "1000",
-            # The load clients send no heartbeats; without this their tasks would count as
-            # crashed after 15 s and every grant of theirs be revoked mid-run.
-            "--heartbeat-interval",
-            "3600",
-            # 2 cores shared by OPA, the sidecar and up to 32 client processes: a decision
-            # can queue behind them for longer than the production default of 250 ms.
-            "--opa-timeout",
-            "2",
+            self.workdir / "sidecar", self.opa_url, *SIDECAR_FLAGS
         ).start()
         assert self.sidecar.proc is not None
         self.pid = self.sidecar.proc.pid
