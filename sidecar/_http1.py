@@ -1,7 +1,8 @@
 """A small, strict HTTP/1.1 client for one trusted upstream (OPA), with keep-alive pooling.
 
-Why not aiohttp or httpx: on the grant hot path one OPA round trip through aiohttp costs
-~225 µs against ~95 µs for a plain keep-alive exchange over asyncio streams (docs/performance.md).
+Why not aiohttp or httpx: one OPA decision over OPA's Unix socket through aiohttp costs
+~250 µs (p50) and ~110 µs of CPU, against ~140 µs and ~30 µs for this plain keep-alive
+exchange over asyncio streams (docs/performance.md).
 The upstream is a known server on loopback or a Unix socket, so the client only needs the
 subset of HTTP/1.1 OPA speaks: requests with a Content-Length body, responses framed by
 Content-Length or chunked encoding. Anything else is an error, never a guess.
