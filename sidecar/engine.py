@@ -138,7 +138,7 @@ class Engine:
         self._due: list[tuple[float, int, int, str]] = []
         """Heap of (when, seq, kind, id). `kind` is stored as a plain int: a tuple of
         floats, ints and strs is untracked by the cyclic GC, one holding an enum member is
-        not, and full collections with 100k grants took twice as long (docs/performance.md)."""
+        not, and full collections with 100k grants took 3-4 times as long (docs/performance.md)."""
         self._due_seq = 0
         self._wakeup = asyncio.Event()
         self._last_exp_by_kid: dict[str, float] = {}
