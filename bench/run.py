@@ -106,6 +106,8 @@ def machine() -> dict[str, Any]:
 
 
 class Bench:
+    """One run: OPA and the sidecar as processes, the client pool, and the figures."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.figures: dict[str, float] = {}
