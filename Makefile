@@ -12,7 +12,7 @@ REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
 .PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean \
-	redis bench-propagation fuzz soak
+	redis bench-propagation fuzz soak bench
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-propagation  fleet revocation latency and Redis sizing (bench/results/)"
 	@echo "make fuzz   coverage-guided fuzzing of the JWT parsing path (FUZZ_SECONDS, default 180)"
 	@echo "make soak   simulated agents against a real sidecar (SOAK_SECONDS, default 600)"
+	@echo "make bench  benchmark against the floor (docs/performance.md); not part of make test"
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap.sh venv
@@ -134,3 +135,6 @@ SOAK_SECONDS ?= 600
 SOAK_AGENTS ?= 8
 soak: deps
 	$(PY) bench/soak.py --seconds $(SOAK_SECONDS) --agents $(SOAK_AGENTS)
+
+bench: deps
+	$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,7 +1,8 @@
 """A small, strict HTTP/1.1 client for one trusted upstream (OPA), with keep-alive pooling.
 
-Why not aiohttp or httpx: on the grant hot path one OPA round trip through aiohttp costs
-~225 µs against ~95 µs for a plain keep-alive exchange over asyncio streams (docs/performance.md).
+Why not aiohttp or httpx: one OPA decision over OPA's Unix socket through aiohttp costs
+~250 µs (p50) and ~110 µs of CPU, against ~140 µs and ~30 µs for this plain keep-alive
+exchange over asyncio streams (docs/performance.md).
 The upstream is a known server on loopback or a Unix socket, so the client only needs the
 subset of HTTP/1.1 OPA speaks: requests with a Content-Length body, responses framed by
 Content-Length or chunked encoding. Anything else is an error, never a guess.
@@ -102,12 +103,14 @@ class Http1Pool:
         try:
             conn.writer.write(payload)
             try:
-                status_line = await conn.reader.readuntil(b"\r\n")
+                # The whole head in one read: a coroutine round per header line was a
+                # quarter of this client's CPU per decision.
+                head = await conn.reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as err:
                 if not fresh and not err.partial:
                     raise _StaleConnection from err
                 raise HttpError("connection closed before a response") from err
-            status, headers = await self._read_head(conn.reader, status_line)
+            status, headers = self._parse_head(head)
             body = await self._read_body(conn.reader, headers)
             keep = headers.get("connection", "").lower() != "close"
             return Response(status, body)
@@ -124,26 +127,21 @@ class Http1Pool:
                 conn.close()
 
     @staticmethod
-    async def _read_head(
-        reader: asyncio.StreamReader, status_line: bytes
-    ) -> tuple[int, dict[str, str]]:
-        parts = status_line.split(b" ", 2)
+    def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+        """Status and headers (names lower-cased) of a head ending in an empty line."""
+        if len(head) > MAX_HEADER_BYTES:
+            raise HttpError("response headers too large")
+        lines = head[:-4].split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HttpError("malformed status line")
-        status = int(parts[1])
         headers: dict[str, str] = {}
-        size = len(status_line)
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            size += len(line)
-            if size > MAX_HEADER_BYTES:
-                raise HttpError("response headers too large")
-            if line == b"\r\n":
-                return status, headers
+        for line in lines[1:]:
             name, sep, value = line.decode("latin-1").partition(":")
             if not sep:
                 raise HttpError("malformed header line")
             headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
 
     @staticmethod
     async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

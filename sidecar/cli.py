@@ -232,7 +232,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(Config)}
     config = load(overrides, env=os.environ, config_file=args.config)
     logs.setup(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(config))
+    else:
+        asyncio.run(serve(config))
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ SIGNING_ALGS = ("EdDSA", "ES256")
 DURABILITY = ("fsync", "flush")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def _octal(value: str) -> int:
@@ -444,6 +445,14 @@ class Config:
     decision_cache_size: int = field(
         default=10_000,
         metadata=_opt("Entries in the standing-decision cache (LRU).", parse=int),
+    )
+    event_loop: str = field(
+        default="uvloop",
+        metadata=_opt(
+            "Event loop of `serve`: uvloop (less CPU per grant, see docs/performance.md) or "
+            "asyncio (the standard library's).",
+            choices=EVENT_LOOPS,
+        ),
     )
     # --- logging
     log_level: str = field(default="info", metadata=_opt("Log level.", choices=LOG_LEVELS))

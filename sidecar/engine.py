@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -81,6 +82,9 @@ class _Due(IntEnum):
     APPROVAL_EXPIRY = 4
 
 
+_DUE = {int(d): d for d in _Due}
+
+
 @dataclass(frozen=True, slots=True)
 class GrantOutcome:
     """The answer to one RequestGrant."""
@@ -138,7 +142,10 @@ class Engine:
         """Grants ended in memory, newest last: introspection states their end reason even
         before the journal's commit reaches the store (bounded; see _end_grant)."""
         self._tasks_per_subject: dict[str, int] = {}
-        self._due: list[tuple[float, int, _Due, str]] = []
+        self._due: list[tuple[float, int, int, str]] = []
+        """Heap of (when, seq, kind, id). `kind` is stored as a plain int: a tuple of
+        floats, ints and strs is untracked by the cyclic GC, one holding an enum member is
+        not, and full collections with 100k grants took 3-4 times as long (docs/performance.md)."""
         self._due_seq = 0
         self._wakeup = asyncio.Event()
         self._last_exp_by_kid: dict[str, float] = {}
@@ -153,6 +160,15 @@ class Engine:
         self.fleet: FleetGate | None = None
         """Set when state is shared with a fleet (docs/scale-out.md): consulted to issue,
         to introspect other sidecars' tokens, and told of revocations made elsewhere."""
+        # Metric children bound once: `.labels()` validates and locks on every call, which
+        # is measurable on the grant path and in sweeps of thousands of grants.
+        self._granted = {
+            t: metrics.grant_requests.labels(decision="granted", tier=t.value) for t in Tier
+        }
+        self._active = {t: metrics.active_grants.labels(tier=t.value) for t in Tier}
+        self._revoked = {r: metrics.revocations.labels(reason=r.value) for r in RevocationReason}
+        self._cache_hit = metrics.policy_cache.labels(result="hit")
+        self._cache_miss = metrics.policy_cache.labels(result="miss")
 
     # ================================================================== start-up
     def restore(self, snapshot: Snapshot) -> None:
@@ -167,7 +183,7 @@ class Engine:
                 log.warning("active grant %s of ended task %s", grant.grant_id, grant.task_id)
             self._grants[grant.grant_id] = grant
             self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
-            self.metrics.active_grants.labels(tier=grant.tier.value).inc()
+            self._active[grant.tier].inc()
         self._last_exp_by_kid = dict(snapshot.last_exp_by_kid)
         for approval in snapshot.approvals:
             self._open_approval(approval)
@@ -412,7 +428,7 @@ class Engine:
         key = self.cache.key(identity, intent, task.labels)
         cached = self.cache.get(key)
         if cached is not None:
-            self.metrics.policy_cache.labels(result="hit").inc()
+            self._cache_hit.inc()
             return cached
         grants = [self._grants[g] for g in task.grant_ids if g in self._grants]
         policy_input = build_input(identity, intent, task, grants, ttl, now)
@@ -448,7 +464,7 @@ class Engine:
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
         if decision.cache_seconds:
-            self.metrics.policy_cache.labels(result="miss").inc()
+            self._cache_miss.inc()
             self.cache.put(key, decision)
         return decision
 
@@ -493,10 +509,13 @@ class Engine:
             grant_id=new_grant_id(),
             task_id=task.task_id,
             subject=identity.subject,
-            action=intent.action,
-            resource=intent.resource,
+            # Agents repeat intents: interning shares one string between the live grants
+            # of the same action/resource/audience (~180 bytes a grant). Interned strings
+            # are freed with their last grant.
+            action=sys.intern(intent.action),
+            resource=sys.intern(intent.resource),
             tier=decision.tier,
-            audience=decision.audience,
+            audience=sys.intern(decision.audience),
             scope=decision.scope,
             issued_at=now,
             expires_at=float(exp),
@@ -537,7 +556,7 @@ class Engine:
                 f"grant {grant.grant_id} was revoked before it could be returned",
                 Reason.TASK_INACTIVE,
             )
-        self.metrics.grant_requests.labels(decision="granted", tier=decision.tier.value).inc()
+        self._granted[decision.tier].inc()
         self.metrics.grant_ttl.observe(ttl)
         log.info(
             "grant issued: %s %s for %d s",
@@ -887,7 +906,7 @@ class Engine:
     # ================================================================== expiry sweeper
     def _push(self, when: float, kind: _Due, ident: str) -> None:
         self._due_seq += 1
-        heapq.heappush(self._due, (when, self._due_seq, kind, ident))
+        heapq.heappush(self._due, (when, self._due_seq, int(kind), ident))
         if self._due[0][1] == self._due_seq:
             self._wakeup.set()
 
@@ -902,7 +921,8 @@ class Engine:
         count = 0
         misses = self.config.heartbeat_misses
         while self._due and self._due[0][0] <= now:
-            _, _, kind, ident = heapq.heappop(self._due)
+            _, _, due, ident = heapq.heappop(self._due)
+            kind = _DUE[due]
             if kind is _Due.GRANT_EXPIRY:
                 grant = self._grants.get(ident)
                 if grant is not None and grant.state is GrantState.ACTIVE:
@@ -1004,13 +1024,16 @@ class Engine:
         self._grants[grant.grant_id] = grant
         task.grant_ids.append(grant.grant_id)
         self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
-        self.metrics.active_grants.labels(tier=grant.tier.value).inc()
+        self._active[grant.tier].inc()
 
     def _forget_grant(self, grant: Grant, task: Task | None) -> None:
         if self._grants.pop(grant.grant_id, None) is not None:
-            self.metrics.active_grants.labels(tier=grant.tier.value).dec()
-        if task is not None and grant.grant_id in task.grant_ids:
-            task.grant_ids.remove(grant.grant_id)
+            self._active[grant.tier].dec()
+        if task is not None:
+            # One scan of the task's list instead of two (`in`, then remove): this was the
+            # largest per-grant cost of a sweep in tasks holding many grants.
+            with contextlib.suppress(ValueError):
+                task.grant_ids.remove(grant.grant_id)
 
     def _end_grant(
         self,
@@ -1029,7 +1052,7 @@ class Engine:
         self._recently_ended[grant.grant_id] = grant
         if len(self._recently_ended) > RECENTLY_ENDED:
             self._recently_ended.popitem(last=False)
-        self.metrics.revocations.labels(reason=reason.value).inc()
+        self._revoked[reason].inc()
         ended.events.append(
             _event(
                 "grant_expired" if state is GrantState.EXPIRED else "grant_revoked",

@@ -197,16 +197,21 @@ class Journal:
 
     @staticmethod
     def _resolve(batch: list[_Entry], error: Exception | None) -> None:
+        # One wake-up per loop for the whole batch: each call_soon_threadsafe writes to the
+        # loop's self-pipe, and a group commit can settle hundreds of waiters.
+        futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for entry in batch:
-            if entry.future is None or entry.loop is None:
-                continue
-            entry.loop.call_soon_threadsafe(_settle, entry.future, error)
+            if entry.future is not None and entry.loop is not None:
+                futures.setdefault(entry.loop, []).append(entry.future)
+        for loop, waiting in futures.items():
+            loop.call_soon_threadsafe(_settle, waiting, error)
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done():  # the awaiting call was cancelled
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():  # the awaiting call was cancelled
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

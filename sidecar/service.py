@@ -230,6 +230,8 @@ class CallGuard:
         self.inflight = 0
         self.inflight_by_identity: dict[str, int] = {}
         self.draining = False
+        self._durations: dict[tuple[str, grpc.StatusCode], Any] = {}
+        """Histogram children by (method, code), bound once (a bounded set)."""
 
     def admit(self, subject: str) -> None:
         """Take one of `subject`'s in-flight slots for the current call, so one noisy
@@ -325,9 +327,11 @@ class CallGuard:
             await context.abort_with_status(error_status(Internal("internal error")))
             raise
         finally:
-            self._metrics.rpc_duration.labels(method=method, code=code.name).observe(
-                time.perf_counter() - started
-            )
+            child = self._durations.get((method, code))
+            if child is None:
+                child = self._metrics.rpc_duration.labels(method=method, code=code.name)
+                self._durations[(method, code)] = child
+            child.observe(time.perf_counter() - started)
 
 
 class AccessService(pb_grpc.AccessServiceServicer):

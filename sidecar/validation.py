@@ -34,6 +34,8 @@ _BIDI = {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "
 
 
 def _text_problem(value: str, *, allow_newlines: bool) -> str | None:
+    if value.isascii() and value.isprintable():
+        return None  # the usual case, at C speed: no controls, and bidi/surrogates aren't ASCII
     for ch in value:
         if ch in _BIDI:
             return "contains a bidirectional override character"

@@ -105,6 +105,7 @@ class Load:
             self.sidecar.socket,
         )
         task_id = ""
+        in_task = 0
         i = 0
         try:
             while not self._stop.is_set():
@@ -113,6 +114,7 @@ class Load:
                 try:
                     if not task_id:
                         task_id = client.begin_task(f"load {number}").task_id
+                        in_task = 0
                     grant = client.request_grant(
                         task_id,
                         self._action,
@@ -123,7 +125,8 @@ class Load:
                     with self.ledger.lock:
                         self.ledger.received[grant.grant_id] = grant.token
                         self.ledger.latencies.append(time.perf_counter() - started)
-                    if i % GRANTS_PER_TASK == 0:  # stay under the policy's per-task limit
+                    in_task += 1
+                    if in_task >= GRANTS_PER_TASK:  # stay under the policy's per-task limit
                         task_id = ""  # (the task stays open: its grants must stay active)
                 except SidecarRpcError as err:
                     if err.reason not in REASONS and err.code.name in TRANSPORT:

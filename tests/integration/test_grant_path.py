@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import stat
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar.client import AccessDenied, InvalidRequest, SidecarRpcError
-from tests.harness import SidecarProcess
+from tests.harness import OpaServer, SidecarProcess
 
 
 def _b64d(text: str) -> bytes:
@@ -134,3 +135,19 @@ def test_ttl_zero_is_rejected_and_audited(sidecar: SidecarProcess) -> None:
     (rejected,) = sidecar.events("request_rejected")
     assert rejected["reason"] == "invalid_ttl"
     assert rejected["rpc"] == "RequestGrant"
+
+
+def test_standard_asyncio_loop_serves_the_same(tmp_path: Path, opa: OpaServer) -> None:
+    """`--event-loop asyncio` (the fallback to the uvloop default) issues grants too."""
+    process = SidecarProcess(tmp_path / "sc", opa.url, "--event-loop", "asyncio").start()
+    try:
+        with process.client() as c:
+            task = c.begin_task("asyncio loop")
+            grant = c.request_grant(task.task_id, "docs.read", "docs://handbook")
+        code = process.stop()
+    finally:
+        if process.proc is not None:
+            process.kill()
+    assert grant.tier == pb.TIER_STANDING
+    assert code == 0
+    assert [r["event"] for r in process.events("grant_issued")] == ["grant_issued"]
