@@ -265,7 +265,8 @@ class Bench:
         self.step(f"filling the sidecar with {fill} more standing grants (c={c})")
         started = time.perf_counter()
         r = self.pool.run(
-            Target(kind="fill", socket=self.socket, rotate_every=1000, ttl=900),
+            # 45 grants per task: the shipped policy allows 50 active grants per task.
+            Target(kind="fill", socket=self.socket, rotate_every=45, ttl=900),
             c,
             max_calls=-(-fill // c),
             warm_calls=0,

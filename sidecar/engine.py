@@ -360,33 +360,10 @@ class Engine:
                 Reason.TOO_MANY_GRANTS,
             )
 
-        digest = intent_hash(identity.subject, task_id, intent)
-        parked = self._approval_by_hash.get(digest)
-        if parked is not None and parked.expires_at > now:
-            if parked.state is ApprovalState.APPROVED:
-                return await self._use_approval(identity, parked)
-            return self._pending_outcome(parked)
-        mismatch = self._approved_for_other_intent(task_id, intent, digest)
-        if mismatch is not None:
-            reasons = (
-                f"approval_intent_mismatch: approval {mismatch.approval_id} covers a different "
-                "intent (justification or context changed after approval)",
-            )
-            self.metrics.grant_requests.labels(decision="denied", tier="").inc()
-            await self.journal.commit(
-                [
-                    _event(
-                        "grant_denied",
-                        now,
-                        task_id=task_id,
-                        subject=identity.subject,
-                        intent=intent.as_input(),
-                        approval_id=mismatch.approval_id,
-                        reasons=list(reasons),
-                    )
-                ]
-            )
-            return GrantOutcome("denied", reasons=reasons)
+        if self._approvals:  # an open approval may already cover (or contradict) this intent
+            settled = await self._approval_shortcut(identity, task_id, intent, now)
+            if settled is not None:
+                return settled
 
         decision = await self._decide(identity, intent, task, ttl_seconds, now)
 
@@ -419,7 +396,7 @@ class Engine:
                 "denied", reasons=decision.reasons, decision_id=decision.decision_id
             )
         if decision.approval_required:
-            return await self._park(identity, task, intent, ttl_seconds, decision, digest)
+            return await self._park(identity, task, intent, ttl_seconds, decision)
         return await self._issue(identity, task, intent, ttl_seconds, decision)
 
     async def _decide(
@@ -1196,11 +1173,11 @@ class Engine:
         intent: Intent,
         requested_ttl: int,
         decision: PolicyDecision,
-        digest: str,
     ) -> GrantOutcome:
         """Hold an intent that needs a human: nothing is issued until someone approves."""
         assert decision.tier is not None
         now = self.clock.now()
+        digest = intent_hash(identity.subject, task.task_id, intent)
         approval = Approval(
             approval_id="a-" + new_grant_id(),
             task_id=task.task_id,
@@ -1251,6 +1228,41 @@ class Engine:
         if self.notifier is not None:
             self.notifier.notify(approval)
         return self._pending_outcome(approval)
+
+    async def _approval_shortcut(
+        self, identity: Identity, task_id: str, intent: Intent, now: float
+    ) -> GrantOutcome | None:
+        """The answer an open approval gives this exact intent (collect the approved grant,
+        or still pending), a denial when it contradicts an approval given for the same
+        action and resource, or None to ask the policy."""
+        digest = intent_hash(identity.subject, task_id, intent)
+        parked = self._approval_by_hash.get(digest)
+        if parked is not None and parked.expires_at > now:
+            if parked.state is ApprovalState.APPROVED:
+                return await self._use_approval(identity, parked)
+            return self._pending_outcome(parked)
+        mismatch = self._approved_for_other_intent(task_id, intent, digest)
+        if mismatch is None:
+            return None
+        reasons = (
+            f"approval_intent_mismatch: approval {mismatch.approval_id} covers a different "
+            "intent (justification or context changed after approval)",
+        )
+        self.metrics.grant_requests.labels(decision="denied", tier="").inc()
+        await self.journal.commit(
+            [
+                _event(
+                    "grant_denied",
+                    now,
+                    task_id=task_id,
+                    subject=identity.subject,
+                    intent=intent.as_input(),
+                    approval_id=mismatch.approval_id,
+                    reasons=list(reasons),
+                )
+            ]
+        )
+        return GrantOutcome("denied", reasons=reasons)
 
     @staticmethod
     def _pending_outcome(approval: Approval) -> GrantOutcome:
