@@ -368,32 +368,8 @@ class Engine:
         decision = await self._decide(identity, intent, task, ttl_seconds, now)
 
         if not decision.allow:
-            self.metrics.grant_requests.labels(decision="denied", tier="").inc()
-            log.info(
-                "grant denied: %s %s",
-                intent.action,
-                preview(intent.resource, 128),
-                extra={
-                    "task_id": task_id,
-                    "decision_id": decision.decision_id or None,
-                    "reason": reason_code(decision.reasons),
-                },
-            )
-            await self.journal.commit(
-                [
-                    _event(
-                        "grant_denied",
-                        now,
-                        task_id=task_id,
-                        subject=identity.subject,
-                        intent=intent.as_input(),
-                        decision_id=decision.decision_id or None,
-                        reasons=list(decision.reasons),
-                    )
-                ]
-            )
-            return GrantOutcome(
-                "denied", reasons=decision.reasons, decision_id=decision.decision_id
+            return await self._deny(
+                identity, task_id, intent, now, decision.reasons, decision_id=decision.decision_id
             )
         if decision.approval_required:
             return await self._park(identity, task, intent, ttl_seconds, decision)
@@ -1248,7 +1224,33 @@ class Engine:
             f"approval_intent_mismatch: approval {mismatch.approval_id} covers a different "
             "intent (justification or context changed after approval)",
         )
+        return await self._deny(
+            identity, task_id, intent, now, reasons, approval_id=mismatch.approval_id
+        )
+
+    async def _deny(
+        self,
+        identity: Identity,
+        task_id: str,
+        intent: Intent,
+        now: float,
+        reasons: tuple[str, ...],
+        *,
+        decision_id: str = "",
+        approval_id: str = "",
+    ) -> GrantOutcome:
+        """A denial is an answer, not an error: counted, logged and audited."""
         self.metrics.grant_requests.labels(decision="denied", tier="").inc()
+        log.info(
+            "grant denied: %s %s",
+            intent.action,
+            preview(intent.resource, 128),
+            extra={
+                "task_id": task_id,
+                "decision_id": decision_id or None,
+                "reason": reason_code(reasons),
+            },
+        )
         await self.journal.commit(
             [
                 _event(
@@ -1257,12 +1259,13 @@ class Engine:
                     task_id=task_id,
                     subject=identity.subject,
                     intent=intent.as_input(),
-                    approval_id=mismatch.approval_id,
+                    decision_id=decision_id or None,
+                    approval_id=approval_id or None,
                     reasons=list(reasons),
                 )
             ]
         )
-        return GrantOutcome("denied", reasons=reasons)
+        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
 
     @staticmethod
     def _pending_outcome(approval: Approval) -> GrantOutcome:
