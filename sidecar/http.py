@@ -75,6 +75,12 @@ def create_app(
         token = form.get("token")
         return token if isinstance(token, str) else None
 
+    def missing_token() -> web.Response:
+        return web.json_response(
+            {"error": "invalid_request", "error_description": "form field `token` missing"},
+            status=400,
+        )
+
     async def handle_metrics(request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -105,10 +111,7 @@ def create_app(
     async def introspect(request: web.Request) -> web.Response:
         token = await form_token(request)
         if token is None:
-            return web.json_response(
-                {"error": "invalid_request", "error_description": "form field `token` missing"},
-                status=400,
-            )
+            return missing_token()
         result = await engine.introspect(token, with_reason=False)
         if not result.active or result.grant is None:
             return web.json_response({"active": False})
@@ -136,10 +139,7 @@ def create_app(
     async def revoke(request: web.Request) -> web.Response:
         token = await form_token(request)
         if token is None:
-            return web.json_response(
-                {"error": "invalid_request", "error_description": "form field `token` missing"},
-                status=400,
-            )
+            return missing_token()
         # RFC 7009 §2.2: answer 200 whether or not the token was valid or active.
         result = await engine.introspect(token, with_reason=False)
         if result.active and result.grant is not None:
