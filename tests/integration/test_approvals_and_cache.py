@@ -176,6 +176,7 @@ def test_full_approval_flow_with_webhook(
             await_approval(sidecar, pending.approval_id, 5)
         with pytest.raises(SidecarRpcError) as unknown:
             await_approval(sidecar, "a-doesnotexist", 5)
+        approve_unknown = cli(sidecar, "approvals", "approve", "a-doesnotexist")
         events = [r for r in sidecar.audit_records() if r["event"] != "key_rotated"]
     headers, body = webhook.received[0]
     expected = (
@@ -201,6 +202,8 @@ def test_full_approval_flow_with_webhook(
     assert "approval_inactive" in twice.stderr
     assert collected_twice.value.reason == "approval_inactive"
     assert unknown.value.reason == "approval_not_found"
+    assert approve_unknown.returncode == 1
+    assert "NOT_FOUND approval_not_found" in approve_unknown.stderr
     assert [e["event"] for e in events] == [
         "task_begun",
         "grant_issued",
