@@ -201,8 +201,12 @@ class OpaClient:
                     response = await self._pool.request("GET", path)
                     if response.status != 200:
                         return ""
-                    digest.update(response.body)
-        except (TimeoutError, HttpError):
+                    document = json.loads(response.body).get("result")
+                    if path == "/v1/policies" and isinstance(document, list):
+                        # OPA lists modules in map order, which changes from call to call.
+                        document = sorted(document, key=lambda m: str(m.get("id")))
+                    digest.update(json.dumps(document, sort_keys=True).encode())
+        except (TimeoutError, HttpError, ValueError, AttributeError):
             return ""
         return digest.hexdigest()
 

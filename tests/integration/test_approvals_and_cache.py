@@ -3,6 +3,7 @@ test policy), a real sidecar process, the real CLI and a local webhook receiver.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from sidecar._proto.jit.v1 import admin_pb2 as admin_pb
 from sidecar._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from sidecar.client import SidecarRpcError, socket_target, translate_error
+from sidecar.policy import OpaClient
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 
 POLICY = """
@@ -326,6 +328,24 @@ def test_data_change_also_drops_the_cache(tmp_path: Path, policy_opa: OpaServer)
         c.request_grant_raw(task.task_id, "docs.read", "docs://a")
         misses = sidecar.metric("jit_policy_cache_total", result="miss")
     assert misses == 2, [r["msg"] for r in sidecar.log_records()]
+
+
+def test_revision_ignores_the_order_opa_lists_modules_in(opa: OpaServer) -> None:
+    """OPA lists the policy modules of rego/ in a random order; the revision fingerprint is the
+    same every time, so an unchanged multi-module policy never drops the decision cache."""
+
+    async def revisions() -> set[str]:
+        client = OpaClient(opa.url, "/v1/data/jit/decision", 2.0)
+        try:
+            return {await client.revision() for _ in range(20)}
+        finally:
+            await client.aclose()
+
+    modules = requests.get(opa.url + "/v1/policies", timeout=5).json()["result"]
+    seen = asyncio.run(revisions())
+    assert len(modules) > 2
+    assert len(seen) == 1
+    assert "" not in seen
 
 
 def test_policy_explain_cli(policy_opa: OpaServer) -> None:
