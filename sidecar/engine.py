@@ -1038,6 +1038,19 @@ class Engine:
         task.ended_at = now
         task.end_reason = reason.value
         self._drop_task(task)
+        for approval in [a for a in self._approvals.values() if a.task_id == task.task_id]:
+            # An approval is only ever collected inside its task: it ends with the task.
+            self._close_approval(approval, ApprovalState.EXPIRED)
+            ended.events.append(
+                _event(
+                    "approval_expired",
+                    now,
+                    approval_id=approval.approval_id,
+                    task_id=task.task_id,
+                    subject=approval.subject,
+                    reason="task_ended",
+                )
+            )
         ended.events.append(
             _event(
                 "task_completed",

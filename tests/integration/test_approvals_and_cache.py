@@ -371,3 +371,27 @@ def test_policy_explain_cli(policy_opa: OpaServer) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ALLOW after human approval")
     assert "- payment: refunds above 1000 need a human" in result.stdout
+
+
+def test_approvals_end_with_their_task(tmp_path: Path, policy_opa: OpaServer) -> None:
+    """Completing a task closes its pending approvals: they cannot be approved afterwards,
+    a waiting agent hears `approval_expired`, and nothing is issued."""
+    with (
+        running(SidecarProcess(tmp_path / "s", policy_opa.url)) as sidecar,
+        sidecar.client() as c,
+        sidecar.admin() as admin,
+    ):
+        task = c.begin_task("refunds")
+        pending = refund(c, task.task_id, 5000)
+        c.complete_task(task.task_id)
+        listed = admin.list_approvals()
+        with pytest.raises(SidecarRpcError) as late:
+            admin.decide_approval(pending.approval_id, approve=True)
+        result = await_approval(sidecar, pending.approval_id, 2)
+        (closed,) = sidecar.events("approval_expired")
+    assert listed == []
+    assert late.value.reason == "approval_inactive"
+    assert result.decision == pb.DECISION_DENIED
+    assert result.reasons[0].startswith("approval_expired")
+    assert closed["reason"] == "task_ended"
+    assert sidecar.events("grant_issued") == []
