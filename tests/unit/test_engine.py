@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.audit import AuditFile, verify
+from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine
 from sidecar.errors import FailedPrecondition, PermissionDenied
@@ -27,23 +29,35 @@ OTHER = Identity("spiffe://t/agent/other", "t", "dev")
 
 
 class Rig:
-    def __init__(self, tmp: Path, **settings: Any) -> None:
-        self.clock = ManualClock(1_800_000_000.0)
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        rotate_bytes: int = 0,
+        keys: KeyRing | None = None,
+        clock: ManualClock | None = None,
+        **settings: Any,
+    ) -> None:
+        self.clock = clock or ManualClock(1_800_000_000.0)
         self.policy = ScriptedPolicy()
         self.metrics = Metrics()
-        self.store = SqliteStore(tmp / "state.db")
+        self.state_path = tmp / "state.db"
+        self.store = SqliteStore(self.state_path)
         self.audit_path = tmp / "audit.jsonl"
-        self.journal = Journal(AuditFile(self.audit_path), self.store)
+        self.journal = Journal(AuditFile(self.audit_path, rotate_bytes=rotate_bytes), self.store)
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
+        self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
         self.engine = Engine(
             config,
             policy=self.policy,
             store=self.store,
             journal=self.journal,
-            keys=KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA"))),
+            keys=self.keys,
             metrics=self.metrics,
             clock=self.clock,
         )
+        self.journal.replay()
+        self.engine.restore(self.store.load())
         self.journal.start()
 
     def close(self) -> None:
@@ -234,3 +248,54 @@ def test_introspection_names_the_end_reason_before_the_store_catches_up(tmp_path
         assert (after.active, after.revocation_reason) == (False, "errored")
 
     run(tmp_path, body)
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """chattr +i: even root's writes through already-open descriptors fail (EPERM)."""
+    done = []
+    try:
+        for p in paths:
+            if p.exists():
+                r = subprocess.run(["chattr", "+i", str(p)], capture_output=True, check=False)
+                if r.returncode != 0:
+                    pytest.fail(f"this test needs chattr +i (root, ext4): {r.stderr.decode()}")
+                done.append(p)
+        yield
+    finally:
+        for p in done:
+            subprocess.run(["chattr", "-i", str(p)], check=False)
+
+
+def test_revocation_audited_when_the_log_rotated_stays_revoked_after_restart(
+    tmp_path: Path,
+) -> None:
+    """A completion in the audit log that the store could not apply, written just before
+    the log rotated, is replayed at start-up: after a restart its grant is still revoked
+    (replay used to stop at the empty fresh log file, and the grant came back active)."""
+    first = Rig(tmp_path, rotate_bytes=1)  # every write rotates the log
+    try:
+
+        async def issue_then_complete() -> str:
+            task = await first.engine.begin_task(
+                ME, task_id="", goal="g", max_duration=300, labels={}
+            )
+            out = await first.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+            wal = Path(str(first.state_path) + "-wal")
+            with immutable(first.state_path, wal):  # the store cannot apply the completion
+                await first.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED)
+            return out.token
+
+        token = asyncio.run(issue_then_complete())
+        audited = [r["event"] for f in log_files(first.audit_path) for r in records_after(f, 0)]
+    finally:
+        first.close()  # as a crash would: the store never applied the completion
+    second = Rig(tmp_path, rotate_bytes=1, keys=first.keys, clock=first.clock)
+    try:
+        after = asyncio.run(second.engine.introspect(token))
+        row = second.store.writer.execute("SELECT state FROM grants").fetchone()
+    finally:
+        second.close()
+    assert "task_completed" in audited
+    assert (after.active, after.revocation_reason) == (False, "completed")
+    assert row == ("revoked",)
