@@ -34,6 +34,7 @@ class Rig:
         tmp: Path,
         *,
         rotate_bytes: int = 0,
+        audit_path: Path | None = None,
         keys: KeyRing | None = None,
         clock: ManualClock | None = None,
         **settings: Any,
@@ -43,7 +44,7 @@ class Rig:
         self.metrics = Metrics()
         self.state_path = tmp / "state.db"
         self.store = SqliteStore(self.state_path)
-        self.audit_path = tmp / "audit.jsonl"
+        self.audit_path = audit_path or tmp / "audit.jsonl"
         self.journal = Journal(AuditFile(self.audit_path, rotate_bytes=rotate_bytes), self.store)
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
         self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
@@ -299,3 +300,35 @@ def test_revocation_audited_when_the_log_rotated_stays_revoked_after_restart(
     assert "task_completed" in audited
     assert (after.active, after.revocation_reason) == (False, "completed")
     assert row == ("revoked",)
+
+
+def test_a_failed_audit_rotation_keeps_the_journal_serving(tmp_path: Path) -> None:
+    """The log cannot be rotated (its directory is immutable): the batch already written
+    counts, grants keep flowing into the same file, and the log rotates once it can, one
+    chain throughout (a failed rotation killed the journal's writer: every later call hung)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    r = Rig(tmp_path, rotate_bytes=1, audit_path=logs / "audit.jsonl")
+
+    async def body() -> list[bool]:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+
+        async def grant(resource: str) -> str:
+            call = r.engine.request_grant(ME, task.task_id, Intent("x.write", resource), 60)
+            return (await asyncio.wait_for(call, 5)).token
+
+        with immutable(logs):
+            tokens = [await grant("x://1"), await grant("x://2")]
+        tokens.append(await grant("x://3"))
+        return [(await r.engine.introspect(t)).active for t in tokens]
+
+    try:
+        active = asyncio.run(body())
+    finally:
+        r.close()
+    files = log_files(r.audit_path)
+    chain = verify(files)
+    assert active == [True, True, True]
+    assert chain.ok and chain.count == 4
+    # task_begun, rotated; the three grants in one file, rotated once the directory allowed.
+    assert [len(records_after(f, 0)) for f in files] == [1, 3, 0]
