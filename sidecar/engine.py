@@ -1057,12 +1057,16 @@ class Engine:
         happens; when the audit log is down they are retried until it is back."""
         if not ended.events:
             return
+        # The commit runs on its own: a caller cancelled meanwhile (deadline, client gone)
+        # must not take the retry with it, or a revocation that holds in memory would
+        # never reach the audit log and would be undone by the next restart.
+        commit = asyncio.ensure_future(self.journal.commit(ended.events))
+        commit.add_done_callback(lambda done: self._retry_if_lost(done, ended.events))
         try:
-            await self.journal.commit(ended.events)
+            await asyncio.shield(commit)
         except CommitError as err:
             if err.durable:
                 return  # in the audit log; the store catches up on its next write or replay
-            self._retry_later(ended.events)
             raise
         done = self.clock.now()
         for event in ended.events:
@@ -1086,6 +1090,13 @@ class Engine:
                 )
         for reason, triggered in ended.lags:
             self.metrics.revocation_lag.labels(reason=reason).observe(max(0.0, done - triggered))
+
+    def _retry_if_lost(self, commit: asyncio.Future[None], events: list[dict[str, Any]]) -> None:
+        if commit.cancelled():
+            return
+        err = commit.exception()
+        if isinstance(err, CommitError) and not err.durable:
+            self._retry_later(events)
 
     def _retry_later(self, events: list[dict[str, Any]]) -> None:
         async def retry() -> None:

@@ -332,3 +332,53 @@ def test_a_failed_audit_rotation_keeps_the_journal_serving(tmp_path: Path) -> No
     assert chain.ok and chain.count == 4
     # task_begun, rotated; the three grants in one file, rotated once the directory allowed.
     assert [len(records_after(f, 0)) for f in files] == [1, 3, 0]
+
+
+def test_a_cancelled_completion_is_still_audited_when_the_log_comes_back(tmp_path: Path) -> None:
+    """CompleteTask cancelled (deadline, client gone) while its commit waits, then the audit
+    write fails: the revocation is still retried until the log takes it, so a restart finds
+    the grant revoked (the cancelled call skipped the retry; the grant came back active)."""
+    first = Rig(tmp_path)
+    try:
+
+        async def body() -> str:
+            task = await first.engine.begin_task(
+                ME, task_id="", goal="g", max_duration=300, labels={}
+            )
+            out = await first.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+            # Keep the journal's writer busy on a heartbeat so the completion's commit waits.
+            entered, release = threading.Event(), threading.Event()
+            apply = first.store.apply
+
+            def held(*args: Any) -> Any:
+                entered.set()
+                release.wait(10)
+                return apply(*args)
+
+            first.store.apply = held  # type: ignore[method-assign]
+            await first.engine.heartbeat(ME, task.task_id)
+            assert await asyncio.to_thread(entered.wait, 5)
+            completing = asyncio.create_task(
+                first.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED)
+            )
+            await asyncio.sleep(0.05)
+            completing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await completing
+            with immutable(first.audit_path):  # the completion's audit write fails
+                release.set()
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.5)  # the retry runs (first after 0.5 s)
+            return out.token
+
+        token = asyncio.run(body())
+    finally:
+        first.close()
+    audited = [r["event"] for r in records_after(first.audit_path, 0)]
+    second = Rig(tmp_path, keys=first.keys, clock=first.clock)
+    try:
+        after = asyncio.run(second.engine.introspect(token))
+    finally:
+        second.close()
+    assert audited[-2:] == ["grant_revoked", "task_completed"]
+    assert (after.active, after.revocation_reason) == (False, "completed")
