@@ -154,6 +154,8 @@ class Engine:
         self._approvals: dict[str, Approval] = {}
         """Open approvals (pending or approved, not yet used or expired)."""
         self._approval_by_hash: dict[str, Approval] = {}
+        self._deciding: set[str] = set()
+        """Approvals whose decision is being written to the audit log."""
         self.notifier: WebhookNotifier | None = None
         self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
         """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
@@ -1341,6 +1343,57 @@ class Engine:
                 f"approval {approval_id} is already {approval.state.value}",
                 Reason.APPROVAL_INACTIVE,
             )
+        if approval_id in self._deciding:
+            raise FailedPrecondition(
+                f"approval {approval_id} is being decided", Reason.APPROVAL_INACTIVE
+            )
+        # The approval stays pending (not collectable) until its decision is in the audit
+        # log: the decision takes effect when the commit is durable, even if this caller is
+        # cancelled meanwhile, and not at all when the log refused it.
+        self._deciding.add(approval_id)
+        commit = asyncio.ensure_future(
+            self.journal.commit(
+                [
+                    _event(
+                        "approval_decided",
+                        now,
+                        approval_id=approval_id,
+                        task_id=approval.task_id,
+                        subject=approval.subject,
+                        approved=approve,
+                        approver=approver,
+                        reason=reason or None,
+                    )
+                ]
+            )
+        )
+        commit.add_done_callback(
+            lambda done: self._apply_decision(done, approval, approve, approver, reason)
+        )
+        await asyncio.shield(commit)
+        log.info(
+            "approval %s",
+            "granted" if approve else "denied",
+            extra={"approval_id": approval_id, "task_id": approval.task_id},
+        )
+        return approval
+
+    def _apply_decision(
+        self,
+        commit: asyncio.Future[None],
+        approval: Approval,
+        approve: bool,
+        approver: str,
+        reason: str,
+    ) -> None:
+        """Make a decision effective once its record is durable (see decide_approval)."""
+        self._deciding.discard(approval.approval_id)
+        err = None if commit.cancelled() else commit.exception()
+        durable = err is None or (isinstance(err, CommitError) and err.durable)
+        if commit.cancelled() or not durable:
+            return  # nothing recorded: the approval is still pending
+        if approval.state is not ApprovalState.PENDING:
+            return  # expired while its decision was being written
         approval.decided_by = approver
         approval.decision_reason = reason
         if approve:
@@ -1348,26 +1401,6 @@ class Engine:
             approval.settled.set()
         else:
             self._close_approval(approval, ApprovalState.DENIED)
-        await self.journal.commit(
-            [
-                _event(
-                    "approval_decided",
-                    now,
-                    approval_id=approval_id,
-                    task_id=approval.task_id,
-                    subject=approval.subject,
-                    approved=approve,
-                    approver=approver,
-                    reason=reason or None,
-                )
-            ]
-        )
-        log.info(
-            "approval %s",
-            "granted" if approve else "denied",
-            extra={"approval_id": approval_id, "task_id": approval.task_id},
-        )
-        return approval
 
     async def await_approval(
         self, identity: Identity, approval_id: str, wait: float

@@ -17,7 +17,7 @@ from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine
 from sidecar.errors import FailedPrecondition, PermissionDenied
-from sidecar.journal import Journal
+from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
 from sidecar.store.sqlite import SqliteStore
@@ -382,3 +382,54 @@ def test_a_cancelled_completion_is_still_audited_when_the_log_comes_back(tmp_pat
         second.close()
     assert audited[-2:] == ["grant_revoked", "task_completed"]
     assert (after.active, after.revocation_reason) == (False, "completed")
+
+
+def test_an_approval_whose_decision_was_not_audited_yields_no_grant(tmp_path: Path) -> None:
+    """An approval is collectable only once its decision is in the audit log: collecting
+    while the decision is being written answers pending, and a decision the log refused
+    leaves the approval pending (it stayed approved in memory, and its grant was issued
+    with no approval_decided record behind it)."""
+    r = Rig(tmp_path)
+
+    async def body() -> tuple[str, str, str]:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        approval_id = parked.approval_id
+        entered, release = threading.Event(), threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        await r.engine.heartbeat(ME, task.task_id)  # the writer is busy with it
+        assert await asyncio.to_thread(entered.wait, 5)
+        deciding = asyncio.create_task(
+            r.engine.decide_approval(approval_id, approve=True, approver="ops", reason="ok")
+        )
+        await asyncio.sleep(0.05)
+        try:
+            during = await asyncio.wait_for(r.engine.await_approval(ME, approval_id, 0), 1)
+        except BaseException:
+            release.set()  # let the writer go before the loop closes
+            raise
+        with immutable(r.audit_path):  # the decision's audit write fails
+            release.set()
+            with pytest.raises(CommitError):
+                await deciding
+        r.store.apply = apply  # type: ignore[method-assign]
+        after = await r.engine.await_approval(ME, approval_id, 0)
+        await r.engine.decide_approval(approval_id, approve=True, approver="ops", reason="ok")
+        granted = await r.engine.await_approval(ME, approval_id, 0)
+        return during.decision, after.decision, granted.decision
+
+    try:
+        decisions = asyncio.run(body())
+    finally:
+        r.close()
+    events = [(x["event"], x.get("approval_id")) for x in records_after(r.audit_path, 0)]
+    assert decisions == ("pending_approval", "pending_approval", "granted")
+    assert [e for e, a in events if a] == ["grant_pending", "approval_decided", "grant_issued"]
