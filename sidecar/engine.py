@@ -356,11 +356,7 @@ class Engine:
         if now >= task.deadline:
             await self.sweep()
             raise FailedPrecondition(f"task {task_id} passed its deadline", Reason.TASK_INACTIVE)
-        if len(task.grant_ids) >= cfg.max_grants_per_task:
-            raise ResourceExhausted(
-                f"task {task_id} already holds {cfg.max_grants_per_task} active grants",
-                Reason.TOO_MANY_GRANTS,
-            )
+        self._check_grant_room(task)
 
         if self._approvals:  # an open approval may already cover (or contradict) this intent
             settled = await self._approval_shortcut(identity, task_id, intent, now)
@@ -423,6 +419,17 @@ class Engine:
             self.cache.put(key, decision)
         return decision
 
+    def _check_grant_room(self, task: Task) -> None:
+        """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
+        arrival and again, with no await in between, right before a grant is added: requests
+        decided concurrently would otherwise all pass the first check."""
+        limit = self.config.max_grants_per_task
+        if len(task.grant_ids) >= limit:
+            raise ResourceExhausted(
+                f"task {task.task_id} already holds {limit} active grants",
+                Reason.TOO_MANY_GRANTS,
+            )
+
     def _ttl(
         self, requested: int, decision: PolicyDecision, task: Task, now: float
     ) -> tuple[int, str]:
@@ -449,6 +456,7 @@ class Engine:
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise FailedPrecondition(f"task {task.task_id} has ended", Reason.TASK_INACTIVE)
+        self._check_grant_room(task)
         if self.fleet is not None:
             self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
         now = self.clock.now()
@@ -1440,6 +1448,7 @@ class Engine:
         task = self._tasks.get(approval.task_id)
         if task is None:
             raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
+        self._check_grant_room(task)  # before the approval is used up
         if self.fleet is not None:
             self.fleet.check_issuable()  # before the approval is used up
         self._close_approval(approval, ApprovalState.USED)

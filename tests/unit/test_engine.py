@@ -16,7 +16,7 @@ import pytest
 from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine
-from sidecar.errors import FailedPrecondition, PermissionDenied
+from sidecar.errors import FailedPrecondition, PermissionDenied, Reason, ResourceExhausted
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
@@ -433,3 +433,35 @@ def test_an_approval_whose_decision_was_not_audited_yields_no_grant(tmp_path: Pa
     events = [(x["event"], x.get("approval_id")) for x in records_after(r.audit_path, 0)]
     assert decisions == ("pending_approval", "pending_approval", "granted")
     assert [e for e, a in events if a] == ["grant_pending", "approval_decided", "grant_issued"]
+
+
+def test_concurrent_requests_never_exceed_max_grants_per_task(tmp_path: Path) -> None:
+    """Requests decided concurrently count against max_grants_per_task when they issue,
+    not only when they arrive: the task never holds more than the limit (three requests
+    that all arrived under a limit of two all used to be granted)."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        gate = asyncio.Event()
+        original = r.policy.decide
+
+        async def slow(policy_input: dict[str, Any]) -> Any:
+            await gate.wait()
+            return await original(policy_input)
+
+        r.policy.decide = slow  # type: ignore[method-assign]
+        calls = [
+            asyncio.create_task(
+                r.engine.request_grant(ME, task.task_id, Intent("x.write", f"x://{i}"), 30)
+            )
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.05)  # all three are past the arrival check, waiting on policy
+        gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [e for e in results if isinstance(e, ResourceExhausted)]
+        assert sum(not isinstance(x, BaseException) for x in results) == 2
+        assert [e.reason for e in refused] == [Reason.TOO_MANY_GRANTS]
+        assert len(task.grant_ids) == r.engine.active_grant_count == 2
+
+    run(tmp_path, body, max_grants_per_task=2)
