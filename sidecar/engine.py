@@ -154,6 +154,8 @@ class Engine:
         self._approvals: dict[str, Approval] = {}
         """Open approvals (pending or approved, not yet used or expired)."""
         self._approval_by_hash: dict[str, Approval] = {}
+        self._open_per_task: dict[str, int] = {}
+        """Open approvals by task id (bounded by max_open_approvals_per_task)."""
         self._deciding: set[str] = set()
         """Approvals whose decision is being written to the audit log."""
         self.notifier: WebhookNotifier | None = None
@@ -1173,6 +1175,12 @@ class Engine:
     ) -> GrantOutcome:
         """Hold an intent that needs a human: nothing is issued until someone approves."""
         assert decision.tier is not None
+        limit = self.config.max_open_approvals_per_task
+        if self._open_per_task.get(task.task_id, 0) >= limit:
+            raise ResourceExhausted(
+                f"task {task.task_id} already has {limit} open approval requests",
+                Reason.TOO_MANY_APPROVALS,
+            )
         now = self.clock.now()
         digest = intent_hash(identity.subject, task.task_id, intent)
         approval = Approval(
@@ -1298,13 +1306,21 @@ class Engine:
         )
 
     def _open_approval(self, approval: Approval) -> None:
+        if approval.approval_id not in self._approvals:
+            task_id = approval.task_id
+            self._open_per_task[task_id] = self._open_per_task.get(task_id, 0) + 1
         self._approvals[approval.approval_id] = approval
         self._approval_by_hash[approval.intent_hash] = approval
         self._push(approval.expires_at, _Due.APPROVAL_EXPIRY, approval.approval_id)
 
     def _close_approval(self, approval: Approval, state: ApprovalState) -> None:
         approval.state = state
-        self._approvals.pop(approval.approval_id, None)
+        if self._approvals.pop(approval.approval_id, None) is not None:
+            left = self._open_per_task.get(approval.task_id, 1) - 1
+            if left > 0:
+                self._open_per_task[approval.task_id] = left
+            else:
+                self._open_per_task.pop(approval.task_id, None)
         if self._approval_by_hash.get(approval.intent_hash) is approval:
             del self._approval_by_hash[approval.intent_hash]
         approval.settled.set()

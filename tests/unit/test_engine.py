@@ -465,3 +465,36 @@ def test_concurrent_requests_never_exceed_max_grants_per_task(tmp_path: Path) ->
         assert len(task.grant_ids) == r.engine.active_grant_count == 2
 
     run(tmp_path, body, max_grants_per_task=2)
+
+
+def test_open_approvals_per_task_are_bounded(tmp_path: Path) -> None:
+    """A task holds at most max_open_approvals_per_task open approval requests: one more is
+    RESOURCE_EXHAUSTED too_many_approvals (no approval kept, audited or sent), repeating an
+    open one still answers pending, and a decided one frees its place (each distinct
+    intent used to park another approval, without bound)."""
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+
+        def ask(why: str) -> Awaitable[Any]:
+            return r.engine.request_grant(
+                ME, task.task_id, Intent("x.write", "x://1", justification=why), 60
+            )
+
+        first, second = await ask("one"), await ask("two")
+        with pytest.raises(ResourceExhausted) as refused:
+            await ask("three")
+        again = await ask("one")
+        await r.engine.decide_approval(
+            first.approval_id, approve=False, approver="ops", reason="no"
+        )
+        third = await ask("three")
+        assert refused.value.reason is Reason.TOO_MANY_APPROVALS
+        assert again.approval_id == first.approval_id
+        assert [a.approval_id for a in r.engine.open_approvals()] == [
+            second.approval_id,
+            third.approval_id,
+        ]
+
+    run(tmp_path, body, max_open_approvals_per_task=2)
