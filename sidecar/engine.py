@@ -92,7 +92,8 @@ class GrantOutcome:
     decision: str
     """granted, denied or pending_approval."""
     grant: Grant | None = None
-    token: str = ""
+    token: str = field(default="", repr=False)
+    """The bearer token: never printed (repr) or logged."""
     reasons: tuple[str, ...] = ()
     decision_id: str = ""
     approval_id: str = ""

@@ -498,3 +498,20 @@ def test_open_approvals_per_task_are_bounded(tmp_path: Path) -> None:
         ]
 
     run(tmp_path, body, max_open_approvals_per_task=2)
+
+
+def test_a_grant_outcome_never_shows_its_token(tmp_path: Path) -> None:
+    """repr() of the engine's answer (what a debug log line, a traceback or a failing test
+    prints) names the grant, never the bearer token (GrantOutcome printed the token)."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        out = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        assert out.grant is not None
+        shown = repr(out)
+        assert out.token.count(".") == 2
+        assert out.token not in shown
+        assert out.token.split(".")[2] not in shown
+        assert out.grant.grant_id in shown
+
+    run(tmp_path, body)
