@@ -1442,6 +1442,9 @@ class Engine:
         if approval.state is ApprovalState.PENDING and wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(approval.settled.wait(), wait)
+        if approval.expires_at <= self.clock.now() and approval.open:
+            await self.sweep()  # expiry is the clock's, not the sweeper's timing
+            return self._settled_outcome(approval)
         if approval.state is ApprovalState.APPROVED:
             return await self._use_approval(identity, approval)
         if approval.state is ApprovalState.PENDING:

@@ -515,3 +515,23 @@ def test_a_grant_outcome_never_shows_its_token(tmp_path: Path) -> None:
         assert out.grant.grant_id in shown
 
     run(tmp_path, body)
+
+
+def test_an_expired_approval_cannot_be_collected_before_the_sweep(tmp_path: Path) -> None:
+    """An approved request not collected within approval_ttl is expired for AwaitApproval
+    at once, whether or not the sweeper has run yet (it was still issued until then)."""
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        await r.engine.decide_approval(
+            parked.approval_id, approve=True, approver="ops", reason="ok"
+        )
+        r.clock.advance(61)  # past approval_ttl; the sweeper has not run
+        late = await r.engine.await_approval(ME, parked.approval_id, 0)
+        assert late.decision == "denied"
+        assert late.reasons[0].startswith("approval_expired")
+        assert r.engine.active_grant_count == 0
+
+    run(tmp_path, body, approval_ttl=60, heartbeat_interval=1000)
