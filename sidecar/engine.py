@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -265,14 +265,17 @@ class Engine:
             pop_jkt=pop_jkt or None,
             identity_method=identity.method,
         )
+        await _to_completion(self._commit_task_begun(task, event))
+        log.info("task begun", extra={"task_id": task_id})
+        return task
+
+    async def _commit_task_begun(self, task: Task, event: dict[str, Any]) -> None:
         try:
             await self.journal.commit([event])
         except CommitError as err:
             if not err.durable:
-                self._drop_task(task)
+                self._drop_task(task)  # nothing recorded: the task must not exist
             raise
-        log.info("task begun", extra={"task_id": task_id})
-        return task
 
     async def heartbeat(self, identity: Identity, task_id: str) -> Task:
         try:
@@ -1196,34 +1199,26 @@ class Engine:
             expires_at=now + self.config.approval_ttl,
         )
         self._open_approval(approval)
-        try:
-            await self.journal.commit(
-                [
-                    _event(
-                        "grant_pending",
-                        now,
-                        approval_id=approval.approval_id,
-                        task_id=task.task_id,
-                        subject=identity.subject,
-                        intent=intent.as_input(),
-                        intent_hash=digest,
-                        decision_id=decision.decision_id or None,
-                        reasons=list(decision.reasons),
-                        decision={
-                            "tier": decision.tier.value,
-                            "ttl_seconds": decision.ttl_seconds,
-                            "audience": decision.audience,
-                            "scope": list(decision.scope),
-                        },
-                        ttl_seconds=requested_ttl,
-                        expires_at=rfc3339(approval.expires_at),
-                    )
-                ]
-            )
-        except CommitError as err:
-            if not err.durable:
-                self._close_approval(approval, ApprovalState.EXPIRED)
-            raise
+        event = _event(
+            "grant_pending",
+            now,
+            approval_id=approval.approval_id,
+            task_id=task.task_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            intent_hash=digest,
+            decision_id=decision.decision_id or None,
+            reasons=list(decision.reasons),
+            decision={
+                "tier": decision.tier.value,
+                "ttl_seconds": decision.ttl_seconds,
+                "audience": decision.audience,
+                "scope": list(decision.scope),
+            },
+            ttl_seconds=requested_ttl,
+            expires_at=rfc3339(approval.expires_at),
+        )
+        await _to_completion(self._commit_parked(approval, event))
         self.metrics.grant_requests.labels(
             decision="pending_approval", tier=decision.tier.value
         ).inc()
@@ -1234,6 +1229,14 @@ class Engine:
         if self.notifier is not None:
             self.notifier.notify(approval)
         return self._pending_outcome(approval)
+
+    async def _commit_parked(self, approval: Approval, event: dict[str, Any]) -> None:
+        try:
+            await self.journal.commit([event])
+        except CommitError as err:
+            if not err.durable:
+                self._close_approval(approval, ApprovalState.EXPIRED)  # never recorded
+            raise
 
     async def _approval_shortcut(
         self, identity: Identity, task_id: str, intent: Intent, now: float
@@ -1564,6 +1567,20 @@ def reason_code(reasons: Sequence[str]) -> str:
         return "no_reason"
     code = reasons[0].partition(":")[0].strip()
     return code if code.replace("_", "").isalnum() and len(code) <= 64 else "unstructured"
+
+
+async def _to_completion(work: Coroutine[Any, Any, None]) -> None:
+    """Await `work` in its own task, shielded: a caller cancelled meanwhile (deadline,
+    client gone) does not stop it, so the undo that follows a commit the audit log refused
+    still happens, and memory never keeps what the log does not."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_consume_outcome)
+    await asyncio.shield(task)
+
+
+def _consume_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here when the caller was cancelled
 
 
 def _event(name: str, now: float, **fields: Any) -> dict[str, Any]:

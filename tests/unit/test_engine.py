@@ -16,7 +16,14 @@ import pytest
 from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine
-from sidecar.errors import FailedPrecondition, PermissionDenied, Reason, ResourceExhausted
+from sidecar.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+    SidecarError,
+)
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
@@ -535,3 +542,90 @@ def test_an_expired_approval_cannot_be_collected_before_the_sweep(tmp_path: Path
         assert r.engine.active_grant_count == 0
 
     run(tmp_path, body, approval_ttl=60, heartbeat_interval=1000)
+
+
+def test_a_cancelled_begin_task_the_log_refused_leaves_no_task(tmp_path: Path) -> None:
+    """BeginTask cancelled while its commit waits, then the audit write fails: the task is
+    not kept (it stayed in memory unrecorded, and grants were issued for a task that the
+    audit log and, after a restart, the store never knew)."""
+    r = Rig(tmp_path)
+
+    async def body() -> BaseException:
+        other = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        entered, release = threading.Event(), threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        await r.engine.heartbeat(ME, other.task_id)  # the writer is busy with it
+        assert await asyncio.to_thread(entered.wait, 5)
+        beginning = asyncio.create_task(
+            r.engine.begin_task(ME, task_id="mine", goal="g", max_duration=300, labels={})
+        )
+        await asyncio.sleep(0.05)
+        beginning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beginning
+        with immutable(r.audit_path):  # the task_begun write fails
+            release.set()
+            await asyncio.sleep(0.2)
+        r.store.apply = apply  # type: ignore[method-assign]
+        try:
+            await r.engine.request_grant(ME, "mine", Intent("x.write", "x://1"), 60)
+        except SidecarError as err:
+            return err
+        raise AssertionError("a grant was issued for a task the audit log never recorded")
+
+    try:
+        refused = asyncio.run(body())
+    finally:
+        r.close()
+    events = [x["event"] for x in records_after(r.audit_path, 0)]
+    assert isinstance(refused, NotFound)
+    assert r.engine.task("mine") is None
+    assert "grant_issued" not in events
+
+
+def test_a_cancelled_approval_request_the_log_refused_is_not_kept(tmp_path: Path) -> None:
+    """A RequestGrant parked for approval, cancelled while its grant_pending record waits,
+    then refused by the audit log: no approval stays open (it stayed approvable in memory
+    with no record of the request behind it)."""
+    r = Rig(tmp_path)
+
+    async def body() -> list[Any]:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        entered, release = threading.Event(), threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        await r.engine.heartbeat(ME, task.task_id)  # the writer is busy with it
+        assert await asyncio.to_thread(entered.wait, 5)
+        asking = asyncio.create_task(
+            r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        )
+        await asyncio.sleep(0.05)
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        with immutable(r.audit_path):  # the grant_pending write fails
+            release.set()
+            await asyncio.sleep(0.2)
+        return r.engine.open_approvals()
+
+    try:
+        still_open = asyncio.run(body())
+    finally:
+        r.close()
+    events = [x["event"] for x in records_after(r.audit_path, 0)]
+    assert still_open == []
+    assert "grant_pending" not in events
