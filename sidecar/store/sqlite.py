@@ -243,7 +243,10 @@ class SqliteStore:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'applied_seq'", (str(seq),))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have ended the transaction (a failed COMMIT on an I/O
+            # error): a ROLLBACK would then fail and hide the error that matters.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -629,3 +630,36 @@ def test_a_cancelled_approval_request_the_log_refused_is_not_kept(tmp_path: Path
     events = [x["event"] for x in records_after(r.audit_path, 0)]
     assert still_open == []
     assert "grant_pending" not in events
+
+
+def test_a_store_write_failure_is_reported_as_itself(tmp_path: Path) -> None:
+    """When SQLite fails a batch (here: its files turned immutable), the error the journal
+    logs and the operator reads is SQLite's own (e.g. disk I/O error), not the ROLLBACK
+    of a transaction SQLite had already ended ("cannot rollback - no transaction is
+    active" hid the cause); the store still takes the next batch."""
+    store = SqliteStore(tmp_path / "state.db")
+    begun = {
+        "event": "task_begun",
+        "time": "2027-01-15T08:00:00.000000Z",
+        "task_id": "t1",
+        "subject": ME.subject,
+        "expires_at": "2027-01-15T09:00:00.000000Z",
+        "heartbeat_interval_seconds": 5,
+    }
+    ended = {
+        "event": "task_completed",
+        "time": "2027-01-15T08:00:01.000000Z",
+        "task_id": "t1",
+        "state": "succeeded",
+    }
+    try:
+        store.apply([begun], (), 1)
+        files = (tmp_path / "state.db", tmp_path / "state.db-wal")
+        with immutable(*files), pytest.raises(sqlite3.Error) as failed:
+            store.apply([ended], (), 2)
+        store.apply([ended], (), 2)
+        state = store.writer.execute("SELECT state FROM tasks").fetchone()
+    finally:
+        store.close()
+    assert "rollback" not in str(failed.value)
+    assert state == ("succeeded",)
