@@ -24,6 +24,7 @@ from sidecar.errors import (
     Reason,
     ResourceExhausted,
     SidecarError,
+    Unavailable,
 )
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
@@ -663,3 +664,20 @@ def test_a_store_write_failure_is_reported_as_itself(tmp_path: Path) -> None:
         store.close()
     assert "rollback" not in str(failed.value)
     assert state == ("succeeded",)
+
+
+def test_a_state_store_that_cannot_be_read_is_unavailable(tmp_path: Path) -> None:
+    """A cold-path read of a broken state database (its main file overwritten: "file is
+    not a database") is UNAVAILABLE store_unavailable, as the API promises for a store
+    that is down (it escaped as a raw sqlite3 error: INTERNAL `internal`)."""
+
+    async def body(r: Rig) -> None:
+        r.store.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with r.state_path.open("r+b") as f:
+            f.write(b"\xff" * 16384)
+        with pytest.raises(Unavailable) as refused:
+            await r.engine.begin_task(ME, task_id="named", goal="g", max_duration=60, labels={})
+        assert refused.value.reason is Reason.STORE_UNAVAILABLE
+        assert r.engine.task("named") is None
+
+    run(tmp_path, body)
