@@ -11,6 +11,7 @@ Content-Length or chunked encoding. Anything else is an error, never a guess.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class HttpError(Exception):
@@ -150,10 +152,11 @@ class Http1Pool:
             total = 0
             while True:
                 size_line = await reader.readuntil(b"\r\n")
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError as err:
-                    raise HttpError("malformed chunk size") from err
+                digits = size_line.split(b";", 1)[0].strip()
+                # Hex digits only: int(..., 16) also takes "-1", "0x1f" and "1_0".
+                if not _HEX.fullmatch(digits):
+                    raise HttpError("malformed chunk size")
+                size = int(digits, 16)
                 if size == 0:
                     # Trailers (if any) end with an empty line.
                     while await reader.readuntil(b"\r\n") != b"\r\n":
@@ -166,7 +169,7 @@ class Http1Pool:
                 if await reader.readexactly(2) != b"\r\n":
                     raise HttpError("malformed chunk terminator")
         length = headers.get("content-length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):
             raise HttpError("response without Content-Length")
         n = int(length)
         if n > MAX_BODY_BYTES:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("jit_sidecar.audit")
 GENESIS = "0" * 64
 FILE_MODE = 0o640
 
@@ -168,6 +170,7 @@ class AuditFile:
                     break
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._size = tail.size
+        self._rotation_failing = False
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Seal and append records as one write, then fsync (when configured).
@@ -198,7 +201,16 @@ class AuditFile:
         self.seq, self.last_hash = seq, prev
         self._size += len(data)
         if self._rotate_bytes and self._size >= self._rotate_bytes:
-            self.rotate()
+            try:
+                self.rotate()
+            except OSError as err:
+                # The batch is written and synced: it counts. The log grows past its size
+                # until a later write's rotation succeeds (logged once per outage).
+                if not self._rotation_failing:
+                    log.error("cannot rotate audit log %s: %s (retrying)", self.path, err)
+                self._rotation_failing = True
+            else:
+                self._rotation_failing = False
 
     def _cut_back(self) -> None:
         # If even this fails, the torn tail is repaired on the next start-up.
@@ -210,15 +222,22 @@ class AuditFile:
         first = self._first_seq()
         rotated = self.path.with_name(f"{self.path.name}.{first:012d}")
         os.fsync(self._fd)
-        os.close(self._fd)
+        # The open descriptor stays the active file until its successor exists: a failure
+        # anywhere leaves one file to append to, never a closed (or reused) descriptor.
         os.replace(self.path, rotated)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        except OSError:
+            os.replace(rotated, self.path)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        self._size = 0
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self._size = 0
         return rotated
 
     def _first_seq(self) -> int:

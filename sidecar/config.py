@@ -391,6 +391,14 @@ class Config:
         default=100,
         metadata=_opt("Active tasks one identity may hold at once.", parse=int),
     )
+    max_open_approvals_per_task: int = field(
+        default=10,
+        metadata=_opt(
+            "Approval requests one task may have open at once (pending, or approved and not "
+            "yet collected); each one is kept, audited and sent to the approval webhook.",
+            parse=int,
+        ),
+    )
     max_concurrent_rpcs: int = field(
         default=256,
         metadata=_opt("RPCs served at once; more get RESOURCE_EXHAUSTED.", parse=int),
@@ -511,6 +519,7 @@ class Config:
             "heartbeat_misses",
             "max_grants_per_task",
             "max_tasks_per_identity",
+            "max_open_approvals_per_task",
             "max_concurrent_rpcs",
             "max_rpcs_per_identity",
             "max_message_bytes",

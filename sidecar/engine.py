@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -92,7 +92,8 @@ class GrantOutcome:
     decision: str
     """granted, denied or pending_approval."""
     grant: Grant | None = None
-    token: str = ""
+    token: str = field(default="", repr=False)
+    """The bearer token: never printed (repr) or logged."""
     reasons: tuple[str, ...] = ()
     decision_id: str = ""
     approval_id: str = ""
@@ -154,6 +155,10 @@ class Engine:
         self._approvals: dict[str, Approval] = {}
         """Open approvals (pending or approved, not yet used or expired)."""
         self._approval_by_hash: dict[str, Approval] = {}
+        self._open_per_task: dict[str, int] = {}
+        """Open approvals by task id (bounded by max_open_approvals_per_task)."""
+        self._deciding: set[str] = set()
+        """Approvals whose decision is being written to the audit log."""
         self.notifier: WebhookNotifier | None = None
         self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
         """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
@@ -260,14 +265,17 @@ class Engine:
             pop_jkt=pop_jkt or None,
             identity_method=identity.method,
         )
+        await _to_completion(self._commit_task_begun(task, event))
+        log.info("task begun", extra={"task_id": task_id})
+        return task
+
+    async def _commit_task_begun(self, task: Task, event: dict[str, Any]) -> None:
         try:
             await self.journal.commit([event])
         except CommitError as err:
             if not err.durable:
-                self._drop_task(task)
+                self._drop_task(task)  # nothing recorded: the task must not exist
             raise
-        log.info("task begun", extra={"task_id": task_id})
-        return task
 
     async def heartbeat(self, identity: Identity, task_id: str) -> Task:
         try:
@@ -354,11 +362,7 @@ class Engine:
         if now >= task.deadline:
             await self.sweep()
             raise FailedPrecondition(f"task {task_id} passed its deadline", Reason.TASK_INACTIVE)
-        if len(task.grant_ids) >= cfg.max_grants_per_task:
-            raise ResourceExhausted(
-                f"task {task_id} already holds {cfg.max_grants_per_task} active grants",
-                Reason.TOO_MANY_GRANTS,
-            )
+        self._check_grant_room(task)
 
         if self._approvals:  # an open approval may already cover (or contradict) this intent
             settled = await self._approval_shortcut(identity, task_id, intent, now)
@@ -421,6 +425,17 @@ class Engine:
             self.cache.put(key, decision)
         return decision
 
+    def _check_grant_room(self, task: Task) -> None:
+        """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
+        arrival and again, with no await in between, right before a grant is added: requests
+        decided concurrently would otherwise all pass the first check."""
+        limit = self.config.max_grants_per_task
+        if len(task.grant_ids) >= limit:
+            raise ResourceExhausted(
+                f"task {task.task_id} already holds {limit} active grants",
+                Reason.TOO_MANY_GRANTS,
+            )
+
     def _ttl(
         self, requested: int, decision: PolicyDecision, task: Task, now: float
     ) -> tuple[int, str]:
@@ -447,6 +462,7 @@ class Engine:
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise FailedPrecondition(f"task {task.task_id} has ended", Reason.TASK_INACTIVE)
+        self._check_grant_room(task)
         if self.fleet is not None:
             self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
         now = self.clock.now()
@@ -1070,12 +1086,16 @@ class Engine:
         happens; when the audit log is down they are retried until it is back."""
         if not ended.events:
             return
+        # The commit runs on its own: a caller cancelled meanwhile (deadline, client gone)
+        # must not take the retry with it, or a revocation that holds in memory would
+        # never reach the audit log and would be undone by the next restart.
+        commit = asyncio.ensure_future(self.journal.commit(ended.events))
+        commit.add_done_callback(lambda done: self._retry_if_lost(done, ended.events))
         try:
-            await self.journal.commit(ended.events)
+            await asyncio.shield(commit)
         except CommitError as err:
             if err.durable:
                 return  # in the audit log; the store catches up on its next write or replay
-            self._retry_later(ended.events)
             raise
         done = self.clock.now()
         for event in ended.events:
@@ -1099,6 +1119,13 @@ class Engine:
                 )
         for reason, triggered in ended.lags:
             self.metrics.revocation_lag.labels(reason=reason).observe(max(0.0, done - triggered))
+
+    def _retry_if_lost(self, commit: asyncio.Future[None], events: list[dict[str, Any]]) -> None:
+        if commit.cancelled():
+            return
+        err = commit.exception()
+        if isinstance(err, CommitError) and not err.durable:
+            self._retry_later(events)
 
     def _retry_later(self, events: list[dict[str, Any]]) -> None:
         async def retry() -> None:
@@ -1165,6 +1192,12 @@ class Engine:
     ) -> GrantOutcome:
         """Hold an intent that needs a human: nothing is issued until someone approves."""
         assert decision.tier is not None
+        limit = self.config.max_open_approvals_per_task
+        if self._open_per_task.get(task.task_id, 0) >= limit:
+            raise ResourceExhausted(
+                f"task {task.task_id} already has {limit} open approval requests",
+                Reason.TOO_MANY_APPROVALS,
+            )
         now = self.clock.now()
         digest = intent_hash(identity.subject, task.task_id, intent)
         approval = Approval(
@@ -1179,34 +1212,26 @@ class Engine:
             expires_at=now + self.config.approval_ttl,
         )
         self._open_approval(approval)
-        try:
-            await self.journal.commit(
-                [
-                    _event(
-                        "grant_pending",
-                        now,
-                        approval_id=approval.approval_id,
-                        task_id=task.task_id,
-                        subject=identity.subject,
-                        intent=intent.as_input(),
-                        intent_hash=digest,
-                        decision_id=decision.decision_id or None,
-                        reasons=list(decision.reasons),
-                        decision={
-                            "tier": decision.tier.value,
-                            "ttl_seconds": decision.ttl_seconds,
-                            "audience": decision.audience,
-                            "scope": list(decision.scope),
-                        },
-                        ttl_seconds=requested_ttl,
-                        expires_at=rfc3339(approval.expires_at),
-                    )
-                ]
-            )
-        except CommitError as err:
-            if not err.durable:
-                self._close_approval(approval, ApprovalState.EXPIRED)
-            raise
+        event = _event(
+            "grant_pending",
+            now,
+            approval_id=approval.approval_id,
+            task_id=task.task_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            intent_hash=digest,
+            decision_id=decision.decision_id or None,
+            reasons=list(decision.reasons),
+            decision={
+                "tier": decision.tier.value,
+                "ttl_seconds": decision.ttl_seconds,
+                "audience": decision.audience,
+                "scope": list(decision.scope),
+            },
+            ttl_seconds=requested_ttl,
+            expires_at=rfc3339(approval.expires_at),
+        )
+        await _to_completion(self._commit_parked(approval, event))
         self.metrics.grant_requests.labels(
             decision="pending_approval", tier=decision.tier.value
         ).inc()
@@ -1217,6 +1242,14 @@ class Engine:
         if self.notifier is not None:
             self.notifier.notify(approval)
         return self._pending_outcome(approval)
+
+    async def _commit_parked(self, approval: Approval, event: dict[str, Any]) -> None:
+        try:
+            await self.journal.commit([event])
+        except CommitError as err:
+            if not err.durable:
+                self._close_approval(approval, ApprovalState.EXPIRED)  # never recorded
+            raise
 
     async def _approval_shortcut(
         self, identity: Identity, task_id: str, intent: Intent, now: float
@@ -1290,13 +1323,21 @@ class Engine:
         )
 
     def _open_approval(self, approval: Approval) -> None:
+        if approval.approval_id not in self._approvals:
+            task_id = approval.task_id
+            self._open_per_task[task_id] = self._open_per_task.get(task_id, 0) + 1
         self._approvals[approval.approval_id] = approval
         self._approval_by_hash[approval.intent_hash] = approval
         self._push(approval.expires_at, _Due.APPROVAL_EXPIRY, approval.approval_id)
 
     def _close_approval(self, approval: Approval, state: ApprovalState) -> None:
         approval.state = state
-        self._approvals.pop(approval.approval_id, None)
+        if self._approvals.pop(approval.approval_id, None) is not None:
+            left = self._open_per_task.get(approval.task_id, 1) - 1
+            if left > 0:
+                self._open_per_task[approval.task_id] = left
+            else:
+                self._open_per_task.pop(approval.task_id, None)
         if self._approval_by_hash.get(approval.intent_hash) is approval:
             del self._approval_by_hash[approval.intent_hash]
         approval.settled.set()
@@ -1343,6 +1384,57 @@ class Engine:
                 f"approval {approval_id} is already {approval.state.value}",
                 Reason.APPROVAL_INACTIVE,
             )
+        if approval_id in self._deciding:
+            raise FailedPrecondition(
+                f"approval {approval_id} is being decided", Reason.APPROVAL_INACTIVE
+            )
+        # The approval stays pending (not collectable) until its decision is in the audit
+        # log: the decision takes effect when the commit is durable, even if this caller is
+        # cancelled meanwhile, and not at all when the log refused it.
+        self._deciding.add(approval_id)
+        commit = asyncio.ensure_future(
+            self.journal.commit(
+                [
+                    _event(
+                        "approval_decided",
+                        now,
+                        approval_id=approval_id,
+                        task_id=approval.task_id,
+                        subject=approval.subject,
+                        approved=approve,
+                        approver=approver,
+                        reason=reason or None,
+                    )
+                ]
+            )
+        )
+        commit.add_done_callback(
+            lambda done: self._apply_decision(done, approval, approve, approver, reason)
+        )
+        await asyncio.shield(commit)
+        log.info(
+            "approval %s",
+            "granted" if approve else "denied",
+            extra={"approval_id": approval_id, "task_id": approval.task_id},
+        )
+        return approval
+
+    def _apply_decision(
+        self,
+        commit: asyncio.Future[None],
+        approval: Approval,
+        approve: bool,
+        approver: str,
+        reason: str,
+    ) -> None:
+        """Make a decision effective once its record is durable (see decide_approval)."""
+        self._deciding.discard(approval.approval_id)
+        err = None if commit.cancelled() else commit.exception()
+        durable = err is None or (isinstance(err, CommitError) and err.durable)
+        if commit.cancelled() or not durable:
+            return  # nothing recorded: the approval is still pending
+        if approval.state is not ApprovalState.PENDING:
+            return  # expired while its decision was being written
         approval.decided_by = approver
         approval.decision_reason = reason
         if approve:
@@ -1350,26 +1442,6 @@ class Engine:
             approval.settled.set()
         else:
             self._close_approval(approval, ApprovalState.DENIED)
-        await self.journal.commit(
-            [
-                _event(
-                    "approval_decided",
-                    now,
-                    approval_id=approval_id,
-                    task_id=approval.task_id,
-                    subject=approval.subject,
-                    approved=approve,
-                    approver=approver,
-                    reason=reason or None,
-                )
-            ]
-        )
-        log.info(
-            "approval %s",
-            "granted" if approve else "denied",
-            extra={"approval_id": approval_id, "task_id": approval.task_id},
-        )
-        return approval
 
     async def await_approval(
         self, identity: Identity, approval_id: str, wait: float
@@ -1386,6 +1458,9 @@ class Engine:
         if approval.state is ApprovalState.PENDING and wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(approval.settled.wait(), wait)
+        if approval.expires_at <= self.clock.now() and approval.open:
+            await self.sweep()  # expiry is the clock's, not the sweeper's timing
+            return self._settled_outcome(approval)
         if approval.state is ApprovalState.APPROVED:
             return await self._use_approval(identity, approval)
         if approval.state is ApprovalState.PENDING:
@@ -1409,6 +1484,7 @@ class Engine:
         task = self._tasks.get(approval.task_id)
         if task is None:
             raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
+        self._check_grant_room(task)  # before the approval is used up
         if self.fleet is not None:
             self.fleet.check_issuable()  # before the approval is used up
         self._close_approval(approval, ApprovalState.USED)
@@ -1504,6 +1580,20 @@ def reason_code(reasons: Sequence[str]) -> str:
         return "no_reason"
     code = reasons[0].partition(":")[0].strip()
     return code if code.replace("_", "").isalnum() and len(code) <= 64 else "unstructured"
+
+
+async def _to_completion(work: Coroutine[Any, Any, None]) -> None:
+    """Await `work` in its own task, shielded: a caller cancelled meanwhile (deadline,
+    client gone) does not stop it, so the undo that follows a commit the audit log refused
+    still happens, and memory never keeps what the log does not."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_consume_outcome)
+    await asyncio.shield(task)
+
+
+def _consume_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here when the caller was cancelled
 
 
 def _event(name: str, now: float, **fields: Any) -> dict[str, Any]:

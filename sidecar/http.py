@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .engine import Engine
+from .errors import SidecarError
 
 log = logging.getLogger("jit_sidecar.http")
 MAX_FORM_BYTES = 32 * 1024
@@ -143,8 +144,23 @@ def create_app(
         # RFC 7009 §2.2: answer 200 whether or not the token was valid or active.
         result = await engine.introspect(token, with_reason=False)
         if result.active and result.grant is not None:
-            await engine.revoke_grant(None, result.grant.grant_id, "RFC 7009 revocation")
-            log.info("revoked through /revoke", extra={"grant_id": result.grant.grant_id})
+            grant_id = result.grant.grant_id
+            try:
+                await engine.revoke_grant(None, grant_id, "RFC 7009 revocation")
+            except SidecarError as err:
+                # Revoked in memory (and retried until recorded), but not yet durable:
+                # RFC 7009 §2.2.1 says 503, so the client asks again.
+                log.error(
+                    "revocation through /revoke not recorded yet: %s",
+                    err.message,
+                    extra={"grant_id": grant_id, "reason": err.reason.value},
+                )
+                return web.json_response(
+                    {"error": "temporarily_unavailable", "error_description": err.reason.value},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+            log.info("revoked through /revoke", extra={"grant_id": grant_id})
         return web.Response(status=200)
 
     app.router.add_get("/metrics", handle_metrics)

@@ -97,10 +97,14 @@ class Journal:
                 "replaced? Run `jit-sidecar audit verify` before starting."
             )
         missing: list[dict[str, Any]] = []
+        if applied == self._audit.seq:
+            return missing
         for path in reversed(log_files(self._audit.path)):
+            # An empty file (the fresh one a rotation just started) says nothing about what
+            # is missing: keep reading older files until the record after `applied`.
             older = records_after(path, applied)
             missing[:0] = older
-            if not older or older[0]["seq"] == applied + 1:
+            if older and older[0]["seq"] <= applied + 1:
                 break
         if missing:
             log.warning(

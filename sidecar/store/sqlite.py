@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..approvals import Approval, ApprovalState, decision_from_record
+from ..errors import Reason, Unavailable
 from ..model import Grant, GrantState, Intent, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
 
+log = logging.getLogger("jit_sidecar.store")
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -243,7 +246,10 @@ class SqliteStore:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'applied_seq'", (str(seq),))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have ended the transaction (a failed COMMIT on an I/O
+            # error): a ROLLBACK would then fail and hide the error that matters.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @staticmethod
@@ -397,7 +403,14 @@ class SqliteStore:
     # ------------------------------------------------------------------ cold reads
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._r_lock:
-            return self._r.execute(sql, args).fetchall()
+            try:
+                return self._r.execute(sql, args).fetchall()
+            except sqlite3.Error as err:
+                # A store that cannot be read is down (UNAVAILABLE), not an internal error.
+                log.error("state store read failed: %s", err, extra={"reason": "store_unavailable"})
+                raise Unavailable(
+                    "the state store cannot be read", Reason.STORE_UNAVAILABLE
+                ) from err
 
     async def get_task(self, task_id: str) -> Task | None:
         rows = await asyncio.to_thread(

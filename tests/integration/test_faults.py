@@ -217,6 +217,30 @@ def test_audit_unwritable_mid_run_fails_closed(tmp_path: Path, opa: OpaServer) -
     assert ready.status_code == 503 and ready.json()["checks"]["audit"] == "not writable"
 
 
+def test_revoke_endpoint_with_the_audit_log_down_answers_503(
+    tmp_path: Path, opa: OpaServer
+) -> None:
+    """POST /revoke while the audit log cannot be written: 503 temporarily_unavailable
+    (RFC 7009 §2.2.1; it was a bare 500 with an unstructured traceback), the token is
+    inactive at once, and the revocation is recorded once the log is writable again."""
+    with running(SidecarProcess(tmp_path / "s", opa.url)) as sidecar, sidecar.client() as c:
+        task = c.begin_task("revoke while the log is down")
+        grant = c.request_grant(task.task_id, "docs.read", "docs://x")
+        form = {"token": grant.token}
+        with immutable(sidecar.audit):
+            answer = requests.post(sidecar.http + "/revoke", data=form, timeout=10)
+            during = requests.post(sidecar.http + "/introspect", data=form, timeout=10).json()
+        wait_for(
+            lambda: any(r["grant_id"] == grant.grant_id for r in sidecar.events("grant_revoked")),
+            timeout=15,
+        )
+        again = requests.post(sidecar.http + "/revoke", data=form, timeout=10)
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "temporarily_unavailable"
+    assert during == {"active": False}
+    assert again.status_code == 200
+
+
 # ------------------------------------------------------------------------------ keys
 
 

@@ -4,18 +4,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+import subprocess
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.audit import AuditFile, verify
+from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine
-from sidecar.errors import FailedPrecondition, PermissionDenied
-from sidecar.journal import Journal
+from sidecar.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+    SidecarError,
+    Unavailable,
+)
+from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
 from sidecar.store.sqlite import SqliteStore
@@ -27,23 +38,36 @@ OTHER = Identity("spiffe://t/agent/other", "t", "dev")
 
 
 class Rig:
-    def __init__(self, tmp: Path, **settings: Any) -> None:
-        self.clock = ManualClock(1_800_000_000.0)
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        rotate_bytes: int = 0,
+        audit_path: Path | None = None,
+        keys: KeyRing | None = None,
+        clock: ManualClock | None = None,
+        **settings: Any,
+    ) -> None:
+        self.clock = clock or ManualClock(1_800_000_000.0)
         self.policy = ScriptedPolicy()
         self.metrics = Metrics()
-        self.store = SqliteStore(tmp / "state.db")
-        self.audit_path = tmp / "audit.jsonl"
-        self.journal = Journal(AuditFile(self.audit_path), self.store)
+        self.state_path = tmp / "state.db"
+        self.store = SqliteStore(self.state_path)
+        self.audit_path = audit_path or tmp / "audit.jsonl"
+        self.journal = Journal(AuditFile(self.audit_path, rotate_bytes=rotate_bytes), self.store)
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
+        self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
         self.engine = Engine(
             config,
             policy=self.policy,
             store=self.store,
             journal=self.journal,
-            keys=KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA"))),
+            keys=self.keys,
             metrics=self.metrics,
             clock=self.clock,
         )
+        self.journal.replay()
+        self.engine.restore(self.store.load())
         self.journal.start()
 
     def close(self) -> None:
@@ -232,5 +256,428 @@ def test_introspection_names_the_end_reason_before_the_store_catches_up(tmp_path
         after = await r.engine.introspect(outcome.token)
         assert (during.active, during.revocation_reason) == (False, "errored")
         assert (after.active, after.revocation_reason) == (False, "errored")
+
+    run(tmp_path, body)
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """chattr +i: even root's writes through already-open descriptors fail (EPERM)."""
+    done = []
+    try:
+        for p in paths:
+            if p.exists():
+                r = subprocess.run(["chattr", "+i", str(p)], capture_output=True, check=False)
+                if r.returncode != 0:
+                    pytest.fail(f"this test needs chattr +i (root, ext4): {r.stderr.decode()}")
+                done.append(p)
+        yield
+    finally:
+        for p in done:
+            subprocess.run(["chattr", "-i", str(p)], check=False)
+
+
+def test_revocation_audited_when_the_log_rotated_stays_revoked_after_restart(
+    tmp_path: Path,
+) -> None:
+    """A completion in the audit log that the store could not apply, written just before
+    the log rotated, is replayed at start-up: after a restart its grant is still revoked
+    (replay used to stop at the empty fresh log file, and the grant came back active)."""
+    first = Rig(tmp_path, rotate_bytes=1)  # every write rotates the log
+    try:
+
+        async def issue_then_complete() -> str:
+            task = await first.engine.begin_task(
+                ME, task_id="", goal="g", max_duration=300, labels={}
+            )
+            out = await first.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+            wal = Path(str(first.state_path) + "-wal")
+            with immutable(first.state_path, wal):  # the store cannot apply the completion
+                await first.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED)
+            return out.token
+
+        token = asyncio.run(issue_then_complete())
+        audited = [r["event"] for f in log_files(first.audit_path) for r in records_after(f, 0)]
+    finally:
+        first.close()  # as a crash would: the store never applied the completion
+    second = Rig(tmp_path, rotate_bytes=1, keys=first.keys, clock=first.clock)
+    try:
+        after = asyncio.run(second.engine.introspect(token))
+        row = second.store.writer.execute("SELECT state FROM grants").fetchone()
+    finally:
+        second.close()
+    assert "task_completed" in audited
+    assert (after.active, after.revocation_reason) == (False, "completed")
+    assert row == ("revoked",)
+
+
+def test_a_failed_audit_rotation_keeps_the_journal_serving(tmp_path: Path) -> None:
+    """The log cannot be rotated (its directory is immutable): the batch already written
+    counts, grants keep flowing into the same file, and the log rotates once it can, one
+    chain throughout (a failed rotation killed the journal's writer: every later call hung)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    r = Rig(tmp_path, rotate_bytes=1, audit_path=logs / "audit.jsonl")
+
+    async def body() -> list[bool]:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+
+        async def grant(resource: str) -> str:
+            call = r.engine.request_grant(ME, task.task_id, Intent("x.write", resource), 60)
+            return (await asyncio.wait_for(call, 5)).token
+
+        with immutable(logs):
+            tokens = [await grant("x://1"), await grant("x://2")]
+        tokens.append(await grant("x://3"))
+        return [(await r.engine.introspect(t)).active for t in tokens]
+
+    try:
+        active = asyncio.run(body())
+    finally:
+        r.close()
+    files = log_files(r.audit_path)
+    chain = verify(files)
+    assert active == [True, True, True]
+    assert chain.ok and chain.count == 4
+    # task_begun, rotated; the three grants in one file, rotated once the directory allowed.
+    assert [len(records_after(f, 0)) for f in files] == [1, 3, 0]
+
+
+def test_a_cancelled_completion_is_still_audited_when_the_log_comes_back(tmp_path: Path) -> None:
+    """CompleteTask cancelled (deadline, client gone) while its commit waits, then the audit
+    write fails: the revocation is still retried until the log takes it, so a restart finds
+    the grant revoked (the cancelled call skipped the retry; the grant came back active)."""
+    first = Rig(tmp_path)
+    try:
+
+        async def body() -> str:
+            task = await first.engine.begin_task(
+                ME, task_id="", goal="g", max_duration=300, labels={}
+            )
+            out = await first.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+            # Keep the journal's writer busy on a heartbeat so the completion's commit waits.
+            entered, release = threading.Event(), threading.Event()
+            apply = first.store.apply
+
+            def held(*args: Any) -> Any:
+                entered.set()
+                release.wait(10)
+                return apply(*args)
+
+            first.store.apply = held  # type: ignore[method-assign]
+            await first.engine.heartbeat(ME, task.task_id)
+            assert await asyncio.to_thread(entered.wait, 5)
+            completing = asyncio.create_task(
+                first.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED)
+            )
+            await asyncio.sleep(0.05)
+            completing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await completing
+            with immutable(first.audit_path):  # the completion's audit write fails
+                release.set()
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.5)  # the retry runs (first after 0.5 s)
+            return out.token
+
+        token = asyncio.run(body())
+    finally:
+        first.close()
+    audited = [r["event"] for r in records_after(first.audit_path, 0)]
+    second = Rig(tmp_path, keys=first.keys, clock=first.clock)
+    try:
+        after = asyncio.run(second.engine.introspect(token))
+    finally:
+        second.close()
+    assert audited[-2:] == ["grant_revoked", "task_completed"]
+    assert (after.active, after.revocation_reason) == (False, "completed")
+
+
+def test_an_approval_whose_decision_was_not_audited_yields_no_grant(tmp_path: Path) -> None:
+    """An approval is collectable only once its decision is in the audit log: collecting
+    while the decision is being written answers pending, and a decision the log refused
+    leaves the approval pending (it stayed approved in memory, and its grant was issued
+    with no approval_decided record behind it)."""
+    r = Rig(tmp_path)
+
+    async def body() -> tuple[str, str, str]:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        approval_id = parked.approval_id
+        entered, release = threading.Event(), threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        await r.engine.heartbeat(ME, task.task_id)  # the writer is busy with it
+        assert await asyncio.to_thread(entered.wait, 5)
+        deciding = asyncio.create_task(
+            r.engine.decide_approval(approval_id, approve=True, approver="ops", reason="ok")
+        )
+        await asyncio.sleep(0.05)
+        try:
+            during = await asyncio.wait_for(r.engine.await_approval(ME, approval_id, 0), 1)
+        except BaseException:
+            release.set()  # let the writer go before the loop closes
+            raise
+        with immutable(r.audit_path):  # the decision's audit write fails
+            release.set()
+            with pytest.raises(CommitError):
+                await deciding
+        r.store.apply = apply  # type: ignore[method-assign]
+        after = await r.engine.await_approval(ME, approval_id, 0)
+        await r.engine.decide_approval(approval_id, approve=True, approver="ops", reason="ok")
+        granted = await r.engine.await_approval(ME, approval_id, 0)
+        return during.decision, after.decision, granted.decision
+
+    try:
+        decisions = asyncio.run(body())
+    finally:
+        r.close()
+    events = [(x["event"], x.get("approval_id")) for x in records_after(r.audit_path, 0)]
+    assert decisions == ("pending_approval", "pending_approval", "granted")
+    assert [e for e, a in events if a] == ["grant_pending", "approval_decided", "grant_issued"]
+
+
+def test_concurrent_requests_never_exceed_max_grants_per_task(tmp_path: Path) -> None:
+    """Requests decided concurrently count against max_grants_per_task when they issue,
+    not only when they arrive: the task never holds more than the limit (three requests
+    that all arrived under a limit of two all used to be granted)."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        gate = asyncio.Event()
+        original = r.policy.decide
+
+        async def slow(policy_input: dict[str, Any]) -> Any:
+            await gate.wait()
+            return await original(policy_input)
+
+        r.policy.decide = slow  # type: ignore[method-assign]
+        calls = [
+            asyncio.create_task(
+                r.engine.request_grant(ME, task.task_id, Intent("x.write", f"x://{i}"), 30)
+            )
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.05)  # all three are past the arrival check, waiting on policy
+        gate.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [e for e in results if isinstance(e, ResourceExhausted)]
+        assert sum(not isinstance(x, BaseException) for x in results) == 2
+        assert [e.reason for e in refused] == [Reason.TOO_MANY_GRANTS]
+        assert len(task.grant_ids) == r.engine.active_grant_count == 2
+
+    run(tmp_path, body, max_grants_per_task=2)
+
+
+def test_open_approvals_per_task_are_bounded(tmp_path: Path) -> None:
+    """A task holds at most max_open_approvals_per_task open approval requests: one more is
+    RESOURCE_EXHAUSTED too_many_approvals (no approval kept, audited or sent), repeating an
+    open one still answers pending, and a decided one frees its place (each distinct
+    intent used to park another approval, without bound)."""
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+
+        def ask(why: str) -> Awaitable[Any]:
+            return r.engine.request_grant(
+                ME, task.task_id, Intent("x.write", "x://1", justification=why), 60
+            )
+
+        first, second = await ask("one"), await ask("two")
+        with pytest.raises(ResourceExhausted) as refused:
+            await ask("three")
+        again = await ask("one")
+        await r.engine.decide_approval(
+            first.approval_id, approve=False, approver="ops", reason="no"
+        )
+        third = await ask("three")
+        assert refused.value.reason is Reason.TOO_MANY_APPROVALS
+        assert again.approval_id == first.approval_id
+        assert [a.approval_id for a in r.engine.open_approvals()] == [
+            second.approval_id,
+            third.approval_id,
+        ]
+
+    run(tmp_path, body, max_open_approvals_per_task=2)
+
+
+def test_a_grant_outcome_never_shows_its_token(tmp_path: Path) -> None:
+    """repr() of the engine's answer (what a debug log line, a traceback or a failing test
+    prints) names the grant, never the bearer token (GrantOutcome printed the token)."""
+
+    async def body(r: Rig) -> None:
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        out = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        assert out.grant is not None
+        shown = repr(out)
+        assert out.token.count(".") == 2
+        assert out.token not in shown
+        assert out.token.split(".")[2] not in shown
+        assert out.grant.grant_id in shown
+
+    run(tmp_path, body)
+
+
+def test_an_expired_approval_cannot_be_collected_before_the_sweep(tmp_path: Path) -> None:
+    """An approved request not collected within approval_ttl is expired for AwaitApproval
+    at once, whether or not the sweeper has run yet (it was still issued until then)."""
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        await r.engine.decide_approval(
+            parked.approval_id, approve=True, approver="ops", reason="ok"
+        )
+        r.clock.advance(61)  # past approval_ttl; the sweeper has not run
+        late = await r.engine.await_approval(ME, parked.approval_id, 0)
+        assert late.decision == "denied"
+        assert late.reasons[0].startswith("approval_expired")
+        assert r.engine.active_grant_count == 0
+
+    run(tmp_path, body, approval_ttl=60, heartbeat_interval=1000)
+
+
+def test_a_cancelled_begin_task_the_log_refused_leaves_no_task(tmp_path: Path) -> None:
+    """BeginTask cancelled while its commit waits, then the audit write fails: the task is
+    not kept (it stayed in memory unrecorded, and grants were issued for a task that the
+    audit log and, after a restart, the store never knew)."""
+    r = Rig(tmp_path)
+
+    async def body() -> BaseException:
+        other = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        entered, release = threading.Event(), threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        await r.engine.heartbeat(ME, other.task_id)  # the writer is busy with it
+        assert await asyncio.to_thread(entered.wait, 5)
+        beginning = asyncio.create_task(
+            r.engine.begin_task(ME, task_id="mine", goal="g", max_duration=300, labels={})
+        )
+        await asyncio.sleep(0.05)
+        beginning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beginning
+        with immutable(r.audit_path):  # the task_begun write fails
+            release.set()
+            await asyncio.sleep(0.2)
+        r.store.apply = apply  # type: ignore[method-assign]
+        try:
+            await r.engine.request_grant(ME, "mine", Intent("x.write", "x://1"), 60)
+        except SidecarError as err:
+            return err
+        raise AssertionError("a grant was issued for a task the audit log never recorded")
+
+    try:
+        refused = asyncio.run(body())
+    finally:
+        r.close()
+    events = [x["event"] for x in records_after(r.audit_path, 0)]
+    assert isinstance(refused, NotFound)
+    assert r.engine.task("mine") is None
+    assert "grant_issued" not in events
+
+
+def test_a_cancelled_approval_request_the_log_refused_is_not_kept(tmp_path: Path) -> None:
+    """A RequestGrant parked for approval, cancelled while its grant_pending record waits,
+    then refused by the audit log: no approval stays open (it stayed approvable in memory
+    with no record of the request behind it)."""
+    r = Rig(tmp_path)
+
+    async def body() -> list[Any]:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        entered, release = threading.Event(), threading.Event()
+        apply = r.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        r.store.apply = held  # type: ignore[method-assign]
+        await r.engine.heartbeat(ME, task.task_id)  # the writer is busy with it
+        assert await asyncio.to_thread(entered.wait, 5)
+        asking = asyncio.create_task(
+            r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        )
+        await asyncio.sleep(0.05)
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        with immutable(r.audit_path):  # the grant_pending write fails
+            release.set()
+            await asyncio.sleep(0.2)
+        return r.engine.open_approvals()
+
+    try:
+        still_open = asyncio.run(body())
+    finally:
+        r.close()
+    events = [x["event"] for x in records_after(r.audit_path, 0)]
+    assert still_open == []
+    assert "grant_pending" not in events
+
+
+def test_a_store_write_failure_is_reported_as_itself(tmp_path: Path) -> None:
+    """When SQLite fails a batch (here: its files turned immutable), the error the journal
+    logs and the operator reads is SQLite's own (e.g. disk I/O error), not the ROLLBACK
+    of a transaction SQLite had already ended ("cannot rollback - no transaction is
+    active" hid the cause); the store still takes the next batch."""
+    store = SqliteStore(tmp_path / "state.db")
+    begun = {
+        "event": "task_begun",
+        "time": "2027-01-15T08:00:00.000000Z",
+        "task_id": "t1",
+        "subject": ME.subject,
+        "expires_at": "2027-01-15T09:00:00.000000Z",
+        "heartbeat_interval_seconds": 5,
+    }
+    ended = {
+        "event": "task_completed",
+        "time": "2027-01-15T08:00:01.000000Z",
+        "task_id": "t1",
+        "state": "succeeded",
+    }
+    try:
+        store.apply([begun], (), 1)
+        files = (tmp_path / "state.db", tmp_path / "state.db-wal")
+        with immutable(*files), pytest.raises(sqlite3.Error) as failed:
+            store.apply([ended], (), 2)
+        store.apply([ended], (), 2)
+        state = store.writer.execute("SELECT state FROM tasks").fetchone()
+    finally:
+        store.close()
+    assert "rollback" not in str(failed.value)
+    assert state == ("succeeded",)
+
+
+def test_a_state_store_that_cannot_be_read_is_unavailable(tmp_path: Path) -> None:
+    """A cold-path read of a broken state database (its main file overwritten: "file is
+    not a database") is UNAVAILABLE store_unavailable, as the API promises for a store
+    that is down (it escaped as a raw sqlite3 error: INTERNAL `internal`)."""
+
+    async def body(r: Rig) -> None:
+        r.store.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with r.state_path.open("r+b") as f:
+            f.write(b"\xff" * 16384)
+        with pytest.raises(Unavailable) as refused:
+            await r.engine.begin_task(ME, task_id="named", goal="g", max_duration=60, labels={})
+        assert refused.value.reason is Reason.STORE_UNAVAILABLE
+        assert r.engine.task("named") is None
 
     run(tmp_path, body)
