@@ -116,7 +116,7 @@ class Http1Pool:
             body = await self._read_body(conn.reader, headers)
             keep = headers.get("connection", "").lower() != "close"
             return Response(status, body)
-        except (ConnectionError, asyncio.LimitOverrunError) as err:
+        except (OSError, asyncio.LimitOverrunError) as err:  # incl. TLS errors mid-response
             if not fresh and isinstance(err, ConnectionResetError):
                 raise _StaleConnection from err
             raise HttpError(f"connection error: {err}") from err

@@ -184,7 +184,8 @@ class Engine:
             self._schedule_task(task)
         for grant in snapshot.grants:
             if grant.task_id not in self._tasks:
-                # A grant whose task already ended cannot be active; the sweep revokes it.
+                # Nothing should leave a grant active in an ended task; if a crash window did,
+                # it stays active (its token may be in use) until its exp, and is reported.
                 log.warning("active grant %s of ended task %s", grant.grant_id, grant.task_id)
             self._grants[grant.grant_id] = grant
             self._push(grant.expires_at, _Due.GRANT_EXPIRY, grant.grant_id)
