@@ -253,36 +253,46 @@ class Bench:
         return self.sidecar.key
 
     def memory(self) -> None:
+        """RSS with `grants` active grants, in a fresh sidecar process (same flags, OPA and
+        machine) so that garbage the allocator kept from the load runs above does not count;
+        the load-run sidecar's own RSS is reported alongside."""
         assert self.pool is not None
-        assert self.sidecar is not None
         a = self.args
         f = self.figures
-        f["rss_before_fill_mb"] = rss_bytes(self.pid) / 2**20
-        before = self.active_grants()
-        c = a.fill_concurrency
-        # Top up to `grants` active grants in all (earlier runs' grants are still active).
-        fill = max(0, a.grants - int(before))
-        self.step(f"filling the sidecar with {fill} more standing grants (c={c})")
-        started = time.perf_counter()
-        r = self.pool.run(
-            # 45 grants per task: the shipped policy allows 50 active grants per task.
-            Target(kind="fill", socket=self.socket, rotate_every=45, ttl=900),
-            c,
-            max_calls=-(-fill // c),
-            warm_calls=0,
-        )
-        f["fill_per_s"] = r.calls / (time.perf_counter() - started)
-        time.sleep(1.0)
-        active = self.active_grants()
-        f["active_grants"] = active
-        f["rss_mb"] = rss_bytes(self.pid) / 2**20
-        f["rss_per_grant_bytes"] = (
-            (f["rss_mb"] - f["rss_before_fill_mb"]) * 2**20 / max(1.0, active - before)
-        )
+        f["rss_after_load_mb"] = rss_bytes(self.pid) / 2**20
+        f["active_after_load"] = self.active_grants(self.sidecar)
+        fresh = SidecarProcess(self.workdir / "sidecar-memory", self.opa_url, *SIDECAR_FLAGS)
+        fresh.start()
+        try:
+            assert fresh.proc is not None
+            pid = fresh.proc.pid
+            time.sleep(1.0)
+            f["rss_before_fill_mb"] = rss_bytes(pid) / 2**20
+            c = a.fill_concurrency
+            self.step(f"filling a fresh sidecar with {a.grants} standing grants (c={c})")
+            started = time.perf_counter()
+            r = self.pool.run(
+                # 45 grants per task: the shipped policy allows 50 active grants per task.
+                Target(kind="fill", socket=str(fresh.socket.resolve()), rotate_every=45, ttl=900),
+                c,
+                max_calls=-(-a.grants // c),
+                warm_calls=0,
+            )
+            f["fill_per_s"] = r.calls / (time.perf_counter() - started)
+            time.sleep(1.0)
+            active = self.active_grants(fresh)
+            f["active_grants"] = active
+            f["rss_mb"] = rss_bytes(pid) / 2**20
+            f["rss_per_grant_bytes"] = (
+                (f["rss_mb"] - f["rss_before_fill_mb"]) * 2**20 / max(1.0, active)
+            )
+        finally:
+            fresh.stop(timeout=60)
 
-    def active_grants(self) -> float:
-        assert self.sidecar is not None
-        return sum(self.sidecar.metric("jit_active_grants", tier=t) for t in ("standing", "jit"))
+    @staticmethod
+    def active_grants(sidecar: SidecarProcess | None) -> float:
+        assert sidecar is not None
+        return sum(sidecar.metric("jit_active_grants", tier=t) for t in ("standing", "jit"))
 
     def profile(self, out: Path) -> None:
         assert self.pool is not None
@@ -429,7 +439,8 @@ def table(figures: dict[str, float], rows: list[dict[str, Any]]) -> str:
         ("health Check c=32: calls/s, p50 / p99", "health_c32", ""),
         ("raw OPA c=32: decisions/s, p50 / p99", "opa_c32", ""),
         ("active grants at the RSS reading", "active_grants", ""),
-        ("sidecar RSS before the fill / after", "rss", ""),
+        ("fresh sidecar RSS before the fill / after", "rss", ""),
+        ("load-run sidecar RSS after the c=1/8/32 runs", "rss_after_load", ""),
         ("RSS per added grant", "rss_per_grant_bytes", "B"),
         ("fill rate (standing grants/s, c=8)", "fill_per_s", ""),
         ("full GC collection with 100k grants (in-process engine)", "gc_full_ms", "ms"),
@@ -451,6 +462,12 @@ def table(figures: dict[str, float], rows: list[dict[str, Any]]) -> str:
             if "rss_mb" not in f:
                 continue
             value = f"{f['rss_before_fill_mb']:.1f} MB / {f['rss_mb']:.1f} MB"
+        elif key == "rss_after_load":
+            if "rss_after_load_mb" not in f:
+                continue
+            value = (
+                f"{f['rss_after_load_mb']:.1f} MB with {f['active_after_load']:.0f} active grants"
+            )
         elif key == "sweep":
             if "sweep_0_due_ms" not in f:
                 continue
