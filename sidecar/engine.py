@@ -911,16 +911,7 @@ class Engine:
             if kind is _Due.APPROVAL_EXPIRY:
                 approval = self._approvals.get(ident)
                 if approval is not None and approval.expires_at <= now:
-                    self._close_approval(approval, ApprovalState.EXPIRED)
-                    ended.events.append(
-                        _event(
-                            "approval_expired",
-                            now,
-                            approval_id=approval.approval_id,
-                            task_id=approval.task_id,
-                            subject=approval.subject,
-                        )
-                    )
+                    self._expire_approval(approval, now, ended)
                 continue
             task = self._tasks.get(ident)
             if task is None or not task.active:
@@ -1057,17 +1048,7 @@ class Engine:
         self._drop_task(task)
         for approval in [a for a in self._approvals.values() if a.task_id == task.task_id]:
             # An approval is only ever collected inside its task: it ends with the task.
-            self._close_approval(approval, ApprovalState.EXPIRED)
-            ended.events.append(
-                _event(
-                    "approval_expired",
-                    now,
-                    approval_id=approval.approval_id,
-                    task_id=task.task_id,
-                    subject=approval.subject,
-                    reason="task_ended",
-                )
-            )
+            self._expire_approval(approval, now, ended, reason="task_ended")
         ended.events.append(
             _event(
                 "task_completed",
@@ -1342,6 +1323,21 @@ class Engine:
         if self._approval_by_hash.get(approval.intent_hash) is approval:
             del self._approval_by_hash[approval.intent_hash]
         approval.settled.set()
+
+    def _expire_approval(
+        self, approval: Approval, now: float, ended: _Ended, reason: str | None = None
+    ) -> None:
+        self._close_approval(approval, ApprovalState.EXPIRED)
+        ended.events.append(
+            _event(
+                "approval_expired",
+                now,
+                approval_id=approval.approval_id,
+                task_id=approval.task_id,
+                subject=approval.subject,
+                reason=reason,
+            )
+        )
 
     def _approved_for_other_intent(
         self, task_id: str, intent: Intent, digest: str

@@ -3,18 +3,17 @@ OPA and the `jit-sidecar` CLI as people run it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
 import pytest
 import requests
 
+from tests.faults import tmpfs
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 
 
@@ -135,28 +134,12 @@ def test_truncated_log_refuses_to_start(tmp_path: Path, opa: OpaServer) -> None:
     assert "was the log truncated or replaced" in process.log()
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        raise RuntimeError(f"cannot mount a tmpfs here: {mounted.stderr.decode()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_audit_disk_full_fails_closed(tmp_path: Path, opa: OpaServer) -> None:
     """When the audit log cannot be written (a full disk), no grant is issued, the error is
     UNAVAILABLE audit_unavailable, jit_audit_write_errors_total rises and /readyz fails."""
     from sidecar.client import SidecarUnavailable
 
-    with small_tmpfs(tmp_path / "audit-disk", "64k") as disk:
+    with tmpfs(tmp_path / "audit-disk", "64k") as disk:
         process = SidecarProcess(tmp_path / "s", opa.url)
         process.audit = disk / "audit.jsonl"
         with running(process) as sidecar, sidecar.client() as c:

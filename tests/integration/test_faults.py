@@ -9,7 +9,6 @@ import contextlib
 import resource
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.client import SidecarRpcError, socket_target
 from tests.fakes import VALID_JIT, FakeOpa
+from tests.faults import immutable, tmpfs
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 from tests.load import Load, assert_nothing_lost
 
@@ -101,39 +101,6 @@ def test_opa_slow_then_garbage_mid_load(tmp_path: Path, fake_opa: FakeOpa) -> No
 
 
 # ------------------------------------------------------------------------------ state store
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.fail(f"this test needs `mount -t tmpfs` (root): {mounted.stderr.decode()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """chattr +i: even root's writes through already-open descriptors fail (EPERM)."""
-    done = []
-    try:
-        for p in paths:
-            if p.exists():
-                r = subprocess.run(["chattr", "+i", str(p)], capture_output=True, check=False)
-                if r.returncode != 0:
-                    pytest.fail(f"this test needs chattr +i (root, ext4): {r.stderr.decode()}")
-                done.append(p)
-        yield
-    finally:
-        for p in done:
-            subprocess.run(["chattr", "-i", str(p)], check=False)
 
 
 def test_state_disk_full_fails_closed_and_recovers(tmp_path: Path, opa: OpaServer) -> None:

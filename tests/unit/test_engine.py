@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from sidecar.model import Identity, Intent, Outcome
 from sidecar.store.sqlite import SqliteStore
 from sidecar.tokens import KeyRing, SigningKey, generate_private_key
 from tests.fakes import VALID_JIT, ManualClock, ScriptedPolicy
+from tests.faults import immutable
 
 ME = Identity("spiffe://t/agent/me", "t", "dev")
 OTHER = Identity("spiffe://t/agent/other", "t", "dev")
@@ -258,23 +258,6 @@ def test_introspection_names_the_end_reason_before_the_store_catches_up(tmp_path
         assert (after.active, after.revocation_reason) == (False, "errored")
 
     run(tmp_path, body)
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """chattr +i: even root's writes through already-open descriptors fail (EPERM)."""
-    done = []
-    try:
-        for p in paths:
-            if p.exists():
-                r = subprocess.run(["chattr", "+i", str(p)], capture_output=True, check=False)
-                if r.returncode != 0:
-                    pytest.fail(f"this test needs chattr +i (root, ext4): {r.stderr.decode()}")
-                done.append(p)
-        yield
-    finally:
-        for p in done:
-            subprocess.run(["chattr", "-i", str(p)], check=False)
 
 
 def test_revocation_audited_when_the_log_rotated_stays_revoked_after_restart(
