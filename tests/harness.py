@@ -177,12 +177,12 @@ class SidecarProcess:
             "--log-level",
             "debug",
         ]
-        if self.identity == "dev" and "--signing-key" not in self.extra:
+        if "--signing-key" not in self.extra:
             args += ["--signing-key", str(self.key)]
         return args + self.extra
 
     def start(self, wait: bool = True) -> SidecarProcess:
-        if self.identity == "dev" and not self.key.exists() and "--signing-key" not in self.extra:
+        if not self.key.exists() and "--signing-key" not in self.extra:
             from sidecar.tokens import generate_private_key, write_private_key
 
             write_private_key(self.key, generate_private_key("EdDSA"))

@@ -554,15 +554,9 @@ def svid_target(tmp_path_factory: pytest.TempPathFactory, opa: OpaServer) -> Ite
     root = tmp_path_factory.mktemp("fuzz-svid")
     domain = TrustDomain.create("example.org")
     bundle = domain.write_bundle(root / "example.org.jwks")
-    key = root / "signing-key.pem"
-    from sidecar.tokens import generate_private_key, write_private_key
-
-    write_private_key(key, generate_private_key("EdDSA"))
     process = SidecarProcess(
         root / "s",
         opa.url,
-        "--signing-key",
-        str(key),
         "--trust-bundle",
         f"example.org={bundle}",
         "--audience",

@@ -15,7 +15,6 @@ import grpc
 import pytest
 
 from sidecar.client import AccessClient, SidecarRpcError, socket_target
-from sidecar.tokens import generate_private_key, write_private_key
 from tests.fakes import FakeOpa
 from tests.harness import OpaServer, SidecarProcess, running
 from tests.identity_kit import AUDIENCE, TrustDomain
@@ -144,14 +143,10 @@ def test_too_many_concurrent_rpcs(tmp_path: Path, fake_opa: FakeOpa) -> None:
 
 
 def _svid_sidecar(tmp_path: Path, opa_url: str, domain: TrustDomain, *extra: str) -> SidecarProcess:
-    key = tmp_path / "signing-key.pem"
-    write_private_key(key, generate_private_key("EdDSA"))
     bundle = domain.write_bundle(tmp_path / "bundle.jwks")
     return SidecarProcess(
         tmp_path / "s",
         opa_url,
-        "--signing-key",
-        str(key),
         "--trust-bundle",
         f"{domain.name}={bundle}",
         "--audience",

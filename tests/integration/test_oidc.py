@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from sidecar.client import AccessDenied, IdentityRejected
-from sidecar.tokens import generate_private_key, write_private_key
 from tests.harness import OpaServer, SidecarProcess, wait_for
 from tests.identity_kit import Key, sign_raw
 from tests.oidc_issuer import OidcIssuer
@@ -30,13 +29,9 @@ def issuer() -> Iterator[OidcIssuer]:
 
 def oidc_sidecar(workdir: Path, opa_url: str, issuer: OidcIssuer, *extra: str) -> SidecarProcess:
     workdir.mkdir(parents=True, exist_ok=True)
-    key = workdir / "signing-key.pem"
-    write_private_key(key, generate_private_key("EdDSA"))
     return SidecarProcess(
         workdir,
         opa_url,
-        "--signing-key",
-        str(key),
         "--oidc-issuer",
         issuer.url,
         "--oidc-subject-map",

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from sidecar.client import AccessClient, IdentityRejected, WorkloadApiToken
-from sidecar.tokens import generate_private_key, write_private_key
 from tests.harness import OpaServer, SidecarProcess, free_port, wait_for
 from tests.identity_kit import TrustDomain
 
@@ -172,13 +171,9 @@ def test_real_spire_jwt_svid_is_accepted(tmp_path: Path, opa: OpaServer, spire: 
     try:
         # The registration entry reaches the agent on its next sync (a few seconds).
         svid = wait_for(lambda: _fetch_svid(source), 90, 0.5, "a JWT-SVID from SPIRE")
-        key = tmp_path / "signing-key.pem"
-        write_private_key(key, generate_private_key("EdDSA"))
         process = SidecarProcess(
             tmp_path / "sc",
             opa.url,
-            "--signing-key",
-            str(key),
             "--trust-domains",
             DOMAIN,
             identity="jwt-svid",

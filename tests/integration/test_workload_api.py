@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from sidecar.client import AccessClient, IdentityRejected, TokenFile, WorkloadApiToken
-from sidecar.tokens import generate_private_key, write_private_key
 from tests.harness import OpaServer, SidecarProcess, wait_for
 from tests.identity_kit import Key, TrustDomain
 from tests.workload_api import WorkloadApi
@@ -29,13 +28,9 @@ def test_bundles_from_workload_api_and_rotation(
     tmp_path: Path, opa: OpaServer, workload_api: WorkloadApi
 ) -> None:
     """SPIFFE_ENDPOINT_SOCKET alone configures the bundles; a pushed rotation is applied."""
-    key = tmp_path / "signing-key.pem"
-    write_private_key(key, generate_private_key("EdDSA"))
     process = SidecarProcess(
         tmp_path / "sc",
         opa.url,
-        "--signing-key",
-        str(key),
         identity="jwt-svid",
         env={"SPIFFE_ENDPOINT_SOCKET": workload_api.endpoint},
     ).start()
@@ -66,13 +61,9 @@ def test_bundles_from_workload_api_and_rotation(
 def test_client_token_sources(tmp_path: Path, opa: OpaServer, workload_api: WorkloadApi) -> None:
     """The SDK attaches JWT-SVIDs fetched from the Workload API, or read from a token file
     that is re-read when it is rotated."""
-    key = tmp_path / "signing-key.pem"
-    write_private_key(key, generate_private_key("EdDSA"))
     process = SidecarProcess(
         tmp_path / "sc",
         opa.url,
-        "--signing-key",
-        str(key),
         "--spiffe-endpoint-socket",
         workload_api.endpoint,
         identity="jwt-svid",
@@ -100,13 +91,9 @@ def test_agent_restart_keeps_bundles_then_follows_new_agent(
 ) -> None:
     """While the agent is down the last bundles stay in force; a restarted agent with rotated
     keys is reconnected to and its bundles applied."""
-    key = tmp_path / "signing-key.pem"
-    write_private_key(key, generate_private_key("EdDSA"))
     process = SidecarProcess(
         tmp_path / "sc",
         opa.url,
-        "--signing-key",
-        str(key),
         identity="jwt-svid",
         env={"SPIFFE_ENDPOINT_SOCKET": workload_api.endpoint},
     ).start()

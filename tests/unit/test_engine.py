@@ -70,6 +70,23 @@ class Rig:
         self.engine.restore(self.store.load())
         self.journal.start()
 
+    def hold_store_writes(self) -> tuple[threading.Event, threading.Event]:
+        """Make the journal's writer block in its next store write until `release` is set;
+        `entered` is set once it blocks. Returns (entered, release)."""
+        entered, release = threading.Event(), threading.Event()
+        apply = self._real_apply = self.store.apply
+
+        def held(*args: Any) -> Any:
+            entered.set()
+            release.wait(10)
+            return apply(*args)
+
+        self.store.apply = held  # type: ignore[method-assign]
+        return entered, release
+
+    def unhold_store_writes(self) -> None:
+        self.store.apply = self._real_apply  # type: ignore[method-assign]
+
     def close(self) -> None:
         self.journal.close()
         self.store.close()
@@ -240,14 +257,7 @@ def test_introspection_names_the_end_reason_before_the_store_catches_up(tmp_path
         task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
         outcome = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
         # Hold the journal's store write so the revocation's commit stays in flight.
-        release = threading.Event()
-        apply = r.store.apply
-
-        def held(*args: Any) -> Any:
-            release.wait(10)
-            return apply(*args)
-
-        r.store.apply = held  # type: ignore[method-assign]
+        _, release = r.hold_store_writes()
         completing = asyncio.create_task(r.engine.complete_task(ME, task.task_id, Outcome.ERRORED))
         await asyncio.sleep(0.05)  # ended in memory; the commit waits on the store
         during = await r.engine.introspect(outcome.token)
@@ -339,15 +349,7 @@ def test_a_cancelled_completion_is_still_audited_when_the_log_comes_back(tmp_pat
             )
             out = await first.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
             # Keep the journal's writer busy on a heartbeat so the completion's commit waits.
-            entered, release = threading.Event(), threading.Event()
-            apply = first.store.apply
-
-            def held(*args: Any) -> Any:
-                entered.set()
-                release.wait(10)
-                return apply(*args)
-
-            first.store.apply = held  # type: ignore[method-assign]
+            entered, release = first.hold_store_writes()
             await first.engine.heartbeat(ME, task.task_id)
             assert await asyncio.to_thread(entered.wait, 5)
             completing = asyncio.create_task(
@@ -388,15 +390,7 @@ def test_an_approval_whose_decision_was_not_audited_yields_no_grant(tmp_path: Pa
         task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
         parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
         approval_id = parked.approval_id
-        entered, release = threading.Event(), threading.Event()
-        apply = r.store.apply
-
-        def held(*args: Any) -> Any:
-            entered.set()
-            release.wait(10)
-            return apply(*args)
-
-        r.store.apply = held  # type: ignore[method-assign]
+        entered, release = r.hold_store_writes()
         await r.engine.heartbeat(ME, task.task_id)  # the writer is busy with it
         assert await asyncio.to_thread(entered.wait, 5)
         deciding = asyncio.create_task(
@@ -412,7 +406,7 @@ def test_an_approval_whose_decision_was_not_audited_yields_no_grant(tmp_path: Pa
             release.set()
             with pytest.raises(CommitError):
                 await deciding
-        r.store.apply = apply  # type: ignore[method-assign]
+        r.unhold_store_writes()
         after = await r.engine.await_approval(ME, approval_id, 0)
         await r.engine.decide_approval(approval_id, approve=True, approver="ops", reason="ok")
         granted = await r.engine.await_approval(ME, approval_id, 0)
@@ -537,15 +531,7 @@ def test_a_cancelled_begin_task_the_log_refused_leaves_no_task(tmp_path: Path) -
 
     async def body() -> BaseException:
         other = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
-        entered, release = threading.Event(), threading.Event()
-        apply = r.store.apply
-
-        def held(*args: Any) -> Any:
-            entered.set()
-            release.wait(10)
-            return apply(*args)
-
-        r.store.apply = held  # type: ignore[method-assign]
+        entered, release = r.hold_store_writes()
         await r.engine.heartbeat(ME, other.task_id)  # the writer is busy with it
         assert await asyncio.to_thread(entered.wait, 5)
         beginning = asyncio.create_task(
@@ -558,7 +544,7 @@ def test_a_cancelled_begin_task_the_log_refused_leaves_no_task(tmp_path: Path) -
         with immutable(r.audit_path):  # the task_begun write fails
             release.set()
             await asyncio.sleep(0.2)
-        r.store.apply = apply  # type: ignore[method-assign]
+        r.unhold_store_writes()
         try:
             await r.engine.request_grant(ME, "mine", Intent("x.write", "x://1"), 60)
         except SidecarError as err:
@@ -584,15 +570,7 @@ def test_a_cancelled_approval_request_the_log_refused_is_not_kept(tmp_path: Path
     async def body() -> list[Any]:
         r.policy.result = VALID_JIT | {"approval_required": True}
         task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
-        entered, release = threading.Event(), threading.Event()
-        apply = r.store.apply
-
-        def held(*args: Any) -> Any:
-            entered.set()
-            release.wait(10)
-            return apply(*args)
-
-        r.store.apply = held  # type: ignore[method-assign]
+        entered, release = r.hold_store_writes()
         await r.engine.heartbeat(ME, task.task_id)  # the writer is busy with it
         assert await asyncio.to_thread(entered.wait, 5)
         asking = asyncio.create_task(
