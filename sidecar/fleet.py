@@ -18,9 +18,9 @@ another sidecar signed. Behind it, on the event loop:
 Writes (registrations, revocations) go through `RedisStore` on the journal's thread.
 
 The fleet never holds the engine or the key ring: what it needs of them is the `FleetHooks`
-callbacks given to `start`. So the composition root builds the fleet, then the engine with
-the fleet as its `FleetGate`, then starts the fleet with the engine's and key ring's bound
-methods; neither object is patched after construction.
+callbacks given to `start`. So the composition root builds the fleet first, then the engine
+with the fleet as its `FleetGate`, then starts the fleet with the engine's and the key
+ring's bound methods (docs/architecture.md, "Fleet and Redis").
 """
 
 from __future__ import annotations
