@@ -160,10 +160,10 @@ def replay(root: Path, redis: RedisServer, count: int) -> dict[str, Any]:
         started = time.perf_counter()
         apply_all(store, [rec.revoke(t, g) for t, g in ids])
         queue_seconds = time.perf_counter() - started
-        queued = store.depth
+        queued = store.outbox.depth
         redis.start()
         back = time.perf_counter()
-        wait_for(lambda: store.depth == 0, 120, interval=0.001, what="the replay")
+        wait_for(lambda: store.outbox.depth == 0, 120, interval=0.001, what="the replay")
         drained = time.perf_counter() - back
     finally:
         store.close()

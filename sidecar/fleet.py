@@ -9,13 +9,18 @@ another sidecar signed. Behind it, on the event loop:
   that entry when the stream still holds everything since, or else reloads the revocation
   index (a full resynchronisation), before the view counts as fresh again;
 - revocations that concern this sidecar's own grants (a kill switch or an operator's revoke
-  made elsewhere) are handed to the engine, which ends them locally with the proper reason so
-  its state and audit log agree;
+  made elsewhere) are handed to the `FleetHooks.end` callback (the engine's), which ends them
+  locally with the proper reason so its state and audit log agree;
 - a maintenance loop registers this sidecar's public keys (their expiry follows the key's
   lifetime plus the longest token TTL), refreshes the fleet's keys and notices when Redis lost
   its data (its epoch changed), in which case the store republishes what is ours.
 
 Writes (registrations, revocations) go through `RedisStore` on the journal's thread.
+
+The fleet never holds the engine or the key ring: what it needs of them is the `FleetHooks`
+callbacks given to `start`. So the composition root builds the fleet first, then the engine
+with the fleet as its `FleetGate`, then starts the fleet with the engine's and the key
+ring's bound methods (docs/architecture.md, "Fleet and Redis").
 """
 
 from __future__ import annotations
@@ -23,35 +28,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import Config
 from .errors import ConfigError
 from .metrics import Metrics
 from .revocations import FleetKey, Revocation, RevocationView
-from .store.redis import (
-    KEY_MARGIN,
-    REDIS_ERRORS,
-    REGISTER_KEY,
-    SNAPSHOT,
-    RedisStore,
-    SharedStateUnavailable,
-    connect_async,
-    key_value,
-    redacted,
-)
+from .store.redis import RedisStore, SharedStateUnavailable
+from .store.redis_connect import REDIS_ERRORS, connect_async, redacted
+from .store.redis_layout import KEY_MARGIN, REGISTER_KEY, SNAPSHOT, key_value, parse_key
 from .store.sqlite import SqliteStore
-from .tokens import token_kid, verify_with
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .tokens import PublishedKey, token_kid, verify_with
 
 log = logging.getLogger("jit_sidecar.fleet")
 READ_COUNT = 500
@@ -60,12 +54,26 @@ KEY_REFRESH = 10.0
 KEY_FETCH_TIMEOUT = 0.25
 MISSING_KEY_TTL = 1.0
 """Seconds an unknown kid is remembered as unknown (bounds lookups for garbage tokens)."""
-FLEET_KEY_TYPES = {("OKP", "EdDSA"), ("EC", "ES256")}
 
 
 def default_fleet_id(config: Config) -> str:
     digest = hashlib.sha256(str(config.audit_log.resolve()).encode()).hexdigest()[:8]
     return f"{socket.gethostname()}-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetHooks:
+    """What the fleet needs of the sidecar it runs in, as callbacks (the composition root
+    binds them to the engine and its key ring)."""
+
+    owns: Callable[[str], bool]
+    """Whether a key id is ours: our tokens are introspected locally, never as the fleet's."""
+    published: Callable[[float], Iterable[PublishedKey]]
+    """Our public keys at a time, registered for the fleet (`KeyRing.published`)."""
+    covers: Callable[[Revocation], bool]
+    """Whether a revocation made elsewhere covers anything active here (cheap; on the loop)."""
+    end: Callable[[Revocation], Awaitable[int]]
+    """End and audit here what such a revocation covers; returns how many grants ended."""
 
 
 def _stream_id(value: str) -> tuple[int, int]:
@@ -93,7 +101,7 @@ class Fleet:
         # Short enough that an idle stream still confirms freshness well within the bound.
         self._block_ms = max(10, int(min(config.fleet_stale_after / 4, 0.5) * 1000))
         self._client: Any = None
-        self._engine: Engine | None = None
+        self._hooks: FleetHooks | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_id: str | None = None
         self._epoch: str | None = None
@@ -122,13 +130,14 @@ class Fleet:
         return cls(config, metrics, store)
 
     # ================================================================== life cycle
-    async def start(self, engine: Engine, checks: dict[str, Callable[[], str]]) -> None:
+    async def start(self, hooks: FleetHooks) -> None:
         """Join the fleet: first synchronisation, key registration, background loops.
 
         Never fails for want of Redis: the view stays stale (introspection fails closed,
-        /readyz says why) and grants are refused until Redis answers.
+        /readyz says why) and grants are refused until Redis answers. Serve `jwks` in the
+        JWKS and `readiness` in /readyz from before this call.
         """
-        self._engine = engine
+        self._hooks = hooks
         self._loop = asyncio.get_running_loop()
         # Generous: a full resync reads the whole revocation index in one reply. Staleness
         # is judged by time, not by this timeout.
@@ -136,8 +145,6 @@ class Fleet:
         self.store.listener = self._local_revocations
         self.store.live = True
         self._epoch = await asyncio.to_thread(self.store.known_epoch)
-        engine.keys.fleet_jwks = self.jwks
-        checks["fleet"] = self.readiness
         try:
             await self._sync()
             await self._read_once(block=False)
@@ -163,7 +170,7 @@ class Fleet:
     # ================================================================== FleetGate
     def check_issuable(self) -> None:
         if not self.store.issuable() or not self._keys_registered:
-            why = self.store.problem or "our public keys are not registered yet"
+            why = self.store.outbox.problem or "our public keys are not registered yet"
             raise SharedStateUnavailable(
                 f"shared state unavailable ({why}); new grants are refused until Redis is back"
             )
@@ -173,7 +180,7 @@ class Fleet:
 
     async def verify(self, token: str, *, issuer: str, now: float) -> dict[str, Any] | None:
         kid = token_kid(token)
-        if kid is None or self._engine is None or self._engine.keys.owns(kid):
+        if kid is None or self._hooks is None or self._hooks.owns(kid):
             return None
         key = self.view.key(kid, now)
         if key is None:
@@ -193,10 +200,11 @@ class Fleet:
             stale = self.view.staleness()
             age = "never synchronised" if stale == float("inf") else f"stale for {stale:.1f} s"
             problems.append(f"revocation view {age} ({self.view.problem or 'catching up'})")
-        if self.store.unavailable_since is not None:
+        outbox = self.store.outbox
+        if outbox.unavailable_since is not None:
             problems.append(
-                f"Redis unavailable for writes ({self.store.problem}); "
-                f"{self.store.depth} changes queued in the outbox"
+                f"Redis unavailable for writes ({outbox.problem}); "
+                f"{outbox.depth} changes queued in the outbox"
             )
         return "; ".join(problems) or "ok"
 
@@ -335,19 +343,19 @@ class Fleet:
 
     # ================================================================== revocations
     def _merge(self, rev: Revocation) -> None:
-        """Merge into the view; hand the engine what concerns grants it issued."""
-        if not self.view.add(rev) or rev.origin == self.fleet_id or self._engine is None:
+        """Merge into the view; hand the hooks what concerns grants issued here."""
+        hooks = self._hooks
+        if not self.view.add(rev) or rev.origin == self.fleet_id or hooks is None:
             return
-        if not self._engine.fleet_targets(rev):
+        if not hooks.covers(rev):
             return
-        task = asyncio.get_running_loop().create_task(self._apply(rev))
+        task = asyncio.get_running_loop().create_task(self._apply(hooks, rev))
         self._applying.add(task)
         task.add_done_callback(self._applying.discard)
 
-    async def _apply(self, rev: Revocation) -> None:
-        assert self._engine is not None
+    async def _apply(self, hooks: FleetHooks, rev: Revocation) -> None:
         try:
-            count = await self._engine.apply_fleet_revocation(rev)
+            count = await hooks.end(rev)
         except Exception:
             log.exception("could not apply a fleet revocation locally")
             return
@@ -367,10 +375,10 @@ class Fleet:
 
     # ================================================================== keys
     async def _register_keys(self) -> None:
-        assert self._engine is not None
+        assert self._hooks is not None  # the reader and maintenance run only once started
         now = time.time()
         minid = int((now - self.config.redis_stream_retention) * 1000)
-        for published in self._engine.keys.published(now):
+        for published in self._hooks.published(now):
             expires = published.retire_at or now + self.config.max_ttl + KEY_MARGIN
             kid = published.jwk["kid"]
             value = key_value(published.jwk, self.fleet_id, expires)
@@ -434,25 +442,3 @@ class Fleet:
             except Exception:
                 log.exception("fleet maintenance failed")
             self.view.prune(time.time())
-
-
-def parse_key(kid: str, value: str | None) -> FleetKey | None:
-    """A key registration read from Redis; None unless it is a well-formed public key."""
-    if not value:
-        return None
-    try:
-        document = json.loads(value)
-        jwk = {str(k): str(v) for k, v in document["jwk"].items()}
-        owner = str(document["sidecar"])
-        expires_at = float(document["exp"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    # Only the asymmetric keys sidecars sign with, public members only: a registration
-    # carrying a private member, a symmetric key or another algorithm is refused outright.
-    if (
-        jwk.get("kid") != kid
-        or (jwk.get("kty"), jwk.get("alg")) not in FLEET_KEY_TYPES
-        or {"d", "k", "p", "q"} & set(jwk)
-    ):
-        return None
-    return FleetKey(jwk, expires_at, owner)

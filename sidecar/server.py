@@ -33,7 +33,7 @@ from .clock import Clock, SystemClock
 from .config import Config
 from .engine import Engine
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
-from .fleet import Fleet
+from .fleet import Fleet, FleetHooks
 from .http import Readiness, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
@@ -216,7 +216,16 @@ class Sidecar:
             )
         if self.fleet is not None:
             engine.fleet = self.fleet
-            await self.fleet.start(engine, self.readiness.extra)
+            keys.fleet_jwks = self.fleet.jwks  # other sidecars' public keys, in our JWKS too
+            self.readiness.extra["fleet"] = self.fleet.readiness
+            await self.fleet.start(
+                FleetHooks(
+                    owns=keys.owns,
+                    published=keys.published,
+                    covers=lambda rev: any(engine.fleet_targets(rev)),
+                    end=engine.apply_fleet_revocation,
+                )
+            )
         await self._probe_policy()
 
         self._grpc = grpc.aio.server(

@@ -103,7 +103,7 @@ def test_outbox_keeps_order_and_refuses_grants_while_redis_is_down(
     try:
         first = [log.task("t1"), log.grant("t1", "g1"), log.grant("t1", "g2")]
         store.apply(first, (), log.seq)
-        pushed_while_up = store.depth
+        pushed_while_up = store.outbox.depth
         server.stop()
         store.live = True
         batch = [log.grant("t1", "g3")]
@@ -113,10 +113,10 @@ def test_outbox_keeps_order_and_refuses_grants_while_redis_is_down(
         revocations = [log.revoke("t1", g) for g in ("g2", "g1", "g3")]
         for record in revocations:
             store.apply([record], (), record["seq"])
-        depth_while_down = store.depth
+        depth_while_down = store.outbox.depth
         issuable_while_down = store.issuable()
         server.start()  # same port, empty
-        wait_for(lambda: store.depth == 0, 10, what="the outbox replay")
+        wait_for(lambda: store.outbox.depth == 0, 10, what="the outbox replay")
         with server.client() as client:
             feed = client.xrange(f"{{{prefix}}}:feed")
             registered = client.hgetall(f"{prefix}:{{t:t1}}:grant:g3")

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.fleet import parse_key
 from sidecar.revocations import STALE, Revocation, RevocationView, grant_from_claims
-from sidecar.store.redis import Keys, key_value, redacted
+from sidecar.store.redis_connect import redacted
+from sidecar.store.redis_layout import Keys, key_value, parse_key
 
 NOW = 1_800_000_000.0
 
