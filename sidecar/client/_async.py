@@ -187,11 +187,12 @@ class AsyncTaskHandle(_TaskBase):
         self, outcome: str = "succeeded", detail: str = ""
     ) -> pb.CompleteTaskResponse | None:
         """See TaskHandle.complete."""
+        rpc = self._complete_rpc(outcome, detail)  # bad arguments change nothing
         await self._stop_heartbeats()
         if not self._closing():
             return self.completion
         try:
-            self.completion = await self._client.complete_task(self.task_id, outcome, detail)
+            self.completion = await self._client._send(rpc)
         except TaskEnded as err:
             self._remember_ended(err)
         return self.completion

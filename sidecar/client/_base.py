@@ -285,6 +285,9 @@ class _TaskBase:
         s = self._spec
         return _ClientBase._begin_task_rpc(s.goal, s.task_id, s.labels, s.max_duration, s.pop_jwk)
 
+    def _complete_rpc(self, outcome: str, detail: str) -> _Rpc[pb.CompleteTaskResponse]:
+        return _ClientBase._complete_task_rpc(self.task_id, outcome, detail)
+
     def _closing(self) -> bool:
         """Mark the handle closed; True when CompleteTask must still be sent (not when it was
         sent already, nor when the sidecar ended the task and revoked its grants itself)."""

@@ -201,11 +201,12 @@ class TaskHandle(_TaskBase):
         Returns None when the sidecar had already ended the task (its grants are revoked
         then too).
         """
+        rpc = self._complete_rpc(outcome, detail)  # bad arguments change nothing
         self._stop_heartbeats()
         if not self._closing():
             return self.completion
         try:
-            self.completion = self._client.complete_task(self.task_id, outcome, detail)
+            self.completion = self._client._send(rpc)
         except TaskEnded as err:
             self._remember_ended(err)
         return self.completion
