@@ -14,21 +14,21 @@ import grpc
 
 from .._proto.jit.v1 import access_pb2 as pb
 from .._proto.jit.v1 import access_pb2_grpc as pb_grpc
+from . import _requests as req
 from ._base import (
     DEFAULT_GRANT_TTL,
     DEFAULT_TIMEOUT,
-    T,
     _ApprovalWait,
     _ClientBase,
     _grant_id,
     _next_beat,
-    _Rpc,
     _TaskBase,
     _TaskSpec,
 )
 from ._errors import SidecarClientError, SidecarRpcError, TaskEnded, translate_error
 from ._identity import IdentityToken
 from ._models import Grant, grant_from_response
+from ._requests import T
 
 
 class AsyncAccessClient(_ClientBase):
@@ -57,7 +57,7 @@ class AsyncAccessClient(_ClientBase):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _send(self, rpc: _Rpc[T], timeout: float | None = None) -> T:
+    async def _send(self, rpc: req.Rpc[T], timeout: float | None = None) -> T:
         try:
             call = getattr(self._stub, rpc.method)
             response = await call(rpc.request, **self._options(timeout))
@@ -90,7 +90,7 @@ class AsyncAccessClient(_ClientBase):
         pop_jwk: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> pb.Task:
-        rpc = self._begin_task_rpc(goal, task_id, labels, max_duration, pop_jwk)
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk)
         return await self._send(rpc, timeout)
 
     async def request_grant_raw(
@@ -105,9 +105,7 @@ class AsyncAccessClient(_ClientBase):
         timeout: float | None = None,
     ) -> pb.RequestGrantResponse:
         """See `AccessClient.request_grant_raw`."""
-        rpc = self._request_grant_rpc(
-            task_id, action, resource, justification, ttl_seconds, context
-        )
+        rpc = req.request_grant(task_id, action, resource, justification, ttl_seconds, context)
         return await self._send(rpc, timeout)
 
     async def request_grant(
@@ -137,7 +135,7 @@ class AsyncAccessClient(_ClientBase):
     async def heartbeat(
         self, task_id: str, *, timeout: float | None = None
     ) -> pb.HeartbeatResponse:
-        return await self._send(self._heartbeat_rpc(task_id), timeout)
+        return await self._send(req.heartbeat(task_id), timeout)
 
     async def complete_task(
         self,
@@ -147,22 +145,22 @@ class AsyncAccessClient(_ClientBase):
         *,
         timeout: float | None = None,
     ) -> pb.CompleteTaskResponse:
-        return await self._send(self._complete_task_rpc(task_id, outcome, detail), timeout)
+        return await self._send(req.complete_task(task_id, outcome, detail), timeout)
 
     async def revoke_grant(
         self, grant_id: str, reason: str = "", *, timeout: float | None = None
     ) -> pb.RevokeGrantResponse:
-        return await self._send(self._revoke_grant_rpc(grant_id, reason), timeout)
+        return await self._send(req.revoke_grant(grant_id, reason), timeout)
 
     async def introspect(
         self, token: str, *, timeout: float | None = None
     ) -> pb.IntrospectTokenResponse:
-        return await self._send(self._introspect_rpc(token), timeout)
+        return await self._send(req.introspect(token), timeout)
 
     async def list_grants(
         self, task_id: str, include_inactive: bool = False, *, timeout: float | None = None
     ) -> list[pb.Grant]:
-        return await self._send(self._list_grants_rpc(task_id, include_inactive), timeout)
+        return await self._send(req.list_grants(task_id, include_inactive), timeout)
 
 
 class AsyncTaskHandle(_TaskBase):

@@ -8,11 +8,11 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 
@@ -41,8 +41,6 @@ _FALLBACK_HEARTBEAT_INTERVAL = 5.0
 # faster than this.
 _MIN_APPROVAL_POLL = 0.2
 
-T = TypeVar("T")
-
 
 def socket_target(path: str | os.PathLike[str]) -> str:
     return f"unix:{Path(path).resolve()}"
@@ -50,23 +48,6 @@ def socket_target(path: str | os.PathLike[str]) -> str:
 
 def _socket_path(socket: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
     return socket or os.environ.get("JIT_SIDECAR_SOCKET") or DEFAULT_SOCKET
-
-
-@dataclass(frozen=True, slots=True)
-class _Rpc(Generic[T]):
-    """One call, ready to send: the method, its request and how to read the answer."""
-
-    method: str
-    request: Any
-    unwrap: Callable[[Any], T]
-
-
-def _same(response: T) -> T:
-    return response
-
-
-def _grants(response: pb.ListGrantsResponse) -> list[pb.Grant]:
-    return list(response.grants)
 
 
 class _ClientBase:
@@ -101,54 +82,6 @@ class _ClientBase:
     ) -> _TaskSpec:
         req.uint32(ttl, "ttl", Reason.INVALID_TTL)
         return _TaskSpec(goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats)
-
-    @staticmethod
-    def _begin_task_rpc(
-        goal: str,
-        task_id: str,
-        labels: Mapping[str, str] | None,
-        max_duration: int,
-        pop_jwk: Mapping[str, Any] | None,
-    ) -> _Rpc[pb.Task]:
-        request = req.begin_request(goal, task_id, labels, max_duration, pop_jwk)
-        return _Rpc("BeginTask", request, lambda response: response.task)
-
-    @staticmethod
-    def _request_grant_rpc(
-        task_id: str,
-        action: str,
-        resource: str,
-        justification: str,
-        ttl_seconds: int,
-        context: Mapping[str, Any] | None,
-    ) -> _Rpc[pb.RequestGrantResponse]:
-        request = req.grant_request(task_id, action, resource, justification, ttl_seconds, context)
-        return _Rpc("RequestGrant", request, _same)
-
-    @staticmethod
-    def _heartbeat_rpc(task_id: str) -> _Rpc[pb.HeartbeatResponse]:
-        return _Rpc("Heartbeat", req.task_id_request(pb.HeartbeatRequest, task_id), _same)
-
-    @staticmethod
-    def _complete_task_rpc(
-        task_id: str, outcome: str, detail: str
-    ) -> _Rpc[pb.CompleteTaskResponse]:
-        return _Rpc("CompleteTask", req.complete_request(task_id, outcome, detail), _same)
-
-    @staticmethod
-    def _revoke_grant_rpc(grant_id: str, reason: str) -> _Rpc[pb.RevokeGrantResponse]:
-        return _Rpc("RevokeGrant", req.revoke_request(grant_id, reason), _same)
-
-    @staticmethod
-    def _introspect_rpc(token: str) -> _Rpc[pb.IntrospectTokenResponse]:
-        return _Rpc("IntrospectToken", req.introspect_request(token), _same)
-
-    @staticmethod
-    def _list_grants_rpc(task_id: str, include_inactive: bool) -> _Rpc[list[pb.Grant]]:
-        request = req.task_id_request(
-            pb.ListGrantsRequest, task_id, include_inactive=bool(include_inactive)
-        )
-        return _Rpc("ListGrants", request, _grants)
 
 
 class _ApprovalWait:
@@ -279,14 +212,14 @@ class _TaskBase:
         return self._ended
 
     # ------------------------------------------------------------------ lifecycle
-    def _begin_rpc(self) -> _Rpc[pb.Task]:
+    def _begin_rpc(self) -> req.Rpc[pb.Task]:
         if self._raw is not None:
             raise NoActiveTask("a task handle can be opened once")
         s = self._spec
-        return _ClientBase._begin_task_rpc(s.goal, s.task_id, s.labels, s.max_duration, s.pop_jwk)
+        return req.begin_task(s.goal, s.task_id, s.labels, s.max_duration, s.pop_jwk)
 
-    def _complete_rpc(self, outcome: str, detail: str) -> _Rpc[pb.CompleteTaskResponse]:
-        return _ClientBase._complete_task_rpc(self.task_id, outcome, detail)
+    def _complete_rpc(self, outcome: str, detail: str) -> req.Rpc[pb.CompleteTaskResponse]:
+        return req.complete_task(self.task_id, outcome, detail)
 
     def _closing(self) -> bool:
         """Mark the handle closed; True when CompleteTask must still be sent (not when it was
@@ -318,9 +251,9 @@ class _TaskBase:
         justification: str,
         ttl: int | None,
         context: Mapping[str, Any] | None,
-    ) -> _Rpc[pb.RequestGrantResponse]:
+    ) -> req.Rpc[pb.RequestGrantResponse]:
         self._check_usable()
-        return _ClientBase._request_grant_rpc(
+        return req.request_grant(
             self.task_id,
             action,
             resource,

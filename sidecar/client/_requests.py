@@ -1,4 +1,5 @@
-"""Building the protobuf requests, every argument checked first.
+"""Building each call (`Rpc`: the method, the protobuf request, how to read the answer),
+every argument checked first.
 
 The SDK refuses only what it cannot put on the wire faithfully: a wrong type, a number
 outside its field's range, text that is not encodable as UTF-8 (a lone surrogate), a context
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from google.protobuf import json_format, struct_pb2
 
@@ -21,6 +23,7 @@ from .._proto.jit.v1 import access_pb2 as pb
 from ..errors import Reason
 from ._errors import InvalidRequest
 
+T = TypeVar("T")
 UINT32_MAX = 2**32 - 1
 # Far beyond what the sidecar's 8 KiB context limit allows; keeps the walk below off
 # Python's recursion limit.
@@ -30,6 +33,19 @@ OUTCOMES = {
     "failed": pb.OUTCOME_FAILED,
     "errored": pb.OUTCOME_ERRORED,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc(Generic[T]):
+    """One call, ready to send: the method, its request and how to read the answer."""
+
+    method: str
+    request: Any
+    unwrap: Callable[[Any], T]
+
+
+def _same(response: T) -> T:
+    return response
 
 
 def text(value: object, name: str, reason: Reason) -> str:
@@ -130,13 +146,13 @@ def labels_map(labels: object) -> dict[str, str]:
     return dict(labels)
 
 
-def begin_request(
+def begin_task(
     goal: str,
     task_id: str,
     labels: Mapping[str, str] | None,
     max_duration: int,
     pop_jwk: Mapping[str, Any] | None,
-) -> pb.BeginTaskRequest:
+) -> Rpc[pb.Task]:
     request = pb.BeginTaskRequest(
         task_id=text(task_id, "task_id", Reason.INVALID_TASK),
         goal=text(goal, "goal", Reason.INVALID_TASK),
@@ -145,17 +161,17 @@ def begin_request(
     )
     if pop_jwk:
         request.pop_jwk.CopyFrom(dict_to_struct(pop_jwk))
-    return request
+    return Rpc("BeginTask", request, lambda response: response.task)
 
 
-def grant_request(
+def request_grant(
     task_id: str,
     action: str,
     resource: str,
     justification: str,
     ttl_seconds: int,
     context: Mapping[str, Any] | None,
-) -> pb.RequestGrantRequest:
+) -> Rpc[pb.RequestGrantResponse]:
     # A TTL of 0 fits the field: the sidecar refuses it (invalid_ttl) and audits that.
     intent = pb.Intent(
         action=text(action, "intent.action", Reason.INVALID_INTENT),
@@ -163,39 +179,55 @@ def grant_request(
         justification=text(justification, "intent.justification", Reason.INVALID_INTENT),
         context=context_struct(context),
     )
-    return pb.RequestGrantRequest(
+    request = pb.RequestGrantRequest(
         task_id=text(task_id, "task_id", Reason.INVALID_TASK),
         intent=intent,
         ttl_seconds=uint32(ttl_seconds, "ttl", Reason.INVALID_TTL),
     )
+    return Rpc("RequestGrant", request, _same)
 
 
-def complete_request(task_id: str, outcome: str, detail: str) -> pb.CompleteTaskRequest:
+def heartbeat(task_id: str) -> Rpc[pb.HeartbeatResponse]:
+    request = pb.HeartbeatRequest(task_id=text(task_id, "task_id", Reason.INVALID_TASK))
+    return Rpc("Heartbeat", request, _same)
+
+
+def complete_task(task_id: str, outcome: str, detail: str) -> Rpc[pb.CompleteTaskResponse]:
     if outcome not in OUTCOMES:
         raise InvalidRequest.local(
             f"outcome must be one of {', '.join(OUTCOMES)}", Reason.INVALID_ARGUMENT
         )
-    return pb.CompleteTaskRequest(
+    request = pb.CompleteTaskRequest(
         task_id=text(task_id, "task_id", Reason.INVALID_TASK),
         outcome=OUTCOMES[outcome],
         detail=text(detail, "detail", Reason.INVALID_ARGUMENT),
     )
+    return Rpc("CompleteTask", request, _same)
 
 
-def task_id_request(message: type[Any], task_id: str, **fields: Any) -> Any:
-    """A request naming one task (Heartbeat, ListGrants)."""
-    return message(task_id=text(task_id, "task_id", Reason.INVALID_TASK), **fields)
-
-
-def revoke_request(grant_id: str, reason: str) -> pb.RevokeGrantRequest:
-    return pb.RevokeGrantRequest(
+def revoke_grant(grant_id: str, reason: str) -> Rpc[pb.RevokeGrantResponse]:
+    request = pb.RevokeGrantRequest(
         grant_id=text(grant_id, "grant_id", Reason.INVALID_ARGUMENT),
         reason=text(reason, "reason", Reason.INVALID_ARGUMENT),
     )
+    return Rpc("RevokeGrant", request, _same)
 
 
-def introspect_request(token: str) -> pb.IntrospectTokenRequest:
-    return pb.IntrospectTokenRequest(token=text(token, "token", Reason.INVALID_ARGUMENT))
+def introspect(token: str) -> Rpc[pb.IntrospectTokenResponse]:
+    request = pb.IntrospectTokenRequest(token=text(token, "token", Reason.INVALID_ARGUMENT))
+    return Rpc("IntrospectToken", request, _same)
+
+
+def _grants(response: pb.ListGrantsResponse) -> list[pb.Grant]:
+    return list(response.grants)
+
+
+def list_grants(task_id: str, include_inactive: bool) -> Rpc[list[pb.Grant]]:
+    request = pb.ListGrantsRequest(
+        task_id=text(task_id, "task_id", Reason.INVALID_TASK),
+        include_inactive=bool(include_inactive),
+    )
+    return Rpc("ListGrants", request, _grants)
 
 
 def await_request(approval_id: str) -> pb.AwaitApprovalRequest:

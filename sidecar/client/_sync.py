@@ -13,21 +13,21 @@ import grpc
 
 from .._proto.jit.v1 import access_pb2 as pb
 from .._proto.jit.v1 import access_pb2_grpc as pb_grpc
+from . import _requests as req
 from ._base import (
     DEFAULT_GRANT_TTL,
     DEFAULT_TIMEOUT,
-    T,
     _ApprovalWait,
     _ClientBase,
     _grant_id,
     _next_beat,
-    _Rpc,
     _TaskBase,
     _TaskSpec,
 )
 from ._errors import SidecarClientError, SidecarRpcError, TaskEnded, translate_error
 from ._identity import IdentityToken
 from ._models import Grant, grant_from_response
+from ._requests import T
 
 
 class AccessClient(_ClientBase):
@@ -59,7 +59,7 @@ class AccessClient(_ClientBase):
     def close(self) -> None:
         self._channel.close()
 
-    def _send(self, rpc: _Rpc[T], timeout: float | None = None) -> T:
+    def _send(self, rpc: req.Rpc[T], timeout: float | None = None) -> T:
         try:
             response = getattr(self._stub, rpc.method)(rpc.request, **self._options(timeout))
         except grpc.RpcError as err:
@@ -98,7 +98,7 @@ class AccessClient(_ClientBase):
         pop_jwk: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> pb.Task:
-        rpc = self._begin_task_rpc(goal, task_id, labels, max_duration, pop_jwk)
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk)
         return self._send(rpc, timeout)
 
     def request_grant_raw(
@@ -113,9 +113,7 @@ class AccessClient(_ClientBase):
         timeout: float | None = None,
     ) -> pb.RequestGrantResponse:
         """The full answer, whatever the decision."""
-        rpc = self._request_grant_rpc(
-            task_id, action, resource, justification, ttl_seconds, context
-        )
+        rpc = req.request_grant(task_id, action, resource, justification, ttl_seconds, context)
         return self._send(rpc, timeout)
 
     def request_grant(self, task_id: str, action: str, resource: str, **kwargs: Any) -> pb.Grant:
@@ -146,7 +144,7 @@ class AccessClient(_ClientBase):
         return wait.gave_up()
 
     def heartbeat(self, task_id: str, *, timeout: float | None = None) -> pb.HeartbeatResponse:
-        return self._send(self._heartbeat_rpc(task_id), timeout)
+        return self._send(req.heartbeat(task_id), timeout)
 
     def complete_task(
         self,
@@ -156,20 +154,20 @@ class AccessClient(_ClientBase):
         *,
         timeout: float | None = None,
     ) -> pb.CompleteTaskResponse:
-        return self._send(self._complete_task_rpc(task_id, outcome, detail), timeout)
+        return self._send(req.complete_task(task_id, outcome, detail), timeout)
 
     def revoke_grant(
         self, grant_id: str, reason: str = "", *, timeout: float | None = None
     ) -> pb.RevokeGrantResponse:
-        return self._send(self._revoke_grant_rpc(grant_id, reason), timeout)
+        return self._send(req.revoke_grant(grant_id, reason), timeout)
 
     def introspect(self, token: str, *, timeout: float | None = None) -> pb.IntrospectTokenResponse:
-        return self._send(self._introspect_rpc(token), timeout)
+        return self._send(req.introspect(token), timeout)
 
     def list_grants(
         self, task_id: str, include_inactive: bool = False, *, timeout: float | None = None
     ) -> list[pb.Grant]:
-        return self._send(self._list_grants_rpc(task_id, include_inactive), timeout)
+        return self._send(req.list_grants(task_id, include_inactive), timeout)
 
 
 class TaskHandle(_TaskBase):
