@@ -130,7 +130,7 @@ class _ApprovalWait:
 
 
 # ====================================================================== tasks
-_current_task: contextvars.ContextVar[Any] = contextvars.ContextVar(
+_current_task: contextvars.ContextVar[_TaskBase | None] = contextvars.ContextVar(
     "jit_current_task", default=None
 )
 
@@ -177,7 +177,7 @@ class _TaskBase:
         self._raw: pb.Task | None = None
         self._ended: SidecarRpcError | None = None
         self._closed = False
-        self._context_token: contextvars.Token[Any] | None = None
+        self._context_token: contextvars.Token[_TaskBase | None] | None = None
         self.completion: pb.CompleteTaskResponse | None = None
         """The CompleteTask answer once the task has been completed by this handle."""
 

@@ -77,7 +77,7 @@ def requires(
 
             @functools.wraps(func)
             async def async_tool(*args: Any, **kwargs: Any) -> Any:
-                handle = _current_task.get()
+                handle = current_task()
                 if handle is None:
                     raise NoActiveTask(f"{func.__name__} needs an open task (async with)")
                 wanted = intent(args, kwargs)
@@ -96,7 +96,7 @@ def requires(
 
         @functools.wraps(func)
         def tool(*args: Any, **kwargs: Any) -> R:
-            handle = _current_task.get()
+            handle = current_task()
             if handle is None:
                 raise NoActiveTask(f"{func.__name__} needs an open task (with client.task(...))")
             if not isinstance(handle, TaskHandle):
