@@ -466,7 +466,7 @@ def test_grants_listing_tells_active_from_revoked(sidecar: SidecarProcess) -> No
         with jit.task(goal="state") as task:
             kept = task.grant("docs.read", "docs://a")
             given_back = task.grant(
-                "tickets.update", "tickets://T-3", justification="closing a duplicate"
+                "tickets.update", "tickets://t-3", justification="closing a duplicate"
             )
             revoked_now = task.revoke(given_back, reason="done early")
             live = task.grants()
@@ -493,7 +493,7 @@ def test_request_grant_and_list_grants_show_the_same_intent(sidecar: SidecarProc
     one grant agree on the whole intent."""
     with sidecar.client() as jit, jit.task(goal="same intent") as task:
         issued = task.grant(
-            "tickets.update", "tickets://T-4", justification="customer asked to close it"
+            "tickets.update", "tickets://t-4", justification="customer asked to close it"
         )
         (listed,) = task.grants()
     assert issued.justification == "customer asked to close it"
