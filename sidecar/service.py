@@ -143,7 +143,10 @@ def task_pb(task: Task) -> pb.Task:
     )
 
 
-def grant_pb(grant: Grant, token: str = "") -> pb.Grant:
+def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant:
+    """`justification` is the intent's, from a caller that has it at hand: a grant held in
+    memory does not keep its justification (only the store does), yet RequestGrant's answer
+    and ListGrants must show the same intent."""
     return pb.Grant(
         grant_id=grant.grant_id,
         token=token,
@@ -153,7 +156,9 @@ def grant_pb(grant: Grant, token: str = "") -> pb.Grant:
         issued_at=ts(grant.issued_at),
         expires_at=ts(grant.expires_at),
         intent=pb.Intent(
-            action=grant.action, resource=grant.resource, justification=grant.justification
+            action=grant.action,
+            resource=grant.resource,
+            justification=justification or grant.justification,
         ),
         task_id=grant.task_id,
         state=_GRANT_STATE[grant.state],
@@ -162,10 +167,10 @@ def grant_pb(grant: Grant, token: str = "") -> pb.Grant:
     )
 
 
-def outcome_pb(outcome: GrantOutcome) -> pb.RequestGrantResponse:
+def outcome_pb(outcome: GrantOutcome, justification: str = "") -> pb.RequestGrantResponse:
     return pb.RequestGrantResponse(
         decision=_DECISION[outcome.decision],
-        grant=grant_pb(outcome.grant, outcome.token) if outcome.grant else None,
+        grant=grant_pb(outcome.grant, outcome.token, justification) if outcome.grant else None,
         reasons=list(outcome.reasons),
         decision_id=outcome.decision_id,
         approval_id=outcome.approval_id,
@@ -381,7 +386,7 @@ class AccessService(pb_grpc.AccessServiceServicer):
             outcome = await self._engine.request_grant(
                 identity, request.task_id, intent, request.ttl_seconds
             )
-            return outcome_pb(outcome)
+            return outcome_pb(outcome, intent.justification)
 
         return await self._guard.run("RequestGrant", context, body)
 

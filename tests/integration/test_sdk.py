@@ -1,6 +1,7 @@
 """The agent SDK (sidecar.client) against a real OPA and a real sidecar process over its
 Unix socket: task blocks, heartbeats, crash detection of a SIGKILLed agent, approval wait,
-typed errors, @requires tools, sync and asyncio flavours."""
+typed errors (the SDK's own refusals and the sidecar's), grant state, @requires tools, sync
+and asyncio flavours."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -454,3 +455,121 @@ def test_sync_tool_inside_async_task_is_refused(sidecar: SidecarProcess) -> None
         asyncio.run(scenario())
     assert ran == []
     assert sidecar.events("grant_issued") == []
+
+
+# ---------------------------------------------------------------------- grant state
+def test_grants_listing_tells_active_from_revoked(sidecar: SidecarProcess) -> None:
+    """grants(include_inactive=True) gives each grant's state and end reason: the one given
+    back is revoked (revoked_by_agent), the other active; after completion all are revoked
+    (completed). The default listing shows only active grants."""
+    with sidecar.client() as jit:
+        with jit.task(goal="state") as task:
+            kept = task.grant("docs.read", "docs://a")
+            given_back = task.grant(
+                "tickets.update", "tickets://t-3", justification="closing a duplicate"
+            )
+            revoked_now = task.revoke(given_back, reason="done early")
+            live = task.grants()
+            history = {g.grant_id: g for g in task.grants(include_inactive=True)}
+        after = [Grant.from_proto(g) for g in jit.list_grants(task.task_id, True)]
+    assert revoked_now
+    assert [g.grant_id for g in live] == [kept.grant_id]
+    assert (live[0].state, live[0].end_reason, live[0].active) == ("active", "", True)
+    assert kept.state == "active"
+    assert (history[given_back.grant_id].state, history[given_back.grant_id].end_reason) == (
+        "revoked",
+        "revoked_by_agent",
+    )
+    assert not history[given_back.grant_id].active
+    assert history[kept.grant_id].state == "active"
+    assert {(g.grant_id, g.state, g.end_reason) for g in after} == {
+        (kept.grant_id, "revoked", "completed"),
+        (given_back.grant_id, "revoked", "revoked_by_agent"),
+    }
+
+
+def test_request_grant_and_list_grants_show_the_same_intent(sidecar: SidecarProcess) -> None:
+    """RequestGrant's grant carries the justification, as ListGrants does: the two views of
+    one grant agree on the whole intent."""
+    with sidecar.client() as jit, jit.task(goal="same intent") as task:
+        issued = task.grant(
+            "tickets.update", "tickets://t-4", justification="customer asked to close it"
+        )
+        (listed,) = task.grants()
+    assert issued.justification == "customer asked to close it"
+    assert issued.raw.intent == listed.raw.intent
+    assert (listed.justification, listed.decision_id) == (
+        issued.justification,
+        issued.decision_id,
+    )
+
+
+# ---------------------------------------------------------------------- ended tasks
+def test_grant_on_a_completed_task_raises_task_ended(sidecar: SidecarProcess) -> None:
+    """After the block, task.grant() raises TaskEnded task_inactive without calling the
+    sidecar, exactly what the sidecar answers for the same request; it is also a
+    NoActiveTask (the name earlier versions raised)."""
+    with sidecar.client() as jit:
+        with jit.task(goal="done") as task:
+            task.grant("docs.read", "docs://a")
+        with pytest.raises(TaskEnded) as local:
+            task.grant("docs.read", "docs://b")
+        rejected_before = sidecar.events("request_rejected")
+        with pytest.raises(TaskEnded) as remote:
+            jit.request_grant(task.task_id, "docs.read", "docs://b")
+    assert isinstance(local.value, NoActiveTask)
+    assert (local.value.code, local.value.reason) == (remote.value.code, remote.value.reason)
+    assert local.value.reason == "task_inactive"
+    assert rejected_before == []
+    assert [r["reason"] for r in sidecar.events("request_rejected")] == ["task_inactive"]
+
+
+# ---------------------------------------------------------------------- bad input
+def test_unsendable_input_is_refused_by_the_sdk(sidecar: SidecarProcess) -> None:
+    """Labels that are not str -> str, a label key UTF-8 cannot carry, a negative TTL and a
+    context that is not a JSON object raise InvalidRequest with the sidecar's reason codes
+    before anything is sent: the sidecar sees no request and creates nothing."""
+    cases: list[tuple[Callable[[AccessClient, TaskHandle], object], str]] = [
+        (lambda jit, _: jit.begin_task("x", labels={"purpose": 7}), "invalid_task"),  # type: ignore[dict-item]
+        (lambda jit, _: jit.begin_task("x", labels={"bad\ud800key": "v"}), "invalid_task"),
+        (lambda jit, _: jit.begin_task("x", max_duration=-5), "invalid_task"),
+        (lambda _, task: task.grant("docs.read", "docs://a", ttl=-1), "invalid_ttl"),
+        (lambda _, task: task.grant("docs.read", "docs://a", context=[1]), "invalid_intent"),  # type: ignore[arg-type]
+        (lambda _, task: task.grant("docs.read", "docs://a", context="{}"), "invalid_intent"),  # type: ignore[arg-type]
+        (
+            lambda _, task: task.grant("docs.read", "docs://a", context={"at": datetime.now()}),
+            "invalid_intent",
+        ),
+    ]
+    refused: list[tuple[type[BaseException], str, dict[str, str]]] = []
+    with sidecar.client() as jit, jit.task(goal="bad input") as task:
+        for call, _ in cases:
+            with pytest.raises(InvalidRequest) as err:
+                call(jit, task)
+            refused.append((type(err.value), err.value.reason, err.value.metadata))
+    assert refused == [(InvalidRequest, reason, {"source": "sdk"}) for _, reason in cases]
+    assert sidecar.events("request_rejected") == []
+    assert len(sidecar.events("task_begun")) == 1
+    assert sidecar.grant_rows() == []
+
+
+def test_sendable_bad_input_is_judged_and_audited_by_the_sidecar(sidecar: SidecarProcess) -> None:
+    """What the SDK can send goes to the sidecar, which refuses it with the same exception
+    and reason codes and audits the refusal: a label key with bad characters
+    (invalid_task), a TTL of 0 (invalid_ttl)."""
+    with sidecar.client() as jit:
+        with pytest.raises(InvalidRequest) as label:
+            jit.begin_task("x", labels={"bad key!": "v"})
+        with jit.task(goal="ttl") as task, pytest.raises(InvalidRequest) as ttl:
+            task.grant("docs.read", "docs://a", ttl=0)
+    assert (label.value.code, label.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid_task",
+    )
+    assert (ttl.value.code, ttl.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_ttl")
+    assert label.value.metadata.get("source") != "sdk"
+    assert [(r["rpc"], r["reason"]) for r in sidecar.events("request_rejected")] == [
+        ("BeginTask", "invalid_task"),
+        ("RequestGrant", "invalid_ttl"),
+    ]
+    assert sidecar.grant_rows() == []
