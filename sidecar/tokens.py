@@ -110,8 +110,18 @@ class SigningKey:
 
     def sign(self, claims: Mapping[str, Any]) -> str:
         """Compact JWS of `claims` (RFC 7515), signed with this key."""
+        return self._sign(self.header_b64, claims)
+
+    def sign_typed(self, claims: Mapping[str, Any], typ: str) -> str:
+        """Compact JWS of `claims` whose header `typ` is `typ`, not `at+jwt`: explicit typing
+        keeps another kind of JWT this key signs from passing for an access token (RFC 8725
+        §3.11, RFC 9068 §4)."""
+        header = json.dumps({"alg": self.alg, "typ": typ, "kid": self.kid}, separators=(",", ":"))
+        return self._sign(_b64url_bytes(header.encode()), claims)
+
+    def _sign(self, header_b64: bytes, claims: Mapping[str, Any]) -> str:
         payload = _b64url_bytes(json.dumps(claims, separators=(",", ":")).encode())
-        signing_input = self.header_b64 + b"." + payload
+        signing_input = header_b64 + b"." + payload
         if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
             signature = self.private_key.sign(signing_input)
         else:
