@@ -30,6 +30,7 @@ from typing import Any
 from . import jws
 from .audit import FILE_MODE, AuditFile, AuditWriteError, Head, VerifyResult
 from .clock import Clock, rfc3339
+from .files import replace_atomically
 from .tokens import SigningKey
 
 log = logging.getLogger("jit_sidecar.checkpoints")
@@ -172,23 +173,6 @@ def coverage(result: VerifyResult, checkpoint: Checkpoint, *, whole: bool) -> Co
     )
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a crash leaves the previous checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _sync(path: Path) -> None:
     # With --durability flush the records are written but maybe not on disk yet: a
     # checkpoint must never cover records a power loss could take. (A record rotated away
@@ -249,7 +233,7 @@ class Checkpointer:
         try:
             _sync(self._audit.path)
             token = sign_checkpoint(key, issuer=self._issuer, head=head, at=self._clock.now())
-            _replace(self.path, token.encode("ascii") + b"\n")
+            replace_atomically(self.path, token.encode("ascii") + b"\n", FILE_MODE)
         except OSError as err:
             if not self._failing:
                 log.error(
