@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,9 @@ class Checkpointer:
         self._written: Head | None = None
         self._failing = False
         self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        """One write at a time: a cancelled loop's write may still run in its thread when
+        stop() writes, and the later write must read (and leave) the later head."""
 
     async def start(self) -> None:
         """Refuse a log shorter than its checkpoint; checkpoint it now, then periodically."""
@@ -222,10 +226,17 @@ class Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.write)
+        try:
+            await asyncio.to_thread(self.write)
+        except Exception:  # shutdown goes on; the log itself is complete
+            log.exception("final audit checkpoint failed")
 
     def write(self) -> bool:
         """Sign and store a checkpoint of the last record, unless it has one already."""
+        with self._lock:
+            return self._write()
+
+    def _write(self) -> bool:
         head = self._audit.head  # one read: seq and hash of the same record
         if head.seq == 0 or head == self._written:
             return False

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
@@ -29,6 +29,9 @@ from . import __version__
 from .audit import log_files, verify
 from .config import Config, flag_name, load
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .jws import VerifyKey
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DENIED = 0, 1, 2, 3
 EXIT_CODES = """exit status:
@@ -592,7 +595,7 @@ def _audit_files(given: list[Path]) -> tuple[list[Path], Path, bool]:
     return list(given), last.with_suffix("") if rotated else last, not rotated
 
 
-def _checkpoint_keys(args: argparse.Namespace) -> dict[str, Any] | None:
+def _checkpoint_keys(args: argparse.Namespace) -> dict[str, VerifyKey] | None:
     """Keys that verify checkpoints (by kid), or None when none were given."""
     from .jws import parse_jwks, verify_key_from_jwk
     from .tokens import SigningKey, load_private_key
