@@ -684,14 +684,17 @@ def _run_audit(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     start = "its genesis" if result.first_seq == 1 else "a log_rotated record"
     lines = [
-        f"OK: {result.count} records, chain intact (last seq {result.last_seq}, "
+        f"{result.count} records, chain intact (last seq {result.last_seq}, "
         f"{len(paths)} file(s)), starting at {start} (seq {result.first_seq})"
     ]
     data["checkpoints"] = []
     for checkpoint in checkpoints:
         covered = coverage(result, checkpoint, whole=whole)
         data["checkpoints"].append(covered.as_dict(checkpoint))
-        (lines.append if covered.ok else problems.append)(covered.text)
+        if covered.ok:
+            lines.append(covered.text)
+        else:
+            problems.append(covered.text)
     if not checkpoints and not problems:
         lines.append(
             "no checkpoint: records removed from the end would not be detected "
@@ -705,6 +708,8 @@ def _run_audit(args: argparse.Namespace) -> int:
                 f"the state store applied record {applied} but the log ends at seq "
                 f"{result.last_seq}: records were removed from its end"
             )
+        elif applied > result.last_seq:
+            lines.append(f"store: applied through seq {applied}, past the files given")
         elif applied < result.last_seq:
             lines.append(
                 f"store: applied through seq {applied}; the {result.last_seq - applied} "
@@ -714,9 +719,10 @@ def _run_audit(args: argparse.Namespace) -> int:
             lines.append(f"store: applied through seq {applied}, as the log says")
     if problems:
         data |= {"ok": False, "problem": "; ".join(problems)}
-        _print(args, data, "\n".join(f"FAILED: {p}" for p in problems) + "\n" + "\n".join(lines))
+        failed = [f"FAILED: {p}" for p in problems]
+        _print(args, data, "\n".join([*failed, "chain: " + lines[0], *lines[1:]]))
         return EXIT_FAIL
-    _print(args, data, "\n".join(lines))
+    _print(args, data, "\n".join(["OK: " + lines[0], *lines[1:]]))
     return EXIT_OK
 
 
