@@ -5,10 +5,15 @@ record without "hash")`, where canonical JSON is UTF-8 JSON with keys sorted, no
 and every non-ASCII character escaped (`json.dumps(r, sort_keys=True, separators=(",", ":"),
 ensure_ascii=True)`). The first record of a fresh log has `prev_hash` = 64 zeros.
 
-Rotation renames the active file to `<name>.<first seq, 12 digits>` and starts a new file
-whose first record chains to the last hash of the rotated one, so `audit verify` over all the
-files in order checks one unbroken chain, and over one rotated file checks it from its first
-record. Tokens never enter a record; the grant's `jti` (= `grant_id`) does.
+Rotation renames the active file to `<name>.<first seq, 12 digits>`; the next file starts
+with a `log_rotated` record naming the rotated file and its last seq and hash (and chained to
+that hash), so `audit verify` over all the files in order checks one unbroken chain, and over
+a suffix of them checks it from a start it can prove. Either the log starts at its genesis
+(seq 1 from 64 zeros) or at a `log_rotated` record: deleting records at the head of a log
+leaves neither, and forging a `log_rotated` record changes every later hash, which a signed
+checkpoint of the end (sidecar.checkpoints) then contradicts. Members are read strictly: a
+duplicate member is refused, because `json.loads` keeps only the last one and the canonical
+form could not show the other. Tokens never enter a record; the grant's `jti` does.
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .clock import rfc3339
 
 log = logging.getLogger("jit_sidecar.audit")
 GENESIS = "0" * 64
 FILE_MODE = 0o640
+ROTATED = "log_rotated"
+"""The event of the first record of a file that continues a rotated one."""
 
 
 class AuditWriteError(OSError):
@@ -143,8 +153,17 @@ def records_after(path: Path, seq: int) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last record written: one value, so another thread reads seq and hash together."""
+
+    seq: int
+    hash: str
+
+
 class AuditFile:
-    """The active log file. Not thread-safe: one writer thread owns it (sidecar.journal)."""
+    """The active log file. Not thread-safe: one writer thread owns it (sidecar.journal);
+    other threads may read `head`."""
 
     def __init__(self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0) -> None:
         self.path = path
@@ -159,18 +178,28 @@ class AuditFile:
                 f.truncate(tail.size)
                 os.fsync(f.fileno())
         self.recovered_torn = tail.torn
-        self.seq = tail.seq
-        self.last_hash = tail.hash
+        self.head = Head(tail.seq, tail.hash)
+        self._continues: str | None = None
+        """The rotated file this (still empty) file continues: its first record says so."""
         if tail.seq == 0:
             # A fresh active file right after a rotation continues the rotated file's chain.
             for rotated in reversed(log_files(path)[:-1] if path.exists() else log_files(path)):
                 previous = read_tail(rotated)
                 if previous.seq:
-                    self.seq, self.last_hash = previous.seq, previous.hash
+                    self.head = Head(previous.seq, previous.hash)
+                    self._continues = rotated.name
                     break
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._size = tail.size
         self._rotation_failing = False
+
+    @property
+    def seq(self) -> int:
+        return self.head.seq
+
+    @property
+    def last_hash(self) -> str:
+        return self.head.hash
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Seal and append records as one write, then fsync (when configured).
@@ -181,6 +210,8 @@ class AuditFile:
         if not records:
             return
         seq, prev = self.seq, self.last_hash
+        if self._continues is not None:
+            records = [self._rotation_record(self._continues), *records]
         lines = []
         for record in records:
             seq += 1
@@ -198,7 +229,8 @@ class AuditFile:
             if isinstance(err, AuditWriteError):
                 raise
             raise AuditWriteError(f"cannot write audit log {self.path}: {err.strerror}") from err
-        self.seq, self.last_hash = seq, prev
+        self.head = Head(seq, prev)
+        self._continues = None
         self._size += len(data)
         if self._rotate_bytes and self._size >= self._rotate_bytes:
             try:
@@ -233,12 +265,22 @@ class AuditFile:
         os.close(self._fd)
         self._fd = fd
         self._size = 0
+        self._continues = rotated.name
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         return rotated
+
+    def _rotation_record(self, previous: str) -> dict[str, Any]:
+        return {
+            "event": ROTATED,
+            "time": rfc3339(time.time()),
+            "previous_file": previous,
+            "previous_last_seq": self.seq,
+            "previous_last_hash": self.last_hash,
+        }
 
     def _first_seq(self) -> int:
         with self.path.open("rb") as f:
@@ -258,6 +300,15 @@ class AuditFile:
 
 
 @dataclass(frozen=True, slots=True)
+class Located:
+    """Where a verified record is, and its hash."""
+
+    hash: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyResult:
     ok: bool
     count: int
@@ -266,6 +317,40 @@ class VerifyResult:
     bad_file: str = ""
     bad_line: int = 0
     problem: str = ""
+    first_seq: int = 0
+    """1 when the log starts at its genesis; more when it starts at a `log_rotated` record."""
+    found: Mapping[int, Located] = field(default_factory=dict)
+    """The records asked for by seq (`verify(at=…)`) that the chain reached."""
+
+
+class _DuplicateMember(ValueError):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of duplicate members, and the canonical form (hence the
+    # hash) then shows only that one: a line could carry a value the chain never covered.
+    # RFC 8259 §4 leaves duplicates to the parser; I-JSON (RFC 7493 §2.3) forbids them.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateMember(key)
+        out[key] = value
+    return out
+
+
+def _start_problem(record: dict[str, Any], seq: int) -> str | None:
+    """Why the first record verified cannot be the start of a log (None when it can)."""
+    if seq == 1:
+        if record.get("prev_hash") != GENESIS:
+            return "first record does not start from the genesis hash"
+        return None
+    if record.get("event") != ROTATED:
+        return (
+            f"the log starts at seq {seq}, neither at its genesis (seq 1) nor at a "
+            f"{ROTATED} record: records before it were deleted or the files are incomplete"
+        )
+    return None
 
 
 class _Chain:
@@ -274,6 +359,7 @@ class _Chain:
     def __init__(self) -> None:
         self.count = 0
         self.seq = 0
+        self.first = 0
         self.hash: str | None = None
 
     def check(self, raw: bytes) -> str | None:
@@ -281,7 +367,9 @@ class _Chain:
         if not raw.endswith(b"\n"):
             return "truncated record (no line end)"
         try:
-            record = json.loads(raw)
+            record = json.loads(raw, object_pairs_hook=_unique_members)
+        except _DuplicateMember as err:
+            return f"duplicate member {str(err)!r} (only one of its values is hashed)"
         except ValueError:
             return "not valid JSON"
         if not isinstance(record, dict):
@@ -290,15 +378,23 @@ class _Chain:
         seq = record.get("seq")
         if not isinstance(stated, str) or not isinstance(seq, int) or isinstance(seq, bool):
             return "missing hash or seq"
+        if seq < 1:
+            return f"seq {seq} is not a record number"
         if self.hash is None:  # the first record anchors the chain
-            if seq == 1 and record.get("prev_hash") != GENESIS:
-                return "first record does not start from the genesis hash"
+            problem = _start_problem(record, seq)
+            if problem is not None:
+                return problem
             self.hash = str(record.get("prev_hash"))
-            self.seq = seq - 1
+            self.seq, self.first = seq - 1, seq
         if record.get("prev_hash") != self.hash:
             return "prev_hash does not match the previous record (deleted, reordered or inserted)"
         if seq != self.seq + 1:
             return f"seq {seq} does not follow {self.seq}"
+        if record.get("event") == ROTATED and (
+            record.get("previous_last_seq") != self.seq
+            or record.get("previous_last_hash") != self.hash
+        ):
+            return f"the {ROTATED} record does not name the record before it"
         if chain_hash(self.hash, record) != stated:
             return "hash mismatch (record edited)"
         self.hash, self.seq = stated, seq
@@ -306,32 +402,42 @@ class _Chain:
         return None
 
 
-def verify(paths: Sequence[Path]) -> VerifyResult:
+def verify(paths: Sequence[Path], *, at: Collection[int] = ()) -> VerifyResult:
     """Check the chain over `paths` in order (rotated files first, the active file last).
 
-    The first record of the first file anchors the chain: with seq 1 it must start from the
-    genesis hash; a rotated continuation's prev_hash is taken as given.
+    The first record verified must prove it is a start: seq 1 from the genesis hash, or a
+    `log_rotated` record (the files before it were left out, or archived). An empty log, or
+    none, is a failure: there is nothing to vouch for. `at` names records whose hash and
+    place the result reports (a checkpoint's seq), as far as the chain is intact.
     """
     chain = _Chain()
+    found: dict[int, Located] = {}
+
+    def failed(path: Path, line: int, problem: str) -> VerifyResult:
+        last = chain.hash or GENESIS
+        return VerifyResult(
+            False, chain.count, chain.seq, last, str(path), line, problem, chain.first, found
+        )
+
+    if not paths:
+        return VerifyResult(False, 0, problem="no log file")
     for path in paths:
         try:
             f = path.open("rb")
         except OSError as err:
-            return VerifyResult(False, chain.count, bad_file=str(path), problem=str(err))
+            return failed(path, 0, err.strerror or str(err))
         with f:
             for number, raw in enumerate(f, start=1):
                 problem = chain.check(raw)
                 if problem is not None:
-                    return VerifyResult(
-                        False,
-                        chain.count,
-                        chain.seq,
-                        chain.hash or GENESIS,
-                        str(path),
-                        number,
-                        problem,
-                    )
-    return VerifyResult(True, chain.count, chain.seq, chain.hash or GENESIS)
+                    return failed(path, number, problem)
+                if chain.seq in at:
+                    found[chain.seq] = Located(chain.hash or GENESIS, str(path), number)
+    if chain.count == 0:
+        return failed(paths[-1], 0, "the log is empty: it holds no record to verify")
+    return VerifyResult(
+        True, chain.count, chain.seq, chain.hash or GENESIS, first_seq=chain.first, found=found
+    )
 
 
 def log_files(path: Path) -> list[Path]:

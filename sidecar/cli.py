@@ -7,7 +7,7 @@ jit-sidecar grants TASK_ID --all
 jit-sidecar task complete TASK_ID
 jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
 jit-sidecar introspect TOKEN
-jit-sidecar audit verify var/audit.jsonl
+jit-sidecar audit verify var/audit.jsonl --key var/signing-key.pem --state var/state.db
 """
 
 from __future__ import annotations
@@ -21,15 +21,39 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
 from . import __version__
+from .audit import log_files, verify
 from .config import Config, flag_name, load
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    from .jws import VerifyKey
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DENIED = 0, 1, 2, 3
+EXIT_CODES = """exit status:
+  0  success (a grant granted, a token active, an audit log intact)
+  1  error: the sidecar refused or is unreachable, a token is inactive, the audit log
+     does not verify
+  2  usage error: bad arguments (nothing was sent)
+  3  denied: the policy denied the grant, or it waits for human approval"""
+MAX_UINT32 = 2**32 - 1
+
+
+class CliError(Exception):
+    """Stops a command with `jit-sidecar: <message>` on stderr and exit status `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _usage(message: str) -> CliError:
+    return CliError(message, EXIT_USAGE)
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +89,12 @@ def _admin_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jit-sidecar", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="jit-sidecar",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"jit-sidecar {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -194,13 +223,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="check the hash chain")
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check the hash chain, its start, its signed checkpoint and the store",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     verify.add_argument(
         "files",
         nargs="+",
         type=Path,
         help="log files in order (rotated ones first); a directory's "
         "rotated files are found from the active file's name",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a signed checkpoint to compare with (repeatable; e.g. a copy kept off-host); "
+        "default: <active log>.checkpoint when it exists",
+    )
+    key_source = verify.add_mutually_exclusive_group()
+    key_source.add_argument(
+        "--jwks",
+        metavar="FILE|URL",
+        help="the sidecar's JWKS (file, or e.g. http://127.0.0.1:9464/.well-known/jwks.json) "
+        "to verify checkpoint signatures; a checkpoint is then required",
+    )
+    key_source.add_argument(
+        "--key",
+        type=Path,
+        metavar="PEM",
+        help="the sidecar's signing key file, instead of --jwks",
+    )
+    verify.add_argument(
+        "--state",
+        metavar="[sqlite:]PATH",
+        help="the SQLite state store: the last record it applied must be in the log",
     )
     verify.add_argument("--json", action="store_true")
     return p
@@ -277,7 +338,7 @@ def _run_client(args: argparse.Namespace) -> int:
                 )
         return EXIT_OK
     if args.command == "grant":
-        context = json.loads(args.context) if args.context else None
+        context = _json_object(args.context, "--context") if args.context else None
         with _access_client(args) as client:
             try:
                 grant = client.request_grant(
@@ -335,6 +396,8 @@ def _run_client(args: argparse.Namespace) -> int:
     if args.command == "introspect":
         from_stdin = args.token == "-"  # noqa: S105
         token = sys.stdin.read().strip() if from_stdin else args.token
+        if not token:
+            raise _usage("introspect needs a token (it was empty)")
         with _access_client(args) as client:
             result = client.introspect(token)
         _print(
@@ -495,37 +558,172 @@ def _state(value: int) -> str:
     return {1: "active", 2: "revoked", 3: "expired"}.get(value, "unknown")
 
 
-def _run_audit(args: argparse.Namespace) -> int:
-    from .audit import log_files, verify
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise _usage(f"{flag} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise _usage(f"{flag} must be a JSON object ({{...}}), got {type(value).__name__}")
+    return value
 
-    paths: list[Path] = []
-    for given in args.files:
-        paths.extend(
-            log_files(given) if len(args.files) == 1 and not given.name[-1:].isdigit() else [given]
-        )
-    result = verify(paths)
-    data = {
+
+def _check_usage(args: argparse.Namespace) -> None:
+    """Refuse arguments the sidecar would misread, before anything is sent."""
+    labels: set[str] = set()
+    for item in getattr(args, "label", None) or ():
+        key, sep, _ = item.partition("=")
+        # A label dropped for want of `=` could be the one a policy restricts on (purpose).
+        if not sep or not key:
+            raise _usage(f"--label {item!r} is not KEY=VALUE")
+        if key in labels:
+            raise _usage(f"--label {key!r} is given twice")
+        labels.add(key)
+    if args.command == "grant" and not 1 <= args.ttl <= MAX_UINT32:
+        raise _usage(f"--ttl must be a whole number of seconds from 1, got {args.ttl}")
+    if args.command == "introspect" and not args.token:
+        raise _usage("introspect needs a token (use - to read it from stdin)")
+
+
+def _audit_files(given: list[Path]) -> tuple[list[Path], Path, bool]:
+    """The files to verify, the active log's path, and whether the files end with it (so
+    that a checkpoint past their end means records were removed)."""
+    if len(given) == 1 and not given[0].name[-1:].isdigit():
+        return log_files(given[0]), given[0], True
+    last = given[-1]
+    rotated = last.name[-1:].isdigit()
+    return list(given), last.with_suffix("") if rotated else last, not rotated
+
+
+def _checkpoint_keys(args: argparse.Namespace) -> dict[str, VerifyKey] | None:
+    """Keys that verify checkpoints (by kid), or None when none were given."""
+    from .jws import parse_jwks, verify_key_from_jwk
+    from .tokens import SigningKey, load_private_key
+
+    if args.key is not None:
+        try:
+            key = SigningKey.from_private_key(load_private_key(args.key))
+        except ConfigError as err:
+            raise CliError(err.message) from None
+        return {key.kid: verify_key_from_jwk(key.jwk)}
+    if not args.jwks:
+        return None
+    try:
+        if args.jwks.startswith(("http://", "https://")):
+            import requests
+
+            response = requests.get(args.jwks, timeout=10)
+            response.raise_for_status()
+            raw = response.content
+        else:
+            raw = Path(args.jwks).read_bytes()
+        keys, _skipped = parse_jwks(raw)
+    except Exception as err:  # requests, OS and JSON errors: all mean no keys
+        raise CliError(f"cannot read the JWKS {args.jwks}: {err}") from None
+    return dict(keys)
+
+
+def _store_applied_seq(state: str) -> int:
+    """The last audit record the SQLite store applied (its `meta` row, sidecar.store.sqlite),
+    read without writing anything."""
+    import sqlite3
+
+    path = Path(state.removeprefix("sqlite:"))
+    if state.startswith(("redis://", "rediss://")) or not path.is_file():
+        raise CliError(f"--state {state}: no SQLite store there")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise CliError(f"--state {state}: cannot read the store: {err}") from None
+    if row is None:
+        raise CliError(f"--state {state}: the store records no applied seq")
+    return int(row[0])
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError, checkpoint_path, coverage, read_checkpoint
+
+    paths, active, whole = _audit_files(args.files)
+    if not paths:
+        raise CliError(f"no audit log at {args.files[0]}")
+    keys = _checkpoint_keys(args)
+    sources = args.checkpoint or [checkpoint_path(active)]
+    checkpoints = []
+    problems: list[str] = []
+    for source in sources:
+        try:
+            checkpoints.append(read_checkpoint(source.read_text(), keys))
+        except FileNotFoundError:
+            if args.checkpoint or keys is not None:
+                problems.append(f"no checkpoint at {source}: the end of the log is not anchored")
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append(f"cannot read the checkpoint {source}: {err}")
+        except CheckpointError as err:
+            problems.append(f"checkpoint {source}: {err.message}")
+    result = verify(paths, at={c.seq for c in checkpoints})
+    data: dict[str, Any] = {
         "ok": result.ok,
         "records": result.count,
+        "first_seq": result.first_seq,
         "last_seq": result.last_seq,
         "files": [str(p) for p in paths],
     }
-    if result.ok:
+    if not result.ok:
+        data |= {"file": result.bad_file, "line": result.bad_line, "problem": result.problem}
+        where = f" at {result.bad_file}:{result.bad_line}" if result.bad_line else ""
+        shown = result.problem if result.bad_line else f"{result.bad_file}: {result.problem}"
         _print(
             args,
             data,
-            f"OK: {result.count} records, chain intact "
-            f"(last seq {result.last_seq}, {len(paths)} file(s))",
+            f"BROKEN{where}: {shown} ({result.count} records verified before it)",
         )
-        return EXIT_OK
-    data |= {"file": result.bad_file, "line": result.bad_line, "problem": result.problem}
-    _print(
-        args,
-        data,
-        f"BROKEN at {result.bad_file}:{result.bad_line}: {result.problem} "
-        f"({result.count} records verified before it)",
-    )
-    return EXIT_FAIL
+        return EXIT_FAIL
+    start = "its genesis" if result.first_seq == 1 else "a log_rotated record"
+    lines = [
+        f"{result.count} records, chain intact (last seq {result.last_seq}, "
+        f"{len(paths)} file(s)), starting at {start} (seq {result.first_seq})"
+    ]
+    data["checkpoints"] = []
+    for checkpoint in checkpoints:
+        covered = coverage(result, checkpoint, whole=whole)
+        data["checkpoints"].append(covered.as_dict(checkpoint))
+        if covered.ok:
+            lines.append(covered.text)
+        else:
+            problems.append(covered.text)
+    if not checkpoints and not problems:
+        lines.append(
+            "no checkpoint: records removed from the end would not be detected "
+            "(the sidecar writes <log>.checkpoint; give --jwks or --key to require it)"
+        )
+    if args.state:
+        applied = _store_applied_seq(args.state)
+        data["store_applied_seq"] = applied
+        if applied > result.last_seq and whole:
+            problems.append(
+                f"the state store applied record {applied} but the log ends at seq "
+                f"{result.last_seq}: records were removed from its end"
+            )
+        elif applied > result.last_seq:
+            lines.append(f"store: applied through seq {applied}, past the files given")
+        elif applied < result.last_seq:
+            lines.append(
+                f"store: applied through seq {applied}; the {result.last_seq - applied} "
+                "record(s) after it are replayed at the next start"
+            )
+        else:
+            lines.append(f"store: applied through seq {applied}, as the log says")
+    if problems:
+        data |= {"ok": False, "problem": "; ".join(problems)}
+        failed = [f"FAILED: {p}" for p in problems]
+        _print(args, data, "\n".join([*failed, "chain: " + lines[0], *lines[1:]]))
+        return EXIT_FAIL
+    _print(args, data, "\n".join(["OK: " + lines[0], *lines[1:]]))
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,11 +731,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _run_serve(args)
+        _check_usage(args)
         if args.command == "audit":
             return _run_audit(args)
         if args.command == "policy":
             return _run_policy_explain(args)
         return _run_client(args)
+    except CliError as err:
+        print(f"jit-sidecar: {err.message}", file=sys.stderr)
+        return err.code
     except ConfigError as err:
         print(f"jit-sidecar: configuration error: {err.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -550,7 +752,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         from .client import SidecarClientError
 
-        if isinstance(err, SidecarClientError):
+        # A file the command was told to read (--identity-token-file, ...) is not there.
+        if isinstance(err, SidecarClientError) or (
+            isinstance(err, OSError) and args.command != "serve"
+        ):
             print(f"jit-sidecar: {err}", file=sys.stderr)
             return EXIT_FAIL
         raise

@@ -162,6 +162,15 @@ class Config:
             parse=int,
         ),
     )
+    audit_checkpoint_interval: float = field(
+        default=10.0,
+        metadata=_opt(
+            "Seconds between signed checkpoints of the audit log's end (written only when it "
+            "grew, and at shutdown) in <audit_log>.checkpoint; `audit verify` detects records "
+            "removed before the newest one.",
+            parse=float,
+        ),
+    )
     signing_key: Path | None = field(
         default=None,
         metadata=_opt(
@@ -529,7 +538,7 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("opa_timeout", "rpc_timeout", "sweep_interval"):
+        for name in ("opa_timeout", "rpc_timeout", "sweep_interval", "audit_checkpoint_interval"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be greater than 0")
         if self.audit_rotate_bytes < 0:

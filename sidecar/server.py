@@ -29,6 +29,7 @@ from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
 from .cache import DecisionCache
+from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
 from .engine import Engine
@@ -143,6 +144,7 @@ class Sidecar:
         self._admission = RequestAdmission(self.metrics, self.guard, config.max_message_bytes)
         self.http_port: int | None = None
         self._managed_auth: ManagedAuthenticator | None = None
+        self._checkpoints: Checkpointer | None = None
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -205,6 +207,14 @@ class Sidecar:
                         f"cannot read approval_webhook_secret_file: {err.strerror}"
                     ) from err
             engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret)
+        self._checkpoints = Checkpointer(
+            audit,
+            lambda: engine.keys.current,
+            interval=cfg.audit_checkpoint_interval,
+            issuer=cfg.issuer,
+            clock=self.clock,
+        )
+        await self._checkpoints.start()  # refuses a log shorter than its last checkpoint
         journal.start()
         await engine.record_key_in_use(snapshot.current_key)
         recovered = await engine.sweep()
@@ -415,6 +425,8 @@ class Sidecar:
             await self.fleet.stop()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.journal.close)
+            if self._checkpoints is not None:
+                await self._checkpoints.stop()  # after the journal's last batch: covers it all
             self.engine.store.close()
         await self.policy.aclose()
         if self.engine is not None and self.engine.notifier is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .errors import ConfigError
+from .files import replace_atomically
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
@@ -110,8 +110,18 @@ class SigningKey:
 
     def sign(self, claims: Mapping[str, Any]) -> str:
         """Compact JWS of `claims` (RFC 7515), signed with this key."""
+        return self._sign(self.header_b64, claims)
+
+    def sign_typed(self, claims: Mapping[str, Any], typ: str) -> str:
+        """Compact JWS of `claims` whose header `typ` is `typ`, not `at+jwt`: explicit typing
+        keeps another kind of JWT this key signs from passing for an access token (RFC 8725
+        §3.11, RFC 9068 §4)."""
+        header = json.dumps({"alg": self.alg, "typ": typ, "kid": self.kid}, separators=(",", ":"))
+        return self._sign(_b64url_bytes(header.encode()), claims)
+
+    def _sign(self, header_b64: bytes, claims: Mapping[str, Any]) -> str:
         payload = _b64url_bytes(json.dumps(claims, separators=(",", ":")).encode())
-        signing_input = self.header_b64 + b"." + payload
+        signing_input = header_b64 + b"." + payload
         if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
             signature = self.private_key.sign(signing_input)
         else:
@@ -137,14 +147,7 @@ def write_private_key(path: Path, key: PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    replace_atomically(path, pem, 0o600)
 
 
 def load_private_key(path: Path) -> PrivateKey:

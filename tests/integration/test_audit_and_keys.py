@@ -13,6 +13,7 @@ import jwt
 import pytest
 import requests
 
+from sidecar.audit import log_files
 from tests.faults import tmpfs
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 
@@ -81,6 +82,146 @@ def test_verify_names_first_broken_line(audit_log: Path, mutate: str) -> None:
     assert report["records"] == target - 1
 
 
+def _cut(path: Path, mutate: str) -> str:
+    """Tamper with the log in a way the chain alone cannot see; return what verify says."""
+    data = lines(path)
+    if mutate == "delete-last-3":
+        path.write_bytes(b"".join(data[:-3]))
+        return "records were removed from its end"
+    if mutate == "delete-first-3":
+        path.write_bytes(b"".join(data[3:]))
+        return "starts at seq 4, neither at its genesis"
+    if mutate == "duplicate-subject":
+        data[1] = data[1].replace(b',"hash"', b',"subject":"spiffe://x/evil","hash"', 1)
+        path.write_bytes(b"".join(data))
+        return "duplicate member 'subject'"
+    if mutate == "empty":
+        path.write_bytes(b"")
+        return "the log is empty"
+    raise AssertionError(mutate)
+
+
+@pytest.mark.parametrize(
+    "mutate", ["delete-last-3", "delete-first-3", "duplicate-subject", "empty"]
+)
+def test_verify_fails_on_a_log_cut_at_either_end(audit_log: Path, mutate: str) -> None:
+    """Records deleted at the end (below the shutdown checkpoint) or at the start, a
+    shadowed duplicate member and an empty file: exit 1 naming the problem (each verified
+    as OK before)."""
+    expected = _cut(audit_log, mutate)
+    key = audit_log.parent / "signing-key.pem"
+    signed = cli("audit", "verify", str(audit_log), "--key", str(key))
+    unsigned = cli("audit", "verify", str(audit_log), "--json")
+    assert signed.returncode == 1, signed.stdout
+    assert expected in signed.stdout
+    assert unsigned.returncode == 1
+    assert json.loads(unsigned.stdout)["ok"] is False
+    assert "Traceback" not in signed.stderr + unsigned.stderr
+
+
+def test_shutdown_checkpoint_covers_the_whole_log(audit_log: Path) -> None:
+    """After SIGTERM the signed checkpoint names the last record: verified with the key
+    file, every record is covered, and the store applied the same last record."""
+    key = audit_log.parent / "signing-key.pem"
+    state = audit_log.parent / "state.db"
+    result = cli(
+        "audit", "verify", str(audit_log), "--key", str(key), "--state", f"sqlite:{state}", "--json"
+    )
+    report = json.loads(result.stdout)
+    text = cli("audit", "verify", str(audit_log), "--key", str(key)).stdout
+    count = len(lines(audit_log))
+    (checkpoint,) = report["checkpoints"]
+    assert result.returncode == 0, result.stdout
+    assert (report["ok"], report["first_seq"], report["last_seq"]) == (True, 1, count)
+    assert checkpoint["status"] == "covered"
+    assert checkpoint["signature_verified"] is True
+    assert (checkpoint["seq"], checkpoint["uncovered_records"]) == (count, 0)
+    assert report["store_applied_seq"] == count
+    assert f"records 1..{count} covered by a checkpoint signed at" in text
+    assert "0 record(s) after it are not yet covered" in text
+
+
+def test_a_forged_checkpoint_is_refused(audit_log: Path, tmp_path: Path) -> None:
+    """A checkpoint signed by another key, even naming the sidecar's kid, fails against the
+    sidecar's JWKS (as a file) and its key file."""
+    from sidecar.checkpoints import checkpoint_path
+    from sidecar.tokens import SigningKey, generate_private_key, load_private_key
+
+    real = SigningKey.from_private_key(load_private_key(audit_log.parent / "signing-key.pem"))
+    other = SigningKey.from_private_key(generate_private_key("EdDSA"))
+    posing = SigningKey(real.kid, other.alg, other.private_key, other.jwk, b"")
+    last = json.loads(lines(audit_log)[-1])
+    claims = {"iss": "https://jit-sidecar.local", "iat": 1, "seq": last["seq"] + 5}
+    forged = posing.sign_typed(claims | {"hash": "0" * 64}, "jit-audit-checkpoint+jwt")
+    checkpoint_path(audit_log).write_text(forged + "\n")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [dict(real.jwk)]}))
+    with_jwks = cli("audit", "verify", str(audit_log), "--jwks", str(jwks))
+    with_key = cli(
+        "audit", "verify", str(audit_log), "--key", str(audit_log.parent / "signing-key.pem")
+    )
+    assert with_jwks.returncode == 1
+    assert "the signature does not verify" in with_jwks.stdout
+    assert with_key.returncode == 1
+    assert "the signature does not verify" in with_key.stdout
+
+
+def test_state_store_ahead_of_the_log_is_detected(audit_log: Path) -> None:
+    """The last record deleted and the checkpoint removed too: --state still sees that the
+    store applied a record the log no longer has."""
+    from sidecar.checkpoints import checkpoint_path
+
+    state = audit_log.parent / "state.db"
+    count = len(lines(audit_log))
+    audit_log.write_bytes(b"".join(lines(audit_log)[:-1]))
+    checkpoint_path(audit_log).unlink()
+    without = cli("audit", "verify", str(audit_log))
+    with_state = cli("audit", "verify", str(audit_log), "--state", str(state))
+    assert without.returncode == 0, without.stdout
+    assert "no checkpoint" in without.stdout
+    assert with_state.returncode == 1
+    assert f"the state store applied record {count} but the log ends at seq {count - 1}" in (
+        with_state.stdout
+    )
+
+
+def test_checkpoint_read_through_the_running_sidecars_jwks(tmp_path: Path, opa: OpaServer) -> None:
+    """With a long interval, records written after the last checkpoint (the one written at
+    SIGTERM) are reported as not yet covered; the JWKS URL of the running sidecar verifies
+    the checkpoint."""
+    process = SidecarProcess(tmp_path / "s", opa.url, "--audit-checkpoint-interval", "3600")
+    with running(process) as sidecar, sidecar.client() as c:
+        c.begin_task("before the restart")
+    covered = len(lines(process.audit))
+    with running(process) as sidecar, sidecar.client() as c:
+        task = c.begin_task("after the restart")
+        c.request_grant(task.task_id, "docs.read", "docs://after")
+        jwks = sidecar.http + "/.well-known/jwks.json"
+        result = cli("audit", "verify", str(process.audit), "--jwks", jwks, "--json")
+        total = len(lines(process.audit))
+    (checkpoint,) = json.loads(result.stdout)["checkpoints"]
+    assert result.returncode == 0, result.stdout
+    assert checkpoint["signature_verified"] is True
+    assert (checkpoint["seq"], checkpoint["uncovered_records"]) == (covered, total - covered)
+    assert total > covered
+
+
+def test_a_log_shorter_than_its_checkpoint_refuses_to_start(tmp_path: Path, opa: OpaServer) -> None:
+    """With the state gone too (so the store cannot tell), the checkpoint alone stops a
+    sidecar from continuing a log that lost its last records."""
+    process = SidecarProcess(tmp_path / "s", opa.url)
+    with running(process) as sidecar, sidecar.client() as c:
+        task = c.begin_task("x")
+        c.request_grant(task.task_id, "docs.read", "docs://a")
+    count = len(lines(process.audit))
+    process.audit.write_bytes(b"".join(lines(process.audit)[:-1]))
+    for leftover in process.workdir.glob("state.db*"):
+        leftover.unlink()
+    with pytest.raises(RuntimeError, match="sidecar exited"):
+        process.start()
+    assert f"covers record {count} but the log" in process.log()
+
+
 def test_chain_continues_across_restarts_and_rotation(tmp_path: Path, opa: OpaServer) -> None:
     """With rotation at ~2 KB, the log spans several files; the chain verifies across all of
     them, across restarts, and each rotated file verifies on its own."""
@@ -91,7 +232,7 @@ def test_chain_continues_across_restarts_and_rotation(tmp_path: Path, opa: OpaSe
             for i in range(6):
                 c.request_grant(task.task_id, "docs.read", f"docs://r{round_}/{i}")
             c.complete_task(task.task_id)
-    rotated = sorted(process.audit.parent.glob("audit.jsonl.*"))
+    rotated = log_files(process.audit)[:-1]
     whole = cli("audit", "verify", str(process.audit))
     first_alone = cli("audit", "verify", str(rotated[0]))
     second_alone = cli("audit", "verify", str(rotated[1]))
@@ -100,8 +241,12 @@ def test_chain_continues_across_restarts_and_rotation(tmp_path: Path, opa: OpaSe
     assert whole.returncode == 0, whole.stdout
     assert f"{len(rotated) + 1} file(s)" in whole.stdout
     assert first_alone.returncode == 0
-    assert second_alone.returncode == 0
+    assert second_alone.returncode == 0, second_alone.stdout
+    assert "starting at its genesis (seq 1)" in first_alone.stdout
+    assert "starting at a log_rotated record" in second_alone.stdout
     assert [r["seq"] for r in all_records] == list(range(1, len(all_records) + 1))
+    assert [r["event"] for r in all_records].count("log_rotated") >= len(rotated) - 1
+    assert "0 record(s) after it are not yet covered" in whole.stdout
 
 
 def test_torn_last_record_is_dropped_at_start_up(tmp_path: Path, opa: OpaServer) -> None:

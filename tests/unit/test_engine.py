@@ -331,9 +331,14 @@ def test_a_failed_audit_rotation_keeps_the_journal_serving(tmp_path: Path) -> No
     files = log_files(r.audit_path)
     chain = verify(files)
     assert active == [True, True, True]
-    assert chain.ok and chain.count == 4
-    # task_begun, rotated; the three grants in one file, rotated once the directory allowed.
-    assert [len(records_after(f, 0)) for f in files] == [1, 3, 0]
+    assert chain.ok and chain.count == 5
+    # task_begun, rotated; the three grants in one file after its log_rotated record,
+    # rotated once the directory allowed.
+    assert [[r["event"] for r in records_after(f, 0)] for f in files] == [
+        ["task_begun"],
+        ["log_rotated", "grant_issued", "grant_issued", "grant_issued"],
+        [],
+    ]
 
 
 def test_a_cancelled_completion_is_still_audited_when_the_log_comes_back(tmp_path: Path) -> None:
