@@ -52,6 +52,7 @@ from ._proto.jit.v1 import access_pb2 as pb
 from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from ._proto.jit.v1 import admin_pb2 as admin_pb
 from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
+from .dpop import binding_proof
 
 log = logging.getLogger("jit_sidecar.client")
 
@@ -320,7 +321,10 @@ def _begin_request(
     request = pb.BeginTaskRequest(
         task_id=task_id, goal=goal, max_duration_seconds=max_duration, labels=dict(labels or {})
     )
-    if pop_jwk:
+    if pop_jwk and "d" in pop_jwk:
+        # The task key itself: prove possession (RFC 9449 §4.2); its private half stays here.
+        request.pop_proof = binding_proof(pop_jwk)
+    elif pop_jwk:  # a bare public key no longer binds: the sidecar answers invalid_pop_proof
         request.pop_jwk.CopyFrom(dict_to_struct(pop_jwk))
     return request
 

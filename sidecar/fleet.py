@@ -60,7 +60,7 @@ KEY_REFRESH = 10.0
 KEY_FETCH_TIMEOUT = 0.25
 MISSING_KEY_TTL = 1.0
 """Seconds an unknown kid is remembered as unknown (bounds lookups for garbage tokens)."""
-FLEET_KEY_TYPES = {("OKP", "EdDSA"), ("EC", "ES256")}
+FLEET_KEY_TYPES = {("OKP", "EdDSA"), ("OKP", "Ed25519"), ("EC", "ES256")}
 
 
 def default_fleet_id(config: Config) -> str:

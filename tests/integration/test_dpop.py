@@ -25,9 +25,8 @@ class Bound:
 
     def __init__(self, process: SidecarProcess, key: Key) -> None:
         jwks = requests.get(process.http + "/.well-known/jwks.json", timeout=5).json()
-        public = {k: v for k, v in key.public_jwk().items() if k != "kid"}
         with process.client() as c:
-            task = c.begin_task("bound", pop_jwk=public)
+            task = c.begin_task("bound", pop_jwk=key.private_jwk())
             self.token = c.request_grant(task.task_id, "docs.read", "docs://handbook/intro").token
             plain = c.begin_task("unbound")
             self.unbound = c.request_grant(plain.task_id, "docs.read", "docs://handbook/x").token
