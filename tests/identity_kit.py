@@ -182,21 +182,23 @@ def dpop_proof(
     key: Key,
     method: str,
     url: str,
-    access_token: str,
+    access_token: str | None,
     *,
     iat: float | None = None,
     jti: str | None = None,
     jwk: dict[str, Any] | None = None,
     **header: Any,
 ) -> str:
-    """An RFC 9449 proof signed with `key`."""
+    """An RFC 9449 proof signed with `key` (`ath` only with an access token: a BeginTask
+    proof binds a key before any token exists)."""
     claims = {
         "htm": method,
         "htu": url,
         "iat": int(time.time() if iat is None else iat),
         "jti": jti or secrets.token_urlsafe(16),
-        "ath": b64(hashlib.sha256(access_token.encode()).digest()),
     }
+    if access_token is not None:
+        claims["ath"] = b64(hashlib.sha256(access_token.encode()).digest())
     public = jwk if jwk is not None else {k: v for k, v in key.public_jwk().items() if k != "kid"}
     hdr = {"typ": "dpop+jwt", "alg": key.alg, "jwk": public, **header}
     return sign_raw(hdr, claims, key.private)
