@@ -96,11 +96,15 @@ class Key:
         return sign_raw(hdr, claims, self.private)
 
 
-def sign_raw(header: dict[str, Any], claims: dict[str, Any], key: PrivateKey | bytes | None) -> str:
+def sign_raw(
+    header: dict[str, Any], claims: dict[str, Any] | str, key: PrivateKey | bytes | None
+) -> str:
     """A compact JWS with exactly this header, signed per header['alg'] (any alg, even none
-    or HS* with a public key as the secret)."""
+    or HS* with a public key as the secret). `claims` as a string is the payload's JSON text
+    verbatim (e.g. with a duplicate member)."""
     h = b64(json.dumps(header, separators=(",", ":")).encode())
-    p = b64(json.dumps(claims, separators=(",", ":")).encode())
+    text = claims if isinstance(claims, str) else json.dumps(claims, separators=(",", ":"))
+    p = b64(text.encode())
     data = f"{h}.{p}".encode()
     alg = header["alg"]
     if alg == "none":
