@@ -47,7 +47,9 @@ EDDSA_ALGS = frozenset({"EdDSA", "Ed25519"})
 ASYMMETRIC_JWT_ALGS = RSA_ALGS | EC_ALGS
 #: What we accept for OIDC ID tokens: the JWT-SVID set plus Ed25519.
 OIDC_JWT_ALGS = ASYMMETRIC_JWT_ALGS | EDDSA_ALGS
+#: Bounds the work one hostile token can cause before any key is looked up.
 MAX_TOKEN_LENGTH = 8192
+#: RFC 7518 §3.3: RSA keys of 2048 bits or more; shorter ones are factorable.
 MIN_RSA_BITS = 2048
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -62,7 +64,8 @@ _CURVES: dict[str, tuple[type[ec.EllipticCurve], str, int]] = {
     "P-521": (ec.SECP521R1, "ES512", 66),
 }
 _CURVE_BY_NAME: dict[str, str] = {cls().name: crv for crv, (cls, _, _) in _CURVES.items()}
-#: Header members that would make a verifier trust key material chosen by the sender.
+#: Header members that would make a verifier trust key material chosen by the sender
+#: (RFC 8725 §3.10; CVE-2018-0114 was a library trusting an embedded `jwk`).
 KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 #: Per remainder (len % 4) of a canonical encoding, the characters allowed last: the unused
@@ -76,6 +79,8 @@ _LAST_CHAR = {
 #: dotted names). No `/`, quotes, backslash, whitespace or control characters, so a kid can
 #: never be a path or break out of a log line.
 _KID = re.compile(r"[A-Za-z0-9._~+=:-]{1,128}")
+#: RFC 7518 §6.2.2, §6.3.2, §6.4.1 and RFC 8037 §2: members only a private or symmetric
+#: key has; trust material and proof keys must be public.
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 
@@ -142,6 +147,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _reject_constant(name: str) -> Any:
+    # RFC 8259 §6: NaN and Infinity are not JSON; Python's parser accepts them by default.
     raise ValueError(f"{name} is not JSON")
 
 
