@@ -1,9 +1,10 @@
 """Coverage-guided fuzzing of the JWT parsing path, for long runs outside CI (`make fuzz`).
 
 Feeds arbitrary bytes, read as a compact JWS, to everything that parses a caller-supplied
-token: `sidecar.jws.parse`, the JWT-SVID authenticator (strict header and claim rules, with
-a real trust bundle), `KeyRing.verify` (IntrospectToken and /introspect) and
-`parse_decision` (OPA answers). Any exception other than each one's documented refusal is
+token: `sidecar.jws.parse` (the JOSE core), the JWT-SVID authenticator (strict header and
+claim rules, with a real trust bundle), `KeyRing.verify` (IntrospectToken and /introspect),
+BeginTask's key-binding proof check (`KeyBindingVerifier`) and `parse_decision` (OPA
+answers). Any exception other than each one's documented refusal is
 a finding: libFuzzer stops and writes the input to fuzz/crashes/.
 
 Runs under atheris when it is installed (`pip install -e '.[fuzz]'`); otherwise falls back to
@@ -31,9 +32,10 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 def _imports() -> None:
     global parse, JwsError, AUTH, RING, Unauthenticated, parse_decision, PolicyResultInvalid
-    global SEEDS, SIGNED
+    global SEEDS, SIGNED, BINDINGS, InvalidArgument
     from sidecar.bundles import TrustBundles
-    from sidecar.errors import PolicyResultInvalid, Unauthenticated
+    from sidecar.dpop import KeyBindingVerifier
+    from sidecar.errors import InvalidArgument, PolicyResultInvalid, Unauthenticated
     from sidecar.identity import JwtSvidAuthenticator, TokenRules
     from sidecar.jws import JwsError, parse, parse_jwks
     from sidecar.policy import parse_decision
@@ -50,6 +52,7 @@ def _imports() -> None:
     AUTH = JwtSvidAuthenticator(bundles, rules)
     own = SigningKey.from_private_key(generate_private_key("EdDSA"))
     RING = KeyRing(own)
+    BINDINGS = KeyBindingVerifier()
     # Seeds: inputs that reach deep into each parser, for libFuzzer to mutate.
     SEEDS = [
         domain.svid("agent/a").encode(),
@@ -78,6 +81,11 @@ def one_input(data: bytes) -> None:
         AUTH.verify(token)
         assert signed, "an unsigned input was accepted as an identity"
     except Unauthenticated:
+        pass
+    try:
+        BINDINGS.jkt(token, None, time.time())
+        raise AssertionError("an unsigned input bound a key")
+    except InvalidArgument:
         pass
     claims = RING.verify(token, issuer="https://jit-sidecar.local", now=time.time())
     assert claims is None or signed, "an unsigned input verified as our own token"

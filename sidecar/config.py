@@ -22,6 +22,7 @@ from .errors import ConfigError
 ENV_PREFIX = "JIT_SIDECAR_"
 IDENTITY_MODES = ("dev", "jwt-svid", "oidc")
 SIGNING_ALGS = ("EdDSA", "ES256")
+ED25519_ALG_NAMES = ("EdDSA", "Ed25519")
 DURABILITY = ("fsync", "flush")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -182,6 +183,16 @@ class Config:
     signing_alg: str = field(
         default="EdDSA",
         metadata=_opt("Token signature algorithm for generated keys.", choices=SIGNING_ALGS),
+    )
+    ed25519_alg: str = field(
+        default="EdDSA",
+        metadata=_opt(
+            "JWS `alg` that tokens signed with an Ed25519 key carry (header and JWKS): `EdDSA` "
+            "(RFC 8037, known to every JOSE library) or its fully specified name `Ed25519` (RFC "
+            "9864; use it once every resource server's verifier accepts it). The signature is "
+            "the same; sidecar.verify accepts both.",
+            choices=ED25519_ALG_NAMES,
+        ),
     )
     issuer: str = field(
         default="https://jit-sidecar.local",

@@ -30,6 +30,7 @@ from .approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
 from .cache import DecisionCache
 from .clock import Clock, rfc3339
 from .config import Config
+from .dpop import KeyBinding
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -204,10 +205,10 @@ class Engine:
         goal: str,
         max_duration: int,
         labels: Mapping[str, str],
-        pop_jkt: str = "",
+        pop: KeyBinding | None = None,
     ) -> Task:
         try:
-            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop_jkt)
+            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop)
         except SidecarError as err:
             await self._record_rejection("BeginTask", identity, err, task_id=task_id)
             raise
@@ -219,10 +220,11 @@ class Engine:
         goal: str,
         max_duration: int,
         labels: Mapping[str, str],
-        pop_jkt: str,
+        pop: KeyBinding | None,
     ) -> Task:
         cfg = self.config
         check_task_fields(goal, labels)
+        pop_jkt = pop.jkt(self.clock.now()) if pop is not None else ""
         if max_duration > cfg.max_task_duration:
             raise InvalidArgument(
                 f"max_duration_seconds {max_duration} exceeds the limit of {cfg.max_task_duration}",

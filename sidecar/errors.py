@@ -39,6 +39,7 @@ class Reason(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
+    INVALID_POP_PROOF = "invalid_pop_proof"
 
 
 class SidecarError(Exception):

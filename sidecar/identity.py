@@ -8,13 +8,14 @@ Modes (`--identity`, see docs/identity.md):
 - `oidc`: an OIDC ID token (e.g. a Kubernetes projected service-account token) from an
   allowed issuer; its `sub` is mapped to an agent identity by `oidc_subject_map` rules.
 
-Verification follows RFC 8725: an explicit asymmetric algorithm allow-list (never HS* or
-`none`), no key material taken from the token, exact `iss` match, `aud` must contain ours,
-`exp` required, and our own `at+jwt` access tokens are never accepted as a caller identity.
-A verified token is remembered (by its SHA-256, never the token itself) until its `exp` or the
-next change of the trust material, so repeated calls cost a hash and a dict lookup instead of
-a signature check. Every rejection raises `Unauthenticated` (reason `identity_invalid`) whose
-metadata `cause` is a bounded label; the service layer logs it.
+Verification follows RFC 8725, through the JOSE core (`sidecar.jws`): an explicit asymmetric
+algorithm allow-list (never HS* or `none`; JWT-SVIDs: RS/PS/ES as the SPIFFE spec says, OIDC:
+those plus EdDSA/Ed25519), no key material taken from the token, exact `iss` match, `aud` must
+contain ours, `exp` required, and our own `at+jwt` access tokens are never accepted as a caller
+identity. A verified token is remembered (by its SHA-256, never the token itself) until its
+`exp` or the next change of the trust material, so repeated calls cost a hash and a dict lookup
+instead of a signature check. Every rejection raises `Unauthenticated` (reason
+`identity_invalid`) whose metadata `cause` is a bounded label; the service layer logs it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ from .bundles import BundleFileWatcher, TrustBundles, WorkloadApiWatcher
 from .clock import Clock, SystemClock
 from .config import Config
 from .errors import ConfigError, Unauthenticated
-from .jws import ASYMMETRIC_JWT_ALGS, Jws, JwsError, check_header, kid_of, parse, verify_signature
+from .jws import (
+    ASYMMETRIC_JWT_ALGS,
+    OIDC_JWT_ALGS,
+    Jws,
+    JwsError,
+    check_header,
+    kid_of,
+    parse,
+    verify_signature,
+)
 from .model import Identity
 from .oidc import HttpKeyFetcher, OidcKeys
 from .tokens import TOKEN_TYPE
@@ -140,6 +150,8 @@ class TokenRules:
     own_kids: Callable[[], Collection[str]]
     typs: frozenset[str | None]
     """Accepted `typ` header values, compared case-insensitively (None: absent)."""
+    algorithms: frozenset[str] = ASYMMETRIC_JWT_ALGS
+    """Accepted `alg` values: the SPIFFE JWT-SVID set unless the method allows more."""
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
@@ -160,7 +172,7 @@ def check_header_rules(token: Jws, rules: TokenRules) -> tuple[str, str]:
     if token.header.get("kid") in rules.own_kids():
         raise _rejected("own_access_token", "the token names this sidecar's own signing key")
     try:
-        alg = check_header(token.header, ASYMMETRIC_JWT_ALGS)
+        alg = check_header(token.header, rules.algorithms)
         kid = kid_of(token.header)
     except JwsError as err:
         raise _rejected(err.cause, err.message) from err
@@ -556,6 +568,7 @@ def create_authenticator(
             own_issuer=config.issuer,
             own_kids=own_kids or no_kids,
             typs=frozenset({None, "jwt"}),
+            algorithms=OIDC_JWT_ALGS,
         )
         subject_rules = [SubjectRule.compile(p, t) for p, t in config.oidc_subject_map.items()]
         fetcher = HttpKeyFetcher(

@@ -1,17 +1,29 @@
-"""Strict verification of compact JWS tokens that *other* parties signed (RFC 7515, RFC 8725).
+"""The JOSE core: the one place that reads a compact JWS, a JWK or base64url (RFC 7515, 7517,
+7518, 7638, 8037, 8725, 9864).
 
-Used for caller identity tokens (JWT-SVID, OIDC) and DPoP proofs. Every verifier passes its
-own explicit algorithm allow-list; a key only verifies the algorithms its type (and its JWK
-`alg`, when given) allows, so HS* can never meet an asymmetric key. Header members that point
-at keys (`jku`, `x5u`, `jwk`, `x5c`) and any `crit` extension are refused before a key is
-looked up, and nothing here ever fetches anything. Errors carry a bounded `cause` label for
-logs; messages never contain the token.
+Every path that reads a JWT uses it: caller identity tokens (JWT-SVID, OIDC: `identity`),
+DPoP proofs (`dpop`), our own access tokens (`tokens.KeyRing.verify` for introspection and
+the fleet) and the resource-server verifier (`verify`). Signing our own tokens builds the
+compact form directly in `tokens.SigningKey.sign` (the hot path) with `b64url_encode` below.
+
+The signature itself is `cryptography`'s; this module is the strictness on top, each rule
+with the reason it exists:
+- exactly three parts, canonical base64url without padding, each part a JSON object without
+  duplicate members (two parsers must never read two different claims from one token);
+- an explicit algorithm allow-list per caller, and a key verifies only the algorithms its
+  type (and its JWK `alg`) allows, so HS* never meets an asymmetric key (RFC 8725 §2.1, §3.1);
+- header members that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are refused before any key
+  lookup, and nothing here fetches anything (RFC 8725 §3.10); DPoP alone takes `jwk`;
+- `crit` is refused: we understand no extension (RFC 7515 §4.1.11).
+Other unknown header members are ignored, as RFC 7515 §4 requires. Errors carry a bounded
+`cause` label for logs; messages never contain the token.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -27,9 +39,17 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 
 RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGS = frozenset({"ES256", "ES384", "ES512"})
-#: What SPIFFE JWT-SVID validators accept (and what we accept for OIDC ID tokens).
+#: EdDSA over Ed25519 under its RFC 8037 (polymorphic) name and its RFC 9864 §2.2 fully
+#: specified name. With an Ed25519 key both name the same operation, so a key that may
+#: verify one may verify the other.
+EDDSA_ALGS = frozenset({"EdDSA", "Ed25519"})
+#: What SPIFFE JWT-SVID validators accept (JWT-SVID spec §3: any other alg MUST be refused).
 ASYMMETRIC_JWT_ALGS = RSA_ALGS | EC_ALGS
+#: What we accept for OIDC ID tokens: the JWT-SVID set plus Ed25519.
+OIDC_JWT_ALGS = ASYMMETRIC_JWT_ALGS | EDDSA_ALGS
+#: Bounds the work one hostile token can cause before any key is looked up.
 MAX_TOKEN_LENGTH = 8192
+#: RFC 7518 §3.3: RSA keys of 2048 bits or more; shorter ones are factorable.
 MIN_RSA_BITS = 2048
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -44,13 +64,23 @@ _CURVES: dict[str, tuple[type[ec.EllipticCurve], str, int]] = {
     "P-521": (ec.SECP521R1, "ES512", 66),
 }
 _CURVE_BY_NAME: dict[str, str] = {cls().name: crv for crv, (cls, _, _) in _CURVES.items()}
-#: Header members that would make a verifier trust key material chosen by the sender.
+#: Header members that would make a verifier trust key material chosen by the sender
+#: (RFC 8725 §3.10; CVE-2018-0114 was a library trusting an embedded `jwk`).
 KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: Per remainder (len % 4) of a canonical encoding, the characters allowed last: the unused
+#: low bits of the final character must be zero (RFC 4648 §3.5), so one value has exactly
+#: one encoding and a token cannot be altered without changing what it decodes to.
+_LAST_CHAR = {
+    2: frozenset("AQgw"),
+    3: frozenset("AEIMQUYcgkosw048"),
+}
 #: kids seen in practice (SPIRE: base62, Kubernetes/most IdPs: base64url, some: hex or
 #: dotted names). No `/`, quotes, backslash, whitespace or control characters, so a kid can
 #: never be a path or break out of a log line.
 _KID = re.compile(r"[A-Za-z0-9._~+=:-]{1,128}")
+#: RFC 7518 §6.2.2, §6.3.2, §6.4.1 and RFC 8037 §2: members only a private or symmetric
+#: key has; trust material and proof keys must be public.
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 
@@ -82,17 +112,32 @@ class Jws:
     signature: bytes
 
 
+def b64url_bytes(data: bytes) -> bytes:
+    """base64url without padding (RFC 7515 §2), as ASCII bytes (for building a JWS)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def b64url_encode(data: bytes) -> str:
+    """base64url without padding (RFC 7515 §2)."""
+    return b64url_bytes(data).decode("ascii")
+
+
 def b64url_decode(value: str) -> bytes:
-    """Strict base64url without padding; raises ValueError."""
-    if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
+    """Canonical base64url without padding (RFC 7515 §2, RFC 4648 §3.5); raises ValueError."""
+    remainder = len(value) % 4
+    if not _B64URL.fullmatch(value) or remainder == 1:
         raise ValueError("not base64url")
+    if remainder and value[-1] not in _LAST_CHAR[remainder]:
+        raise ValueError("not canonical base64url")
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        return base64.urlsafe_b64decode(value + "=" * (-remainder % 4))
     except (binascii.Error, ValueError) as err:
         raise ValueError("not base64url") from err
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7515 §5.2 step 4 / RFC 7519 §4: a JOSE header or claims set with duplicate members
+    # is invalid, or parsers disagree on which one counts (two "sub", one checked, one used).
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -102,6 +147,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _reject_constant(name: str) -> Any:
+    # RFC 8259 §6: NaN and Infinity are not JSON; Python's parser accepts them by default.
     raise ValueError(f"{name} is not JSON")
 
 
@@ -136,8 +182,14 @@ def parse(token: str, *, max_length: int = MAX_TOKEN_LENGTH) -> Jws:
     return Jws(header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
 
 
-def check_header(header: Mapping[str, Any], algorithms: frozenset[str]) -> str:
-    """Apply the RFC 8725 header rules; return the (allowed) `alg`."""
+def check_header(
+    header: Mapping[str, Any], algorithms: frozenset[str], *, embedded_jwk: bool = False
+) -> str:
+    """Apply the RFC 8725 header rules; return the (allowed) `alg`.
+
+    `embedded_jwk` lets a `jwk` header member through: only for DPoP proofs, whose key IS the
+    `jwk` (RFC 9449 §4.2); `jku`, `x5u` and `x5c` stay refused.
+    """
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in algorithms:
         shown = alg if isinstance(alg, str) and len(alg) <= 16 else "?"
@@ -145,13 +197,17 @@ def check_header(header: Mapping[str, Any], algorithms: frozenset[str]) -> str:
             "alg_not_allowed",
             f"algorithm {shown!r} is not allowed here (allowed: {', '.join(sorted(algorithms))})",
         )
-    present = [h for h in KEY_REFERENCE_HEADERS if h in header]
+    present = [
+        h for h in KEY_REFERENCE_HEADERS if h in header and not (embedded_jwk and h == "jwk")
+    ]
     if present:
         raise JwsError(
             "header_key_reference",
             f"header member {present[0]!r} is refused (keys come only from configured trust)",
         )
     if "crit" in header:
+        # RFC 7515 §4.1.11: a recipient that does not understand a listed extension MUST
+        # refuse the JWS; we understand none.
         raise JwsError("crit_unsupported", "the header lists critical extensions we do not know")
     return alg
 
@@ -177,9 +233,9 @@ def verify_signature(jws: Jws, alg: str, key: VerifyKey) -> None:
         raise JwsError("alg_key_mismatch", f"key {key.kid!r} may not verify {alg}")
     data, sig = jws.signing_input, jws.signature
     try:
-        if alg == "EdDSA":
+        if alg in EDDSA_ALGS:
             if not isinstance(key.key, ed25519.Ed25519PublicKey):
-                raise JwsError("alg_key_mismatch", "EdDSA needs an Ed25519 key")
+                raise JwsError("alg_key_mismatch", f"{alg} needs an Ed25519 key")
             key.key.verify(sig, data)
             return
         digest = _HASHES[alg[2:]]()
@@ -232,7 +288,7 @@ def algorithms_for(key: PublicKey) -> frozenset[str]:
     if isinstance(key, ec.EllipticCurvePublicKey):
         crv = _CURVE_BY_NAME.get(key.curve.name)
         return frozenset({_CURVES[crv][1]}) if crv else frozenset()
-    return frozenset({"EdDSA"})
+    return EDDSA_ALGS
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
@@ -271,12 +327,37 @@ def verify_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyKey:
         raise ValueError("missing or unusable kid")
     key = public_key_from_jwk(jwk)
     algs = algorithms_for(key)
-    alg = jwk.get("alg")
-    if alg is not None:
-        if alg not in algs:
-            raise ValueError(f"alg {alg!r} does not fit the key type")
-        algs = frozenset({alg})
-    return VerifyKey(kid, key, algs)
+    return VerifyKey(kid, key, narrow_algorithms(algs, jwk.get("alg")))
+
+
+def narrow_algorithms(algs: frozenset[str], jwk_alg: object) -> frozenset[str]:
+    """The algorithms of a key whose JWK names `jwk_alg` (None: not named); ValueError when
+    that alg does not fit the key (RFC 8725 §3.1: one key, one algorithm)."""
+    if jwk_alg is None:
+        return algs
+    if not isinstance(jwk_alg, str) or jwk_alg not in algs:
+        raise ValueError(f"alg {jwk_alg!r} does not fit the key type")
+    return EDDSA_ALGS if jwk_alg in EDDSA_ALGS else frozenset({jwk_alg})
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint of a public JWK (OKP, EC or RSA): the required members
+    only (§3.2), in lexicographic order, without whitespace."""
+    kty = jwk.get("kty")
+    members: tuple[str, ...]
+    if kty == "OKP":
+        members = ("crv", "kty", "x")  # RFC 8037 §2
+    elif kty == "EC":
+        members = ("crv", "kty", "x", "y")
+    elif kty == "RSA":
+        members = ("e", "kty", "n")
+    else:
+        raise ValueError(f"unsupported JWK key type {kty!r}")
+    for m in members:
+        if not isinstance(jwk.get(m), str) or not jwk[m]:
+            raise ValueError(f"JWK member {m!r} missing")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return b64url_encode(hashlib.sha256(canonical.encode()).digest())
 
 
 def parse_jwks(

@@ -152,7 +152,9 @@ class Sidecar:
         key_path = cfg.signing_key or DEV_KEY_PATH
         if cfg.signing_key is None and cfg.identity != "dev":
             raise ConfigError("--signing-key is required outside dev mode")
-        key, generated = load_or_create_key(key_path, cfg.signing_alg, create=cfg.identity == "dev")
+        key, generated = load_or_create_key(
+            key_path, cfg.signing_alg, create=cfg.identity == "dev", ed25519_alg=cfg.ed25519_alg
+        )
         if generated:
             log.warning(
                 "generated a dev signing key at %s (mode 0600)", key_path, extra={"kid": key.kid}
@@ -328,10 +330,17 @@ class Sidecar:
         try:
             if reload_from_file:
                 key, _ = await asyncio.to_thread(
-                    load_or_create_key, path, self.config.signing_alg, create=False
+                    load_or_create_key,
+                    path,
+                    self.config.signing_alg,
+                    create=False,
+                    ed25519_alg=self.config.ed25519_alg,
                 )
             else:
-                key = SigningKey.from_private_key(generate_private_key(self.config.signing_alg))
+                key = SigningKey.from_private_key(
+                    generate_private_key(self.config.signing_alg),
+                    ed25519_alg=self.config.ed25519_alg,
+                )
                 await asyncio.to_thread(write_private_key, path, key.private_key)
         except (ConfigError, OSError) as err:
             self.metrics.key_rotation_errors.inc()

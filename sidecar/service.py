@@ -25,7 +25,7 @@ from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from ._proto.jit.v1 import admin_pb2 as admin_pb
 from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from .approvals import Approval, ApprovalState
-from .dpop import thumbprint_of_public_jwk
+from .dpop import KeyBinding, KeyBindingVerifier
 from .engine import Engine, GrantOutcome
 from .errors import (
     AlreadyExists,
@@ -344,6 +344,7 @@ class AccessService(pb_grpc.AccessServiceServicer):
         self._engine = engine
         self._auth = auth
         self._guard = guard
+        self._key_bindings = KeyBindingVerifier()
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -356,16 +357,17 @@ class AccessService(pb_grpc.AccessServiceServicer):
     ) -> pb.BeginTaskResponse:
         async def body() -> pb.BeginTaskResponse:
             identity = await self._identity(context)
-            pop_jkt = ""
-            if request.HasField("pop_jwk"):
-                pop_jkt = thumbprint_of_public_jwk(struct_to_dict(request.pop_jwk))
+            pop = None
+            if request.pop_proof or request.HasField("pop_jwk"):
+                jwk = struct_to_dict(request.pop_jwk) if request.HasField("pop_jwk") else None
+                pop = KeyBinding(request.pop_proof, jwk, self._key_bindings)
             task = await self._engine.begin_task(
                 identity,
                 task_id=request.task_id,
                 goal=request.goal,
                 max_duration=request.max_duration_seconds,
                 labels=dict(request.labels),
-                pop_jkt=pop_jkt,
+                pop=pop,
             )
             return pb.BeginTaskResponse(task=task_pb(task))
 

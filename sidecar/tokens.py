@@ -2,14 +2,12 @@
 
 Keys are parsed once; signing builds the compact JWS directly (the header is encoded once per
 key), which costs about half of a generic JWT library's encode. Verification of our own
-tokens (introspection) goes through PyJWT with an explicit per-key algorithm allow-list.
-Nothing here ever logs or returns private key material.
+tokens (introspection, the fleet's) goes through the JOSE core (`sidecar.jws`) with the
+algorithm pinned by the key. Nothing here ever logs or returns private key material.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -17,43 +15,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .errors import ConfigError
 from .files import replace_atomically
+from .jws import (
+    EDDSA_ALGS,
+    JwsError,
+    b64url_bytes,
+    b64url_encode,
+    check_header,
+    jwk_thumbprint,
+    parse,
+    verify_key_from_jwk,
+    verify_signature,
+)
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_bytes(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 SHA-256 thumbprint of a public JWK (OKP, EC or RSA)."""
-    kty = jwk.get("kty")
-    members: tuple[str, ...]
-    if kty == "OKP":
-        members = ("crv", "kty", "x")
-    elif kty == "EC":
-        members = ("crv", "kty", "x", "y")
-    elif kty == "RSA":
-        members = ("e", "kty", "n")
-    else:
-        raise ValueError(f"unsupported JWK key type {kty!r}")
-    for m in members:
-        if not isinstance(jwk.get(m), str) or not jwk[m]:
-            raise ValueError(f"JWK member {m!r} missing")
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    return b64url(hashlib.sha256(canonical.encode()).digest())
+#: Longest access token we read back (introspection, fleet): ours stay far below it.
+MAX_TOKEN_LENGTH = 16 * 1024
 
 
 def public_jwk(key: PrivateKey) -> dict[str, str]:
@@ -62,13 +45,13 @@ def public_jwk(key: PrivateKey) -> dict[str, str]:
         raw = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
     numbers = key.public_key().public_numbers()
     return {
         "kty": "EC",
         "crv": "P-256",
-        "x": b64url(numbers.x.to_bytes(32, "big")),
-        "y": b64url(numbers.y.to_bytes(32, "big")),
+        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
+        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
     }
 
 
@@ -88,9 +71,13 @@ class SigningKey:
         return f"SigningKey(kid={self.kid!r}, alg={self.alg!r})"
 
     @classmethod
-    def from_private_key(cls, key: PrivateKey) -> SigningKey:
+    def from_private_key(cls, key: PrivateKey, *, ed25519_alg: str = "EdDSA") -> SigningKey:
+        """`ed25519_alg`: the `alg` an Ed25519 key signs under, `EdDSA` (RFC 8037) or its
+        fully specified name `Ed25519` (RFC 9864 §2.2); the signature is the same."""
         if isinstance(key, ed25519.Ed25519PrivateKey):
-            alg = "EdDSA"
+            if ed25519_alg not in EDDSA_ALGS:
+                raise ConfigError(f"ed25519_alg must be one of {sorted(EDDSA_ALGS)}")
+            alg = ed25519_alg
         elif isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
             alg = "ES256"
         else:
@@ -105,7 +92,7 @@ class SigningKey:
             alg=alg,
             private_key=key,
             jwk={**jwk, "kid": kid, "alg": alg, "use": "sig"},
-            header_b64=_b64url_bytes(header),
+            header_b64=b64url_bytes(header),
         )
 
     def sign(self, claims: Mapping[str, Any]) -> str:
@@ -117,10 +104,10 @@ class SigningKey:
         keeps another kind of JWT this key signs from passing for an access token (RFC 8725
         §3.11, RFC 9068 §4)."""
         header = json.dumps({"alg": self.alg, "typ": typ, "kid": self.kid}, separators=(",", ":"))
-        return self._sign(_b64url_bytes(header.encode()), claims)
+        return self._sign(b64url_bytes(header.encode()), claims)
 
     def _sign(self, header_b64: bytes, claims: Mapping[str, Any]) -> str:
-        payload = _b64url_bytes(json.dumps(claims, separators=(",", ":")).encode())
+        payload = b64url_bytes(json.dumps(claims, separators=(",", ":")).encode())
         signing_input = header_b64 + b"." + payload
         if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
             signature = self.private_key.sign(signing_input)
@@ -128,7 +115,7 @@ class SigningKey:
             der = self.private_key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
             r, s = decode_dss_signature(der)
             signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        return (signing_input + b"." + _b64url_bytes(signature)).decode("ascii")
+        return (signing_input + b"." + b64url_bytes(signature)).decode("ascii")
 
 
 def generate_private_key(alg: str) -> PrivateKey:
@@ -165,7 +152,9 @@ def load_private_key(path: Path) -> PrivateKey:
     return key
 
 
-def load_or_create_key(path: Path, alg: str, *, create: bool) -> tuple[SigningKey, bool]:
+def load_or_create_key(
+    path: Path, alg: str, *, create: bool, ed25519_alg: str = "EdDSA"
+) -> tuple[SigningKey, bool]:
     """Load the key at `path`; with `create` (dev mode) generate it when missing.
 
     Returns the key and whether it was generated.
@@ -175,11 +164,11 @@ def load_or_create_key(path: Path, alg: str, *, create: bool) -> tuple[SigningKe
             raise ConfigError(f"signing key {path} does not exist")
         key = generate_private_key(alg)
         write_private_key(path, key)
-        return SigningKey.from_private_key(key), True
+        return SigningKey.from_private_key(key, ed25519_alg=ed25519_alg), True
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"signing key {path} is readable by others (mode {mode:o}); chmod 600 it")
-    return SigningKey.from_private_key(load_private_key(path)), False
+    return SigningKey.from_private_key(load_private_key(path), ed25519_alg=ed25519_alg), False
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +263,8 @@ class KeyRing:
 def token_kid(token: str) -> str | None:
     """The `kid` of an `at+jwt` header, or None for anything else (unverified)."""
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
+        header = parse(token, max_length=MAX_TOKEN_LENGTH).header
+    except JwsError:
         return None
     kid = header.get("kid")
     if not isinstance(kid, str) or header.get("typ") != TOKEN_TYPE:
@@ -286,28 +275,21 @@ def token_kid(token: str) -> str | None:
 def verify_with(token: str, jwk: Mapping[str, str], *, issuer: str) -> dict[str, Any] | None:
     """Claims of `token` when `jwk` (public) verifies its signature and `iss` matches.
 
-    The algorithm is pinned by the key; time claims are the caller's to check, with its
-    (injectable) clock.
+    The algorithm is pinned by the key (its JWK `alg`); time claims are the caller's to
+    check, with its (injectable) clock.
     """
     try:
-        key = jwt.PyJWK(dict(jwk))
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key=key,
-            algorithms=[jwk["alg"]],
-            issuer=issuer,
-            options={
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-            },
-        )
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        key = verify_key_from_jwk(jwk)
+        jws = parse(token, max_length=MAX_TOKEN_LENGTH)
+        alg = check_header(jws.header, key.algs)
+        verify_signature(jws, alg, key)
+    except (JwsError, ValueError, TypeError):
         return None
-    return claims
+    if jws.claims.get("iss") != issuer:
+        return None
+    return jws.claims
 
 
 def new_grant_id() -> str:
     """A jti with 128 random bits (URL-safe, 22 characters)."""
-    return b64url(secrets.token_bytes(16))
+    return b64url_encode(secrets.token_bytes(16))

@@ -13,24 +13,23 @@
     except TokenRejected as err:
         ...  # err.reason (fixed code), err.status (401/403/503), err.error, err.www_authenticate
 
-Checks, in order: the compact JWS parses; its `alg` is allowed (EdDSA, ES256) and equals the
-algorithm pinned by the signing key in the JWKS (no `none`, no HS256 with a public key as the
-secret); the `kid` is published (the JWKS is cached and re-fetched on an unknown kid at most
-once per `jwks_refresh_interval`); the signature; `typ` is `at+jwt` (RFC 9068); `iss`; `aud`;
-`exp`/`nbf`/`iat` with `leeway`; that `authorization_details` (RFC 9396, type `jit_intent`)
-names exactly the action and resource being served; a DPoP proof when the token is bound to a
-key (`cnf.jkt`); and, with `introspection_url`, that the grant is still active (RFC 7662;
-answers cached for `introspection_cache_seconds`). Every failure raises `TokenRejected` with
+Checks, in order: the compact JWS parses strictly (the JOSE core, `sidecar.jws`: canonical
+base64url, no duplicate JSON members, no `jku`/`x5u`/`jwk`/`x5c`/`crit`); its `alg` is allowed
+(EdDSA or its RFC 9864 name Ed25519, ES256) and fits the algorithm pinned by the signing key
+in the JWKS (no `none`, no HS256 with a public key as the secret); the `kid` is published (the
+JWKS is cached and re-fetched on an unknown kid at most once per `jwks_refresh_interval`); the
+signature; `typ` is `at+jwt` (RFC 9068); `iss`; `aud`; `exp`/`nbf`/`iat` with `leeway`; that
+`authorization_details` (RFC 9396, type `jit_intent`) names exactly the action and resource
+being served; a DPoP proof when the token is bound to a key (`cnf.jkt`); and, with
+`introspection_url`, that the grant is still active (RFC 7662; answers cached for
+`introspection_cache_seconds`). Every failure raises `TokenRejected` with
 one of the fixed `REASONS`; every doubt (JWKS or introspection unreachable) rejects.
 Tokens are never logged; only their `jti`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -40,20 +39,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
 import requests
 
 from .dpop import DpopError, ReplayCache, verify_dpop_proof
+from .jws import (
+    EDDSA_ALGS,
+    JwsError,
+    VerifyKey,
+    check_header,
+    narrow_algorithms,
+    parse,
+    public_key_from_jwk,
+    verify_signature,
+)
 
 log = logging.getLogger("jit_sidecar.verify")
 
-ALGORITHMS = ("EdDSA", "ES256")
+ALGORITHMS = ("EdDSA", "Ed25519", "ES256")
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 INTENT_TYPE = "jit_intent"
 MAX_TOKEN_BYTES = 16 * 1024
 _MAX_INTROSPECTION_CACHE = 10_000
-# (kty, crv) → the one algorithm such a key may verify.
-_KEY_ALGORITHMS = {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}
+# (kty, crv) → the algorithm such a key may verify (Ed25519: under either name).
+_KEY_ALGORITHMS = {("OKP", "Ed25519"): EDDSA_ALGS, ("EC", "P-256"): frozenset({"ES256"})}
 
 REASONS = frozenset(
     {
@@ -142,23 +150,6 @@ class VerifiedToken:
         return _authorization_problem(self.claims, action, resource) is None
 
 
-def _b64decode(part: str) -> bytes:
-    if "=" in part:
-        raise ValueError("padding is not allowed in a compact JWS")
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def _json_object(part: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(_b64decode(part))
-    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError) as err:
-        # RecursionError: deeply nested JSON must be rejected, not raised at the caller.
-        raise TokenRejected("malformed", f"{what} is not base64url JSON") from err
-    if not isinstance(value, dict):
-        raise TokenRejected("malformed", f"{what} is not a JSON object")
-    return value
-
-
 def _number(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
     value = claims.get(name)
     if value is None and not required:
@@ -192,14 +183,19 @@ def _authorization_problem(claims: Mapping[str, Any], action: str, resource: str
     return "wrong_resource" if action_seen else "wrong_action"
 
 
-def jwk_algorithm(jwk: Mapping[str, Any]) -> str | None:
-    """The one algorithm a published key may verify, or None for keys we never accept."""
-    derived = _KEY_ALGORITHMS.get((jwk.get("kty"), jwk.get("crv")))  # type: ignore[arg-type]
-    if derived is None or jwk.get("alg", derived) != derived:
-        return None
-    if jwk.get("use", "sig") != "sig":
-        return None
-    return derived
+def jwk_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
+    """The algorithms a published key may verify (its JWK `alg` pins one; Ed25519 keys answer
+    to both EdDSA names), or nothing for keys we never accept."""
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    derived = (
+        _KEY_ALGORITHMS.get((kty, crv)) if isinstance(kty, str) and isinstance(crv, str) else None
+    )
+    if derived is None or jwk.get("use", "sig") != "sig":
+        return frozenset()
+    try:
+        return narrow_algorithms(derived, jwk.get("alg"))
+    except ValueError:
+        return frozenset()
 
 
 class _HttpSessions(threading.local):
@@ -250,16 +246,15 @@ class TokenVerifier:
         self._timeout = http_timeout
         self._refresh_interval = jwks_refresh_interval
         self._max_age = jwks_max_age
-        self._algorithms = algorithms
+        self._algorithms = frozenset(algorithms)
         self._clock = clock
         self._http = _HttpSessions()
         self._lock = threading.Lock()
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, VerifyKey] = {}
         self._fetched_at: float | None = None
         self._last_attempt = float("-inf")
         self._cache: OrderedDict[str, tuple[float, bool]] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._jws = jwt.PyJWS()
         self._dpop_max_age = dpop_max_age
         self._dpop_replay = dpop_replay_cache or ReplayCache()
         """Proof jtis seen: share one cache across every verifier of a process."""
@@ -339,40 +334,29 @@ class TokenVerifier:
 
     # ------------------------------------------------------------------ signature
     def _verify_signature(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
-            raise TokenRejected("malformed", "empty or oversized token")
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenRejected("malformed", "not a compact JWS")
-        header = _json_object(parts[0], "header")
-        alg = header.get("alg")
-        if alg not in self._algorithms:
-            raise TokenRejected("algorithm_not_allowed", f"alg {alg!r} is not allowed")
-        kid = header.get("kid")
+        if not isinstance(token, str) or not token:
+            raise TokenRejected("malformed", "empty token")
+        try:
+            jws = parse(token, max_length=MAX_TOKEN_BYTES)
+            alg = check_header(jws.header, self._algorithms)
+        except JwsError as err:
+            reason = "algorithm_not_allowed" if err.cause == "alg_not_allowed" else "malformed"
+            raise TokenRejected(reason, err.message) from err
+        kid = jws.header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise TokenRejected("unknown_kid", "no kid in the header")
         key = self._key(kid)
-        if alg != key.algorithm_name:
+        if alg not in key.algs:
             raise TokenRejected(
-                "algorithm_not_allowed", f"key {kid} verifies {key.algorithm_name}, not {alg}"
+                "algorithm_not_allowed", f"key {kid} verifies {sorted(key.algs)}, not {alg}"
             )
         try:
-            decoded = self._jws.decode_complete(token, key=key, algorithms=[key.algorithm_name])
-        except jwt.InvalidSignatureError as err:
+            verify_signature(jws, alg, key)
+        except JwsError as err:
             raise TokenRejected("bad_signature", "signature does not verify") from err
-        except jwt.InvalidAlgorithmError as err:
-            raise TokenRejected("algorithm_not_allowed", str(err)) from err
-        except jwt.PyJWTError as err:
-            raise TokenRejected("malformed", str(err)) from err
-        try:
-            claims = json.loads(decoded["payload"])
-        except (ValueError, UnicodeDecodeError, RecursionError) as err:
-            raise TokenRejected("malformed", "payload is not JSON") from err
-        if not isinstance(claims, dict):
-            raise TokenRejected("malformed", "payload is not a JSON object")
-        return header, claims
+        return jws.header, jws.claims
 
-    def _key(self, kid: str) -> jwt.PyJWK:
+    def _key(self, kid: str) -> VerifyKey:
         with self._lock:
             now = time.monotonic()
             stale = self._fetched_at is None or now - self._fetched_at > self._max_age
@@ -402,16 +386,16 @@ class TokenVerifier:
             # Keep the keys we have (if any): a JWKS hiccup must not reject valid tokens.
             log.warning("JWKS fetch from %s failed: %s", self.jwks_url, err)
             return
-        keys: dict[str, jwt.PyJWK] = {}
+        keys: dict[str, VerifyKey] = {}
         for jwk in document.get("keys", []) if isinstance(document, dict) else []:
             if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
                 continue
-            alg = jwk_algorithm(jwk)
-            if alg is None or alg not in self._algorithms:
+            algs = jwk_algorithms(jwk) & self._algorithms
+            if not algs:
                 continue
             try:
-                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=alg)
-            except jwt.PyJWTError as err:
+                keys[jwk["kid"]] = VerifyKey(jwk["kid"], public_key_from_jwk(jwk), algs)
+            except (ValueError, TypeError) as err:
                 log.warning("ignoring unusable JWK %s: %s", jwk["kid"], err)
         self._keys = keys
         self._fetched_at = now

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from sidecar.tokens import jwk_thumbprint
+from sidecar.jws import jwk_thumbprint
 
 AUDIENCE = "jit-sidecar"
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -96,11 +96,15 @@ class Key:
         return sign_raw(hdr, claims, self.private)
 
 
-def sign_raw(header: dict[str, Any], claims: dict[str, Any], key: PrivateKey | bytes | None) -> str:
+def sign_raw(
+    header: dict[str, Any], claims: dict[str, Any] | str, key: PrivateKey | bytes | None
+) -> str:
     """A compact JWS with exactly this header, signed per header['alg'] (any alg, even none
-    or HS* with a public key as the secret)."""
+    or HS* with a public key as the secret). `claims` as a string is the payload's JSON text
+    verbatim (e.g. with a duplicate member)."""
     h = b64(json.dumps(header, separators=(",", ":")).encode())
-    p = b64(json.dumps(claims, separators=(",", ":")).encode())
+    text = claims if isinstance(claims, str) else json.dumps(claims, separators=(",", ":"))
+    p = b64(text.encode())
     data = f"{h}.{p}".encode()
     alg = header["alg"]
     if alg == "none":
@@ -182,21 +186,23 @@ def dpop_proof(
     key: Key,
     method: str,
     url: str,
-    access_token: str,
+    access_token: str | None,
     *,
     iat: float | None = None,
     jti: str | None = None,
     jwk: dict[str, Any] | None = None,
     **header: Any,
 ) -> str:
-    """An RFC 9449 proof signed with `key`."""
+    """An RFC 9449 proof signed with `key` (`ath` only with an access token: a BeginTask
+    proof binds a key before any token exists)."""
     claims = {
         "htm": method,
         "htu": url,
         "iat": int(time.time() if iat is None else iat),
         "jti": jti or secrets.token_urlsafe(16),
-        "ath": b64(hashlib.sha256(access_token.encode()).digest()),
     }
+    if access_token is not None:
+        claims["ath"] = b64(hashlib.sha256(access_token.encode()).digest())
     public = jwk if jwk is not None else {k: v for k, v in key.public_jwk().items() if k != "kid"}
     hdr = {"typ": "dpop+jwt", "alg": key.alg, "jwk": public, **header}
     return sign_raw(hdr, claims, key.private)

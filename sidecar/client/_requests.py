@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf import json_format, struct_pb2
 
 from .._proto.jit.v1 import access_pb2 as pb
+from ..dpop import binding_proof
 from ..errors import Reason
 from ._errors import InvalidRequest
 
@@ -159,7 +160,11 @@ def begin_task(
         max_duration_seconds=uint32(max_duration, "max_duration", Reason.INVALID_TASK),
         labels=labels_map(labels),
     )
-    if pop_jwk:
+    if pop_jwk and "d" in pop_jwk:
+        # RFC 9449 binds a key only with a proof signed by it: the private half signs the
+        # BeginTask proof here and never leaves the agent; only the proof is sent.
+        request.pop_proof = binding_proof(pop_jwk)
+    elif pop_jwk:
         request.pop_jwk.CopyFrom(dict_to_struct(pop_jwk))
     return Rpc("BeginTask", request, lambda response: response.task)
 

@@ -16,7 +16,7 @@ from ..revocations import FleetKey
 
 KEY_MARGIN = 60.0
 """Seconds a current signing key stays registered beyond max_ttl without a refresh."""
-FLEET_KEY_TYPES = {("OKP", "EdDSA"), ("EC", "ES256")}
+FLEET_KEY_TYPES = {("OKP", "EdDSA"), ("OKP", "Ed25519"), ("EC", "ES256")}
 
 
 class Keys:

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the parsers that read hostile bytes, in-process: compact JWS
-parsing (`sidecar.jws`), the JWT-SVID authenticator, OPA decision parsing
-(`sidecar.policy.parse_decision`) and our own token verification (`KeyRing.verify`).
+parsing and base64url (`sidecar.jws`), BeginTask's key-binding proof, the JWT-SVID
+authenticator, OPA decision parsing (`sidecar.policy.parse_decision`) and our own token
+verification (`KeyRing.verify`).
 
 Each property: the parser either accepts (and then what it accepted satisfies the contract)
 or raises its one documented error type — never anything else, never a crash.
@@ -14,6 +15,7 @@ import re
 import time
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -21,9 +23,10 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from sidecar.bundles import TrustBundles
-from sidecar.errors import PolicyResultInvalid, Reason, Unauthenticated
+from sidecar.dpop import KeyBindingVerifier
+from sidecar.errors import InvalidArgument, PolicyResultInvalid, Reason, Unauthenticated
 from sidecar.identity import JwtSvidAuthenticator, OidcAuthenticator, SubjectRule, TokenRules
-from sidecar.jws import JwsError, parse, parse_jwks
+from sidecar.jws import JwsError, b64url_decode, b64url_encode, parse, parse_jwks
 from sidecar.model import Tier
 from sidecar.oidc import OidcKeys
 from sidecar.policy import parse_decision
@@ -298,9 +301,35 @@ def test_own_token_verification(value: Any) -> None:
     mutated = valid[:index] + char + valid[index + 1 :]
     claims = RING.verify(mutated, issuer=ISSUER, now=now)
     if claims is not None:
-        # Only a change hidden in base64url's unused bits of the signature can survive.
-        assert mutated.rsplit(".", 1)[0] == valid.rsplit(".", 1)[0]
+        # Canonical base64url only: not even a change in a character's unused bits survives.
+        assert mutated == valid
         assert claims["jti"] == "j"
+
+
+@settings(max_examples=examples(500))
+@given(st.one_of(st.text(max_size=40), st.binary(max_size=30).map(b64)))
+def test_base64url_is_canonical(text: str) -> None:
+    """b64url_decode accepts exactly the canonical unpadded encodings: what it accepts
+    encodes back to the same text, and every encoding decodes back to its bytes."""
+    try:
+        raw = b64url_decode(text)
+    except ValueError:
+        return
+    assert b64url_encode(raw) == text
+
+
+BINDINGS = KeyBindingVerifier()
+
+
+@settings(max_examples=examples(300))
+@given(jwt_like())
+def test_binding_proof_refuses_garbage(proof: str) -> None:
+    """BeginTask's proof check answers garbage with INVALID_ARGUMENT invalid_pop_proof and a
+    bounded cause, never another error and never a binding."""
+    with pytest.raises(InvalidArgument) as err:
+        BINDINGS.jkt(proof, None, time.time())
+    assert err.value.reason is Reason.INVALID_POP_PROOF
+    assert re.fullmatch(r"[a-z_]{3,32}", err.value.metadata["cause"])
 
 
 OIDC_ISSUER = "https://issuer.example"

@@ -71,6 +71,7 @@ CODE_OF_REASON = {
     Reason.TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.MESSAGE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.IDENTITY_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.INVALID_POP_PROOF: grpc.StatusCode.INVALID_ARGUMENT,
 }
 ACTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 RESOURCE_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
@@ -249,15 +250,23 @@ requests_strategy = st.one_of(
     st.builds(_request_grant, task_ids, intents, ttls),
     st.builds(_request_grant, task_ids, intents, ttls),
     st.builds(
-        lambda t, g, d, lab, jwk: (
+        lambda t, g, d, lab, jwk, proof: (
             "BeginTask",
-            pb.BeginTaskRequest(task_id=t, goal=g, max_duration_seconds=d, labels=lab, pop_jwk=jwk),
+            pb.BeginTaskRequest(
+                task_id=t,
+                goal=g,
+                max_duration_seconds=d,
+                labels=lab,
+                pop_jwk=jwk,
+                pop_proof=proof,
+            ),
         ),
         hostile_text(valid=[""]),
         hostile_text(valid=["fuzz"]),
         uint32,
         labels,
         st.one_of(st.none(), json_values(6).map(_struct)),
+        st.one_of(st.just(""), jwt_like()),
     ),
     st.builds(lambda t: ("Heartbeat", pb.HeartbeatRequest(task_id=t)), task_ids),
     st.builds(

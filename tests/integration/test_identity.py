@@ -15,7 +15,7 @@ import pytest
 from sidecar.client import AccessClient, AccessDenied, IdentityRejected, SidecarRpcError
 from sidecar.tokens import generate_private_key, write_private_key
 from tests.harness import OpaServer, SidecarProcess, wait_for
-from tests.identity_kit import AUDIENCE, Key, TrustDomain, sign_raw
+from tests.identity_kit import AUDIENCE, Key, TrustDomain, b64, sign_raw
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,23 @@ def _foreign_key_same_kid(d: Domains) -> str:
     return impostor.sign(_claims(d.a))
 
 
+def _duplicate_sub(d: Domains) -> str:
+    """A JWT-SVID of agent/billing signed by a trusted key whose payload names `sub` twice."""
+    body = json.dumps(_claims(d.a))[1:-1]
+    payload = '{"sub": "spiffe://example.org/agent/admin", ' + body + "}"
+    return sign_raw({"alg": "ES256", "kid": d.a.key.kid, "typ": "JWT"}, payload, d.a.key.private)
+
+
+def _noncanonical(token: str) -> str:
+    """The same token with the signature's last character's unused bits set: it decodes to
+    the same bytes under a lenient decoder, so it must not be accepted as another token."""
+    head, _, signature = token.rpartition(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    bits = {2: 0b1111, 3: 0b11}[len(signature) % 4]
+    return f"{head}.{signature[:-1]}{alphabet[last | bits]}"
+
+
 BAD_TOKENS: dict[str, tuple[Callable[[Domains], str | None], str]] = {
     "no metadata": (lambda d: None, "no_token"),
     "malformed: one part": (lambda d: "garbage", "malformed"),
@@ -124,6 +141,18 @@ BAD_TOKENS: dict[str, tuple[Callable[[Domains], str | None], str]] = {
     ),
     "HS512": (lambda d: _hs(d, b"secret" * 8, "HS512"), "alg_not_allowed"),
     "EdDSA in jwt-svid mode": (lambda d: d.a.svid(key=d.a.keys[3]), "alg_not_allowed"),
+    "Ed25519 (RFC 9864 name) in jwt-svid mode": (
+        lambda d: d.a.keys[3].sign(_claims(d.a), alg="Ed25519"),
+        "alg_not_allowed",
+    ),
+    "malformed: duplicate claim member, validly signed": (
+        lambda d: _duplicate_sub(d),
+        "malformed",
+    ),
+    "malformed: non-canonical base64url signature": (
+        lambda d: _noncanonical(d.a.svid()),
+        "malformed",
+    ),
     "unknown kid": (lambda d: Key.generate("ES256").sign(_claims(d.a)), "kid_unknown"),
     "kid with ../": (lambda d: d.a.key.sign(_claims(d.a), kid="../../etc/passwd"), "kid_invalid"),
     "kid with a quote": (lambda d: d.a.key.sign(_claims(d.a), kid='k"1'), "kid_invalid"),
@@ -388,3 +417,42 @@ def test_task_ownership_on_every_rpc(tmp_path: Path, opa: OpaServer, domains: Do
     assert [g.grant_id for g in still] == [grant.grant_id]
     assert beat.task.subject == "spiffe://jit.local/agent/dev"
     assert len(issued) == 1
+
+
+def test_oidc_accepts_ed25519_under_either_name(tmp_path: Path, opa: OpaServer) -> None:
+    """An OIDC issuer signing with Ed25519 (JWKS alg EdDSA): tokens whose header says EdDSA
+    or its RFC 9864 name Ed25519 are both accepted; an Ed25519 header on an RSA key is not."""
+    from tests.oidc_issuer import OidcIssuer
+
+    issuer = OidcIssuer()
+    issuer.keys = [Key.generate("EdDSA"), Key.generate("RS256")]
+    issuer.start()
+    process = SidecarProcess(
+        tmp_path / "sc",
+        opa.url,
+        "--oidc-issuer",
+        issuer.url,
+        "--oidc-subject-map",
+        "system:serviceaccount:{ns}:{sa}=spiffe://cluster.local/ns/{ns}/sa/{sa}",
+        identity="oidc",
+    ).start()
+    eddsa, rsa_key = issuer.keys
+    try:
+        subjects = []
+        for alg in ("EdDSA", "Ed25519"):
+            token = eddsa.sign(issuer.claims(), alg=alg, typ=None)
+            with process.client(identity_token=token) as c:
+                subjects.append(c.begin_task(f"oidc {alg}").subject)
+        _, payload, signature = rsa_key.sign(issuer.claims(), typ=None).split(".")
+        header = b64(json.dumps({"alg": "Ed25519", "kid": rsa_key.kid}).encode())
+        mismatched = f"{header}.{payload}.{signature}"
+        with (
+            process.client(identity_token=mismatched) as c,
+            pytest.raises(IdentityRejected) as err,
+        ):
+            c.begin_task("rsa key claiming Ed25519")
+    finally:
+        process.stop()
+        issuer.stop()
+    assert subjects == ["spiffe://cluster.local/ns/agents/sa/billing"] * 2
+    assert err.value.metadata["cause"] == "alg_key_mismatch"

@@ -247,6 +247,65 @@ def test_rotated_key_is_fetched_on_unknown_kid(sidecar: SidecarProcess) -> None:
     assert v.jwks_fetches == 2
 
 
+def test_duplicate_claims_are_refused_even_when_signed(
+    verifier: Callable[..., TokenVerifier], read: Grant, key: ed25519.Ed25519PrivateKey
+) -> None:
+    """Issue 13: a validly signed token whose payload names `aud` or `sub` twice is malformed
+    (one parser would check the first, another use the last), as the JOSE core refuses it."""
+    header, claims, _ = split(read.token)
+    body = json.dumps(claims)[1:-1]
+    forged = {
+        "aud": '{"aud": "elsewhere", ' + body + "}",
+        "sub": '{"sub": "spiffe://jit.local/agent/admin", ' + body + "}",
+    }
+    errors = {}
+    for member, payload in forged.items():
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(payload.encode())}"
+        token = f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
+        errors[member] = rejected(
+            lambda token=token: verifier().verify(token, action="docs.read", resource=read.resource)
+        )
+    assert {m: e.reason for m, e in errors.items()} == {"aud": "malformed", "sub": "malformed"}
+    assert all("duplicate member" in e.message for e in errors.values())
+
+
+def test_ed25519_alg_name_verifies_with_an_eddsa_key(
+    verifier: Callable[..., TokenVerifier], read: Grant, key: ed25519.Ed25519PrivateKey
+) -> None:
+    """RFC 9864: a token whose header says `Ed25519`, signed by the sidecar's Ed25519 key
+    (published as `EdDSA`), verifies: both names are the same operation on that key."""
+    header, claims, _ = split(read.token)
+    renamed = sign(key, header | {"alg": "Ed25519"}, claims)
+    verified = verifier().verify(renamed, action="docs.read", resource=read.resource)
+    assert verified.jti == read.grant_id
+
+
+def test_sidecar_emitting_ed25519(tmp_path: Path, opa: OpaServer) -> None:
+    """With --ed25519-alg Ed25519 the sidecar's tokens and JWKS say `Ed25519`: the default
+    verifier accepts them; one limited to `EdDSA` refuses (algorithm_not_allowed), which is
+    why EdDSA stays the default until every resource server knows RFC 9864."""
+    process = SidecarProcess(tmp_path / "sc", opa.url, "--ed25519-alg", "Ed25519").start()
+    try:
+        jwks = requests.get(process.http + "/.well-known/jwks.json", timeout=5).json()
+        with process.client() as jit, jit.task(goal="ed25519") as handle:
+            grant = handle.grant("docs.read", "docs://handbook/intro")
+        url = process.http + "/.well-known/jwks.json"
+        accepted = TokenVerifier(url, ISSUER, "docs").verify(
+            grant.token, action="docs.read", resource=grant.resource
+        )
+        old = rejected(
+            lambda: TokenVerifier(url, ISSUER, "docs", algorithms=("EdDSA",)).verify(
+                grant.token, action="docs.read", resource=grant.resource
+            )
+        )
+    finally:
+        process.stop(timeout=15)
+    assert [k["alg"] for k in jwks["keys"]] == ["Ed25519"]
+    assert split(grant.token)[0]["alg"] == "Ed25519"
+    assert accepted.jti == grant.grant_id
+    assert old.reason == "algorithm_not_allowed"
+
+
 def hs256_with_public_key(read: Grant, issuer_key: ed25519.Ed25519PrivateKey) -> str:
     header, claims, _ = split(read.token)
     secret = issuer_key.public_key().public_bytes(
@@ -328,9 +387,8 @@ def test_dpop_bound_token_needs_a_valid_proof(
 
     holder = Key.generate("ES256")
     thief = Key.generate("ES256")
-    jwk = {k: v for k, v in holder.public_jwk().items() if k != "kid"}
     url = "http://api.example/docs/bound"
-    with issuer.client() as jit, jit.task(goal="bound", pop_jwk=jwk) as bound:
+    with issuer.client() as jit, jit.task(goal="bound", pop_jwk=holder.private_jwk()) as bound:
         grant = bound.grant("docs.read", "docs://bound")
         v = verifier()
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13jit/v1/access.proto\x12\x06jit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"k\n\x06Intent\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x15\n\rjustification\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf2\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.jit.v1.TaskState\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1aheartbeat_interval_seconds\x18\x07 \x01(\r\x12(\n\x06labels\x18\x08 \x03(\x0b\x32\x18.jit.v1.Task.LabelsEntry\x12\x0f\n\x07pop_jkt\x18\t \x01(\t\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x02\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x1a\n\x04tier\x18\x03 \x01(\x0e\x32\x0c.jit.v1.Tier\x12\x10\n\x08\x61udience\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x03(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x06intent\x18\x08 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x0f\n\x07task_id\x18\t \x01(\t\x12!\n\x05state\x18\n \x01(\x0e\x32\x12.jit.v1.GrantState\x12\x19\n\x11revocation_reason\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x0c \x01(\t\"\xde\x01\n\x10\x42\x65ginTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\r\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.jit.v1.BeginTaskRequest.LabelsEntry\x12(\n\x07pop_jwk\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x11\x42\x65ginTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.jit.v1.Task\"[\n\x13RequestGrantRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1e\n\x06intent\x18\x02 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"\x93\x01\n\x14RequestGrantResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.jit.v1.Decision\x12\x1c\n\x05grant\x18\x02 \x01(\x0b\x32\r.jit.v1.Grant\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x05 \x01(\t\"#\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"j\n\x11HeartbeatResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.jit.v1.Task\x12\x39\n\x15next_heartbeat_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12 \n\x07outcome\x18\x02 \x01(\x0e\x32\x0f.jit.v1.Outcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"J\n\x14\x43ompleteTaskResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\r\x12\x1a\n\x04task\x18\x02 \x01(\x0b\x32\x0c.jit.v1.Task\"6\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x13RevokeGrantResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x12\x1c\n\x05grant\x18\x02 \x01(\x0b\x32\r.jit.v1.Grant\"\'\n\x16IntrospectTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xc9\x01\n\x17IntrospectTokenResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x03(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12\x19\n\x11revocation_reason\x18\x08 \x01(\t\">\n\x11ListGrantsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"3\n\x12ListGrantsResponse\x12\x1d\n\x06grants\x18\x01 \x03(\x0b\x32\r.jit.v1.Grant\"+\n\x14\x41waitApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"E\n\x15\x41waitApprovalResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.jit.v1.RequestGrantResponse*\xb7\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_ACTIVE\x10\x01\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x02\x12\x15\n\x11TASK_STATE_FAILED\x10\x03\x12\x16\n\x12TASK_STATE_ERRORED\x10\x04\x12\x16\n\x12TASK_STATE_CRASHED\x10\x05\x12\x16\n\x12TASK_STATE_EXPIRED\x10\x06*s\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANT_STATE_ACTIVE\x10\x01\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x02\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x03*n\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_GRANTED\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_DENIED\x10\x02\x12\x1d\n\x19\x44\x45\x43ISION_PENDING_APPROVAL\x10\x03*=\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x11\n\rTIER_STANDING\x10\x01\x12\x0c\n\x08TIER_JIT\x10\x02*b\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x13\n\x0fOUTCOME_ERRORED\x10\x03\x32\xd8\x04\n\rAccessService\x12@\n\tBeginTask\x12\x18.jit.v1.BeginTaskRequest\x1a\x19.jit.v1.BeginTaskResponse\x12I\n\x0cRequestGrant\x12\x1b.jit.v1.RequestGrantRequest\x1a\x1c.jit.v1.RequestGrantResponse\x12@\n\tHeartbeat\x12\x18.jit.v1.HeartbeatRequest\x1a\x19.jit.v1.HeartbeatResponse\x12I\n\x0c\x43ompleteTask\x12\x1b.jit.v1.CompleteTaskRequest\x1a\x1c.jit.v1.CompleteTaskResponse\x12\x46\n\x0bRevokeGrant\x12\x1a.jit.v1.RevokeGrantRequest\x1a\x1b.jit.v1.RevokeGrantResponse\x12R\n\x0fIntrospectToken\x12\x1e.jit.v1.IntrospectTokenRequest\x1a\x1f.jit.v1.IntrospectTokenResponse\x12\x43\n\nListGrants\x12\x19.jit.v1.ListGrantsRequest\x1a\x1a.jit.v1.ListGrantsResponse\x12L\n\rAwaitApproval\x12\x1c.jit.v1.AwaitApprovalRequest\x1a\x1d.jit.v1.AwaitApprovalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13jit/v1/access.proto\x12\x06jit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"k\n\x06Intent\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x15\n\rjustification\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf2\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.jit.v1.TaskState\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1aheartbeat_interval_seconds\x18\x07 \x01(\r\x12(\n\x06labels\x18\x08 \x03(\x0b\x32\x18.jit.v1.Task.LabelsEntry\x12\x0f\n\x07pop_jkt\x18\t \x01(\t\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x02\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x1a\n\x04tier\x18\x03 \x01(\x0e\x32\x0c.jit.v1.Tier\x12\x10\n\x08\x61udience\x18\x04 \x01(\t\x12\r\n\x05scope\x18\x05 \x03(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x06intent\x18\x08 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x0f\n\x07task_id\x18\t \x01(\t\x12!\n\x05state\x18\n \x01(\x0e\x32\x12.jit.v1.GrantState\x12\x19\n\x11revocation_reason\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x0c \x01(\t\"\xf5\x01\n\x10\x42\x65ginTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\r\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.jit.v1.BeginTaskRequest.LabelsEntry\x12,\n\x07pop_jwk\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x02\x18\x01\x12\x11\n\tpop_proof\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x11\x42\x65ginTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.jit.v1.Task\"[\n\x13RequestGrantRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1e\n\x06intent\x18\x02 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\"\x93\x01\n\x14RequestGrantResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x10.jit.v1.Decision\x12\x1c\n\x05grant\x18\x02 \x01(\x0b\x32\r.jit.v1.Grant\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x05 \x01(\t\"#\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"j\n\x11HeartbeatResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.jit.v1.Task\x12\x39\n\x15next_heartbeat_before\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12 \n\x07outcome\x18\x02 \x01(\x0e\x32\x0f.jit.v1.Outcome\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"J\n\x14\x43ompleteTaskResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\r\x12\x1a\n\x04task\x18\x02 \x01(\x0b\x32\x0c.jit.v1.Task\"6\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x13RevokeGrantResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x12\x1c\n\x05grant\x18\x02 \x01(\x0b\x32\r.jit.v1.Grant\"\'\n\x16IntrospectTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xc9\x01\n\x17IntrospectTokenResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x03(\t\x12\x10\n\x08\x61udience\x18\x05 \x01(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12\x19\n\x11revocation_reason\x18\x08 \x01(\t\">\n\x11ListGrantsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\"3\n\x12ListGrantsResponse\x12\x1d\n\x06grants\x18\x01 \x03(\x0b\x32\r.jit.v1.Grant\"+\n\x14\x41waitApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"E\n\x15\x41waitApprovalResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1c.jit.v1.RequestGrantResponse*\xb7\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_ACTIVE\x10\x01\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x02\x12\x15\n\x11TASK_STATE_FAILED\x10\x03\x12\x16\n\x12TASK_STATE_ERRORED\x10\x04\x12\x16\n\x12TASK_STATE_CRASHED\x10\x05\x12\x16\n\x12TASK_STATE_EXPIRED\x10\x06*s\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12GRANT_STATE_ACTIVE\x10\x01\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x02\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x03*n\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_GRANTED\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_DENIED\x10\x02\x12\x1d\n\x19\x44\x45\x43ISION_PENDING_APPROVAL\x10\x03*=\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x11\n\rTIER_STANDING\x10\x01\x12\x0c\n\x08TIER_JIT\x10\x02*b\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x13\n\x0fOUTCOME_ERRORED\x10\x03\x32\xd8\x04\n\rAccessService\x12@\n\tBeginTask\x12\x18.jit.v1.BeginTaskRequest\x1a\x19.jit.v1.BeginTaskResponse\x12I\n\x0cRequestGrant\x12\x1b.jit.v1.RequestGrantRequest\x1a\x1c.jit.v1.RequestGrantResponse\x12@\n\tHeartbeat\x12\x18.jit.v1.HeartbeatRequest\x1a\x19.jit.v1.HeartbeatResponse\x12I\n\x0c\x43ompleteTask\x12\x1b.jit.v1.CompleteTaskRequest\x1a\x1c.jit.v1.CompleteTaskResponse\x12\x46\n\x0bRevokeGrant\x12\x1a.jit.v1.RevokeGrantRequest\x1a\x1b.jit.v1.RevokeGrantResponse\x12R\n\x0fIntrospectToken\x12\x1e.jit.v1.IntrospectTokenRequest\x1a\x1f.jit.v1.IntrospectTokenResponse\x12\x43\n\nListGrants\x12\x19.jit.v1.ListGrantsRequest\x1a\x1a.jit.v1.ListGrantsResponse\x12L\n\rAwaitApproval\x12\x1c.jit.v1.AwaitApprovalRequest\x1a\x1d.jit.v1.AwaitApprovalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_BEGINTASKREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=2340
-  _globals['_TASKSTATE']._serialized_end=2523
-  _globals['_GRANTSTATE']._serialized_start=2525
-  _globals['_GRANTSTATE']._serialized_end=2640
-  _globals['_DECISION']._serialized_start=2642
-  _globals['_DECISION']._serialized_end=2752
-  _globals['_TIER']._serialized_start=2754
-  _globals['_TIER']._serialized_end=2815
-  _globals['_OUTCOME']._serialized_start=2817
-  _globals['_OUTCOME']._serialized_end=2915
+  _globals['_BEGINTASKREQUEST'].fields_by_name['pop_jwk']._loaded_options = None
+  _globals['_BEGINTASKREQUEST'].fields_by_name['pop_jwk']._serialized_options = b'\030\001'
+  _globals['_TASKSTATE']._serialized_start=2363
+  _globals['_TASKSTATE']._serialized_end=2546
+  _globals['_GRANTSTATE']._serialized_start=2548
+  _globals['_GRANTSTATE']._serialized_end=2663
+  _globals['_DECISION']._serialized_start=2665
+  _globals['_DECISION']._serialized_end=2775
+  _globals['_TIER']._serialized_start=2777
+  _globals['_TIER']._serialized_end=2838
+  _globals['_OUTCOME']._serialized_start=2840
+  _globals['_OUTCOME']._serialized_end=2938
   _globals['_INTENT']._serialized_start=94
   _globals['_INTENT']._serialized_end=201
   _globals['_TASK']._serialized_start=204
@@ -56,39 +58,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANT']._serialized_start=577
   _globals['_GRANT']._serialized_end=905
   _globals['_BEGINTASKREQUEST']._serialized_start=908
-  _globals['_BEGINTASKREQUEST']._serialized_end=1130
+  _globals['_BEGINTASKREQUEST']._serialized_end=1153
   _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_start=529
   _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_end=574
-  _globals['_BEGINTASKRESPONSE']._serialized_start=1132
-  _globals['_BEGINTASKRESPONSE']._serialized_end=1179
-  _globals['_REQUESTGRANTREQUEST']._serialized_start=1181
-  _globals['_REQUESTGRANTREQUEST']._serialized_end=1272
-  _globals['_REQUESTGRANTRESPONSE']._serialized_start=1275
-  _globals['_REQUESTGRANTRESPONSE']._serialized_end=1422
-  _globals['_HEARTBEATREQUEST']._serialized_start=1424
-  _globals['_HEARTBEATREQUEST']._serialized_end=1459
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1461
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1567
-  _globals['_COMPLETETASKREQUEST']._serialized_start=1569
-  _globals['_COMPLETETASKREQUEST']._serialized_end=1657
-  _globals['_COMPLETETASKRESPONSE']._serialized_start=1659
-  _globals['_COMPLETETASKRESPONSE']._serialized_end=1733
-  _globals['_REVOKEGRANTREQUEST']._serialized_start=1735
-  _globals['_REVOKEGRANTREQUEST']._serialized_end=1789
-  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1791
-  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1859
-  _globals['_INTROSPECTTOKENREQUEST']._serialized_start=1861
-  _globals['_INTROSPECTTOKENREQUEST']._serialized_end=1900
-  _globals['_INTROSPECTTOKENRESPONSE']._serialized_start=1903
-  _globals['_INTROSPECTTOKENRESPONSE']._serialized_end=2104
-  _globals['_LISTGRANTSREQUEST']._serialized_start=2106
-  _globals['_LISTGRANTSREQUEST']._serialized_end=2168
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=2170
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=2221
-  _globals['_AWAITAPPROVALREQUEST']._serialized_start=2223
-  _globals['_AWAITAPPROVALREQUEST']._serialized_end=2266
-  _globals['_AWAITAPPROVALRESPONSE']._serialized_start=2268
-  _globals['_AWAITAPPROVALRESPONSE']._serialized_end=2337
-  _globals['_ACCESSSERVICE']._serialized_start=2918
-  _globals['_ACCESSSERVICE']._serialized_end=3518
+  _globals['_BEGINTASKRESPONSE']._serialized_start=1155
+  _globals['_BEGINTASKRESPONSE']._serialized_end=1202
+  _globals['_REQUESTGRANTREQUEST']._serialized_start=1204
+  _globals['_REQUESTGRANTREQUEST']._serialized_end=1295
+  _globals['_REQUESTGRANTRESPONSE']._serialized_start=1298
+  _globals['_REQUESTGRANTRESPONSE']._serialized_end=1445
+  _globals['_HEARTBEATREQUEST']._serialized_start=1447
+  _globals['_HEARTBEATREQUEST']._serialized_end=1482
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1484
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1590
+  _globals['_COMPLETETASKREQUEST']._serialized_start=1592
+  _globals['_COMPLETETASKREQUEST']._serialized_end=1680
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=1682
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=1756
+  _globals['_REVOKEGRANTREQUEST']._serialized_start=1758
+  _globals['_REVOKEGRANTREQUEST']._serialized_end=1812
+  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1814
+  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1882
+  _globals['_INTROSPECTTOKENREQUEST']._serialized_start=1884
+  _globals['_INTROSPECTTOKENREQUEST']._serialized_end=1923
+  _globals['_INTROSPECTTOKENRESPONSE']._serialized_start=1926
+  _globals['_INTROSPECTTOKENRESPONSE']._serialized_end=2127
+  _globals['_LISTGRANTSREQUEST']._serialized_start=2129
+  _globals['_LISTGRANTSREQUEST']._serialized_end=2191
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=2193
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=2244
+  _globals['_AWAITAPPROVALREQUEST']._serialized_start=2246
+  _globals['_AWAITAPPROVALREQUEST']._serialized_end=2289
+  _globals['_AWAITAPPROVALRESPONSE']._serialized_start=2291
+  _globals['_AWAITAPPROVALRESPONSE']._serialized_end=2360
+  _globals['_ACCESSSERVICE']._serialized_start=2941
+  _globals['_ACCESSSERVICE']._serialized_end=3541
 # @@protoc_insertion_point(module_scope)

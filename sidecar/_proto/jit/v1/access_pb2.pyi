@@ -142,7 +142,7 @@ class Grant(_message.Message):
     def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
 
 class BeginTaskRequest(_message.Message):
-    __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk")
+    __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk", "pop_proof")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -155,12 +155,14 @@ class BeginTaskRequest(_message.Message):
     MAX_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     POP_JWK_FIELD_NUMBER: _ClassVar[int]
+    POP_PROOF_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     goal: str
     max_duration_seconds: int
     labels: _containers.ScalarMap[str, str]
     pop_jwk: _struct_pb2.Struct
-    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., max_duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jwk: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    pop_proof: str
+    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., max_duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jwk: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., pop_proof: _Optional[str] = ...) -> None: ...
 
 class BeginTaskResponse(_message.Message):
     __slots__ = ("task",)
