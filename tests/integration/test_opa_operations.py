@@ -1,11 +1,15 @@
 """OPA as it is run in operation, against the real `opa` binary and a real sidecar process
 over its Unix socket: decision ids end to end, metric series that exist from start-up, and
-`jit-sidecar policy explain` over TCP and OPA's Unix socket."""
+`jit-sidecar policy explain` over TCP and OPA's Unix socket, and `make run`'s watch over
+its OPA."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +17,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.client import AccessDenied
+from sidecar.client import AccessClient, AccessDenied
 from sidecar.metrics import REJECTION_REASONS, rpc_methods
 from sidecar.model import RevocationReason
 from sidecar.policy import CAUSES
-from tests.harness import OpaServer, SidecarProcess, running, wait_for
+from tests.harness import ROOT, OpaServer, SidecarProcess, free_port, running, wait_for
 
 
 def decision_log(opa: OpaServer) -> dict[str, dict[str, Any]]:
@@ -90,3 +94,55 @@ def test_fresh_sidecar_exposes_every_known_series_at_zero(sidecar: SidecarProces
     assert values == {0.0}
     assert len(expected) == 7 + len(REJECTION_REASONS) + len(rpc_methods()) + 10
     assert {"RequestGrant", "BeginTask", "Admin.Revoke"} <= set(rpc_methods())
+
+
+def _opa_children(pid: int) -> list[int]:
+    """Child processes of `pid` that are `opa run`."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                if Path(cmdline[0].decode()).name == "opa" and cmdline[1] == b"run":
+                    found.append(int(child))
+    return found
+
+
+def test_make_run_restarts_opa_when_it_dies(tmp_path: Path) -> None:
+    """scripts/dev-run.sh notices its OPA was killed, says so, starts a new one that serves
+    grants again, and stops both on SIGTERM."""
+    opa_port, http_port = free_port(), free_port()
+    socket = tmp_path / "sidecar.sock"
+    stderr = tmp_path / "dev-run.err"
+    args = [
+        str(ROOT / "scripts" / "dev-run.sh"),
+        *("--opa-url", f"http://127.0.0.1:{opa_port}", "--http-addr", f"127.0.0.1:{http_port}"),
+        *("--socket", str(socket), "--admin-socket", str(tmp_path / "admin.sock")),
+        *("--state", f"sqlite:{tmp_path / 'state.db'}", "--audit-log", str(tmp_path / "a.jsonl")),
+        *("--signing-key", str(tmp_path / "key.pem")),
+    ]
+    env = {**os.environ, "OPA_ADDR": f"127.0.0.1:{opa_port}", "OPA_LOG": str(tmp_path / "opa.log")}
+    env = {k: v for k, v in env.items() if not k.startswith("JIT_SIDECAR_")}
+    with stderr.open("wb") as err:
+        script = subprocess.Popen(args, env=env, stdout=err, stderr=err, start_new_session=True)
+    try:
+        wait_for(socket.exists, 30, what="the sidecar's socket")
+        (first,) = _opa_children(script.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: "OPA is back" in stderr.read_text(), 30, what="OPA to be restarted")
+        (second,) = _opa_children(script.pid)
+        with AccessClient(socket) as c:
+            task = c.begin_task("after a restart")
+            grant = c.request_grant(task.task_id, "docs.read", "docs://handbook/intro")
+        script.send_signal(signal.SIGTERM)
+        status = script.wait(30)
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait(10)
+    said = stderr.read_text()
+    assert f"make run: OPA (pid {first}) exited with status 137; restarting it" in said
+    assert f"make run: OPA is back (pid {second})" in said
+    assert grant.decision_id != ""
+    assert status == 143
+    assert not Path(f"/proc/{second}").exists()
