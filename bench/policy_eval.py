@@ -75,7 +75,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def _opa(opa: str, rego: Path) -> Iterator[http.client.HTTPConnection]:
     port = _free_port()
-    args = [opa, "run", "--server", "--disable-telemetry", "--log-level", "error"]
+    args = [opa, "run", "--server", "--skip-version-check", "--log-level", "error"]
     args += ["--addr", f"127.0.0.1:{port}", str(rego)]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
