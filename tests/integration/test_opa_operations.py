@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,88 @@ def test_make_run_restarts_opa_when_it_dies(tmp_path: Path) -> None:
     assert grant.decision_id != ""
     assert status == 143
     assert not Path(f"/proc/{second}").exists()
+
+
+def _explain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "policy", "explain", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _shape(value: Any) -> Any:
+    """The key structure of a JSON document (values dropped)."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value[:1]]
+    return type(value).__name__
+
+
+def test_policy_explain_over_opas_unix_socket_builds_the_sidecars_input(
+    tmp_path: Path,
+) -> None:
+    """`policy explain` reaches OPA over a unix:// URL, exits 3 on DENY and 0 on ALLOW, and
+    sends an input shaped exactly like the one the sidecar sends for a real grant."""
+    opa = OpaServer(tmp_path, unix_socket=tmp_path / "opa.sock").start()
+    try:
+        with running(SidecarProcess(tmp_path / "s", opa.url)) as sidecar, sidecar.client() as c:
+            task = c.begin_task("triage", labels={"purpose": "support"})
+            c.request_grant(task.task_id, "docs.read", "docs://handbook/intro")
+            held = c.request_grant_raw(
+                task.task_id, "tickets.update", "tickets://T-7", justification="asked to close"
+            )
+        url = f"unix://{tmp_path / 'opa.sock'}"
+        common = (
+            "--opa-url",
+            url,
+            "--label",
+            "purpose=support",
+            "--grant",
+            "docs.read=docs://handbook/intro",
+        )
+        allowed = _explain(
+            "tickets.update",
+            "tickets://T-7",
+            "--justification",
+            "asked to close",
+            *common,
+            "--json",
+        )
+        denied = _explain("payments.refund", "payments://orders/1", *common)
+        sent = decision_log(opa)[held.decision_id]["input"]
+    finally:
+        opa.stop()
+    explained = json.loads(allowed.stdout)
+    assert allowed.returncode == 0, allowed.stderr
+    assert explained["decision"]["allow"] is True
+    assert explained["decision_id"] != ""
+    assert _shape(explained["input"]) == _shape(sent)
+    held_grants = [(g["action"], g["resource"]) for g in explained["input"]["task"]["grants"]]
+    assert held_grants == [(g["action"], g["resource"]) for g in sent["task"]["grants"]]
+    assert denied.returncode == 3, denied.stderr
+    assert denied.stdout.startswith("DENY  spiffe://jit.local/agent/dev → payments.refund")
+    assert "  - cross_domain: payments is not among this agent's domains" in denied.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--opa-url", "ftp://127.0.0.1:1"), 2, "--opa-url: unsupported scheme"),
+        (("--context", "{not json"), 2, "Expecting property name"),
+        (("--subject", "not-a-spiffe-id"), 2, "jit-sidecar: "),
+        (("--opa-url", "unix:///nonexistent/opa.sock"), 1, "no usable decision"),
+    ],
+)
+def test_policy_explain_bad_input_is_a_message_not_a_traceback(
+    args: tuple[str, ...], code: int, message: str
+) -> None:
+    """An unusable URL, context or subject exits 2, an unreachable OPA 1, each with one line
+    on stderr and no Python traceback."""
+    result = _explain("docs.read", "docs://a", *args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
