@@ -204,7 +204,7 @@ class Sidecar:
                     raise ConfigError(
                         f"cannot read approval_webhook_secret_file: {err.strerror}"
                     ) from err
-            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret)
+            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret, clock=self.clock)
         journal.start()
         await engine.record_key_in_use(snapshot.current_key)
         recovered = await engine.sweep()
