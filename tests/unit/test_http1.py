@@ -48,6 +48,20 @@ async def serve(
     return server, server.sockets[0].getsockname()[1], connections
 
 
+def refused(response: bytes) -> None:
+    """The pool raises HttpError on `response` (pytest.raises fails the test otherwise)."""
+
+    async def main() -> None:
+        server, port, _ = await serve([response], close_after=1)
+        pool = Http1Pool(f"http://127.0.0.1:{port}")
+        with pytest.raises(HttpError):
+            await pool.request("POST", "/x", b"{}")
+        await pool.aclose()
+        server.close()
+
+    asyncio.run(main())
+
+
 def test_content_length_chunked_and_keepalive() -> None:
     """Both framings parse and one connection serves both requests."""
 
@@ -106,16 +120,7 @@ def test_stale_idle_connection_is_retried_on_a_fresh_one() -> None:
 )
 def test_protocol_violations_are_errors(response: bytes) -> None:
     """Anything outside the HTTP/1.1 subset OPA speaks is an HttpError, never a guess."""
-
-    async def main() -> None:
-        server, port, _ = await serve([response], close_after=1)
-        pool = Http1Pool(f"http://127.0.0.1:{port}")
-        with pytest.raises(HttpError):
-            await pool.request("POST", "/x", b"{}")
-        await pool.aclose()
-        server.close()
-
-    asyncio.run(main())
+    refused(response)
 
 
 def test_connection_refused_is_an_error() -> None:
@@ -156,16 +161,7 @@ def test_connection_refused_is_an_error() -> None:
 )
 def test_ambiguous_headers_are_errors(response: bytes) -> None:
     """Padded, folded, repeated or control-laden header fields are refused (RFC 9112 §5)."""
-
-    async def main() -> None:
-        server, port, _ = await serve([response], close_after=1)
-        pool = Http1Pool(f"http://127.0.0.1:{port}")
-        with pytest.raises(HttpError):
-            await pool.request("POST", "/x", b"{}")
-        await pool.aclose()
-        server.close()
-
-    asyncio.run(main())
+    refused(response)
 
 
 @pytest.mark.parametrize(
