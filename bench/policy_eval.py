@@ -1,11 +1,13 @@
 """How long one policy decision takes: a real `opa run --server` on rego/, asked over one
 keep-alive HTTP/1.1 connection the way the sidecar asks it.
 
-    .venv/bin/python bench/policy_eval.py [--requests 2000] [--rego DIR]
+    .venv/bin/python bench/policy_eval.py [--requests 2000] [--rego DIR] [--no-decision-logs]
 
 Prints, per case, the p50/p99 of OPA's own evaluation time (`?metrics=true`,
-timer_rego_query_eval_ns) and of the whole round trip seen by the client, in µs. Figures,
-not assertions: run it on a quiet machine and compare runs, not absolute numbers.
+timer_rego_query_eval_ns) and of the whole round trip seen by the client, in µs. OPA runs as
+deployed, with console decision logs (to a temporary file); `--no-decision-logs` measures
+without them. Figures, not assertions: run it on a quiet machine and compare runs, not
+absolute numbers.
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _opa(opa: str, rego: Path) -> Iterator[http.client.HTTPConnection]:
+def _opa(opa: str, rego: Path, decision_logs: bool) -> Iterator[http.client.HTTPConnection]:
     port = _free_port()
-    args = [opa, "run", "--server", "--disable-telemetry", "--log-level", "error"]
+    args = [opa, "run", "--server", "--skip-version-check", "--log-level", "error"]
+    if decision_logs:
+        args += ["--set", "decision_logs.console=true"]
     args += ["--addr", f"127.0.0.1:{port}", str(rego)]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
@@ -119,12 +123,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="per case (2000)")
     parser.add_argument("--rego", type=Path, default=ROOT / "rego", help="policy dir (rego/)")
+    parser.add_argument(
+        "--no-decision-logs", action="store_true", help="run OPA without console decision logs"
+    )
     args = parser.parse_args()
     opa = shutil.which("opa") or str(ROOT / ".tools/bin/opa")
     version = subprocess.run([opa, "version"], capture_output=True, text=True, check=True)
-    print(f"opa {version.stdout.split()[1]}, {args.requests} requests per case, µs")
+    logs = "off" if args.no_decision_logs else "on"
+    print(
+        f"opa {version.stdout.split()[1]}, decision logs {logs}, "
+        f"{args.requests} requests per case, µs"
+    )
     print("case      decision       eval p50  eval p99  rtt p50  rtt p99")
-    with _opa(opa, args.rego) as conn:
+    with _opa(opa, args.rego, not args.no_decision_logs) as conn:
         for name, case in CASES.items():
             evals, rtts, result = _measure(conn, case, args.requests)
             decision = result.get("tier") or "denied"

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     opa_binary(),
                     "run",
                     "--server",
-                    "--disable-telemetry",
+                    "--skip-version-check",
                     "--log-level",
                     "error",
                     "--addr",

@@ -6,6 +6,10 @@ exchange over asyncio streams (docs/performance.md).
 The upstream is a known server on loopback or a Unix socket, so the client only needs the
 subset of HTTP/1.1 OPA speaks: requests with a Content-Length body, responses framed by
 Content-Length or chunked encoding. Anything else is an error, never a guess.
+
+It is still parsed as if an attacker wrote it (whoever can bind OPA's port or socket can):
+each strictness rule names the RFC 9112 section it comes from. A response whose framing is
+ambiguous is never pooled, so it cannot poison the next exchange on the connection.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from urllib.parse import urlsplit
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# RFC 9110 §5.6.2: a field name is a token; no whitespace, no separators.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9112 §3: request-target without spaces or controls (the sender side: we never send
+# what a server could split into a second request, RFC 9112 §11.2).
+_TARGET = re.compile(r"[\x21-\x7e]+")
+# RFC 9112 §2.2 and §5: CR, LF and NUL are never part of a field value.
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
 
 
 class HttpError(Exception):
@@ -30,6 +41,15 @@ class HttpError(Exception):
 class Response:
     status: int
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    status: int
+    headers: dict[str, str]
+    """Field names lower-cased; each name at most once."""
+    reusable: bool
+    """False when the connection must be closed after this response (never pooled)."""
 
 
 class _Conn:
@@ -59,6 +79,8 @@ class Http1Pool:
             self._host = parts.hostname
             self._port = parts.port or (443 if parts.scheme == "https" else 80)
             self._host_header = parts.netloc
+            if not _TARGET.fullmatch(self._host_header):
+                raise ValueError(f"unusable host in {url!r}")
             if parts.scheme == "https":
                 self._ssl = ssl.create_default_context()
         else:
@@ -83,6 +105,10 @@ class Http1Pool:
     ) -> Response:
         """One request; the caller bounds it with a timeout. Reuses an idle connection and
         retries once on a fresh one if the reused connection turns out to be closed."""
+        if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(path):
+            raise HttpError("refusing to send a malformed request line")
+        if _FORBIDDEN_IN_VALUE.search(content_type):
+            raise HttpError("refusing to send CR, LF or NUL in a header value")
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -112,10 +138,10 @@ class Http1Pool:
                 if not fresh and not err.partial:
                     raise _StaleConnection from err
                 raise HttpError("connection closed before a response") from err
-            status, headers = self._parse_head(head)
-            body = await self._read_body(conn.reader, headers)
-            keep = headers.get("connection", "").lower() != "close"
-            return Response(status, body)
+            parsed = self._parse_head(head)
+            body = await self._read_body(conn.reader, parsed.headers)
+            keep = parsed.reusable
+            return Response(parsed.status, body)
         except (OSError, asyncio.LimitOverrunError) as err:  # incl. TLS errors mid-response
             if not fresh and isinstance(err, ConnectionResetError):
                 raise _StaleConnection from err
@@ -129,21 +155,57 @@ class Http1Pool:
                 conn.close()
 
     @staticmethod
-    def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-        """Status and headers (names lower-cased) of a head ending in an empty line."""
+    def _parse_head(head: bytes) -> _Head:
+        """Status and headers of a head ending in an empty line, and whether the
+        connection may carry another exchange."""
         if len(head) > MAX_HEADER_BYTES:
             raise HttpError("response headers too large")
         lines = head[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        # RFC 9112 §4: HTTP-version SP 3DIGIT SP [reason-phrase]
+        if (
+            len(parts) < 2
+            or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0")
+            or len(parts[1]) != 3
+            or not parts[1].isdigit()
+        ):
             raise HttpError("malformed status line")
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep:
+            text = line.decode("latin-1")
+            name, sep, value = text.partition(":")
+            # RFC 9112 §5.1: no whitespace between the name and the colon ("a server MUST
+            # reject"; a client facing a hostile upstream does the same). A leading space is
+            # obsolete line folding (RFC 9112 §5.2), refused too.
+            if not sep or not _TOKEN.fullmatch(name):
                 raise HttpError("malformed header line")
-            headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers
+            # A bare CR or LF (the head is split on CRLF only) would let one line carry two
+            # fields to a lenient parser; NUL never belongs (RFC 9112 §2.2, RFC 9110 §5.5).
+            if _FORBIDDEN_IN_VALUE.search(value):
+                raise HttpError("control character in a header value")
+            key = name.lower()
+            # A repeated field (above all Content-Length, RFC 9112 §6.3 item 5) is how
+            # responses get split; OPA never repeats one, so any repeat is an error.
+            if key in headers:
+                raise HttpError(f"duplicate header {key!r}")
+            headers[key] = value.strip(" \t")
+        chunked = "transfer-encoding" in headers
+        if chunked and headers["transfer-encoding"].lower() != "chunked":
+            # RFC 9112 §6.3 item 4: any other coding is framed by the connection's close.
+            raise HttpError("unsupported Transfer-Encoding")
+        http10 = parts[0] == b"HTTP/1.0"
+        if http10 and chunked:
+            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+            raise HttpError("Transfer-Encoding in an HTTP/1.0 response")
+        reusable = (
+            # RFC 9112 §9.3: HTTP/1.0 has no persistent connection we rely on.
+            not http10
+            # RFC 9112 §6.3 item 3: both framings may be a smuggling attempt; the chunked
+            # framing wins for this response, and the connection is not trusted again.
+            and not (chunked and "content-length" in headers)
+            and headers.get("connection", "").lower() != "close"
+        )
+        return _Head(int(parts[1]), headers, reusable)
 
     @staticmethod
     async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

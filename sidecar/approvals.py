@@ -14,12 +14,15 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import aiohttp
+import stamina
+
+from .clock import Clock, SystemClock
 from .model import Identity, Intent, PolicyDecision
 
 log = logging.getLogger("jit_sidecar.approvals")
@@ -112,13 +115,42 @@ def sign_webhook(secret: bytes, timestamp: int, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class WebhookNotifier:
-    """POSTs new approval requests to one URL, off the request path, with a few retries."""
+class _Refused(Exception):
+    """The receiver answered with a status outside 2xx."""
 
-    def __init__(self, url: str, secret: bytes | None, timeout: float = 5.0) -> None:
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _worth_retrying(err: Exception) -> bool:
+    """Connection failures, timeouts, 5xx and 429 may pass; another 4xx will not (RFC 9110
+    §15.5: the request itself is at fault, e.g. a signature the receiver refuses)."""
+    if isinstance(err, _Refused):
+        return err.status >= 500 or err.status == 429
+    return isinstance(err, aiohttp.ClientError | TimeoutError)
+
+
+class WebhookNotifier:
+    """POSTs new approval requests to one URL, off the request path, retrying with stamina
+    (exponential backoff with jitter; `stamina.set_testing` makes the waits zero in tests).
+    The signed timestamp comes from the injected clock."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: bytes | None,
+        timeout: float = 5.0,
+        *,
+        clock: Clock | None = None,
+        attempts: int = 3,
+    ) -> None:
         self._url = url
         self._secret = secret
-        self._timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock or SystemClock()
+        self._attempts = attempts
+        self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.failed = 0
@@ -131,32 +163,53 @@ class WebhookNotifier:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, body: bytes, approval_id: str) -> None:
-        import requests
-
-        for attempt in range(3):
-            timestamp = int(time.time())
-            headers = {"Content-Type": "application/json", "X-JIT-Timestamp": str(timestamp)}
-            if self._secret is not None:
-                headers["X-JIT-Signature"] = sign_webhook(self._secret, timestamp, body)
-            try:
-                response = await asyncio.to_thread(
-                    requests.post, self._url, data=body, headers=headers, timeout=self._timeout
-                )
-                if response.status_code < 300:
-                    self.delivered += 1
-                    return
-                problem = f"HTTP {response.status_code}"
-            except requests.RequestException as err:
-                problem = type(err).__name__
-            log.warning(
-                "approval webhook failed (%s), attempt %d",
-                problem,
-                attempt + 1,
+        try:
+            async for attempt in stamina.retry_context(
+                on=_worth_retrying,
+                attempts=self._attempts,
+                timeout=None,  # each attempt is bounded by the client timeout
+                wait_initial=0.5,
+                wait_max=5.0,
+            ):
+                with attempt:
+                    await self._post(body, approval_id, attempt.num)
+        except (_Refused, aiohttp.ClientError, TimeoutError):
+            self.failed += 1
+            log.error(
+                "approval webhook gave up; approvers learn of it from `approvals list`",
                 extra={"approval_id": approval_id},
             )
-            await asyncio.sleep(0.5 * 2**attempt)
-        self.failed += 1
+            return
+        self.delivered += 1
+
+    async def _post(self, body: bytes, approval_id: str, attempt: int) -> None:
+        # Signed afresh on each attempt: the receiver bounds replays by this timestamp.
+        timestamp = int(self._clock.now())
+        headers = {"Content-Type": "application/json", "X-JIT-Timestamp": str(timestamp)}
+        if self._secret is not None:
+            headers["X-JIT-Signature"] = sign_webhook(self._secret, timestamp, body)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.post(self._url, data=body, headers=headers) as response:
+                if response.status >= 300:
+                    raise _Refused(response.status)
+        except (_Refused, aiohttp.ClientError, TimeoutError) as err:
+            log.warning(
+                "approval webhook failed (%s), attempt %d",
+                str(err) if isinstance(err, _Refused) else type(err).__name__,
+                attempt,
+                extra={"approval_id": approval_id},
+            )
+            raise
+
+    async def drain(self) -> None:
+        """Wait for every delivery started so far to succeed or give up."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

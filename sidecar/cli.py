@@ -466,92 +466,87 @@ _APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired", 5: "
 
 
 def _run_policy_explain(args: argparse.Namespace) -> int:
+    """Ask OPA as the sidecar would (same input builder, same client and checks, so `unix://`
+    OPA URLs work too); exit EXIT_DENIED on a deny, EXIT_FAIL when there is no usable
+    decision."""
     import time
 
-    import requests
-
-    from .clock import rfc3339
+    from .errors import PolicyError
     from .identity import trust_domain_of
+    from .model import Grant, Identity, Intent, Task, Tier
+    from .policy import OpaClient, build_input
 
-    def pairs(items: list[str]) -> dict[str, str]:
-        return dict(item.split("=", 1) for item in items if "=" in item)
+    def pairs(items: list[str]) -> list[tuple[str, str]]:
+        return [(k, v) for k, _, v in (item.partition("=") for item in items if "=" in item)]
 
-    policy_input = {
-        "identity": {
-            "subject": args.subject,
-            "trust_domain": trust_domain_of(args.subject),
-            "method": "explain",
-            "issuer": "",
-            "claims": pairs(args.claim),
-        },
-        "intent": {
-            "action": args.action,
-            "resource": args.resource,
-            "justification": args.justification,
-            "context": json.loads(args.context) if args.context else {},
-        },
-        "task": {
-            "id": "t-explain",
-            "goal": args.goal,
-            "labels": pairs(args.label),
-            "age_seconds": 0,
-            "remaining_seconds": args.remaining,
-            "grants": [
-                {"action": a, "resource": r, "tier": "jit"} for a, r in pairs(args.grant).items()
-            ],
-        },
-        "request": {"ttl_seconds": args.ttl, "time": rfc3339(time.time())},
-    }
-    url = args.opa_url or os.environ.get("JIT_SIDECAR_OPA_URL") or "http://127.0.0.1:8181"
-    params = {"metrics": "true"}
-    if args.trace:
-        params |= {"explain": "full", "pretty": "true"}
+    now = time.time()
     try:
-        response = requests.post(
-            url.rstrip("/") + args.decision_path,
-            json={"input": policy_input},
-            params=params,
-            timeout=10,
+        identity = Identity(
+            args.subject, trust_domain_of(args.subject), "explain", "", dict(pairs(args.claim))
         )
-    except requests.RequestException as err:
-        print(f"jit-sidecar: OPA at {url} is unreachable: {err}", file=sys.stderr)
-        return EXIT_FAIL
-    body = (
-        response.json()
-        if response.headers.get("content-type", "").startswith("application/json")
-        else {}
+        context = json.loads(args.context) if args.context else {}
+    except ValueError as err:
+        print(f"jit-sidecar: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    task = Task(
+        "t-explain", args.subject, args.goal, dict(pairs(args.label)), now, now + args.remaining, 0
     )
-    if response.status_code != 200 or "result" not in body:
-        print(
-            f"jit-sidecar: no decision (HTTP {response.status_code}): {json.dumps(body)[:500]}",
-            file=sys.stderr,
-        )
+    held = [
+        Grant("", task.task_id, args.subject, a, r, Tier.JIT, "", (), now, now, "")
+        for a, r in pairs(args.grant)
+    ]
+    intent = Intent(args.action, args.resource, args.justification, context)
+    policy_input = build_input(identity, intent, task, held, args.ttl, now)
+    url = args.opa_url or os.environ.get("JIT_SIDECAR_OPA_URL") or "http://127.0.0.1:8181"
+
+    async def ask() -> tuple[Any, dict[str, Any]]:
+        client = OpaClient(url, args.decision_path, 10.0)
+        try:
+            return await client.explain(policy_input, trace=args.trace)
+        finally:
+            await client.aclose()
+
+    try:
+        decision, body = asyncio.run(ask())
+    except ValueError as err:  # an OPA URL the client cannot use
+        print(f"jit-sidecar: --opa-url: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except PolicyError as err:
+        print(f"jit-sidecar: no usable decision from OPA at {url}: {err}", file=sys.stderr)
         return EXIT_FAIL
-    decision = body["result"]
+    verdict = EXIT_OK if decision.allow else EXIT_DENIED
+    raw = body["result"]
     if args.json:
         print(
             json.dumps(
-                {"input": policy_input, "decision": decision, "metrics": body.get("metrics", {})},
+                {
+                    "input": policy_input,
+                    "decision": raw,
+                    "decision_id": decision.decision_id,
+                    "metrics": body.get("metrics", {}),
+                },
                 indent=2,
                 sort_keys=True,
             )
         )
-        return EXIT_OK
-    verdict = "ALLOW" if decision.get("allow") is True else "DENY"
-    if verdict == "ALLOW" and decision.get("approval_required"):
-        verdict = "ALLOW after human approval"
-    print(f"{verdict}  {args.subject} → {args.action} {args.resource}")
+        return verdict
+    word = "ALLOW" if decision.allow else "DENY"
+    if decision.allow and decision.approval_required:
+        word = "ALLOW after human approval"
+    print(f"{word}  {args.subject} → {args.action} {args.resource}")
     for key in ("tier", "ttl_seconds", "audience", "scope", "cache_seconds"):
-        if key in decision:
-            print(f"  {key}: {decision[key]}")
-    for reason in decision.get("reasons", []):
+        if key in raw:
+            print(f"  {key}: {raw[key]}")
+    for reason in decision.reasons:
         print(f"  - {reason}")
+    if decision.decision_id:
+        print(f"  decision_id: {decision.decision_id}")
     eval_ns = body.get("metrics", {}).get("timer_rego_query_eval_ns")
     if eval_ns:
         print(f"  (evaluated in {eval_ns / 1000:.0f} µs)")
     for line in body.get("explanation", []) if args.trace else []:
         print(line)
-    return EXIT_OK
+    return verdict
 
 
 def _state(value: int) -> str:

@@ -3,6 +3,10 @@
 Every label is a bounded set: decision, tier, reason codes, RPC method names, gRPC codes.
 Never a token, subject, task id or resource. The registry is passed in, so tests read exact
 values from their own registry.
+
+Series whose label values are known in advance exist from start-up, at 0, as the Prometheus
+instrumentation guide asks ("Avoid missing metrics"): a series born with its first event
+leaves panels at "No data" and makes `rate()` and `increase()` blind to that first event.
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
+from ._proto.jit.v1 import access_pb2, admin_pb2
+from .errors import Reason
+from .model import RevocationReason
+from .policy import CAUSES
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -29,6 +37,30 @@ LATENCY_BUCKETS = (
 )
 TTL_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+NOT_REJECTIONS = frozenset(
+    {
+        # Counted elsewhere (jit_policy_errors_total, jit_audit_write_errors_total, ...),
+        # refused before the sidecar knows who asks (identity), or not a refusal of the
+        # request itself.
+        Reason.IDENTITY_INVALID,
+        Reason.POLICY_UNAVAILABLE,
+        Reason.POLICY_RESULT_INVALID,
+        Reason.AUDIT_UNAVAILABLE,
+        Reason.SIGNING_UNAVAILABLE,
+        Reason.SHUTTING_DOWN,
+        Reason.UNIMPLEMENTED,
+        Reason.INTERNAL,
+    }
+)
+REJECTION_REASONS = tuple(r.value for r in Reason if r not in NOT_REJECTIONS)
+"""Reason codes of jit_rejected_requests_total, each created at 0."""
+
+
+def rpc_methods() -> tuple[str, ...]:
+    """The `method` label of every RPC the sidecar serves, as CallGuard names them."""
+    access = access_pb2.DESCRIPTOR.services_by_name["AccessService"].methods
+    admin = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods
+    return (*(m.name for m in access), *(f"Admin.{m.name}" for m in admin))
 
 
 class Metrics:
@@ -164,3 +196,18 @@ class Metrics:
         self.build_info.info({"version": __version__})
         for tier in ("standing", "jit"):
             self.active_grants.labels(tier=tier).set(0)
+        self._create_known_series()
+
+    def _create_known_series(self) -> None:
+        """Every label combination known in advance, at 0. For RPC durations only code OK:
+        a histogram per (method, code) for all 17 gRPC codes would be ~3,700 series per
+        sidecar; other codes appear with their first call (docs/metrics.md)."""
+        for reason, causes in CAUSES.items():
+            for cause in causes:
+                self.policy_errors.labels(reason=reason.value, cause=cause)
+        for rejection in REJECTION_REASONS:
+            self.rejected.labels(reason=rejection)
+        for method in rpc_methods():
+            self.rpc_duration.labels(method=method, code="OK")
+        for revocation in RevocationReason:
+            self.revocation_lag.labels(reason=revocation.value)

@@ -4,6 +4,10 @@ The contract (DESIGN.md, "OPA contract"): POST `{"input": …}` to the decision 
 `result` must be an object whose fields have exactly the documented types. Anything else —
 no answer, a timeout, an HTTP error, invalid JSON, an undefined result, a wrong type — raises a
 `PolicyError`, and the engine issues no token.
+
+The client reaches OPA through a `Transport` (httpx's idea): `Http1Pool` in production, over
+TCP, TLS or OPA's Unix socket; tests pass a transport that injects faults a real OPA cannot
+produce on demand (tests/opa_transport.py).
 """
 
 from __future__ import annotations
@@ -15,13 +19,27 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ._http1 import Http1Pool, HttpError
-from .errors import PolicyResultInvalid, PolicyUnavailable
+from ._http1 import Http1Pool, HttpError, Response
+from .errors import PolicyResultInvalid, PolicyUnavailable, Reason
 from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
 
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
 MAX_SCOPE = 32
+CAUSES: dict[Reason, tuple[str, ...]] = {
+    Reason.POLICY_UNAVAILABLE: ("unreachable", "timeout", "http_5xx"),
+    Reason.POLICY_RESULT_INVALID: ("http_4xx", "bad_json", "undefined", "shape"),
+}
+"""Every `cause` a PolicyError of each reason carries (the labels of jit_policy_errors_total)."""
+
+
+class Transport(Protocol):
+    """One HTTP exchange with OPA. Raises `HttpError` when there is no usable response; the
+    caller bounds each call with its own timeout."""
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> Response: ...
+
+    async def aclose(self) -> None: ...
 
 
 class PolicyEngine(Protocol):
@@ -156,18 +174,39 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
 class OpaClient:
     """PolicyEngine backed by an OPA server's Data API."""
 
-    def __init__(self, url: str, decision_path: str, timeout: float) -> None:
-        self._pool = Http1Pool(url)
+    def __init__(
+        self,
+        url: str,
+        decision_path: str,
+        timeout: float,
+        *,
+        transport: Transport | None = None,
+    ) -> None:
+        self._transport: Transport = transport if transport is not None else Http1Pool(url)
         self._path = decision_path
         self._timeout = timeout
         self.last_latency = 0.0
 
     async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision:
+        response = await self._post(self._path, policy_input)
+        return parse_decision(response.body, action=policy_input["intent"]["action"])
+
+    async def explain(
+        self, policy_input: dict[str, Any], *, trace: bool = False
+    ) -> tuple[PolicyDecision, dict[str, Any]]:
+        """The decision exactly as `decide` takes it, and OPA's whole answer: evaluation
+        metrics and, with `trace`, the full evaluation trace (`jit-sidecar policy explain`)."""
+        query = "?metrics=true" + ("&explain=full&pretty=true" if trace else "")
+        response = await self._post(self._path + query, policy_input)
+        decision = parse_decision(response.body, action=policy_input["intent"]["action"])
+        return decision, json.loads(response.body)  # parse_decision checked it is an object
+
+    async def _post(self, path: str, policy_input: dict[str, Any]) -> Response:
         body = json.dumps({"input": policy_input}, separators=(",", ":")).encode()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._pool.request("POST", self._path, body)
+                response = await self._transport.request("POST", path, body)
         except TimeoutError as err:
             raise PolicyUnavailable(
                 f"OPA did not answer within {self._timeout * 1000:.0f} ms", "timeout"
@@ -180,12 +219,12 @@ class OpaClient:
             raise PolicyUnavailable(f"OPA answered HTTP {response.status}", "http_5xx")
         if response.status != 200:
             raise PolicyResultInvalid(f"OPA answered HTTP {response.status}", "http_4xx")
-        return parse_decision(response.body, action=policy_input["intent"]["action"])
+        return response
 
     async def healthy(self) -> bool:
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                response = await self._pool.request("GET", "/health")
+                response = await self._transport.request("GET", "/health")
         except (TimeoutError, HttpError):
             return False
         return response.status == 200
@@ -198,7 +237,7 @@ class OpaClient:
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
                 for path in ("/v1/policies", package):
-                    response = await self._pool.request("GET", path)
+                    response = await self._transport.request("GET", path)
                     if response.status != 200:
                         return ""
                     document = json.loads(response.body).get("result")
@@ -211,4 +250,4 @@ class OpaClient:
         return digest.hexdigest()
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._transport.aclose()

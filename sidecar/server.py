@@ -208,7 +208,7 @@ class Sidecar:
                     raise ConfigError(
                         f"cannot read approval_webhook_secret_file: {err.strerror}"
                     ) from err
-            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret)
+            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret, clock=self.clock)
         self._checkpoints = Checkpointer(
             audit,
             lambda: engine.keys.current,

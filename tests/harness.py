@@ -78,7 +78,11 @@ class OpaServer:
             opa_binary(),
             "run",
             "--server",
-            "--disable-telemetry",
+            "--skip-version-check",
+            # Every decision gets a decision_id (in OPA's answer, the sidecar's audit record
+            # and the RequestGrant response) and a "Decision Log" line in self.log.
+            "--set",
+            "decision_logs.console=true",
             "--log-level",
             "error",
             "--addr",

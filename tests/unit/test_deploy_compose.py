@@ -157,3 +157,17 @@ def test_dockerfile_is_multi_stage_non_root_and_pinned() -> None:
     assert [a for i, a in final if i == "USER"] == ["65532:65532"]
     assert [a for i, a in final if i == "ENTRYPOINT"] == ['["jit-sidecar"]']
     assert all(a.startswith("[") for i, a in final if i in ("CMD", "ENTRYPOINT"))
+
+
+def test_opa_logs_decisions_and_skips_the_version_check(compose: dict[str, Any]) -> None:
+    """OPA gives every decision a decision_id (console decision log) and uses
+    --skip-version-check, not the deprecated --disable-telemetry."""
+    command = compose["services"]["opa"]["command"]
+    assert command[:5] == [
+        "run",
+        "--server",
+        "--skip-version-check",
+        "--set",
+        "decision_logs.console=true",
+    ]
+    assert "--disable-telemetry" not in command

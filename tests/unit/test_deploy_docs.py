@@ -43,3 +43,16 @@ def test_metrics_doc_table_lists_each_metrics_labels() -> None:
         for name in _documented_names()
     }
     assert rows == expected
+
+
+def test_no_opa_is_started_with_the_deprecated_telemetry_flag() -> None:
+    """Scripts, deploy/, docs, examples, bench and the test harness start OPA with
+    --skip-version-check: OPA 1.x warns on every start that --disable-telemetry is deprecated."""
+    places = [ROOT / "README.md", ROOT / "Makefile", ROOT / "Dockerfile", ROOT / "tests/harness.py"]
+    for directory in ("scripts", "deploy", "docs", "examples", "bench"):
+        places += [p for p in (ROOT / directory).rglob("*") if p.is_file()]
+    flag = "--disable-" + "telemetry"  # spelled apart so this file does not match itself
+    stale = sorted(
+        str(p.relative_to(ROOT)) for p in places if flag in p.read_text(errors="replace")
+    )
+    assert stale == []

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sidecar.config import ENV_PREFIX, Config, load
-from tests.deploy import DEPLOY, ROOT, kustomize_build
+from tests.deploy import DEPLOY, ROOT, kustomize_build, load_yaml
 
 K8S = DEPLOY / "kubernetes"
 # The policy as OPA loads it: every module and data file of rego/jit except the tests.
@@ -23,6 +23,16 @@ POLICY_FILES = sorted(
     if (p.suffix == ".rego" and not p.stem.endswith("_test")) or p.name == "data.json"
 )
 OPA_IMAGE = "openpolicyagent/opa:1.22.3-static"
+# Console decision logs give every decision a decision_id; --disable-telemetry is deprecated.
+OPA_ARGS = [
+    "run",
+    "--server",
+    "--skip-version-check",
+    "--set",
+    "decision_logs.console=true",
+    "--addr",
+    "127.0.0.1:8181",
+]
 
 
 def _render(name: str) -> dict[str, Any]:
@@ -98,7 +108,7 @@ def test_pod_has_agent_sidecar_and_opa(base: dict[str, Any]) -> None:
     assert list(containers) == ["agent", "jit-sidecar", "opa"]
     assert containers["jit-sidecar"]["args"] == ["serve", "--identity", "jwt-svid"]
     assert opa["image"] == OPA_IMAGE
-    assert opa["args"][:5] == ["run", "--server", "--disable-telemetry", "--addr", "127.0.0.1:8181"]
+    assert opa["args"][:7] == OPA_ARGS
     assert opa["args"][-1] == "/policies"
 
 
@@ -205,18 +215,20 @@ def test_policies_configmap_matches_rego_and_keeps_the_package_path(base: dict[s
     assert mount["readOnly"] is True
 
 
-def test_base_policy_copies_are_in_sync_with_rego() -> None:
-    """deploy/kubernetes/base/policies is a copy of rego/jit (kustomize cannot reach it)."""
-    copies = K8S / "base" / "policies" / "jit"
-    stale = [
-        name
-        for name in POLICY_FILES
-        if not (copies / name).exists()
-        or (copies / name).read_text() != (ROOT / "rego" / "jit" / name).read_text()
+def test_policies_have_one_source() -> None:
+    """deploy/ holds no copy of a policy: the ConfigMap is generated from rego/ itself
+    (rego/Kustomization), so a policy change cannot miss the Kubernetes manifests."""
+    copies = sorted(
+        str(p.relative_to(ROOT))
+        for p in DEPLOY.rglob("*")
+        if p.suffix == ".rego" or (p.name == "data.json" and "policies" in p.parts)
+    )
+    generator = load_yaml(ROOT / "rego" / "Kustomization")["configMapGenerator"]
+    (policies,) = [g for g in generator if g["name"] == "jit-policies"]
+    assert copies == []
+    assert sorted(f.split("=", 1)[1] for f in policies["files"]) == [
+        f"jit/{name}" for name in POLICY_FILES
     ]
-    extra = sorted({p.name for p in copies.iterdir()} - set(POLICY_FILES))
-    assert stale == [], f"copy {stale} from rego/jit/ to deploy/kubernetes/base/policies/jit/"
-    assert extra == []
 
 
 def test_trust_bundle_is_mounted_where_the_setting_points(base: dict[str, Any]) -> None:
@@ -266,7 +278,7 @@ def test_bundle_overlay_replaces_the_policy_configmap(bundle: dict[str, Any]) ->
     settings = yaml.safe_load(config["data"]["opa-config.yaml"])
     config_mount = _mounts(opa)["opa-config"]
     path = opa["args"][opa["args"].index("--config-file") + 1]
-    assert opa["args"][:5] == ["run", "--server", "--disable-telemetry", "--addr", "127.0.0.1:8181"]
+    assert opa["args"][:7] == OPA_ARGS
     assert "/policies" not in opa["args"]
     assert "jit-policies" not in _mounts(opa)
     assert not any(d["metadata"]["name"].startswith("jit-policies") for d in bundle["docs"])
