@@ -50,8 +50,8 @@ def new_request(ttl: float = 300) -> LeaseRequest:
 
 
 @pytest.fixture
-def broker(postgres: PostgresServer) -> Iterator[PostgresBroker]:
-    yield PostgresBroker(PostgresSettings(admin_dsn=postgres.admin_dsn))
+def broker(postgres: PostgresServer) -> PostgresBroker:
+    return PostgresBroker(PostgresSettings(admin_dsn=postgres.admin_dsn))
 
 
 def roles(postgres: PostgresServer) -> set[str]:
@@ -170,7 +170,7 @@ def test_orphans_are_found_by_comment_and_dropped(
         return recorded, lost, found, again
 
     try:
-        recorded, lost, found, again = run(scenario, broker)
+        _recorded, lost, found, again = run(scenario, broker)
     finally:
         postgres.execute("DROP ROLE IF EXISTS jit_not_ours")
     assert [(o.handle, o.grant_id, o.details["database"]) for o in found] == [
