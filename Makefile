@@ -12,7 +12,7 @@ REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
 .PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean \
-	redis bench-propagation fuzz soak bench
+	redis postgres bench-propagation fuzz soak bench
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
@@ -104,10 +104,14 @@ typecheck: deps
 redis:
 	scripts/bootstrap.sh redis
 
+# Debian's PostgreSQL for the broker tests (throwaway clusters in temporary directories).
+postgres:
+	scripts/bootstrap.sh postgres
+
 deploy-check: deps deploy-tools
 	scripts/deploy-check.sh
 
-test: deps redis policy-test lint typecheck deploy-check
+test: deps redis postgres policy-test lint typecheck deploy-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Opt-in: a real SPIRE server and agent issue a JWT-SVID that the sidecar must accept.

@@ -6,6 +6,9 @@
 #   scripts/bootstrap.sh fuzz       atheris (the fuzz extras) into .venv, for `make fuzz`
 #   scripts/bootstrap.sh opa        OPA v$OPA_VERSION in .tools/bin (unless `opa` is on PATH)
 #   scripts/bootstrap.sh redis      Debian's redis-server (apt-get) unless already installed
+#   scripts/bootstrap.sh postgres   Debian's PostgreSQL server binaries (apt-get) unless present;
+#                                   tests run throwaway clusters (initdb in a temp dir), never
+#                                   the system service
 #   scripts/bootstrap.sh promtool   promtool from Debian's prometheus package into .tools/bin
 #   scripts/bootstrap.sh regal      Regal v$REGAL_VERSION into .tools/bin
 #   scripts/bootstrap.sh kubeconform   kubeconform v$KUBECONFORM_VERSION into .tools/bin
@@ -104,6 +107,15 @@ case "${1:-}" in
     # The package starts a system instance; tests run their own throwaway instances.
     $SUDO service redis-server stop >/dev/null 2>&1 || true
     ;;
+  postgres)
+    if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi
+    log "installing Debian's postgresql"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    # The package may start a system cluster on 5432; tests run their own clusters.
+    $SUDO service postgresql stop >/dev/null 2>&1 || true
+    ;;
   promtool)
     if [ -x "$tools/promtool" ]; then exit 0; fi
     if existing=$(on_path promtool); then ln -sf "$existing" "$tools/promtool"; exit 0; fi
@@ -175,7 +187,7 @@ case "${1:-}" in
     echo "$K8S_VERSIONS"
     ;;
   *)
-    echo "usage: $0 venv|opa|redis|promtool|regal|kubeconform|kustomize|k8s-schemas|compose-check|crd-check|k8s-versions" >&2
+    echo "usage: $0 venv|opa|redis|postgres|promtool|regal|kubeconform|kustomize|k8s-schemas|compose-check|crd-check|k8s-versions" >&2
     exit 2
     ;;
 esac

@@ -31,6 +31,7 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     AUDIT_UNAVAILABLE = "audit_unavailable"
     SIGNING_UNAVAILABLE = "signing_unavailable"
+    BROKER_UNAVAILABLE = "broker_unavailable"
     TOO_MANY_GRANTS = "too_many_grants"
     TOO_MANY_TASKS = "too_many_tasks"
     TOO_MANY_APPROVALS = "too_many_approvals"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import OpaServer, RedisClusterServers, RedisServer, SidecarProcess, opa_binary
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +60,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real, throwaway PostgreSQL cluster (Debian's binaries, initdb in a temp dir, a
+    free loopback port) for the session; stopped at the end."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
