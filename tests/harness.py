@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -137,6 +138,9 @@ class SidecarProcess:
         self.state = workdir / "state.db"
         self.audit = workdir / "audit.jsonl"
         self.key = workdir / "signing-key.pem"
+        self.http_token = workdir / "http-token"
+        """The bearer credential /introspect and /revoke require (`http_auth`), unless the
+        test passes its own --http-token-file or --http-allow-anonymous-loopback."""
         self.http_port = http_port or free_port()
         self.opa_url = opa_url
         self.identity = identity
@@ -148,6 +152,11 @@ class SidecarProcess:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_auth(self) -> dict[str, str]:
+        """Headers for /introspect and /revoke."""
+        return {"Authorization": "Bearer " + self.http_token.read_text().strip()}
 
     def args(self) -> list[str]:
         args = [
@@ -179,6 +188,8 @@ class SidecarProcess:
         ]
         if "--signing-key" not in self.extra:
             args += ["--signing-key", str(self.key)]
+        if not {"--http-token-file", "--http-allow-anonymous-loopback"} & set(self.extra):
+            args += ["--http-token-file", str(self.http_token)]
         return args + self.extra
 
     def start(self, wait: bool = True) -> SidecarProcess:
@@ -186,6 +197,9 @@ class SidecarProcess:
             from sidecar.tokens import generate_private_key, write_private_key
 
             write_private_key(self.key, generate_private_key("EdDSA"))
+        if not self.http_token.exists():
+            self.http_token.write_text(secrets.token_urlsafe(32) + "\n")
+            self.http_token.chmod(0o600)
         env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
         env.update(self.env)
         with self.log_path.open("ab") as log:
