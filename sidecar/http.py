@@ -12,9 +12,10 @@ foreign or garbage token introspects as exactly `{"active": false}`.
   opens, partial data does not push it back, and it closes a connection still waiting for a
   whole request; tests/integration/test_http_listener.py holds it to that);
 - a form body must arrive within `http_body_timeout` (408);
-- at most `http_max_connections` connections at once; one more is answered 503
-  `too_many_connections` and closed, so the process keeps file descriptors for the agents'
-  gRPC socket, the store and the audit log.
+- at most `http_max_connections` connections at once: a new one replaces the one idle
+  longest, or is answered 503 `too_many_connections` when every one is handling a request.
+  The process keeps its other file descriptors for the agents' gRPC socket, the store and
+  the audit log.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import hmac
 import logging
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
@@ -34,7 +36,7 @@ from .errors import ConfigError, SidecarError
 
 log = logging.getLogger("jit_sidecar.http")
 MAX_FORM_BYTES = 32 * 1024
-BACKLOG = 128
+BACKLOG = 64
 #: Seconds between two warnings that the connection cap refused someone.
 CAP_WARNING_INTERVAL = 60.0
 
@@ -219,28 +221,32 @@ class _Busy(asyncio.Protocol):
     """Answers a connection beyond the cap with 503 and closes it, reading nothing."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_BUSY)
-        transport.close()
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        stream = cast(asyncio.Transport, transport)
+        stream.write(_BUSY)
+        stream.close()
 
 
-class _Counted(asyncio.Protocol):
-    """Forwards to aiohttp's protocol; gives the connection's slot back when it ends."""
+class _Connection(asyncio.Protocol):
+    """One admitted connection: forwards to aiohttp's protocol, and tells the listener
+    when it opens, ends, and starts or finishes a request."""
 
-    __slots__ = ("_inner", "_release", "_released")
+    __slots__ = ("_inner", "_listener", "busy", "transport")
 
-    def __init__(self, inner: asyncio.Protocol, release: Callable[[], None]) -> None:
+    def __init__(self, inner: asyncio.Protocol, listener: HttpListener) -> None:
         self._inner = inner
-        self._release = release
-        self._released = False
+        self._listener = listener
+        self.busy = 0
+        """Requests being handled (a connection with none is idle: evictable)."""
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._listener._opened(self)
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._released:
-            self._released = True
-            self._release()
+        self._listener._closed(self)
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -257,7 +263,14 @@ class _Counted(asyncio.Protocol):
 
 
 class HttpListener:
-    """The HTTP app on one TCP socket, with a header timeout and a connection cap."""
+    """The HTTP app on one TCP socket, with a header timeout and a connection cap.
+
+    At the cap, a new connection takes the place of the one idle longest (no request being
+    handled: waiting for a request head, or kept alive), which is closed. Idle holders
+    cannot keep a caller that sends its request at once from being served, and the number of
+    file descriptors stays bounded. Only when every connection is handling a request is the
+    newcomer answered 503 `too_many_connections`.
+    """
 
     def __init__(
         self,
@@ -266,6 +279,7 @@ class HttpListener:
         max_connections: int,
         header_timeout: float,
     ) -> None:
+        app.middlewares.append(self._track)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -274,14 +288,25 @@ class HttpListener:
             # response, and closes a connection still waiting for a whole request when it
             # fires: with this value, that is the header timeout (see the module docstring).
             keepalive_timeout=header_timeout,
+            # After an early answer (401, 408), read and drop the rest of a body for at
+            # most this long before closing (aiohttp's default: 10 s).
+            lingering_time=2.0,
         )
         self.max_connections = max_connections
-        self.open_connections = 0
+        self._connections: OrderedDict[asyncio.Transport, _Connection] = OrderedDict()
+        """Admitted connections, the one idle longest first."""
+        self._admitted = 0
+        """Connections admitted whose connection_made has not run yet."""
+        self.evicted = 0
         self.refused = 0
         self._last_warning = 0.0
         self._sock: socket.socket | None = None
         self._server: asyncio.AbstractServer | None = None
         self.port: int | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections) + self._admitted
 
     def bind(self, host: str, port: int) -> None:
         """Take the address (serving starts with `start`); ConfigError, not a traceback,
@@ -304,24 +329,62 @@ class HttpListener:
         self._server = await loop.create_server(self._protocol, sock=self._sock, backlog=BACKLOG)
 
     def _protocol(self) -> asyncio.Protocol:
-        if self.open_connections >= self.max_connections:
+        if self.open_connections >= self.max_connections and not self._evict_one():
             self.refused += 1
-            now = time.monotonic()
-            if now - self._last_warning >= CAP_WARNING_INTERVAL:
-                self._last_warning = now
-                log.warning(
-                    "HTTP listener at its cap of %d connections: refusing new ones with 503",
-                    self.max_connections,
-                    extra={"count": self.refused, "reason": "too_many_connections"},
-                )
+            self._warn("refusing new ones with 503")
             return _Busy()
         server = self._runner.server
         assert server is not None  # set up in start()
-        self.open_connections += 1
-        return _Counted(server(), self._release)
+        self._admitted += 1
+        return _Connection(server(), self)
 
-    def _release(self) -> None:
-        self.open_connections -= 1
+    def _evict_one(self) -> bool:
+        for transport, conn in self._connections.items():
+            if not conn.busy:
+                del self._connections[transport]
+                transport.abort()  # frees its descriptor now; connection_lost follows
+                self.evicted += 1
+                self._warn("closing the ones idle longest")
+                return True
+        return False
+
+    def _warn(self, action: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= CAP_WARNING_INTERVAL:
+            self._last_warning = now
+            log.warning(
+                "HTTP listener at its cap of %d connections: %s",
+                self.max_connections,
+                action,
+                extra={"count": self.evicted + self.refused, "reason": "too_many_connections"},
+            )
+
+    def _opened(self, conn: _Connection) -> None:
+        self._admitted -= 1
+        assert conn.transport is not None
+        self._connections[conn.transport] = conn
+
+    def _closed(self, conn: _Connection) -> None:
+        if conn.transport is not None:
+            self._connections.pop(conn.transport, None)
+
+    @web.middleware
+    async def _track(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        transport = request.transport
+        conn = self._connections.get(transport) if transport is not None else None
+        if transport is None or conn is None:
+            return await handler(request)
+        conn.busy += 1
+        try:
+            return await handler(request)
+        finally:
+            conn.busy -= 1
+            if transport in self._connections:
+                self._connections.move_to_end(transport)  # idle from now: the youngest
 
     async def close(self) -> None:
         if self._server is not None:

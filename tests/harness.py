@@ -128,8 +128,10 @@ class SidecarProcess:
         identity: str = "dev",
         http_port: int | None = None,
         shared: str | None = None,
+        http_credential: bool = True,
     ) -> None:
         self.workdir = workdir
+        self.http_credential = http_credential
         self.shared = shared
         """A redis:// URL: state shared with a fleet (the local SQLite is still `state`)."""
         workdir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +190,10 @@ class SidecarProcess:
         ]
         if "--signing-key" not in self.extra:
             args += ["--signing-key", str(self.key)]
-        if not {"--http-token-file", "--http-allow-anonymous-loopback"} & set(self.extra):
+        if self.http_credential and not {
+            "--http-token-file",
+            "--http-allow-anonymous-loopback",
+        } & set(self.extra):
             args += ["--http-token-file", str(self.http_token)]
         return args + self.extra
 
