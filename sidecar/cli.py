@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -284,6 +285,7 @@ def _run_client(args: argparse.Namespace) -> int:
                     ),
                 )
             elif args.task_command == "complete":
+                _stop_holders(args.task_id)
                 done = client.complete_task(args.task_id, args.outcome, args.detail)
                 _print(
                     args,
@@ -444,6 +446,39 @@ def _spawn_holder(args: argparse.Namespace, task_id: str) -> int:
             (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
         ],
     )
+
+
+def _stop_holders(task_id: str) -> None:
+    """End this user's `task hold TASK_ID` processes before the task completes, so none
+    sends a heartbeat to the ended task (the sidecar would record it as a rejected request).
+    Best effort: where /proc cannot be read, the holder stops at its next heartbeat."""
+    import signal
+    import time
+
+    mine = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid != os.getuid():
+                    continue
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if argv[1:6] == [b"-m", b"sidecar.cli", b"task", b"hold", task_id.encode()]:
+                    mine.append(int(entry.name))
+    for pid in mine:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    def alive(pid: int) -> bool:
+        try:  # a zombie waiting for its reaper has ended
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 2.0
+    while mine and time.monotonic() < deadline:
+        mine = [pid for pid in mine if alive(pid)]
+        time.sleep(0.02)
 
 
 def _hold(client: Any, task_id: str) -> int:

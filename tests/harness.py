@@ -289,6 +289,19 @@ class SidecarProcess:
             conn.close()
 
 
+def task_holders(task_id: str) -> list[int]:
+    """Processes running `jit-sidecar task hold TASK_ID` (started by `task begin --hold`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"hold" in argv and task_id.encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
 @contextlib.contextmanager
 def running(process: SidecarProcess) -> Iterator[SidecarProcess]:
     process.start()

@@ -13,18 +13,23 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.harness import OpaServer, SidecarProcess, free_port, running, wait_for
+from tests.harness import (
+    OpaServer,
+    SidecarProcess,
+    free_port,
+    running,
+    task_holders,
+    wait_for,
+)
+from tests.slowloris import Attackers, LimitedSidecar, connect, open_fds
 
 pytestmark = pytest.mark.integration
-
-PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 def closed_by_peer(sock: socket.socket, within: float) -> bool:
@@ -40,12 +45,6 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
         except ConnectionResetError:
             return True
     return False
-
-
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(PARTIAL_HEAD)
-    return sock
 
 
 def read_response(sock: socket.socket, timeout: float = 10) -> bytes:
@@ -203,83 +202,6 @@ def test_connection_cap_replaces_idle_connections_and_refuses_when_all_are_busy(
     assert json.loads(body)["error_description"] == "too_many_connections"
 
 
-class Attackers:
-    """`count` connections that each send half a request head and hold it; one closed by
-    the sidecar is opened again half a second later."""
-
-    def __init__(self, port: int, count: int) -> None:
-        self.port = port
-        self.count = count
-        self.stop = threading.Event()
-        self.connected = 0
-        self.reconnects = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Attackers:
-        self._thread.start()
-        wait_for(lambda: self.connected >= self.count, 60, what="the attackers to connect")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._thread.join(30)
-
-    def _open(self) -> socket.socket | None:
-        try:
-            return connect(self.port)
-        except OSError:
-            return None
-
-    def _run(self) -> None:
-        socks: list[socket.socket] = []
-        due: list[float] = []
-        try:
-            while not self.stop.is_set():
-                while len(socks) + len(due) < self.count:
-                    sock = self._open()
-                    if sock is None:
-                        due.append(time.monotonic() + 0.5)
-                        continue
-                    socks.append(sock)
-                self.connected = max(self.connected, len(socks))
-                now = time.monotonic()
-                ready = [t for t in due if t <= now]
-                due = [t for t in due if t > now]
-                for _ in ready:
-                    sock = self._open()
-                    if sock is None:
-                        due.append(now + 0.5)
-                    else:
-                        socks.append(sock)
-                        self.reconnects += 1
-                readable, _, _ = select.select(socks, [], [], 0.1) if socks else ([], [], [])
-                for sock in readable:
-                    try:
-                        gone = sock.recv(4096) == b""
-                    except OSError:
-                        gone = True
-                    if gone:
-                        sock.close()
-                        socks.remove(sock)
-                        due.append(time.monotonic() + 0.5)
-        finally:
-            for sock in socks:
-                sock.close()
-
-
-class LimitedSidecar(SidecarProcess):
-    """A sidecar started under `prlimit --nofile=N:N` (soft and hard)."""
-
-    nofile = 256
-
-    def args(self) -> list[str]:
-        return ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *super().args()]
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def test_idle_attackers_cannot_starve_agents_or_introspection(
     tmp_path: Path, opa: OpaServer
 ) -> None:
@@ -383,37 +305,31 @@ def cli(sidecar: SidecarProcess, *args: str) -> subprocess.CompletedProcess[str]
 def test_task_begin_hold_keeps_a_cli_task_alive_and_ends_with_it(
     tmp_path: Path, opa: OpaServer
 ) -> None:
-    """With 1 s heartbeats (3 misses), a task begun with --hold is still active 6 s later
-    and its holder exits once the task completes; one begun without it is crashed."""
+    """With 1 s heartbeats (3 misses), a task begun with --hold is still active 6 s later;
+    `task complete` stops its holder first, so no heartbeat reaches the ended task; a held
+    task that reaches its deadline ends its holder too; one begun without --hold crashes."""
     fast = ("--heartbeat-interval", "1", "--sweep-interval", "0.2")
     with running(SidecarProcess(tmp_path / "s", opa.url, *fast)) as sidecar:
         held = cli(sidecar, "task", "begin", "--goal", "held", "--hold", "-q")
+        short = cli(sidecar, "task", "begin", "--max-duration", "4", "--hold", "-q")
         bare = cli(sidecar, "task", "begin", "--goal", "bare", "-q")
-        held_id, bare_id = held.stdout.strip(), bare.stdout.strip()
+        held_id, short_id, bare_id = (r.stdout.strip() for r in (held, short, bare))
         time.sleep(6)
         granted = cli(sidecar, "grant", held_id, "docs.read", "docs://a", "-q")
         crashed = cli(sidecar, "grant", bare_id, "docs.read", "docs://a", "-q")
+        assert task_holders(held_id)
         done = cli(sidecar, "task", "complete", held_id)
-        ended = [e for e in sidecar.events("task_completed")]
-        holder_gone = wait_for(lambda: not _holders(held_id), 10, what="the holder to exit")
-    assert held.returncode == 0 and held.stdout.strip().startswith("t-")
+        holders_left = task_holders(held_id)
+        wait_for(lambda: not task_holders(short_id), 10, what="the short task's holder to exit")
+        time.sleep(2)  # a holder that outlived its task would heartbeat in this time
+        ended = {e["task_id"]: e["state"] for e in sidecar.events("task_completed")}
+        rejected = [(e["rpc"], e["task_id"]) for e in sidecar.events("request_rejected")]
+    assert held_id.startswith("t-")
     assert granted.returncode == 0 and granted.stdout.startswith("eyJ")
     assert crashed.returncode != 0
     assert "task_inactive" in crashed.stderr
     assert done.returncode == 0
-    states = {e["task_id"]: e["state"] for e in ended}
-    assert states == {bare_id: "crashed", held_id: "succeeded"}
-    assert holder_gone
-
-
-def _holders(task_id: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"hold" in argv and task_id.encode() in argv:
-                found.append(int(entry.name))
-    return found
+    assert holders_left == []
+    assert ended == {bare_id: "crashed", short_id: "expired", held_id: "succeeded"}
+    # The grant on the crashed task; the short task's holder learnt of its end once.
+    assert sorted(rejected) == sorted([("RequestGrant", bare_id), ("Heartbeat", short_id)])

@@ -11,7 +11,6 @@ do not collide). Takes about three minutes; part of `make test`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import ROOT, free_port, wait_for
+from tests.harness import ROOT, free_port, task_holders, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -111,19 +110,6 @@ def make_run(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         log.close()
 
 
-def holders(task_id: str) -> list[int]:
-    """Processes running `jit-sidecar task hold TASK_ID`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"hold" in argv and task_id.encode() in argv:
-                found.append(int(proc.name))
-    return found
-
-
 def test_readme_walkthrough_at_human_speed(make_run: tuple[Path, int]) -> None:
     """The README walkthrough, with 25 s between steps, prints what the README says it
     prints; the task's holder process ends with the task."""
@@ -149,4 +135,4 @@ def test_readme_walkthrough_at_human_speed(make_run: tuple[Path, int]) -> None:
     assert normalise(run.stdout) == normalise(expected), run.stdout
     task_id = re.search(r"task (t-\S+) completed", run.stdout)
     assert task_id is not None
-    wait_for(lambda: not holders(task_id.group(1)), 15, what="the task's holder to exit")
+    wait_for(lambda: not task_holders(task_id.group(1)), 15, what="the task's holder to exit")
