@@ -47,8 +47,9 @@ def measure(sidecar: LimitedSidecar, samples: int) -> dict[str, Any]:
     grants: list[float] = []
     tokens: list[str] = []
     with sidecar.client() as c:
-        task = c.begin_task("bench", max_duration=3600)
         for i in range(samples):
+            if i % 40 == 0:  # the policy allows 50 grants per task
+                task = c.begin_task("bench", max_duration=3600)
             started = time.perf_counter()
             grant = c.request_grant(task.task_id, "docs.read", f"docs://b/{i}", ttl_seconds=600)
             grants.append(time.perf_counter() - started)
