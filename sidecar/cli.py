@@ -469,6 +469,7 @@ def _stop_holders(task_id: str) -> None:
     for pid in mine:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
+
     def alive(pid: int) -> bool:
         try:  # a zombie waiting for its reaper has ended
             return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
