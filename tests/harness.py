@@ -205,8 +205,7 @@ class SidecarProcess:
         if not self.http_token.exists():
             self.http_token.write_text(secrets.token_urlsafe(32) + "\n")
             self.http_token.chmod(0o600)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
-        env.update(self.env)
+        env = clean_env() | self.env
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args(), cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=log
@@ -287,6 +286,26 @@ class SidecarProcess:
             return [dict(r) for r in conn.execute("SELECT * FROM grants")]
         finally:
             conn.close()
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without JIT_SIDECAR_* settings (a test states its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
+
+
+def run_captured(
+    argv: Sequence[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion with a clean environment; text stdout and stderr."""
+    return subprocess.run(
+        list(argv),
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def task_holders(task_id: str) -> list[int]:

@@ -8,7 +8,6 @@ Real sidecar processes, the real OPA, real TCP and Unix sockets (tests/harness.p
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from tests.harness import (
     OpaServer,
     SidecarProcess,
     free_port,
+    run_captured,
     running,
     task_holders,
     wait_for,
@@ -251,17 +251,8 @@ def test_http_port_in_use_is_a_one_line_error(tmp_path: Path, opa: OpaServer) ->
     port = holder.getsockname()[1]
     process = SidecarProcess(tmp_path / "s", opa.url, http_port=port)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
         process.http_token.write_text("0123456789abcdef0123456789\n")
-        run = subprocess.run(
-            process.args(),
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        run = run_captured(process.args(), tmp_path, 60)
     finally:
         holder.close()
     assert run.returncode == 2
@@ -290,16 +281,8 @@ def test_opa_unreachable_at_start_is_logged_as_an_error(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------- people at a terminal
 def cli(sidecar: SidecarProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", *args, "--socket", str(sidecar.socket)],
-        cwd=sidecar.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "sidecar.cli", *args, "--socket", str(sidecar.socket)]
+    return run_captured(argv, sidecar.workdir, 30)
 
 
 def test_task_begin_hold_keeps_a_cli_task_alive_and_ends_with_it(

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import ROOT, free_port, task_holders, wait_for
+from tests.harness import ROOT, clean_env, free_port, run_captured, task_holders, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -69,7 +69,7 @@ def make_run(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     for name in ("rego", ".venv", ".tools"):
         (root / name).symlink_to(ROOT / name)
     http_port, opa_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
+    env = clean_env()
     env["OPA_ADDR"] = f"127.0.0.1:{opa_port}"
     log = (tmp_path / "make-run.log").open("wb")
     proc = subprocess.Popen(
@@ -118,17 +118,8 @@ def test_readme_walkthrough_at_human_speed(make_run: tuple[Path, int]) -> None:
     script = f"\nsleep {PAUSE}\n".join(steps(block)).replace(
         "localhost:9464", f"localhost:{http_port}"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
     started = time.monotonic()
-    run = subprocess.run(
-        ["bash", "-c", script],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=360,
-        check=False,
-    )
+    run = run_captured(["bash", "-c", script], root, 360)
     elapsed = time.monotonic() - started
     assert elapsed >= PAUSE * (len(steps(block)) - 1)
     assert run.stderr == "", run.stderr
