@@ -6,7 +6,8 @@ metrics exposition), never the engine. `/introspect` and `/revoke` require
 401, unless `http_allow_anonymous_loopback` opens them on a loopback listener. An inactive,
 foreign or garbage token introspects as exactly `{"active": false}`.
 
-`HttpListener` bounds what one local user can hold (docs/security.md, "HTTP listener"):
+`HttpListener` bounds what one local user can hold (docs/security.md, "The HTTP listener
+against a local user"):
 - a request head must arrive complete within `http_header_timeout` of the connection opening
   or of the previous response (aiohttp's keep-alive timer: it starts when the connection
   opens, partial data does not push it back, and it closes a connection still waiting for a
