@@ -148,7 +148,13 @@ def sampler(sidecar: SidecarProcess, stop: threading.Event, shared: Shared) -> N
         with shared.lock:
             past = [(gid, v[0]) for gid, v in shared.issued.items() if v[1] <= now]
         for grant_id, token in rng.sample(past, min(len(past), 5)):
-            r = session.post(sidecar.http + "/introspect", data={"token": token}, timeout=5)
+            r = session.post(
+                sidecar.http + "/introspect",
+                data={"token": token},
+                headers=sidecar.http_auth,
+                timeout=5,
+            )
+            r.raise_for_status()  # a 401 must not count as "inactive"
             with shared.lock:
                 shared.introspected_after_exp += 1
                 if r.json().get("active"):

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with workspace(args.keep) as work:
         sock = work / "run" / "sidecar.sock"
+        # The credential /introspect requires (RFC 7662 §2.1); the resource server sends it.
+        http_token = work / "http-token"
+        http_token.write_text(secrets.token_urlsafe(32) + "\n")
+        http_token.chmod(0o600)
         procs = Processes(work)
         try:
             procs.start(
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(work / "audit.jsonl"),
                     "--signing-key",
                     str(work / "signing-key.pem"),
+                    "--http-token-file",
+                    str(http_token),
                     "--log-format",
                     "text",
                 ],
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(api_port),
                     "--sidecar",
                     sidecar_http,
+                    "--introspection-credential-file",
+                    str(http_token),
                 ],
                 env,
             )

@@ -7,7 +7,8 @@ Every request is verified offline against the sidecar's JWKS and, because this s
 revocation, checked with the sidecar's RFC 7662 introspection endpoint: reads accept an
 answer up to 2 s old, writes always ask afresh.
 
-    python examples/resource_server.py --port 8080 --sidecar http://127.0.0.1:9464
+    python examples/resource_server.py --port 8080 --sidecar http://127.0.0.1:9464 \
+        --introspection-credential-file var/http-token
 """
 
 from __future__ import annotations

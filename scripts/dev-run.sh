@@ -48,15 +48,23 @@ if ! start_opa; then
   exit 1
 fi
 
+# The bearer credential /introspect and /revoke require (RFC 7662 §2.1, RFC 7009 §2.1).
+if [ ! -s var/http-token ]; then
+  (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >var/http-token)
+fi
+
 cat >&2 <<'TXT'
 ------------------------------------------------------------------------------------------
  jit-sidecar dev mode: every local caller is trusted as spiffe://jit.local/agent/dev.
  Agent socket var/sidecar.sock, admin socket var/admin.sock, HTTP http://127.0.0.1:9464
  (metrics, JWKS, /introspect). OPA's log and decision log: var/opa.log.
+ /introspect and /revoke need the credential in var/http-token:
+ curl -H "Authorization: Bearer $(cat var/http-token)" ...
  Try the README walkthrough in another terminal. Ctrl-C stops.
 ------------------------------------------------------------------------------------------
 TXT
-jit-sidecar serve --identity dev --log-format "${JIT_SIDECAR_LOG_FORMAT:-text}" "$@" &
+jit-sidecar serve --identity dev --http-token-file var/http-token \
+  --log-format "${JIT_SIDECAR_LOG_FORMAT:-text}" "$@" &
 sidecar_pid=$!
 
 # Watch both: the sidecar ending ends `make run` with its status; OPA ending is restarted.

@@ -1,7 +1,7 @@
 """The `jit-sidecar` command: `serve`, and client subcommands for people.
 
 jit-sidecar serve --identity dev
-jit-sidecar task begin --goal "refund order 42" --label purpose=refunds
+jit-sidecar task begin --goal "refund order 42" --label purpose=refunds --hold
 jit-sidecar grant TASK_ID payments.refund payments://orders/42 --justification "ticket 991"
 jit-sidecar grants TASK_ID --all
 jit-sidecar task complete TASK_ID
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -55,6 +56,10 @@ class CliError(Exception):
 def _usage(message: str) -> CliError:
     return CliError(message, EXIT_USAGE)
 
+#: `task hold` gives up after the sidecar has been unreachable this long (seconds): by then
+#: the task has missed its heartbeats and is crashed anyway.
+HOLD_GIVE_UP = 30.0
+
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with settings (see docs).")
@@ -67,6 +72,8 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = "append"
         if meta["metavar"]:
             kwargs["metavar"] = meta["metavar"]
+        if f.type in ("bool", bool):  # `--flag` alone means true; `--flag false` still works
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
         parser.add_argument(flag_name(f.name), **kwargs)
 
 
@@ -110,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     begin.add_argument("--max-duration", type=int, default=0, help="seconds (0: default)")
     begin.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     begin.add_argument("-q", "--quiet", action="store_true", help="print only the task id")
+    begin.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the task alive until it ends: a background `task hold` sends its heartbeats "
+        "(people type slower than the heartbeat interval; agents use the SDK instead)",
+    )
     complete = task_sub.add_parser("complete", help="complete a task (revokes its grants)")
     _client_flags(complete)
     complete.add_argument("task_id")
@@ -120,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     beat = task_sub.add_parser("heartbeat", help="send one heartbeat")
     _client_flags(beat)
     beat.add_argument("task_id")
+    hold = task_sub.add_parser(
+        "hold",
+        help="send heartbeats until the task ends (completed, deadline, operator); "
+        "Ctrl-C stops, and the task then crashes after its missed heartbeats",
+    )
+    _client_flags(hold)
+    hold.add_argument("task_id")
 
     grant = sub.add_parser("grant", help="request a grant for one intent")
     _client_flags(grant)
@@ -312,16 +332,22 @@ def _run_client(args: argparse.Namespace) -> int:
                 task = client.begin_task(
                     args.goal, task_id=args.task_id, labels=labels, max_duration=args.max_duration
                 )
+                holder = _spawn_holder(args, task.task_id) if args.hold else None
                 if args.quiet:
                     print(task.task_id)
                     return EXIT_OK
                 _print(
                     args,
-                    _msg(task),
+                    _msg(task) | ({"holder_pid": holder} if holder else {}),
                     f"task {task.task_id} active until {task.deadline.ToJsonString()} "
-                    f"(heartbeat every {task.heartbeat_interval_seconds} s)",
+                    + (
+                        f"(held by process {holder} until it ends)"
+                        if holder
+                        else f"(heartbeat every {task.heartbeat_interval_seconds} s)"
+                    ),
                 )
             elif args.task_command == "complete":
+                _stop_holders(args.task_id)
                 done = client.complete_task(args.task_id, args.outcome, args.detail)
                 _print(
                     args,
@@ -329,6 +355,8 @@ def _run_client(args: argparse.Namespace) -> int:
                     f"task {args.task_id} completed ({args.outcome}); "
                     f"{done.revoked_grants} grant(s) revoked",
                 )
+            elif args.task_command == "hold":
+                return _hold(client, args.task_id)
             else:
                 beat = client.heartbeat(args.task_id)
                 _print(
@@ -460,6 +488,91 @@ def _run_client(args: argparse.Namespace) -> int:
         _print(args, _msg(rotated), text)
         return EXIT_OK
     raise AssertionError(args.command)
+
+
+def _spawn_holder(args: argparse.Namespace, task_id: str) -> int:
+    """Start `jit-sidecar task hold TASK_ID` in its own session, detached from the terminal
+    and from stdout (so `TASK=$(jit-sidecar task begin --hold -q)` returns at once)."""
+    argv = [sys.executable, "-m", "sidecar.cli", "task", "hold", task_id]
+    if args.socket:
+        argv += ["--socket", str(Path(args.socket).resolve())]
+    if args.identity_token_file:
+        argv += ["--identity-token-file", str(args.identity_token_file.resolve())]
+    devnull = os.devnull
+    return os.posix_spawn(
+        sys.executable,
+        argv,
+        dict(os.environ),
+        setsid=True,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
+        ],
+    )
+
+
+def _stop_holders(task_id: str) -> None:
+    """End this user's `task hold TASK_ID` processes before the task completes, so none
+    sends a heartbeat to the ended task (the sidecar would record it as a rejected request).
+    Best effort: where /proc cannot be read, the holder stops at its next heartbeat."""
+    import signal
+    import time
+
+    mine = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid != os.getuid():
+                    continue
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if argv[1:6] == [b"-m", b"sidecar.cli", b"task", b"hold", task_id.encode()]:
+                    mine.append(int(entry.name))
+    for pid in mine:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+    def alive(pid: int) -> bool:
+        try:  # a zombie waiting for its reaper has ended
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 2.0
+    while mine and time.monotonic() < deadline:
+        mine = [pid for pid in mine if alive(pid)]
+        time.sleep(0.02)
+
+
+def _hold(client: Any, task_id: str) -> int:
+    """Heartbeat `task_id` until it is no longer active (exit 0) or the sidecar stays
+    unreachable for HOLD_GIVE_UP seconds (exit 1)."""
+    import time
+
+    from .client import SidecarRpcError, SidecarUnavailable, TaskEnded
+
+    lost_since: float | None = None
+    while True:
+        pause = 1.0
+        try:
+            beat = client.heartbeat(task_id)
+        except SidecarUnavailable as err:
+            now = time.monotonic()
+            lost_since = lost_since if lost_since is not None else now
+            if now - lost_since > HOLD_GIVE_UP:
+                print(f"jit-sidecar: giving up on task {task_id}: {err}", file=sys.stderr)
+                return EXIT_FAIL
+        except SidecarRpcError as err:
+            print(f"task {task_id} no longer held: {err.reason}", file=sys.stderr)
+            return EXIT_OK if isinstance(err, TaskEnded) else EXIT_FAIL
+        else:
+            lost_since = None
+            # Well before the next one is due: a late beat must never be a missed one.
+            due = beat.next_heartbeat_before.ToNanoseconds() / 1e9 - time.time()
+            pause = max(0.2, 0.5 * due)
+        time.sleep(pause)
 
 
 _APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired", 5: "used"}

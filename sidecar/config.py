@@ -115,9 +115,42 @@ class Config:
     http_token_file: Path | None = field(
         default=None,
         metadata=_opt(
-            "File holding the bearer credential /introspect and /revoke require; mandatory "
-            "when the HTTP listener is bound beyond loopback.",
+            "File holding the bearer credential /introspect and /revoke require (RFC 7662 "
+            "§2.1, RFC 7009 §2.1). Without it they answer 401 to every caller, unless "
+            "http_allow_anonymous_loopback is set.",
             parse=_optional_path,
+        ),
+    )
+    http_allow_anonymous_loopback: bool = field(
+        default=False,
+        metadata=_opt(
+            "Serve /introspect and /revoke without a credential to every local user (a "
+            "laptop); refused beyond loopback and together with http_token_file.",
+            parse=_bool,
+        ),
+    )
+    http_header_timeout: float = field(
+        default=10.0,
+        metadata=_opt(
+            "Seconds an HTTP connection gets to send a complete request head, from when it "
+            "opens or from the previous response (also the keep-alive idle limit).",
+            parse=float,
+        ),
+    )
+    http_body_timeout: float = field(
+        default=10.0,
+        metadata=_opt(
+            "Seconds a /introspect or /revoke request body gets to arrive (then 408).",
+            parse=float,
+        ),
+    )
+    http_max_connections: int = field(
+        default=128,
+        metadata=_opt(
+            "HTTP connections open at once; one more is answered 503 and closed. Lowered to "
+            "a quarter of the open-file limit when that is smaller, so the agents' socket, "
+            "the store and the audit log keep their file descriptors.",
+            parse=int,
         ),
     )
     # --- policy
@@ -545,11 +578,19 @@ class Config:
             "max_message_bytes",
             "approval_ttl",
             "decision_cache_size",
+            "http_max_connections",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("opa_timeout", "rpc_timeout", "sweep_interval", "audit_checkpoint_interval"):
+        for name in (
+            "opa_timeout",
+            "rpc_timeout",
+            "sweep_interval",
+            "http_header_timeout",
+            "http_body_timeout",
+            "audit_checkpoint_interval",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be greater than 0")
         if self.audit_rotate_bytes < 0:
@@ -596,6 +637,12 @@ class Config:
                 "http_addr is bound beyond loopback: set http_token_file so /introspect and "
                 "/revoke require a bearer credential"
             )
+        if self.http_allow_anonymous_loopback and not self.http_is_loopback:
+            problems.append(
+                "http_allow_anonymous_loopback is refused while http_addr is bound beyond loopback"
+            )
+        if self.http_allow_anonymous_loopback and self.http_token_file is not None:
+            problems.append("set either http_token_file or http_allow_anonymous_loopback, not both")
         if self.approval_webhook_url and not self.approval_webhook_url.startswith(
             ("http://", "https://")
         ):

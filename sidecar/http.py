@@ -1,50 +1,87 @@
 """The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation.
 
-/introspect and /revoke require `Authorization: Bearer <credential>` when `http_token_file`
-is configured (mandatory when bound beyond loopback). An inactive, foreign or garbage token
-introspects as exactly `{"active": false}`.
+The app sees the sidecar only through `Endpoints` (introspect, revoke, JWKS, readiness,
+metrics exposition), never the engine. `/introspect` and `/revoke` require
+`Authorization: Bearer <credential>` (`http_token_file`); without one configured they answer
+401, unless `http_allow_anonymous_loopback` opens them on a loopback listener. An inactive,
+foreign or garbage token introspects as exactly `{"active": false}`.
+
+`HttpListener` bounds what one local user can hold (docs/security.md, "The HTTP listener
+against a local user"):
+- a request head must arrive complete within `http_header_timeout` of the connection opening
+  or of the previous response (aiohttp's keep-alive timer: it starts when the connection
+  opens, partial data does not push it back, and it closes a connection still waiting for a
+  whole request; tests/integration/test_http_listener.py holds it to that);
+- a form body must arrive within `http_body_timeout` (408);
+- at most `http_max_connections` connections at once: a new one replaces the one idle
+  longest, or is answered 503 `too_many_connections` when every one is handling a request.
+  The process keeps its other file descriptors for the agents' gRPC socket, the store and
+  the audit log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, cast
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .engine import Engine
-from .errors import SidecarError
+from .errors import ConfigError, SidecarError
 
 log = logging.getLogger("jit_sidecar.http")
 MAX_FORM_BYTES = 32 * 1024
+BACKLOG = 64
+#: Seconds between two warnings that the connection cap refused someone.
+CAP_WARNING_INTERVAL = 60.0
 
 
-@dataclass(slots=True)
-class Readiness:
-    """Facts /readyz reports; kept current by the server's probes."""
+class Endpoints(Protocol):
+    """What the HTTP app may ask of the sidecar."""
 
-    policy_ok: bool = False
-    policy_detail: str = "not checked yet"
-    extra: dict[str, Callable[[], str]] = field(default_factory=dict)
-    """More checks by name (e.g. `fleet`): each says "ok" or what is wrong."""
+    async def introspect(self, token: str) -> Mapping[str, Any] | None:
+        """The claims of `token` when it is active now, else None."""
+        ...
+
+    async def revoke(self, token: str) -> str | None:
+        """Revoke the grant of an active `token`; its grant id, or None when there was none.
+
+        Raises SidecarError when the revocation is not durable yet (it is in effect)."""
+        ...
+
+    def jwks(self) -> bytes:
+        """The JWK Set of current and not-yet-retired public keys."""
+        ...
+
+    def readiness(self) -> dict[str, str]:
+        """Each check by name: "ok" or what is wrong."""
+        ...
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition and its content type."""
+        ...
 
 
 def create_app(
-    engine: Engine,
-    readiness: Readiness,
+    endpoints: Endpoints,
     *,
     credential: str | None,
-    store_writable: Callable[[], bool],
+    anonymous: bool = False,
+    body_timeout: float = 10.0,
 ) -> web.Application:
+    """`credential` guards /introspect and /revoke; `anonymous` opens them (loopback only,
+    checked by Config.validate). With neither, they answer 401 to everyone."""
     app = web.Application(client_max_size=MAX_FORM_BYTES)
-    metrics = engine.metrics
 
     def authorized(request: web.Request) -> bool:
         if credential is None:
-            return True
+            return anonymous
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), credential.encode()
@@ -53,28 +90,38 @@ def create_app(
     def guarded(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        # RFC 7662 §2.1 and RFC 7009 §2.1: the caller authenticates; RFC 6750 §3 for the
+        # WWW-Authenticate challenge.
         async def wrapper(request: web.Request) -> web.StreamResponse:
             if not authorized(request):
+                body = {"error": "invalid_client"}
+                if credential is None:
+                    body["error_description"] = "no_credential_configured"
                 return web.json_response(
-                    {"error": "invalid_client"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="jit-sidecar"'},
+                    body, status=401, headers={"WWW-Authenticate": 'Bearer realm="jit-sidecar"'}
                 )
             return await handler(request)
 
         return wrapper
 
-    async def form_token(request: web.Request) -> str | None:
+    async def form_token(request: web.Request) -> str | web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
-            return None
+            return missing_token()
         try:
-            form = await request.post()
+            async with asyncio.timeout(body_timeout):
+                form = await request.post()
+        except TimeoutError:
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "body_timeout"},
+                status=408,
+                headers={"Connection": "close"},
+            )
         except ValueError:
             # A body that is not UTF-8 form data (UnicodeDecodeError) is a bad request,
             # not a 500 with a traceback in the log.
-            return None
+            return missing_token()
         token = form.get("token")
-        return token if isinstance(token, str) else None
+        return token if isinstance(token, str) else missing_token()
 
     def missing_token() -> web.Response:
         return web.json_response(
@@ -83,40 +130,31 @@ def create_app(
         )
 
     async def handle_metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        body, content_type = endpoints.metrics()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        journal = engine.journal
-        checks = {
-            "policy": readiness.policy_detail if not readiness.policy_ok else "ok",
-            "store": "ok" if (journal.store_healthy and store_writable()) else "not writable",
-            "audit": "ok" if journal.audit_healthy else "not writable",
-            "signing_key": "ok" if engine.keys.current is not None else "missing",
-        }
-        checks.update({name: check() for name, check in readiness.extra.items()})
+        checks = endpoints.readiness()
         ready = all(v == "ok" for v in checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def jwks(request: web.Request) -> web.Response:
         return web.Response(
-            body=engine.keys.jwks_json(engine.clock.now()),
+            body=endpoints.jwks(),
             content_type="application/jwk-set+json",
             headers={"Cache-Control": "max-age=60"},
         )
 
     async def introspect(request: web.Request) -> web.Response:
         token = await form_token(request)
-        if token is None:
-            return missing_token()
-        result = await engine.introspect(token, with_reason=False)
-        if not result.active or result.grant is None:
+        if isinstance(token, web.Response):
+            return token
+        c = await endpoints.introspect(token)
+        if c is None:
             return web.json_response({"active": False})
-        c = result.claims
         body = {
             "active": True,
             "scope": c.get("scope"),
@@ -139,27 +177,25 @@ def create_app(
 
     async def revoke(request: web.Request) -> web.Response:
         token = await form_token(request)
-        if token is None:
-            return missing_token()
+        if isinstance(token, web.Response):
+            return token
         # RFC 7009 §2.2: answer 200 whether or not the token was valid or active.
-        result = await engine.introspect(token, with_reason=False)
-        if result.active and result.grant is not None:
-            grant_id = result.grant.grant_id
-            try:
-                await engine.revoke_grant(None, grant_id, "RFC 7009 revocation")
-            except SidecarError as err:
-                # Revoked in memory (and retried until recorded), but not yet durable:
-                # RFC 7009 §2.2.1 says 503, so the client asks again.
-                log.error(
-                    "revocation through /revoke not recorded yet: %s",
-                    err.message,
-                    extra={"grant_id": grant_id, "reason": err.reason.value},
-                )
-                return web.json_response(
-                    {"error": "temporarily_unavailable", "error_description": err.reason.value},
-                    status=503,
-                    headers={"Retry-After": "1"},
-                )
+        try:
+            grant_id = await endpoints.revoke(token)
+        except SidecarError as err:
+            # Revoked in memory (and retried until recorded), but not yet durable:
+            # RFC 7009 §2.2.1 says 503, so the client asks again.
+            log.error(
+                "revocation through /revoke not recorded yet: %s",
+                err.message,
+                extra={"reason": err.reason.value},
+            )
+            return web.json_response(
+                {"error": "temporarily_unavailable", "error_description": err.reason.value},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        if grant_id is not None:
             log.info("revoked through /revoke", extra={"grant_id": grant_id})
         return web.Response(status=200)
 
@@ -170,3 +206,206 @@ def create_app(
     app.router.add_post("/introspect", guarded(introspect))
     app.router.add_post("/revoke", guarded(revoke))
     return app
+
+
+_BUSY_BODY = b'{"error": "temporarily_unavailable", "error_description": "too_many_connections"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _Busy(asyncio.Protocol):
+    """Answers a connection beyond the cap with 503 and closes it, reading nothing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        stream = cast(asyncio.Transport, transport)
+        stream.write(_BUSY)
+        stream.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One admitted connection: forwards to aiohttp's protocol, and tells the listener
+    when it opens, ends, and starts or finishes a request."""
+
+    __slots__ = ("_inner", "_listener", "busy", "transport")
+
+    def __init__(self, inner: asyncio.Protocol, listener: HttpListener) -> None:
+        self._inner = inner
+        self._listener = listener
+        self.busy = 0
+        """Requests being handled (a connection with none is idle: evictable)."""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._listener._opened(self)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._listener._closed(self)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class HttpListener:
+    """The HTTP app on one TCP socket, with a header timeout and a connection cap.
+
+    At the cap, a new connection takes the place of the one idle longest (no request being
+    handled: waiting for a request head, or kept alive), which is closed. Idle holders
+    cannot keep a caller that sends its request at once from being served, and the number of
+    file descriptors stays bounded. Only when every connection is handling a request is the
+    newcomer answered 503 `too_many_connections`.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        max_connections: int,
+        header_timeout: float,
+    ) -> None:
+        app.middlewares.append(self._track)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            # aiohttp arms its keep-alive timer when a connection opens and after each
+            # response, and closes a connection still waiting for a whole request when it
+            # fires: with this value, that is the header timeout (see the module docstring).
+            keepalive_timeout=header_timeout,
+            # After an early answer (401, 408), read and drop the rest of a body for at
+            # most this long before closing (aiohttp's default: 10 s).
+            lingering_time=2.0,
+        )
+        self.max_connections = max_connections
+        self._connections: OrderedDict[asyncio.Transport, _Connection] = OrderedDict()
+        """Admitted connections, the one idle longest first."""
+        self._admitted = 0
+        """Connections admitted whose connection_made has not run yet."""
+        self.evicted = 0
+        self.refused = 0
+        self._last_warning = 0.0
+        self._sock: socket.socket | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self.port: int | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections) + self._admitted
+
+    def bind(self, host: str, port: int) -> None:
+        """Take the address (serving starts with `start`); ConfigError, not a traceback,
+        when it cannot be used."""
+        try:
+            self._sock = _bind(host, port)
+        except OSError as err:
+            what = "is already in use" if err.errno == errno.EADDRINUSE else f"failed: {err}"
+            raise ConfigError(
+                f"cannot listen on http_addr {host}:{port}: the address {what} "
+                "(choose another with --http-addr, or '' to disable the HTTP listener)"
+            ) from err
+        self.port = self._sock.getsockname()[1]
+
+    async def start(self) -> None:
+        """Serve on the bound address."""
+        assert self._sock is not None, "bind() first"
+        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, sock=self._sock, backlog=BACKLOG)
+
+    def _protocol(self) -> asyncio.Protocol:
+        if self.open_connections >= self.max_connections and not self._evict_one():
+            self.refused += 1
+            self._warn("refusing new ones with 503")
+            return _Busy()
+        server = self._runner.server
+        assert server is not None  # set up in start()
+        self._admitted += 1
+        return _Connection(server(), self)
+
+    def _evict_one(self) -> bool:
+        for transport, conn in self._connections.items():
+            if not conn.busy:
+                del self._connections[transport]
+                transport.abort()  # frees its descriptor now; connection_lost follows
+                self.evicted += 1
+                self._warn("closing the ones idle longest")
+                return True
+        return False
+
+    def _warn(self, action: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= CAP_WARNING_INTERVAL:
+            self._last_warning = now
+            log.warning(
+                "HTTP listener at its cap of %d connections: %s",
+                self.max_connections,
+                action,
+                extra={"count": self.evicted + self.refused, "reason": "too_many_connections"},
+            )
+
+    def _opened(self, conn: _Connection) -> None:
+        self._admitted -= 1
+        assert conn.transport is not None
+        self._connections[conn.transport] = conn
+
+    def _closed(self, conn: _Connection) -> None:
+        if conn.transport is not None:
+            self._connections.pop(conn.transport, None)
+
+    @web.middleware
+    async def _track(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        transport = request.transport
+        conn = self._connections.get(transport) if transport is not None else None
+        if transport is None or conn is None:
+            return await handler(request)
+        conn.busy += 1
+        try:
+            return await handler(request)
+        finally:
+            conn.busy -= 1
+            if transport in self._connections:
+                self._connections.move_to_end(transport)  # idle from now: the youngest
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()  # closes the socket too
+            await self._runner.cleanup()
+        elif self._sock is not None:
+            self._sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # Listening now takes the port for good; connections wait in the backlog until
+        # start() serves them.
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

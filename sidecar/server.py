@@ -1,8 +1,15 @@
-"""Assembles and runs one sidecar: sockets, gRPC servers, HTTP listener, background loops.
+"""The composition root and the listeners of one sidecar.
 
-`Sidecar(config)` builds everything; `await sidecar.start()` opens state, replays the audit
-log, binds the sockets and starts serving; `await sidecar.stop()` drains in-flight calls,
-flushes the journal and removes the sockets. `serve(config)` runs it until SIGTERM/SIGINT.
+`build_app(config)` wires every part from the Config, in one readable sequence, and starts
+nothing. Then, each on its own:
+- `start_app(app)` loads trust material, starts the journal, records the signing key in use,
+  ends what expired while the sidecar was down, joins the fleet and probes OPA;
+- `start_agent_listener(app)` and `start_admin_listener(app)` serve gRPC on the agent and
+  admin sockets; `open_http_listener(app, fd_limit)` binds the HTTP listener
+  (sidecar/http.py) and its `start()` serves it; it sees the sidecar only through
+  `EngineEndpoints`.
+`Sidecar(app)` starts and stops all of them with the background loops (sweeper, OPA probe);
+`serve(config)` runs one until SIGTERM/SIGINT and reloads the key file on SIGHUP.
 """
 
 from __future__ import annotations
@@ -12,18 +19,21 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
-from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__
+from . import __version__, reflection
 from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
 from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
@@ -35,7 +45,7 @@ from .config import Config
 from .engine import Engine
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
-from .http import Readiness, create_app
+from .http import HttpListener, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
 from .metrics import Metrics
@@ -55,6 +65,8 @@ DEV_KEY_PATH = Path("var/signing-key.pem")
 POLICY_PROBE_INTERVAL = 1.0
 REVISION_CHECK_INTERVAL = 5.0
 MAX_METADATA_BYTES = 16 * 1024
+#: The HTTP listener may use at most this share of the open-file limit.
+HTTP_FD_SHARE = 4
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -107,178 +119,492 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
-class Sidecar:
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the (new) soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, err)
+    return soft
+
+
+# ====================================================================== the parts
+@dataclass(slots=True, eq=False)
+class PolicyHealth:
+    """Whether OPA answers: reported by /readyz and grpc.health.v1, kept current by probes
+    and by the engine when a decision fails for lack of OPA."""
+
+    config: Config
+    policy: PolicyEngine
+    cache: DecisionCache
+    servicer: health_aio.HealthServicer = field(default_factory=health_aio.HealthServicer)
+    ok: bool = False
+    detail: str = "not checked yet"
+    _reported: bool = False
+
+    async def probe(self) -> None:
+        """One probe of OPA, and of its policy revision when it answers."""
+        ok = await self.policy.healthy()
+        if ok != self.ok or not self._reported:
+            await self.set(ok, "ok" if ok else f"OPA at {self.config.opa_url} is unreachable")
+        if ok:
+            revision = await self.policy.revision()
+            if revision and self.cache.set_revision(revision):
+                log.info("policy revision %s; decision cache cleared", revision[:12])
+
+    async def set(self, ok: bool, detail: str) -> None:
+        # The first result is logged too: an OPA unreachable at start-up is an error
+        # worth a line naming its URL, not silence after "serving".
+        changed = ok != self.ok or not self._reported
+        self._reported = True
+        self.ok = ok
+        self.detail = detail
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.servicer.set("", status)
+        await self.servicer.set("jit.v1.AccessService", status)
+        if changed:
+            (log.info if ok else log.error)("policy engine %s", "reachable" if ok else detail)
+
+    def policy_failed(self, err: PolicyError) -> None:
+        """The engine's hook: a decision failed for lack of OPA."""
+        asyncio.get_running_loop().create_task(self.set(False, err.message))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Probe every POLICY_PROBE_INTERVAL (the revision every REVISION_CHECK_INTERVAL)."""
+        loop = asyncio.get_running_loop()
+        last_revision_check = loop.time()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLICY_PROBE_INTERVAL)
+            if stop.is_set():
+                return
+            try:
+                ok = await self.policy.healthy()
+                if ok != self.ok:
+                    await self.set(
+                        ok, "ok" if ok else f"OPA at {self.config.opa_url} is unreachable"
+                    )
+                if ok and loop.time() - last_revision_check >= REVISION_CHECK_INTERVAL:
+                    last_revision_check = loop.time()
+                    revision = await self.policy.revision()
+                    if revision and self.cache.set_revision(revision):
+                        log.info("policy revision changed; decision cache cleared")
+            except Exception:
+                log.exception("policy probe failed")
+
+
+class SigningKeyFile:
+    """Rotation of the signing key kept in the key file (AdminService, SIGHUP)."""
+
+    def __init__(self, config: Config, metrics: Metrics, engine: Engine) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._engine = engine
+        self.path = config.signing_key or DEV_KEY_PATH
+
+    async def rotate(self, reload_from_file: bool) -> tuple[str, str, float]:
+        """Generate a new key into the key file (or reload the file, e.g. after a Secret
+        update) and make it current. On any failure the current key stays in use.
+
+        Returns (new kid, previous kid, when the previous key leaves the JWKS).
+        """
+        alg = self._config.signing_alg
+        try:
+            if reload_from_file:
+                key, _ = await asyncio.to_thread(
+                    load_or_create_key,
+                    self.path,
+                    alg,
+                    create=False,
+                    ed25519_alg=self._config.ed25519_alg,
+                )
+            else:
+                key = SigningKey.from_private_key(
+                    generate_private_key(alg), ed25519_alg=self._config.ed25519_alg
+                )
+                await asyncio.to_thread(write_private_key, self.path, key.private_key)
+        except (ConfigError, OSError) as err:
+            self._metrics.key_rotation_errors.inc()
+            message = err.message if isinstance(err, ConfigError) else str(err)
+            log.error(
+                "signing key rotation failed; the current key stays in use: %s",
+                message,
+                extra={"kid": self._engine.keys.current.kid, "reason": "key_unavailable"},
+            )
+            raise FailedPrecondition(
+                f"key rotation failed, current key kept: {message}", Reason.SIGNING_UNAVAILABLE
+            ) from err
+        previous, retire_at = await self._engine.rotate_key(key)
+        return key.kid, previous, retire_at
+
+    async def reload(self) -> None:
+        """SIGHUP: reload the key file; a failure is logged and counted, never fatal."""
+        with contextlib.suppress(FailedPrecondition):
+            await self.rotate(reload_from_file=True)
+
+
+class EngineEndpoints:
+    """The engine seen through sidecar.http.Endpoints: all the HTTP app may ask."""
+
     def __init__(
         self,
-        config: Config,
-        *,
-        clock: Clock | None = None,
-        metrics: Metrics | None = None,
-        policy: PolicyEngine | None = None,
-        authenticator: Authenticator | None = None,
-        store: Store | None = None,
+        engine: Engine,
+        health: PolicyHealth,
+        store: Store,
+        checks: Mapping[str, Callable[[], str]],
     ) -> None:
-        self.config = config
-        self.clock = clock or SystemClock()
-        self.metrics = metrics or Metrics()
-        self.policy = policy or OpaClient(
-            config.opa_url, config.opa_decision_path, config.opa_timeout
-        )
-        self._authenticator = authenticator
+        self._engine = engine
+        self._health = health
         self._store = store
-        self.readiness = Readiness()
-        self.health = health_aio.HealthServicer()
+        self._checks = checks
+
+    async def introspect(self, token: str) -> Mapping[str, Any] | None:
+        result = await self._engine.introspect(token, with_reason=False)
+        return result.claims if result.active and result.grant is not None else None
+
+    async def revoke(self, token: str) -> str | None:
+        result = await self._engine.introspect(token, with_reason=False)
+        if not result.active or result.grant is None:
+            return None
+        grant_id = result.grant.grant_id
+        await self._engine.revoke_grant(None, grant_id, "RFC 7009 revocation")
+        return grant_id
+
+    def jwks(self) -> bytes:
+        return self._engine.keys.jwks_json(self._engine.clock.now())
+
+    def readiness(self) -> dict[str, str]:
+        journal = self._engine.journal
+        checks = {
+            "policy": "ok" if self._health.ok else self._health.detail,
+            "store": "ok"
+            if (journal.store_healthy and self._store.check_writable())
+            else "not writable",
+            "audit": "ok" if journal.audit_healthy else "not writable",
+            "signing_key": "ok" if self._engine.keys.current is not None else "missing",
+        }
+        checks.update({name: check() for name, check in self._checks.items()})
+        return checks
+
+    def metrics(self) -> tuple[bytes, str]:
+        return generate_latest(self._engine.metrics.registry), CONTENT_TYPE_LATEST
+
+
+# ====================================================================== composition root
+@dataclass(frozen=True, slots=True, eq=False)
+class App:
+    """One sidecar, wired and not started."""
+
+    config: Config
+    clock: Clock
+    metrics: Metrics
+    policy: PolicyEngine
+    health: PolicyHealth
+    store: Store
+    journal: Journal
+    keys: KeyRing
+    stored_key: dict[str, str] | None
+    """The public key the store last saw signing (recorded as a rotation if it changed)."""
+    authenticator: Authenticator
+    engine: Engine
+    key_file: SigningKeyFile
+    fleet: Fleet | None
+    checks: dict[str, Callable[[], str]]
+    """Extra /readyz checks by name (`fleet` when state is shared with a fleet)."""
+    guard: CallGuard
+    admission: RequestAdmission
+    http_credential: str | None
+    checkpoints: Checkpointer
+    """Signs the audit log's head at intervals and at shutdown (docs/security.md)."""
+
+
+def build_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    policy: PolicyEngine | None = None,
+    authenticator: Authenticator | None = None,
+    store: Store | None = None,
+) -> App:
+    """Wire a sidecar from its Config; open files and state, start nothing.
+
+    The keyword arguments replace a part (tests, benchmarks)."""
+    cfg = config
+    clock = clock or SystemClock()
+    metrics = metrics or Metrics()
+    policy = policy or OpaClient(cfg.opa_url, cfg.opa_decision_path, cfg.opa_timeout)
+    key = _signing_key(cfg)
+    http_credential = _http_credential(cfg)
+    notifier = _approval_notifier(cfg, clock)
+    cache = DecisionCache(cfg.decision_cache_size)
+    health = PolicyHealth(cfg, policy, cache)
+    # LEAD: w-fleet makes the Fleet constructible before the engine; it is opened here,
+    # first, already.
+    fleet = Fleet.open(cfg, metrics) if cfg.shared_state and store is None else None
+    store = store or (fleet.store if fleet else open_store(cfg.state))
+    audit = AuditFile(
+        cfg.audit_log, fsync=cfg.durability == "fsync", rotate_bytes=cfg.audit_rotate_bytes
+    )
+    if audit.recovered_torn:
+        log.warning("dropped a torn (never acknowledged) record at the end of %s", cfg.audit_log)
+    journal = Journal(
+        audit,
+        store,
+        on_audit_error=metrics.audit_write_errors.inc,
+        on_batch=lambda n, seconds: metrics.journal_batch.observe(seconds),
+    )
+    journal.replay()
+    snapshot = store.load()
+    keys = KeyRing(key, snapshot.retired_keys)
+    # Created once the key ring exists: tokens our own keys signed are never an identity.
+    authenticator = authenticator or create_authenticator(
+        cfg, own_kids=lambda: [p.jwk["kid"] for p in keys.published(clock.now())], clock=clock
+    )
+    engine = Engine(
+        cfg,
+        policy=policy,
+        keys=keys,
+        store=store,
+        journal=journal,
+        metrics=metrics,
+        clock=clock,
+        cache=cache,
+        # LEAD: once w-engine's Engine takes them, pass here instead of the three lines
+        # below: notifier=notifier, fleet=fleet, on_policy_unavailable=health.policy_failed
+    )
+    engine.notifier = notifier
+    engine.fleet = fleet
+    engine.on_policy_unavailable = health.policy_failed
+    engine.restore(snapshot)
+    if fleet is not None:
+        keys.fleet_jwks = fleet.jwks  # other sidecars' public keys, in our JWKS too
+    checks: dict[str, Callable[[], str]] = {"fleet": fleet.readiness} if fleet else {}
+    guard = CallGuard(
+        metrics,
+        cfg.max_concurrent_rpcs,
+        cfg.rpc_timeout,
+        max_per_identity=cfg.max_rpcs_per_identity,
+    )
+    return App(
+        config=cfg,
+        clock=clock,
+        metrics=metrics,
+        policy=policy,
+        health=health,
+        store=store,
+        journal=journal,
+        keys=keys,
+        stored_key=snapshot.current_key,
+        authenticator=authenticator,
+        engine=engine,
+        key_file=SigningKeyFile(cfg, metrics, engine),
+        fleet=fleet,
+        checks=checks,
+        guard=guard,
+        admission=RequestAdmission(metrics, guard, cfg.max_message_bytes),
+        http_credential=http_credential,
+        checkpoints=Checkpointer(
+            audit,
+            lambda: keys.current,
+            interval=cfg.audit_checkpoint_interval,
+            issuer=cfg.issuer,
+            clock=clock,
+        ),
+    )
+
+
+def _signing_key(cfg: Config) -> SigningKey:
+    if cfg.signing_key is None and cfg.identity != "dev":
+        raise ConfigError("--signing-key is required outside dev mode")
+    path = cfg.signing_key or DEV_KEY_PATH
+    key, generated = load_or_create_key(
+        path, cfg.signing_alg, create=cfg.identity == "dev", ed25519_alg=cfg.ed25519_alg
+    )
+    if generated:
+        log.warning("generated a dev signing key at %s (mode 0600)", path, extra={"kid": key.kid})
+    return key
+
+
+def _http_credential(cfg: Config) -> str | None:
+    if cfg.http_token_file is None:
+        return None
+    try:
+        credential = cfg.http_token_file.read_text().strip()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read http_token_file {cfg.http_token_file}: {err.strerror}"
+        ) from err
+    if len(credential) < 16:
+        raise ConfigError("http_token_file must hold at least 16 characters")
+    return credential
+
+
+def _approval_notifier(cfg: Config, clock: Clock) -> WebhookNotifier | None:
+    if not cfg.approval_webhook_url:
+        return None
+    secret = None
+    if cfg.approval_webhook_secret_file is not None:
+        try:
+            secret = cfg.approval_webhook_secret_file.read_bytes().strip()
+        except OSError as err:
+            raise ConfigError(f"cannot read approval_webhook_secret_file: {err.strerror}") from err
+    return WebhookNotifier(cfg.approval_webhook_url, secret, clock=clock)
+
+
+# ====================================================================== starting
+async def start_app(app: App) -> None:
+    """Everything but the listeners: trust material, journal, key record, catch-up sweep,
+    the fleet, the first OPA probe."""
+    auth = app.authenticator
+    if isinstance(auth, ManagedAuthenticator):
+        await auth.start()  # loads trust bundles / issuer keys; starts their refresh
+    await app.checkpoints.start()  # refuses a log shorter than its last checkpoint
+    app.journal.start()
+    await app.engine.record_key_in_use(app.stored_key)
+    recovered = await app.engine.sweep()
+    if recovered:
+        log.warning(
+            "ended %d grants whose time passed while the sidecar was down",
+            recovered,
+            extra={"count": recovered},
+        )
+    if app.fleet is not None:
+        engine = app.engine
+        await app.fleet.start(
+            FleetHooks(
+                owns=app.keys.owns,
+                published=app.keys.published,
+                covers=lambda rev: any(engine.fleet_targets(rev)),
+                end=engine.apply_fleet_revocation,
+            )
+        )
+    await app.health.probe()
+
+
+def _bind(server: grpc.aio.Server, path: Path, mode: int) -> None:
+    prepare_socket_path(path)
+    server.add_insecure_port(f"unix:{path.resolve()}")
+    os.chmod(path, mode)
+
+
+async def start_agent_listener(app: App) -> grpc.aio.Server:
+    """AccessService, health and reflection on the agent socket."""
+    server = grpc.aio.server(
+        options=grpc_options(app.config),
+        maximum_concurrent_rpcs=app.config.max_concurrent_rpcs * 2,
+        interceptors=[app.admission],
+    )
+    access_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessService(app.engine, app.authenticator, app.guard), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(app.health.servicer, server)
+    reflection.enable(
+        server,
+        (
+            access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        ),
+    )
+    _bind(server, app.config.socket, app.config.socket_mode)
+    await server.start()
+    return server
+
+
+async def start_admin_listener(app: App) -> grpc.aio.Server:
+    """AdminService and reflection on the admin socket (0600)."""
+    server = grpc.aio.server(options=grpc_options(app.config), interceptors=[app.admission])
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminService(app.engine, app.guard, app.key_file.rotate), server
+    )
+    reflection.enable(server, (admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,))
+    _bind(server, app.config.admin_socket, 0o600)
+    await server.start()
+    return server
+
+
+def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
+    """The HTTP listener, bound (`await listener.start()` serves), or None when http_addr is
+    empty. Its connection cap stays below 1/HTTP_FD_SHARE of `fd_limit`, leaving the rest to
+    gRPC, the store and the audit log."""
+    cfg = app.config
+    hp = cfg.http_host_port
+    if hp is None:
+        return None
+    cap = min(cfg.http_max_connections, max(1, fd_limit // HTTP_FD_SHARE))
+    if cap < cfg.http_max_connections:
+        log.warning(
+            "open-file limit %d: the HTTP listener takes at most %d connections "
+            "(http_max_connections %d)",
+            fd_limit,
+            cap,
+            cfg.http_max_connections,
+        )
+    if app.http_credential is None and not cfg.http_allow_anonymous_loopback:
+        log.warning(
+            "no http_token_file: /introspect and /revoke answer 401 to every caller "
+            "(set http_token_file, or http_allow_anonymous_loopback on a laptop)"
+        )
+    endpoints = EngineEndpoints(app.engine, app.health, app.store, app.checks)
+    listener = HttpListener(
+        create_app(
+            endpoints,
+            credential=app.http_credential,
+            anonymous=cfg.http_allow_anonymous_loopback,
+            body_timeout=cfg.http_body_timeout,
+        ),
+        max_connections=cap,
+        header_timeout=cfg.http_header_timeout,
+    )
+    listener.bind(*hp)
+    return listener
+
+
+# ====================================================================== running
+class Sidecar:
+    """A built App with its listeners and background loops."""
+
+    def __init__(self, app: App, *, fd_limit: int | None = None) -> None:
+        self.app = app
+        self._fd_limit = fd_limit or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc: grpc.aio.Server | None = None
         self._admin: grpc.aio.Server | None = None
-        self._http: web.AppRunner | None = None
-        self.engine: Engine | None = None
-        self.fleet: Fleet | None = None
-        self.guard = CallGuard(
-            self.metrics,
-            config.max_concurrent_rpcs,
-            config.rpc_timeout,
-            max_per_identity=config.max_rpcs_per_identity,
-        )
-        self._admission = RequestAdmission(self.metrics, self.guard, config.max_message_bytes)
-        self.http_port: int | None = None
-        self._managed_auth: ManagedAuthenticator | None = None
-        self._checkpoints: Checkpointer | None = None
+        self.http: HttpListener | None = None
 
-    # ------------------------------------------------------------------ start
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
     async def start(self) -> None:
-        cfg = self.config
-        key_path = cfg.signing_key or DEV_KEY_PATH
-        if cfg.signing_key is None and cfg.identity != "dev":
-            raise ConfigError("--signing-key is required outside dev mode")
-        key, generated = load_or_create_key(
-            key_path, cfg.signing_alg, create=cfg.identity == "dev", ed25519_alg=cfg.ed25519_alg
-        )
-        if generated:
-            log.warning(
-                "generated a dev signing key at %s (mode 0600)", key_path, extra={"kid": key.kid}
-            )
-        if cfg.shared_state and self._store is None:
-            self.fleet = Fleet.open(cfg, self.metrics)  # docs/scale-out.md
-        store = self._store or (self.fleet.store if self.fleet else open_store(cfg.state))
-        audit = AuditFile(
-            cfg.audit_log, fsync=cfg.durability == "fsync", rotate_bytes=cfg.audit_rotate_bytes
-        )
-        if audit.recovered_torn:
-            log.warning(
-                "dropped a torn (never acknowledged) record at the end of %s", cfg.audit_log
-            )
-        journal = Journal(
-            audit,
-            store,
-            on_audit_error=self.metrics.audit_write_errors.inc,
-            on_batch=lambda n, seconds: self.metrics.journal_batch.observe(seconds),
-        )
-        journal.replay()
-        snapshot = store.load()
-        keys = KeyRing(key, snapshot.retired_keys)
-        # Created once the key ring exists: tokens our own keys signed are never an identity.
-        auth = self._authenticator or create_authenticator(
-            cfg,
-            own_kids=lambda: [p.jwk["kid"] for p in keys.published(self.clock.now())],
-            clock=self.clock,
-        )
-        if isinstance(auth, ManagedAuthenticator):
-            await auth.start()  # loads trust bundles / issuer keys; starts their refresh
-        self._managed_auth = auth if isinstance(auth, ManagedAuthenticator) else None
-        self.engine = engine = Engine(
-            cfg,
-            policy=self.policy,
-            keys=keys,
-            store=store,
-            journal=journal,
-            metrics=self.metrics,
-            clock=self.clock,
-            cache=DecisionCache(cfg.decision_cache_size),
-        )
-        engine.restore(snapshot)
-        engine.on_policy_unavailable = self._policy_failed
-        if cfg.approval_webhook_url:
-            secret = None
-            if cfg.approval_webhook_secret_file is not None:
-                try:
-                    secret = cfg.approval_webhook_secret_file.read_bytes().strip()
-                except OSError as err:
-                    raise ConfigError(
-                        f"cannot read approval_webhook_secret_file: {err.strerror}"
-                    ) from err
-            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret, clock=self.clock)
-        self._checkpoints = Checkpointer(
-            audit,
-            lambda: engine.keys.current,
-            interval=cfg.audit_checkpoint_interval,
-            issuer=cfg.issuer,
-            clock=self.clock,
-        )
-        await self._checkpoints.start()  # refuses a log shorter than its last checkpoint
-        journal.start()
-        await engine.record_key_in_use(snapshot.current_key)
-        recovered = await engine.sweep()
-        if recovered:
-            log.warning(
-                "ended %d grants whose time passed while the sidecar was down",
-                recovered,
-                extra={"count": recovered},
-            )
-        if self.fleet is not None:
-            engine.fleet = self.fleet
-            keys.fleet_jwks = self.fleet.jwks  # other sidecars' public keys, in our JWKS too
-            self.readiness.extra["fleet"] = self.fleet.readiness
-            await self.fleet.start(
-                FleetHooks(
-                    owns=keys.owns,
-                    published=keys.published,
-                    covers=lambda rev: any(engine.fleet_targets(rev)),
-                    end=engine.apply_fleet_revocation,
-                )
-            )
-        await self._probe_policy()
-
-        self._grpc = grpc.aio.server(
-            options=grpc_options(cfg),
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs * 2,
-            interceptors=[self._admission],
-        )
-        access_pb2_grpc.add_AccessServiceServicer_to_server(
-            AccessService(engine, auth, self.guard), self._grpc
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (
-                access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._grpc,
-        )
-        self._bind(self._grpc, cfg.socket, cfg.socket_mode)
-
-        self._admin = grpc.aio.server(options=grpc_options(cfg), interceptors=[self._admission])
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(engine, self.guard, self.rotate_signing_key), self._admin
-        )
-        reflection.enable_server_reflection(
-            (
-                admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._admin,
-        )
-        self._bind(self._admin, cfg.admin_socket, 0o600)
-
-        await self._grpc.start()
-        await self._admin.start()
-        await self._start_http(engine, store)
+        """Start everything; on a failure, stop what started and raise."""
+        app = self.app
+        try:
+            # The HTTP port is taken first (a port in use is the likeliest failure) and
+            # served last: once /healthz answers, the sockets answer too.
+            self.http = open_http_listener(app, self._fd_limit)
+            await start_app(app)
+            self._grpc = await start_agent_listener(app)
+            self._admin = await start_admin_listener(app)
+            if self.http is not None:
+                await self.http.start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
         self._tasks = [
-            asyncio.create_task(engine.run_sweeper(self._stop), name="sweeper"),
-            asyncio.create_task(self._policy_probe_loop(), name="policy-probe"),
+            asyncio.create_task(app.engine.run_sweeper(self._stop), name="sweeper"),
+            asyncio.create_task(app.health.run(self._stop), name="policy-probe"),
         ]
+        cfg = app.config
         log.info(
             "jit-sidecar %s serving on %s (admin %s, http %s, identity %s)",
             __version__,
@@ -288,138 +614,12 @@ class Sidecar:
             cfg.identity,
         )
 
-    def _bind(self, server: grpc.aio.Server, path: Path, mode: int) -> None:
-        prepare_socket_path(path)
-        server.add_insecure_port(f"unix:{path.resolve()}")
-        os.chmod(path, mode)
-
-    async def _start_http(self, engine: Engine, store: Store) -> None:
-        hp = self.config.http_host_port
-        if hp is None:
-            return
-        credential = None
-        if self.config.http_token_file is not None:
-            try:
-                credential = self.config.http_token_file.read_text().strip()
-            except OSError as err:
-                raise ConfigError(
-                    f"cannot read http_token_file {self.config.http_token_file}: {err.strerror}"
-                ) from err
-            if len(credential) < 16:
-                raise ConfigError("http_token_file must hold at least 16 characters")
-        app = create_app(
-            engine, self.readiness, credential=credential, store_writable=store.check_writable
-        )
-        self._http = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._http.setup()
-        site = web.TCPSite(self._http, hp[0], hp[1], reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None)  # the bound port, when 0 was asked
-        if sockets:
-            self.http_port = sockets[0].getsockname()[1]
-
-    # ------------------------------------------------------------------ keys
-    async def rotate_signing_key(self, reload_from_file: bool) -> tuple[str, str, float]:
-        """Generate a new key into the key file (or reload the file, e.g. after a Secret
-        update) and make it current. On any failure the current key stays in use.
-
-        Returns (new kid, previous kid, when the previous key leaves the JWKS).
-        """
-        assert self.engine is not None
-        path = self.config.signing_key or DEV_KEY_PATH
-        try:
-            if reload_from_file:
-                key, _ = await asyncio.to_thread(
-                    load_or_create_key,
-                    path,
-                    self.config.signing_alg,
-                    create=False,
-                    ed25519_alg=self.config.ed25519_alg,
-                )
-            else:
-                key = SigningKey.from_private_key(
-                    generate_private_key(self.config.signing_alg),
-                    ed25519_alg=self.config.ed25519_alg,
-                )
-                await asyncio.to_thread(write_private_key, path, key.private_key)
-        except (ConfigError, OSError) as err:
-            self.metrics.key_rotation_errors.inc()
-            message = err.message if isinstance(err, ConfigError) else str(err)
-            log.error(
-                "signing key rotation failed; the current key stays in use: %s",
-                message,
-                extra={"kid": self.engine.keys.current.kid, "reason": "key_unavailable"},
-            )
-            raise FailedPrecondition(
-                f"key rotation failed, current key kept: {message}", Reason.SIGNING_UNAVAILABLE
-            ) from err
-        previous, retire_at = await self.engine.rotate_key(key)
-        return key.kid, previous, retire_at
-
-    async def _reload_key_on_sighup(self) -> None:
-        with contextlib.suppress(FailedPrecondition):
-            await self.rotate_signing_key(reload_from_file=True)
-
-    # ------------------------------------------------------------------ probes
-    async def _probe_policy(self) -> None:
-        ok = await self.policy.healthy()
-        detail = "ok" if ok else f"OPA at {self.config.opa_url} is unreachable"
-        await self._set_policy_health(ok, detail)
-        if ok and self.engine is not None:
-            revision = await self.policy.revision()
-            if revision and self.engine.cache.set_revision(revision):
-                log.info("policy revision %s; decision cache cleared", revision[:12])
-
-    async def _set_policy_health(self, ok: bool, detail: str) -> None:
-        changed = ok != self.readiness.policy_ok
-        self.readiness.policy_ok = ok
-        self.readiness.policy_detail = detail
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self.health.set("", status)
-        await self.health.set("jit.v1.AccessService", status)
-        if changed:
-            (log.info if ok else log.error)("policy engine %s", "reachable" if ok else detail)
-
-    def _policy_failed(self, err: PolicyError) -> None:
-        """Called by the engine when a decision failed for lack of OPA."""
-        asyncio.get_running_loop().create_task(self._set_policy_health(False, err.message))
-
-    async def _policy_probe_loop(self) -> None:
-        last_revision_check = 0.0
-        loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), POLICY_PROBE_INTERVAL)
-            if self._stop.is_set():
-                return
-            try:
-                ok = await self.policy.healthy()
-                if ok != self.readiness.policy_ok:
-                    await self._set_policy_health(
-                        ok, "ok" if ok else f"OPA at {self.config.opa_url} is unreachable"
-                    )
-                if (
-                    ok
-                    and self.engine
-                    and loop.time() - last_revision_check >= (REVISION_CHECK_INTERVAL)
-                ):
-                    last_revision_check = loop.time()
-                    revision = await self.policy.revision()
-                    if revision and self.engine.cache.set_revision(revision):
-                        log.info("policy revision changed; decision cache cleared")
-            except Exception:
-                log.exception("policy probe failed")
-
-    # ------------------------------------------------------------------ stop
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish (up to `grace`), flush, clean up."""
-        grace = self.config.shutdown_grace if grace is None else grace
-        self.guard.draining = True
-        await self.health.enter_graceful_shutdown()
+        app = self.app
+        grace = app.config.shutdown_grace if grace is None else grace
+        app.guard.draining = True
+        await app.health.servicer.enter_graceful_shutdown()
         servers = [s for s in (self._grpc, self._admin) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
         self._stop.set()
@@ -428,29 +628,34 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._http is not None:
-            await self._http.cleanup()
-        if self.fleet is not None:
-            await self.fleet.stop()
-        if self.engine is not None:
-            await asyncio.to_thread(self.engine.journal.close)
-            if self._checkpoints is not None:
-                await self._checkpoints.stop()  # after the journal's last batch: covers it all
-            self.engine.store.close()
-        await self.policy.aclose()
-        if self.engine is not None and self.engine.notifier is not None:
-            await self.engine.notifier.aclose()
-        if self._managed_auth is not None:
-            await self._managed_auth.close()
-        for path in (self.config.socket, self.config.admin_socket):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if self.http is not None:
+            await self.http.close()
+        if app.fleet is not None:
+            await app.fleet.stop()
+        await asyncio.to_thread(app.journal.close)
+        await app.checkpoints.stop()  # after the journal's last batch: covers it all
+        app.store.close()
+        await app.policy.aclose()
+        if app.engine.notifier is not None:
+            await app.engine.notifier.aclose()
+        if isinstance(app.authenticator, ManagedAuthenticator):
+            await app.authenticator.close()
+        # Only the sockets this process bound: a start refused because another sidecar
+        # serves on a path must leave that sidecar's socket alone.
+        for path, server in (
+            (app.config.socket, self._grpc),
+            (app.config.admin_socket, self._admin),
+        ):
+            if server is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         log.info("jit-sidecar stopped")
 
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    sidecar = Sidecar(config)
+    fd_limit = raise_fd_limit()
+    sidecar = Sidecar(build_app(config), fd_limit=fd_limit)
     await sidecar.start()
     # Start-up objects (modules, servers, config) live as long as the process: keep them
     # out of every later full collection, which pauses the event loop (halves the pause
@@ -464,7 +669,7 @@ async def serve(config: Config) -> None:
     reloads: set[asyncio.Task[None]] = set()
 
     def on_sighup() -> None:
-        task = loop.create_task(sidecar._reload_key_on_sighup())
+        task = loop.create_task(sidecar.app.key_file.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -131,8 +132,10 @@ class SidecarProcess:
         identity: str = "dev",
         http_port: int | None = None,
         shared: str | None = None,
+        http_credential: bool = True,
     ) -> None:
         self.workdir = workdir
+        self.http_credential = http_credential
         self.shared = shared
         """A redis:// URL: state shared with a fleet (the local SQLite is still `state`)."""
         workdir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +144,9 @@ class SidecarProcess:
         self.state = workdir / "state.db"
         self.audit = workdir / "audit.jsonl"
         self.key = workdir / "signing-key.pem"
+        self.http_token = workdir / "http-token"
+        """The bearer credential /introspect and /revoke require (`http_auth`), unless the
+        test passes its own --http-token-file or --http-allow-anonymous-loopback."""
         self.http_port = http_port or free_port()
         self.opa_url = opa_url
         self.identity = identity
@@ -152,6 +158,11 @@ class SidecarProcess:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http_auth(self) -> dict[str, str]:
+        """Headers for /introspect and /revoke."""
+        return {"Authorization": "Bearer " + self.http_token.read_text().strip()}
 
     def args(self) -> list[str]:
         args = [
@@ -183,6 +194,11 @@ class SidecarProcess:
         ]
         if "--signing-key" not in self.extra:
             args += ["--signing-key", str(self.key)]
+        if self.http_credential and not {
+            "--http-token-file",
+            "--http-allow-anonymous-loopback",
+        } & set(self.extra):
+            args += ["--http-token-file", str(self.http_token)]
         return args + self.extra
 
     def start(self, wait: bool = True) -> SidecarProcess:
@@ -190,8 +206,10 @@ class SidecarProcess:
             from sidecar.tokens import generate_private_key, write_private_key
 
             write_private_key(self.key, generate_private_key("EdDSA"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
-        env.update(self.env)
+        if not self.http_token.exists():
+            self.http_token.write_text(secrets.token_urlsafe(32) + "\n")
+            self.http_token.chmod(0o600)
+        env = clean_env() | self.env
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args(), cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=log
@@ -272,6 +290,39 @@ class SidecarProcess:
             return [dict(r) for r in conn.execute("SELECT * FROM grants")]
         finally:
             conn.close()
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without JIT_SIDECAR_* settings (a test states its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
+
+
+def run_captured(
+    argv: Sequence[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion with a clean environment; text stdout and stderr."""
+    return subprocess.run(
+        list(argv),
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def task_holders(task_id: str) -> list[int]:
+    """Processes running `jit-sidecar task hold TASK_ID` (started by `task begin --hold`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"hold" in argv and task_id.encode() in argv:
+                found.append(int(entry.name))
+    return found
 
 
 @contextlib.contextmanager

@@ -445,6 +445,7 @@ def test_introspection_http_and_grpc(target: Target, live_token: str, data: st.D
     kind = data.draw(st.sampled_from(["form", "form", "raw", "json", "revoke"]))
     target.ledger.tried[f"http:{kind}"] += 1
     http = target.process.http
+    auth = target.process.http_auth
     if kind == "raw":
         body = data.draw(st.one_of(st.binary(max_size=300), st.just(b"a" * 40_000)))
         ctype = data.draw(
@@ -453,7 +454,7 @@ def test_introspection_http_and_grpc(target: Target, live_token: str, data: st.D
             )
         )
         r = requests.post(
-            http + "/introspect", data=body, headers={"Content-Type": ctype}, timeout=10
+            http + "/introspect", data=body, headers={"Content-Type": ctype} | auth, timeout=10
         )
         assert r.status_code in (200, 400, 413), r.status_code
         if r.status_code == 200:
@@ -461,18 +462,18 @@ def test_introspection_http_and_grpc(target: Target, live_token: str, data: st.D
         target.ledger.answers[f"http:{r.status_code}"] += 1
         return
     if kind == "json":
-        r = requests.post(http + "/introspect", json={"token": token}, timeout=10)
+        r = requests.post(http + "/introspect", json={"token": token}, headers=auth, timeout=10)
         assert r.status_code == 400
         target.ledger.answers["http:400"] += 1
         return
     if kind == "revoke":
         if token == live_token:
             return
-        r = requests.post(http + "/revoke", data={"token": token}, timeout=10)
+        r = requests.post(http + "/revoke", data={"token": token}, headers=auth, timeout=10)
         assert r.status_code in (200, 413), r.status_code  # 413: over the 32 KiB form limit
         target.ledger.answers[f"http:revoke-{r.status_code}"] += 1
         return
-    r = requests.post(http + "/introspect", data={"token": token}, timeout=10)
+    r = requests.post(http + "/introspect", data={"token": token}, headers=auth, timeout=10)
     assert r.status_code in (200, 413), r.status_code
     target.ledger.answers[f"http:{r.status_code}"] += 1
     request = pb.IntrospectTokenRequest(token=token)

@@ -195,13 +195,16 @@ def test_revoke_endpoint_with_the_audit_log_down_answers_503(
         grant = c.request_grant(task.task_id, "docs.read", "docs://x")
         form = {"token": grant.token}
         with immutable(sidecar.audit):
-            answer = requests.post(sidecar.http + "/revoke", data=form, timeout=10)
-            during = requests.post(sidecar.http + "/introspect", data=form, timeout=10).json()
+            auth = sidecar.http_auth
+            answer = requests.post(sidecar.http + "/revoke", data=form, headers=auth, timeout=10)
+            during = requests.post(
+                sidecar.http + "/introspect", data=form, headers=auth, timeout=10
+            ).json()
         wait_for(
             lambda: any(r["grant_id"] == grant.grant_id for r in sidecar.events("grant_revoked")),
             timeout=15,
         )
-        again = requests.post(sidecar.http + "/revoke", data=form, timeout=10)
+        again = requests.post(sidecar.http + "/revoke", data=form, headers=auth, timeout=10)
     assert answer.status_code == 503
     assert answer.json()["error"] == "temporarily_unavailable"
     assert during == {"active": False}

@@ -80,7 +80,9 @@ def new_prefix() -> str:
 
 
 def active(sidecar: SidecarProcess, token: str) -> bool:
-    r = requests.post(sidecar.http + "/introspect", data={"token": token}, timeout=5)
+    r = requests.post(
+        sidecar.http + "/introspect", data={"token": token}, headers=sidecar.http_auth, timeout=5
+    )
     assert r.status_code == 200
     return bool(r.json()["active"])
 
@@ -162,7 +164,9 @@ def test_operator_revokes_by_task_and_grant_from_another_sidecar(
         by_grant = cli("revoke", lone.grant_id, *admin, "--reason", "leaked")
         by_task = cli("revoke", "--task", task.task_id, *admin, "--reason", "runaway")
         unknown_task = cli("revoke", "--task", "t-nobody-has-this", *admin)
-        rfc7009 = requests.post(b.http + "/revoke", data={"token": posted.token}, timeout=5)
+        rfc7009 = requests.post(
+            b.http + "/revoke", data={"token": posted.token}, headers=b.http_auth, timeout=5
+        )
         everything = (lone, g1, g2, posted)
         inactive = settled(
             {g.grant_id: [False, False] for g in everything},

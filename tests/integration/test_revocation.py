@@ -27,7 +27,9 @@ FAST = ("--heartbeat-interval", "1", "--sweep-interval", "0.2")
 
 
 def introspect_http(sidecar: SidecarProcess, token: str) -> dict[str, Any]:
-    r = requests.post(sidecar.http + "/introspect", data={"token": token}, timeout=5)
+    r = requests.post(
+        sidecar.http + "/introspect", data={"token": token}, headers=sidecar.http_auth, timeout=5
+    )
     assert r.status_code == 200
     body: dict[str, Any] = r.json()
     return body
@@ -175,7 +177,9 @@ def test_introspection_rfc7662(sidecar: SidecarProcess, tmp_path: Path) -> None:
     assert rpc_revoked.revocation_reason == "revoked_by_agent"
     for junk in (forged, forged_with_our_kid, "garbage", "a.b.c", "", "x" * 20000):
         assert introspect_http(sidecar, junk) == {"active": False}
-    missing = requests.post(sidecar.http + "/introspect", data={}, timeout=5)
+    missing = requests.post(
+        sidecar.http + "/introspect", data={}, headers=sidecar.http_auth, timeout=5
+    )
     assert missing.status_code == 400
 
 
@@ -184,8 +188,11 @@ def test_rfc7009_revoke_endpoint(sidecar: SidecarProcess) -> None:
     with sidecar.client() as c:
         task = c.begin_task("x")
         grant = c.request_grant(task.task_id, "docs.read", "docs://a")
-    r1 = requests.post(sidecar.http + "/revoke", data={"token": grant.token}, timeout=5)
-    r2 = requests.post(sidecar.http + "/revoke", data={"token": "garbage"}, timeout=5)
+    auth = sidecar.http_auth
+    r1 = requests.post(
+        sidecar.http + "/revoke", data={"token": grant.token}, headers=auth, timeout=5
+    )
+    r2 = requests.post(sidecar.http + "/revoke", data={"token": "garbage"}, headers=auth, timeout=5)
     assert r1.status_code == 200
     assert r2.status_code == 200
     assert introspect_http(sidecar, grant.token) == {"active": False}

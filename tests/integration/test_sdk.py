@@ -52,7 +52,9 @@ def fast_sidecar(tmp_path: Path, opa: OpaServer) -> Iterator[SidecarProcess]:
 
 
 def _introspect_http(sidecar: SidecarProcess, token: str) -> dict[str, object]:
-    response = requests.post(sidecar.http + "/introspect", data={"token": token}, timeout=5)
+    response = requests.post(
+        sidecar.http + "/introspect", data={"token": token}, headers=sidecar.http_auth, timeout=5
+    )
     response.raise_for_status()
     body: dict[str, object] = response.json()
     return body

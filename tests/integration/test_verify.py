@@ -80,6 +80,7 @@ def key(issuer: SidecarProcess) -> ed25519.Ed25519PrivateKey:
 def verifier(issuer: SidecarProcess) -> Callable[..., TokenVerifier]:
     def make(audience: str = "docs", **kwargs: Any) -> TokenVerifier:
         kwargs.setdefault("issuer", ISSUER)
+        kwargs.setdefault("introspection_credential", issuer.http_token.read_text().strip())
         return TokenVerifier(issuer.http + "/.well-known/jwks.json", audience=audience, **kwargs)
 
     return make
