@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from .audit import AuditFile, AuditWriteError, log_files, records_after
 from .errors import Reason, Unavailable
+from .events import Event, from_record
 
 log = logging.getLogger("jit_sidecar.journal")
 MAX_BATCH = 512
@@ -35,8 +36,10 @@ class StateWriter(Protocol):
     def applied_seq(self) -> int: ...
 
     def apply(
-        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
-    ) -> None: ...
+        self, events: Sequence[Event], touches: Sequence[tuple[str, float]], seq: int
+    ) -> None:
+        """Apply `events`, the audit records ending at sequence number `seq` (consecutive:
+        the i-th of n events is record `seq - n + 1 + i`), and `touches`, in one transaction."""
 
 
 class CommitError(Unavailable):
@@ -50,7 +53,7 @@ class CommitError(Unavailable):
 
 @dataclass(slots=True)
 class _Entry:
-    events: list[dict[str, Any]]
+    events: Sequence[Event]
     touches: list[tuple[str, float]]
     future: asyncio.Future[None] | None
     loop: asyncio.AbstractEventLoop | None
@@ -77,7 +80,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._on_audit_error = on_audit_error
         self._on_batch = on_batch
-        self._backlog: list[dict[str, Any]] = []
+        self._backlog: list[Event] = []
         """Audited events the store failed to apply; retried before the next batch."""
         self.store_healthy = True
         self.audit_healthy = True
@@ -113,7 +116,7 @@ class Journal:
                 missing[0]["seq"],
                 missing[-1]["seq"],
             )
-            self._store.apply(missing, (), missing[-1]["seq"])
+            self._store.apply([from_record(r) for r in missing], (), missing[-1]["seq"])
         return missing
 
     def start(self) -> None:
@@ -122,9 +125,10 @@ class Journal:
 
     # ------------------------------------------------------------------ API
     async def commit(
-        self, events: list[dict[str, Any]], touches: Sequence[tuple[str, float]] = ()
+        self, events: Sequence[Event], touches: Sequence[tuple[str, float]] = ()
     ) -> None:
-        """Make `events` durable in the audit log and apply them to the store.
+        """Make `events` durable in the audit log (as `event.record()`) and apply them to
+        the store.
 
         Entries are written in the order `commit` is called, so callers that change
         in-memory state synchronously before awaiting get the same order on disk.
@@ -172,7 +176,7 @@ class Journal:
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
         try:
-            self._audit.write(events)
+            self._audit.write([e.record() for e in events])
             self.audit_healthy = True
         except AuditWriteError as err:
             self.audit_healthy = False

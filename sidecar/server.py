@@ -31,7 +31,7 @@ from .audit import AuditFile
 from .cache import DecisionCache
 from .clock import Clock, SystemClock
 from .config import Config
-from .engine import Engine
+from .engine import Engine, EngineMetrics, engine_settings
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet
 from .http import Readiness, create_app
@@ -183,18 +183,7 @@ class Sidecar:
         if isinstance(auth, ManagedAuthenticator):
             await auth.start()  # loads trust bundles / issuer keys; starts their refresh
         self._managed_auth = auth if isinstance(auth, ManagedAuthenticator) else None
-        self.engine = engine = Engine(
-            cfg,
-            policy=self.policy,
-            keys=keys,
-            store=store,
-            journal=journal,
-            metrics=self.metrics,
-            clock=self.clock,
-            cache=DecisionCache(cfg.decision_cache_size),
-        )
-        engine.restore(snapshot)
-        engine.on_policy_unavailable = self._policy_failed
+        notifier = None
         if cfg.approval_webhook_url:
             secret = None
             if cfg.approval_webhook_secret_file is not None:
@@ -204,7 +193,21 @@ class Sidecar:
                     raise ConfigError(
                         f"cannot read approval_webhook_secret_file: {err.strerror}"
                     ) from err
-            engine.notifier = WebhookNotifier(cfg.approval_webhook_url, secret)
+            notifier = WebhookNotifier(cfg.approval_webhook_url, secret)
+        self.engine = engine = Engine(
+            engine_settings(cfg),
+            policy=self.policy,
+            keys=keys,
+            store=store,
+            journal=journal,
+            metrics=EngineMetrics(self.metrics),
+            clock=self.clock,
+            cache=DecisionCache(cfg.decision_cache_size),
+            notifier=notifier,
+            fleet=self.fleet,
+            on_policy_unavailable=self._policy_failed,
+        )
+        engine.restore(snapshot)
         journal.start()
         await engine.record_key_in_use(snapshot.current_key)
         recovered = await engine.sweep()
@@ -215,7 +218,6 @@ class Sidecar:
                 extra={"count": recovered},
             )
         if self.fleet is not None:
-            engine.fleet = self.fleet
             await self.fleet.start(engine, self.readiness.extra)
         await self._probe_policy()
 
