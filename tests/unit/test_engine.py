@@ -19,7 +19,6 @@ from sidecar.engine import Engine, EngineMetrics, engine_settings
 from sidecar.errors import (
     FailedPrecondition,
     NotFound,
-    PermissionDenied,
     Reason,
     ResourceExhausted,
     SidecarError,
