@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,22 @@ class Recorder:
             await self.journal.commit([event])
         except CommitError:
             log.error("could not audit a rejected %s", rpc, extra={"reason": err.reason.value})
+
+
+async def commit_or_undo(journal: Journal, event: Event, undo: Callable[[], None]) -> None:
+    """Commit `event`, shielded from the caller's cancellation (see `to_completion`); when
+    the audit log refused it, `undo` what memory already holds: memory never keeps what the
+    log does not."""
+    await to_completion(_commit_or_undo(journal, event, undo))
+
+
+async def _commit_or_undo(journal: Journal, event: Event, undo: Callable[[], None]) -> None:
+    try:
+        await journal.commit([event])
+    except CommitError as err:
+        if not err.durable:
+            undo()
+        raise
 
 
 async def to_completion(work: Coroutine[Any, Any, None]) -> None:

@@ -63,7 +63,7 @@ from ..validation import (
     preview,
 )
 from . import fleet as fleet_orders
-from .commits import Ended, Recorder, to_completion
+from .commits import Ended, Recorder, commit_or_undo
 from .desk import ApprovalDesk
 from .due import DueQueue
 from .introspection import Introspection, introspect
@@ -236,17 +236,10 @@ class Engine:
             pop_jkt=pop_jkt or None,
             identity_method=identity.method,
         )
-        await to_completion(self._commit_task_begun(task, event))
+        # nothing recorded: the task must not exist
+        await commit_or_undo(self.journal, event, lambda: self.live.drop_task(task))
         log.info("task begun", extra={"task_id": task_id})
         return task
-
-    async def _commit_task_begun(self, task: Task, event: TaskBegun) -> None:
-        try:
-            await self.journal.commit([event])
-        except CommitError as err:
-            if not err.durable:
-                self.live.drop_task(task)  # nothing recorded: the task must not exist
-            raise
 
     async def heartbeat(self, identity: Identity, task_id: str) -> Task:
         try:

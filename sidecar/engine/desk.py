@@ -20,7 +20,7 @@ from ..journal import CommitError, Journal
 from ..model import Identity, Intent, PolicyDecision, Task
 from ..store import Store
 from ..tokens import new_grant_id
-from .commits import to_completion
+from .commits import commit_or_undo
 from .due import Due, DueQueue
 from .settings import EngineMetrics
 
@@ -171,7 +171,10 @@ class ApprovalDesk:
             ttl_seconds=requested_ttl,
             expires_at=rfc3339(approval.expires_at),
         )
-        await to_completion(self._commit_parked(approval, event))
+        # never recorded: the approval must not stay open
+        await commit_or_undo(
+            self.journal, event, lambda: self.close(approval, ApprovalState.EXPIRED)
+        )
         self.metrics.pending(decision.tier)
         log.info(
             "approval requested",
@@ -180,14 +183,6 @@ class ApprovalDesk:
         if self.notifier is not None:
             self.notifier.notify(approval)
         return approval
-
-    async def _commit_parked(self, approval: Approval, event: GrantPending) -> None:
-        try:
-            await self.journal.commit([event])
-        except CommitError as err:
-            if not err.durable:
-                self.close(approval, ApprovalState.EXPIRED)  # never recorded
-            raise
 
     # ------------------------------------------------------------------ decide
     async def decidable(self, approval_id: str) -> Approval:
