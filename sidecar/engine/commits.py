@@ -11,7 +11,14 @@ from typing import Any
 
 from ..clock import Clock, rfc3339
 from ..errors import PolicyError, SidecarError
-from ..events import Event, GrantEnded, GrantExpired, RequestRejected, TaskCompleted
+from ..events import (
+    Event,
+    GrantEnded,
+    GrantExpired,
+    PolicyFailed,
+    RequestRejected,
+    TaskCompleted,
+)
 from ..journal import CommitError, Journal
 from ..model import Identity, Intent
 from ..validation import preview
@@ -99,6 +106,29 @@ class Recorder:
         task = asyncio.get_running_loop().create_task(retry())
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
+
+    async def policy_failure(
+        self, err: PolicyError, identity: Identity, intent: Intent, task_id: str, now: float
+    ) -> None:
+        """Count, log and audit a policy that gave no usable decision. Never raises."""
+        self.metrics.policy_error(err.reason.value, err.cause)
+        log.error(
+            "policy error: %s",
+            err.message,
+            extra={"reason": err.reason.value, "task_id": task_id, "cause": err.cause},
+        )
+        event = PolicyFailed(
+            time=rfc3339(now),
+            task_id=task_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            reason=err.reason.value,
+            cause=err.cause,
+        )
+        try:
+            await self.journal.commit([event])
+        except CommitError:
+            log.error("policy_error record could not be written")
 
     async def rejection(
         self,

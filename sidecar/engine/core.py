@@ -8,21 +8,19 @@ token.
 
 The engine keeps live state (`live.py`) and changes it synchronously before each journal
 commit. It does no I/O of its own: the policy, journal, store and key ring are adapters
-handed to it. Approvals (`desk.py`), the sweeper (`sweeper.py`), key rotation (`keys.py`),
-introspection (`introspection.py`) and the fleet (`fleet.py`) each have a module.
+handed to it. Finding the caller's task (`tasks.py`), approvals (`desk.py`), the sweeper
+(`sweeper.py`), revocation on request (`revoking.py`), key rotation (`keys.py`), introspection
+(`introspection.py`) and the fleet (`fleet.py`) each have a module (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
 from ..cache import DecisionCache
@@ -37,7 +35,7 @@ from ..errors import (
     ResourceExhausted,
     SidecarError,
 )
-from ..events import GrantDenied, GrantIssued, GrantRevoked, PolicyFailed, TaskBegun
+from ..events import GrantDenied, GrantIssued, GrantRevoked, TaskBegun
 from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
@@ -69,25 +67,13 @@ from .due import DueQueue
 from .introspection import Introspection, introspect
 from .keys import KeyRotation
 from .live import LiveState
+from .outcome import GrantOutcome, pending, reason_code, settled
 from .revoking import Revoking
 from .settings import EngineMetrics, EngineSettings
 from .sweeper import Sweeper
+from .tasks import TaskLookup, check_task_ref, owned_task_id
 
 log = logging.getLogger("jit_sidecar.engine")
-
-
-@dataclass(frozen=True, slots=True)
-class GrantOutcome:
-    """The answer to one RequestGrant."""
-
-    decision: str
-    """granted, denied or pending_approval."""
-    grant: Grant | None = None
-    token: str = field(default="", repr=False)
-    """The bearer token: never printed (repr) or logged."""
-    reasons: tuple[str, ...] = ()
-    decision_id: str = ""
-    approval_id: str = ""
 
 
 class Engine:
@@ -148,6 +134,7 @@ class Engine:
             interval=settings.sweep_interval,
         )
         self._keys = KeyRotation(keys, self.live, journal, clock)
+        self._tasks = TaskLookup(self.live, store)
         self._revoking = Revoking(
             self.live,
             store=store,
@@ -243,7 +230,7 @@ class Engine:
 
     async def heartbeat(self, identity: Identity, task_id: str) -> Task:
         try:
-            task = await self._active_task(identity, task_id)
+            task = await self._tasks.active(identity, task_id)
         except SidecarError as err:
             await self.record.rejection("Heartbeat", identity, err, task_id=task_id)
             raise
@@ -259,7 +246,7 @@ class Engine:
     ) -> tuple[Task, int]:
         triggered = self.clock.now()
         try:
-            task = await self._active_task(identity, task_id)
+            task = await self._tasks.active(identity, task_id)
         except SidecarError as err:
             await self.record.rejection("CompleteTask", identity, err, task_id=task_id)
             raise
@@ -275,41 +262,6 @@ class Engine:
         await self.record.revocations(ended)
         return task, count
 
-    async def _own_task(self, identity: Identity, task_id: str) -> Task | None:
-        """The caller's task named `task_id` (live or stored, in any state), or None. Another
-        identity's task is None too: unknown and foreign ids get the same answer, so a task
-        id is no oracle (docs/security.md)."""
-        check_task_ref(task_id)
-        names = [task_id] if "@" in task_id else [task_id, owned_task_id(identity.subject, task_id)]
-        for name in names:
-            task = self.live.tasks.get(name)
-            if task is not None and task.subject == identity.subject:
-                return task
-        for name in names:
-            stored = await self.store.get_task(name)
-            if stored is not None and stored.subject == identity.subject:
-                return self.live.tasks.get(stored.task_id) or stored
-        return None
-
-    async def _active_task(self, identity: Identity, task_id: str) -> Task:
-        """The caller's active task, or the precise error saying why not."""
-        task = await self._own_task(identity, task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
-        if task.active and task.task_id not in self.live.tasks:
-            # Live state holds every active task this sidecar serves: an active task in
-            # the store is another sidecar's (fleet) or is ending right now.
-            raise FailedPrecondition(
-                f"task {task_id} is not served by this sidecar", Reason.TASK_INACTIVE
-            )
-        if not task.active:
-            raise self._ended(task)
-        return task
-
-    def _ended(self, task: Task) -> FailedPrecondition:
-        why = task.why_ended(self.settings.heartbeat_misses)
-        return FailedPrecondition(f"task {task.task_id} has ended ({why})", Reason.TASK_INACTIVE)
-
     async def _end_overdue(self, task: Task) -> None:
         """A request found its task past its deadline: end it now (the deadline is the
         clock's, not the sweeper's timing) and say so."""
@@ -318,7 +270,7 @@ class Engine:
             raise FailedPrecondition(
                 f"task {task.task_id} passed its deadline", Reason.TASK_INACTIVE
             )
-        raise self._ended(task)
+        raise self._tasks.ended(task)
 
     # ================================================================== grants
     async def request_grant(
@@ -342,7 +294,7 @@ class Engine:
     ) -> GrantOutcome:
         check_intent(intent.action, intent.resource, intent.justification, intent.context)
         check_ttl(ttl_seconds, self.settings.max_requested_ttl)
-        task = await self._active_task(identity, task_id)
+        task = await self._tasks.active(identity, task_id)
         now = self.clock.now()
         if now >= task.deadline:
             await self._end_overdue(task)
@@ -361,7 +313,7 @@ class Engine:
             )
         if decision.approval_required:
             approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
-            return _pending(approval)
+            return pending(approval)
         return await self._issue(identity, task, intent, ttl_seconds, decision)
 
     async def _decide(
@@ -378,7 +330,9 @@ class Engine:
         try:
             decision = await self.policy.decide(policy_input)
         except PolicyError as err:
-            await self._policy_failed(err, identity, intent, task, now)
+            if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
+                self.on_policy_unavailable(err)
+            await self.record.policy_failure(err, identity, intent, task.task_id, now)
             raise
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
@@ -386,30 +340,6 @@ class Engine:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
         return decision
-
-    async def _policy_failed(
-        self, err: PolicyError, identity: Identity, intent: Intent, task: Task, now: float
-    ) -> None:
-        self.metrics.policy_error(err.reason.value, err.cause)
-        if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
-            self.on_policy_unavailable(err)
-        log.error(
-            "policy error: %s",
-            err.message,
-            extra={"reason": err.reason.value, "task_id": task.task_id, "cause": err.cause},
-        )
-        event = PolicyFailed(
-            time=rfc3339(now),
-            task_id=task.task_id,
-            subject=identity.subject,
-            intent=intent.as_input(),
-            reason=err.reason.value,
-            cause=err.cause,
-        )
-        try:
-            await self.journal.commit([event])
-        except CommitError:
-            log.error("policy_error record could not be written")
 
     def _check_grant_room(self, task: Task) -> None:
         """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
@@ -449,7 +379,7 @@ class Engine:
     ) -> GrantOutcome:
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
-            raise self._ended(task)
+            raise self._tasks.ended(task)
         self._check_grant_room(task)
         if self.fleet is not None:
             self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
@@ -599,7 +529,7 @@ class Engine:
         if parked is not None and parked.expires_at > now:
             if parked.state is ApprovalState.APPROVED:
                 return await self._use_approval(identity, parked)
-            return _pending(parked)
+            return pending(parked)
         mismatch = self.approvals.approved_for_other_intent(task_id, intent, digest)
         if mismatch is None:
             return None
@@ -641,25 +571,25 @@ class Engine:
             stored = await self.store.get_approval(approval_id)
             if stored is None or stored.subject != identity.subject:
                 raise NotFound(f"no approval {approval_id}", Reason.APPROVAL_NOT_FOUND)
-            return _settled(stored)
+            return settled(stored)
         if approval.state is ApprovalState.PENDING and wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(approval.settled.wait(), wait)
         if approval.expires_at <= self.clock.now() and approval.open:
             await self.sweep()  # expiry is the clock's, not the sweeper's timing
-            return _settled(approval)
+            return settled(approval)
         if approval.state is ApprovalState.APPROVED:
             return await self._use_approval(identity, approval)
         if approval.state is ApprovalState.PENDING:
-            return _pending(approval)
-        return _settled(approval)
+            return pending(approval)
+        return settled(approval)
 
     async def _use_approval(self, identity: Identity, approval: Approval) -> GrantOutcome:
         task = self.live.tasks.get(approval.task_id)
         if task is None:
             stored = await self.store.get_task(approval.task_id)
             if stored is not None and not stored.active:
-                raise self._ended(stored)
+                raise self._tasks.ended(stored)
             raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
         self._check_grant_room(task)  # before the approval is used up
         if self.fleet is not None:
@@ -709,7 +639,7 @@ class Engine:
     async def list_grants(
         self, identity: Identity, task_id: str, include_inactive: bool
     ) -> list[Grant]:
-        task = await self._own_task(identity, task_id)
+        task = await self._tasks.own(identity, task_id)
         if task is None:
             raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
         now = self.clock.now()
@@ -771,52 +701,3 @@ class Engine:
     async def record_key_in_use(self, stored: Mapping[str, str] | None) -> None:
         """At start-up: record the signing key, and a rotation made while it was down."""
         await self._keys.record_in_use(stored)
-
-
-def reason_code(reasons: Sequence[str]) -> str:
-    """The machine-readable code of the first `"<code>: <sentence>"` reason."""
-    if not reasons:
-        return "no_reason"
-    code = reasons[0].partition(":")[0].strip()
-    return code if code.replace("_", "").isalnum() and len(code) <= 64 else "unstructured"
-
-
-def owned_task_id(subject: str, chosen: str) -> str:
-    """The id of the task a caller named `chosen`: `<chosen>@<tag>`, where the tag (16
-    base32 characters of SHA-256 of the subject) puts it in the caller's own namespace."""
-    digest = hashlib.sha256(subject.encode()).digest()[:10]
-    return f"{chosen}@{base64.b32encode(digest).decode('ascii').lower()}"
-
-
-def check_task_ref(task_id: str) -> None:
-    """A task id as an RPC names it: a generated or chosen id, optionally `@<tag>`."""
-    name, at, tag = task_id.partition("@")
-    check_task_id(name)
-    if at and not (len(tag) == 16 and tag.isalnum() and tag.islower()):
-        raise InvalidArgument(
-            "task_id must be 1-128 of A-Z a-z 0-9 . _ : - (starting with a letter or digit), "
-            "optionally followed by the @tag BeginTask returned",
-            Reason.INVALID_TASK,
-        )
-
-
-def _pending(approval: Approval) -> GrantOutcome:
-    return GrantOutcome(
-        "pending_approval",
-        reasons=approval.decision.reasons,
-        decision_id=approval.decision.decision_id,
-        approval_id=approval.approval_id,
-    )
-
-
-def _settled(approval: Approval) -> GrantOutcome:
-    if approval.state is ApprovalState.USED:
-        raise FailedPrecondition(
-            f"approval {approval.approval_id} was already used", Reason.APPROVAL_INACTIVE
-        )
-    if approval.state is ApprovalState.DENIED:
-        why = approval.decision_reason or "no reason given"
-        reasons: tuple[str, ...] = (f"approval_denied: {approval.decided_by}: {why}",)
-    else:
-        reasons = ("approval_expired: nobody approved the request in time",)
-    return GrantOutcome("denied", reasons=reasons, approval_id=approval.approval_id)
