@@ -22,7 +22,7 @@ from sidecar.cache import DecisionCache
 from sidecar.clock import rfc3339
 from sidecar.config import load
 from sidecar.engine import Engine, EngineMetrics, engine_settings
-from sidecar.events import Event, GrantIssued, TaskBegun
+from sidecar.events import Event, GrantIssued, Recorded, TaskBegun
 from sidecar.journal import Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Grant, Identity, Intent, Task, Tier
@@ -120,8 +120,10 @@ class SyncProbe:
         self.pending = [grant_event(time.time(), "t-bench", new_grant_id(), "bench-kid")]
 
     def _write(self) -> None:
-        self.audit.write([e.record() for e in self.pending])
-        self.store.apply(self.pending, (), self.audit.seq)
+        records = [e.record() for e in self.pending]
+        self.audit.write(records)
+        audited = [Recorded(r["seq"], e) for r, e in zip(records, self.pending, strict=True)]
+        self.store.apply(audited, (), self.audit.seq)
 
     def samples(self, n: int) -> list[float]:
         return timed(self._write, n, self._prepare)
@@ -271,7 +273,7 @@ async def _sweep_cost_inner(
         task.grant_ids.append(grant.grant_id)
         event = grant_event(t0, task.task_id, grant.grant_id, key.kid)
         events.append(dataclasses.replace(event, expires_at=rfc3339(expires)))
-    store.apply(events, (), 0)
+    store.apply([Recorded(0, e) for e in events], (), 0)
     del events
     engine = Engine(
         engine_settings(config),

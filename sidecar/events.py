@@ -232,10 +232,18 @@ class RevocationOrdered(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unrecognised(Event):
-    """A record of a kind this version does not know (written by a newer one): replayed
-    as nothing, kept so a batch still lines up with its sequence numbers."""
+    """A record of a kind this version does not know, or that is not the engine's (the
+    audit log's own records): replayed as nothing."""
 
     kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An event as the audit log holds it: with its sequence number (`seq`)."""
+
+    seq: int
+    event: Event
 
 
 KINDS: Mapping[str, type[Event]] = {

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from .audit import AuditFile, AuditWriteError, log_files, records_after
 from .errors import Reason, Unavailable
-from .events import Event, from_record
+from .events import Event, Recorded, from_record
 
 log = logging.getLogger("jit_sidecar.journal")
 MAX_BATCH = 512
@@ -36,10 +36,10 @@ class StateWriter(Protocol):
     def applied_seq(self) -> int: ...
 
     def apply(
-        self, events: Sequence[Event], touches: Sequence[tuple[str, float]], seq: int
+        self, records: Sequence[Recorded], touches: Sequence[tuple[str, float]], seq: int
     ) -> None:
-        """Apply `events`, the audit records ending at sequence number `seq` (consecutive:
-        the i-th of n events is record `seq - n + 1 + i`), and `touches`, in one transaction."""
+        """Apply audited events (each with its audit `seq`) and `touches` in one transaction;
+        `seq` is the last audit record they account for."""
 
 
 class CommitError(Unavailable):
@@ -80,7 +80,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._on_audit_error = on_audit_error
         self._on_batch = on_batch
-        self._backlog: list[Event] = []
+        self._backlog: list[Recorded] = []
         """Audited events the store failed to apply; retried before the next batch."""
         self.store_healthy = True
         self.audit_healthy = True
@@ -116,7 +116,8 @@ class Journal:
                 missing[0]["seq"],
                 missing[-1]["seq"],
             )
-            self._store.apply([from_record(r) for r in missing], (), missing[-1]["seq"])
+            recorded = [Recorded(r["seq"], from_record(r)) for r in missing]
+            self._store.apply(recorded, (), missing[-1]["seq"])
         return missing
 
     def start(self) -> None:
@@ -175,8 +176,9 @@ class Journal:
         started = time.perf_counter()
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
+        records = [e.record() for e in events]
         try:
-            self._audit.write([e.record() for e in events])
+            self._audit.write(records)  # seals each record: adds its seq
             self.audit_healthy = True
         except AuditWriteError as err:
             self.audit_healthy = False
@@ -187,7 +189,9 @@ class Journal:
             )
             self._resolve(batch, failure)
             return
-        pending = self._backlog + events
+        pending = self._backlog + [
+            Recorded(r["seq"], e) for r, e in zip(records, events, strict=True)
+        ]
         try:
             self._store.apply(pending, touches, self._audit.seq)
             self._backlog = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..approvals import Approval
-from ..events import Event
+from ..events import Recorded
 from ..model import Grant, Task
 from ..tokens import PublishedKey
 
@@ -38,7 +38,7 @@ class Store(Protocol):
     def applied_seq(self) -> int: ...
 
     def apply(
-        self, events: Sequence[Event], touches: Sequence[tuple[str, float]], seq: int
+        self, records: Sequence[Recorded], touches: Sequence[tuple[str, float]], seq: int
     ) -> None: ...
 
     def load(self) -> Snapshot: ...

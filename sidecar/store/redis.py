@@ -50,6 +50,7 @@ from ..events import (
     GrantIssued,
     GrantRevoked,
     KeyRotated,
+    Recorded,
     RevocationOrdered,
     TaskBegun,
     TaskCompleted,
@@ -338,7 +339,7 @@ class RedisStore:
 
     # ================================================================== write side
     def apply(
-        self, records: Sequence[Event], touches: Sequence[tuple[str, float]], seq: int
+        self, records: Sequence[Recorded], touches: Sequence[tuple[str, float]], seq: int
     ) -> None:
         """Apply to SQLite and queue the fleet's share in the same transaction; then push.
 
@@ -349,10 +350,11 @@ class RedisStore:
         issued: list[str] = []
 
         def queue(conn: sqlite3.Connection) -> None:
-            for rseq, record in enumerate(records, seq - len(records) + 1):
-                if rseq <= self._queued_through:
+            for record in records:
+                rseq = record.seq
+                if rseq and rseq <= self._queued_through:
                     continue  # a batch the journal re-applies after a failure
-                for op in self._ops(conn, record):
+                for op in self._ops(conn, record.event):
                     ops.append((rseq, op))
                     if op.op == "grant":
                         issued.append(op.payload["grant_id"])

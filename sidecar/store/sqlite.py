@@ -30,6 +30,7 @@ from ..events import (
     GrantPending,
     GrantRevoked,
     KeyRotated,
+    Recorded,
     TaskBegun,
     TaskCompleted,
 )
@@ -234,7 +235,7 @@ class SqliteStore:
 
     def apply(
         self,
-        events: Sequence[Event],
+        records: Sequence[Recorded],
         touches: Sequence[tuple[str, float]],
         seq: int,
         also: Callable[[sqlite3.Connection], None] | None = None,
@@ -244,10 +245,10 @@ class SqliteStore:
         conn = self._w
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for event in events:
-                handler = self._handlers.get(type(event))
+            for record in records:
+                handler = self._handlers.get(type(record.event))
                 if handler is not None:
-                    handler(conn, event)
+                    handler(conn, record.event)
             if touches:
                 conn.executemany(
                     "UPDATE tasks SET last_heartbeat = ? WHERE task_id = ? AND state = 'active'",
@@ -255,7 +256,7 @@ class SqliteStore:
                 )
             if also is not None:
                 also(conn)
-            if events:
+            if records:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'applied_seq'", (str(seq),))
             conn.execute("COMMIT")
         except BaseException:

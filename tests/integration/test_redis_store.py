@@ -14,7 +14,7 @@ import pytest
 
 from sidecar.clock import rfc3339
 from sidecar.config import load
-from sidecar.events import Event, from_record
+from sidecar.events import Recorded, from_record
 from sidecar.metrics import Metrics
 from sidecar.store.redis import RedisStore, SharedStateUnavailable
 from sidecar.store.sqlite import SqliteStore
@@ -23,9 +23,9 @@ from tests.harness import RedisServer, wait_for
 T0 = 1_900_000_000.0  # far enough ahead that nothing expires during the test
 
 
-def typed(records: list[dict[str, Any]]) -> list[Event]:
+def typed(records: list[dict[str, Any]]) -> list[Recorded]:
     """The events the journal hands the store for these audit records."""
-    return [from_record(r) for r in records]
+    return [Recorded(r["seq"], from_record(r)) for r in records]
 
 
 class Log:

@@ -24,7 +24,7 @@ from sidecar.errors import (
     SidecarError,
     Unavailable,
 )
-from sidecar.events import TaskBegun, TaskCompleted
+from sidecar.events import Recorded, TaskBegun, TaskCompleted
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
@@ -613,11 +613,11 @@ def test_a_store_write_failure_is_reported_as_itself(tmp_path: Path) -> None:
     )
     ended = TaskCompleted(time="2027-01-15T08:00:01.000000Z", task_id="t1", state="succeeded")
     try:
-        store.apply([begun], (), 1)
+        store.apply([Recorded(1, begun)], (), 1)
         files = (tmp_path / "state.db", tmp_path / "state.db-wal")
         with immutable(*files), pytest.raises(sqlite3.Error) as failed:
-            store.apply([ended], (), 2)
-        store.apply([ended], (), 2)
+            store.apply([Recorded(2, ended)], (), 2)
+        store.apply([Recorded(2, ended)], (), 2)
         state = store.writer.execute("SELECT state FROM tasks").fetchone()
     finally:
         store.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 from sidecar.audit import AuditFile, records_after
 from sidecar.events import KINDS, Event, Unrecognised, from_record
-from sidecar.journal import Journal
+from sidecar.journal import CommitError, Journal
 from sidecar.store.sqlite import SqliteStore
 
 T0 = "2027-01-15T08:00:00.000000Z"
@@ -128,3 +128,48 @@ def test_the_journal_writes_event_records(tmp_path: Path) -> None:
     assert {k: v for k, v in written.items() if k not in ("seq", "prev_hash", "hash")} == LEGACY[0]
     assert written["seq"] == 1
     assert task == ("t1", SUBJECT)
+
+
+class _FailingOnce(SqliteStore):
+    """The real SQLite store, failing its first batch (a fault SQLite cannot produce on
+    demand here) and noting the seq of every event it is handed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failed = False
+        self.seen: list[list[int]] = []
+
+    def apply(self, records: Any, touches: Any, seq: int, also: Any = None) -> None:
+        self.seen.append([r.seq for r in records])
+        if not self.failed and records:
+            self.failed = True
+            raise OSError("injected")
+        super().apply(records, touches, seq, also)
+
+
+def test_each_event_reaches_the_store_with_its_audit_seq(tmp_path: Path) -> None:
+    """The store gets every event with the seq its audit record has, also when a failed
+    batch is retried as backlog ahead of the next one."""
+
+    async def commit(journal: Journal, events: list[Event]) -> list[str]:
+        outcomes = []
+        for batch in (events[:2], events[2:]):
+            try:
+                await journal.commit(batch)
+                outcomes.append("ok")
+            except CommitError as err:  # the first batch's store write is the injected fault
+                outcomes.append(f"{err.reason.value} durable={err.durable}")
+        return outcomes
+
+    store = _FailingOnce(tmp_path / "state.db")
+    journal = Journal(AuditFile(tmp_path / "audit.jsonl"), store)
+    journal.start()
+    try:
+        outcomes = asyncio.run(commit(journal, [from_record(r) for r in LEGACY[:4]]))
+    finally:
+        journal.close()
+        store.close()
+    audited = [r["seq"] for r in records_after(tmp_path / "audit.jsonl", 0)]
+    assert outcomes == ["store_unavailable durable=True", "ok"]
+    assert audited == [1, 2, 3, 4]
+    assert store.seen == [[1, 2], [1, 2, 3, 4]]
