@@ -17,6 +17,7 @@ from sidecar.errors import (
     SidecarError,
 )
 from sidecar.model import Identity, Intent, Outcome
+from tests.fakes import VALID_JIT
 from tests.unit.test_engine import ME, OTHER, Rig, run
 
 WRITE = Intent("x.write", "x://1")
@@ -187,3 +188,24 @@ def test_a_negative_ttl_is_invalid(tmp_path: Path) -> None:
         assert r.engine.active_grant_count == 0
 
     run(tmp_path, body)
+
+
+def test_another_identitys_approval_is_answered_as_an_unknown_one(tmp_path: Path) -> None:
+    """AwaitApproval on another identity's open approval is NOT_FOUND approval_not_found with
+    the same message shape as an approval nobody holds, and leaves it pending for its owner."""
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, WRITE, 30)
+        foreign = await _refusal(r.engine.await_approval(OTHER, parked.approval_id, 0))
+        unknown = await _refusal(r.engine.await_approval(OTHER, "a-nobody", 0))
+        still = await r.engine.await_approval(ME, parked.approval_id, 0)
+        assert parked.decision == "pending_approval"
+        assert foreign[:2] == unknown[:2] == (NotFound, Reason.APPROVAL_NOT_FOUND)
+        assert foreign[2].replace(parked.approval_id, "<id>") == unknown[2].replace(
+            "a-nobody", "<id>"
+        )
+        assert still.decision == "pending_approval"
+
+    run(tmp_path, body, heartbeat_interval=1000)
