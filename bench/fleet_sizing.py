@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from sidecar.clock import rfc3339  # noqa: E402
 from sidecar.config import load  # noqa: E402
+from sidecar.events import Recorded, from_record  # noqa: E402
 from sidecar.metrics import Metrics  # noqa: E402
 from sidecar.revocations import Revocation, RevocationView  # noqa: E402
 from sidecar.store.redis import RedisStore  # noqa: E402
@@ -88,7 +89,7 @@ class Records:
 def apply_all(store: RedisStore, records: list[dict[str, Any]]) -> None:
     for i in range(0, len(records), BATCH):
         chunk = records[i : i + BATCH]
-        store.apply(chunk, (), chunk[-1]["seq"])
+        store.apply([Recorded(r["seq"], from_record(r)) for r in chunk], (), chunk[-1]["seq"])
 
 
 def settle(redis: RedisServer) -> int:

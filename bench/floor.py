@@ -9,6 +9,7 @@ sidecar's state, and `Engine.sweep()` over an engine holding 100k active grants.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import statistics
 import time
@@ -20,7 +21,8 @@ from sidecar.audit import AuditFile
 from sidecar.cache import DecisionCache
 from sidecar.clock import rfc3339
 from sidecar.config import load
-from sidecar.engine import Engine
+from sidecar.engine import Engine, EngineMetrics, engine_settings
+from sidecar.events import Event, GrantIssued, Recorded, TaskBegun
 from sidecar.journal import Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Grant, Identity, Intent, Task, Tier
@@ -77,30 +79,29 @@ class SignProbe:
         return timed(lambda: self.key.sign(self.claims), n)
 
 
-def grant_event(now: float, task_id: str, grant_id: str, kid: str) -> dict[str, Any]:
-    """The `grant_issued` record `Engine._issue` commits for the JIT intent."""
-    return {
-        "event": "grant_issued",
-        "time": rfc3339(now),
-        "task_id": task_id,
-        "grant_id": grant_id,
-        "subject": SUBJECT,
-        "intent": {
+def grant_event(now: float, task_id: str, grant_id: str, kid: str) -> GrantIssued:
+    """The `grant_issued` event the engine commits for the JIT intent."""
+    return GrantIssued(
+        time=rfc3339(now),
+        task_id=task_id,
+        grant_id=grant_id,
+        subject=SUBJECT,
+        intent={
             "action": "tickets.update",
             "resource": "tickets://T-4711",
             "justification": "bench: close duplicate ticket 4711",
             "context": {},
         },
-        "decision_id": "4f0c3a56-2d7e-4c59-9a0e-0f7f3b1d2c11",
-        "tier": "jit",
-        "scope": ["tickets.update"],
-        "audience": "tickets",
-        "ttl_seconds": 120,
-        "ttl_limited_by": "requested",
-        "expires_at": rfc3339(now + 120),
-        "reasons": ["jit_write: write, admin or secret access on the agent's own domain"],
-        "kid": kid,
-    }
+        decision_id="4f0c3a56-2d7e-4c59-9a0e-0f7f3b1d2c11",
+        tier="jit",
+        scope=["tickets.update"],
+        audience="tickets",
+        ttl_seconds=120,
+        ttl_limited_by="requested",
+        expires_at=rfc3339(now + 120),
+        reasons=["jit_write: write, admin or secret access on the agent's own domain"],
+        kid=kid,
+    )
 
 
 class SyncProbe:
@@ -112,15 +113,17 @@ class SyncProbe:
         workdir.mkdir(parents=True, exist_ok=True)
         self.audit = AuditFile(workdir / "audit.jsonl", fsync=True)
         self.store = SqliteStore(workdir / "state.db")
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Event] = []
         self.samples(20)
 
     def _prepare(self) -> None:
         self.pending = [grant_event(time.time(), "t-bench", new_grant_id(), "bench-kid")]
 
     def _write(self) -> None:
-        self.audit.write(self.pending)
-        self.store.apply(self.pending, (), self.audit.seq)
+        records = [e.record() for e in self.pending]
+        self.audit.write(records)
+        audited = [Recorded(r["seq"], e) for r, e in zip(records, self.pending, strict=True)]
+        self.store.apply(audited, (), self.audit.seq)
 
     def samples(self, n: int) -> list[float]:
         return timed(self._write, n, self._prepare)
@@ -236,17 +239,16 @@ async def _sweep_cost_inner(
     ]
     groups = 10
     grants = []
-    events: list[dict[str, Any]] = [
-        {
-            "event": "task_begun",
-            "time": rfc3339(t0),
-            "task_id": t.task_id,
-            "subject": SUBJECT,
-            "goal": "bench",
-            "labels": {},
-            "expires_at": rfc3339(t.deadline),
-            "heartbeat_interval_seconds": t.heartbeat_interval,
-        }
+    events: list[Event] = [
+        TaskBegun(
+            time=rfc3339(t0),
+            task_id=t.task_id,
+            subject=SUBJECT,
+            goal="bench",
+            labels={},
+            expires_at=rfc3339(t.deadline),
+            heartbeat_interval_seconds=t.heartbeat_interval,
+        )
         for t in tasks
     ]
     for i in range(n_grants):
@@ -270,17 +272,16 @@ async def _sweep_cost_inner(
         grants.append(grant)
         task.grant_ids.append(grant.grant_id)
         event = grant_event(t0, task.task_id, grant.grant_id, key.kid)
-        event["expires_at"] = rfc3339(expires)
-        events.append(event)
-    store.apply(events, (), 0)
+        events.append(dataclasses.replace(event, expires_at=rfc3339(expires)))
+    store.apply([Recorded(0, e) for e in events], (), 0)
     del events
     engine = Engine(
-        config,
+        engine_settings(config),
         policy=OpaClient(opa_url, config.opa_decision_path, config.opa_timeout),
         keys=KeyRing(key),
         store=store,
         journal=journal,
-        metrics=Metrics(),
+        metrics=EngineMetrics(Metrics()),
         clock=clock,
         cache=DecisionCache(),
     )

@@ -56,6 +56,7 @@ class CliError(Exception):
 def _usage(message: str) -> CliError:
     return CliError(message, EXIT_USAGE)
 
+
 #: `task hold` gives up after the sidecar has been unreachable this long (seconds): by then
 #: the task has missed its heartbeats and is crashed anyway.
 HOLD_GIVE_UP = 30.0

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from .audit import AuditFile, AuditWriteError, log_files, records_after
 from .errors import Reason, Unavailable
+from .events import Event, Recorded, from_record
 
 log = logging.getLogger("jit_sidecar.journal")
 MAX_BATCH = 512
@@ -35,8 +36,10 @@ class StateWriter(Protocol):
     def applied_seq(self) -> int: ...
 
     def apply(
-        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
-    ) -> None: ...
+        self, records: Sequence[Recorded], touches: Sequence[tuple[str, float]], seq: int
+    ) -> None:
+        """Apply audited events (each with its audit `seq`) and `touches` in one transaction;
+        `seq` is the last audit record they account for."""
 
 
 class CommitError(Unavailable):
@@ -50,7 +53,7 @@ class CommitError(Unavailable):
 
 @dataclass(slots=True)
 class _Entry:
-    events: list[dict[str, Any]]
+    events: Sequence[Event]
     touches: list[tuple[str, float]]
     future: asyncio.Future[None] | None
     loop: asyncio.AbstractEventLoop | None
@@ -77,7 +80,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._on_audit_error = on_audit_error
         self._on_batch = on_batch
-        self._backlog: list[dict[str, Any]] = []
+        self._backlog: list[Recorded] = []
         """Audited events the store failed to apply; retried before the next batch."""
         self.store_healthy = True
         self.audit_healthy = True
@@ -113,7 +116,8 @@ class Journal:
                 missing[0]["seq"],
                 missing[-1]["seq"],
             )
-            self._store.apply(missing, (), missing[-1]["seq"])
+            recorded = [Recorded(r["seq"], from_record(r)) for r in missing]
+            self._store.apply(recorded, (), missing[-1]["seq"])
         return missing
 
     def start(self) -> None:
@@ -122,9 +126,10 @@ class Journal:
 
     # ------------------------------------------------------------------ API
     async def commit(
-        self, events: list[dict[str, Any]], touches: Sequence[tuple[str, float]] = ()
+        self, events: Sequence[Event], touches: Sequence[tuple[str, float]] = ()
     ) -> None:
-        """Make `events` durable in the audit log and apply them to the store.
+        """Make `events` durable in the audit log (as `event.record()`) and apply them to
+        the store.
 
         Entries are written in the order `commit` is called, so callers that change
         in-memory state synchronously before awaiting get the same order on disk.
@@ -171,8 +176,9 @@ class Journal:
         started = time.perf_counter()
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
+        records = [e.record() for e in events]
         try:
-            self._audit.write(events)
+            self._audit.write(records)  # seals each record: adds its seq
             self.audit_healthy = True
         except AuditWriteError as err:
             self.audit_healthy = False
@@ -183,7 +189,9 @@ class Journal:
             )
             self._resolve(batch, failure)
             return
-        pending = self._backlog + events
+        pending = self._backlog + [
+            Recorded(r["seq"], e) for r, e in zip(records, events, strict=True)
+        ]
         try:
             self._store.apply(pending, touches, self._audit.seq)
             self._backlog = []

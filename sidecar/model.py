@@ -123,6 +123,15 @@ class PolicyDecision:
     """True when served from the standing-decision cache rather than OPA."""
 
 
+_WHY_ENDED = {
+    "completed": "completed by the agent",
+    "failed": "the agent reported failure",
+    "errored": "the agent reported an error",
+    "revoked_by_operator": "ended by an operator",
+    "kill_switch": "ended by the kill switch",
+}
+
+
 @dataclass(slots=True)
 class Task:
     """A unit of agent work; grants never outlive it."""
@@ -151,6 +160,16 @@ class Task:
 
     def heartbeat_deadline(self, misses: int) -> float:
         return max(self.last_heartbeat, self.started_at) + misses * self.heartbeat_interval
+
+    def why_ended(self, misses: int) -> str:
+        """Why an ended task ended, for the agent: `crashed: no heartbeat for 15 s`."""
+        if self.state is TaskState.CRASHED:
+            return f"crashed: no heartbeat for {misses * self.heartbeat_interval} s"
+        if self.state is TaskState.EXPIRED:
+            lasted = round(self.deadline - self.started_at)
+            return f"expired: reached its deadline ({lasted} s after it began)"
+        why = _WHY_ENDED.get(self.end_reason, self.end_reason or "no reason recorded")
+        return f"{self.state.value}: {why}"
 
 
 @dataclass(slots=True)

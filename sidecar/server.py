@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import __version__, reflection
 from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
@@ -42,7 +42,7 @@ from .cache import DecisionCache
 from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
-from .engine import Engine
+from .engine import Engine, EngineMetrics, engine_settings
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
 from .http import HttpListener, create_app
@@ -260,10 +260,12 @@ class EngineEndpoints:
         health: PolicyHealth,
         store: Store,
         checks: Mapping[str, Callable[[], str]],
+        registry: CollectorRegistry,
     ) -> None:
         self._engine = engine
         self._health = health
         self._store = store
+        self._registry = registry
         self._checks = checks
 
     async def introspect(self, token: str) -> Mapping[str, Any] | None:
@@ -295,7 +297,7 @@ class EngineEndpoints:
         return checks
 
     def metrics(self) -> tuple[bytes, str]:
-        return generate_latest(self._engine.metrics.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
 
 # ====================================================================== composition root
@@ -347,8 +349,8 @@ def build_app(
     notifier = _approval_notifier(cfg, clock)
     cache = DecisionCache(cfg.decision_cache_size)
     health = PolicyHealth(cfg, policy, cache)
-    # LEAD: w-fleet makes the Fleet constructible before the engine; it is opened here,
-    # first, already.
+    # The fleet first: the engine consults it (FleetGate) and it is started with the
+    # engine's hooks in start_app (docs/architecture.md, "Fleet and Redis").
     fleet = Fleet.open(cfg, metrics) if cfg.shared_state and store is None else None
     store = store or (fleet.store if fleet else open_store(cfg.state))
     audit = AuditFile(
@@ -370,20 +372,18 @@ def build_app(
         cfg, own_kids=lambda: [p.jwk["kid"] for p in keys.published(clock.now())], clock=clock
     )
     engine = Engine(
-        cfg,
+        engine_settings(cfg),
         policy=policy,
         keys=keys,
         store=store,
         journal=journal,
-        metrics=metrics,
+        metrics=EngineMetrics(metrics),
         clock=clock,
         cache=cache,
-        # LEAD: once w-engine's Engine takes them, pass here instead of the three lines
-        # below: notifier=notifier, fleet=fleet, on_policy_unavailable=health.policy_failed
+        notifier=notifier,
+        fleet=fleet,
+        on_policy_unavailable=health.policy_failed,
     )
-    engine.notifier = notifier
-    engine.fleet = fleet
-    engine.on_policy_unavailable = health.policy_failed
     engine.restore(snapshot)
     if fleet is not None:
         keys.fleet_jwks = fleet.jwks  # other sidecars' public keys, in our JWKS too
@@ -553,7 +553,7 @@ def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
             "no http_token_file: /introspect and /revoke answer 401 to every caller "
             "(set http_token_file, or http_allow_anonymous_loopback on a laptop)"
         )
-    endpoints = EngineEndpoints(app.engine, app.health, app.store, app.checks)
+    endpoints = EngineEndpoints(app.engine, app.health, app.store, app.checks, app.metrics.registry)
     listener = HttpListener(
         create_app(
             endpoints,

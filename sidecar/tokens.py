@@ -32,6 +32,7 @@ from .jws import (
     verify_key_from_jwk,
     verify_signature,
 )
+from .model import Grant
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
@@ -293,3 +294,29 @@ def verify_with(token: str, jwk: Mapping[str, str], *, issuer: str) -> dict[str,
 def new_grant_id() -> str:
     """A jti with 128 random bits (URL-safe, 22 characters)."""
     return b64url_encode(secrets.token_bytes(16))
+
+
+def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
+    """The claim set of a grant's access token (RFC 9068 §2.2), `iat` and `nbf` being the
+    grant's issue second."""
+    iat = int(grant.issued_at)
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": grant.subject,
+        "client_id": grant.subject,  # RFC 9068 §2.2: the agent is its own OAuth client
+        "aud": grant.audience,
+        "iat": iat,
+        "nbf": iat,
+        "exp": int(grant.expires_at),
+        "jti": grant.grant_id,
+        "scope": " ".join(grant.scope),
+        # RFC 9396 rich authorization request: the one action on the one resource granted.
+        "authorization_details": [
+            {"type": "jit_intent", "actions": [grant.action], "locations": [grant.resource]}
+        ],
+        "txn": grant.task_id,
+        "tier": grant.tier.value,
+    }
+    if grant.cnf_jkt:
+        claims["cnf"] = {"jkt": grant.cnf_jkt}  # RFC 9449 §6.1: bound to the DPoP key
+    return claims

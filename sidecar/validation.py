@@ -105,8 +105,9 @@ def check_intent(
 
 
 def check_ttl(ttl: int, max_requested: int) -> None:
-    if ttl <= 0:
-        raise InvalidArgument("ttl_seconds must be at least 1", Reason.INVALID_TTL)
+    """0 (or omitted) asks for the longest lifetime the other bounds allow."""
+    if ttl < 0:
+        raise InvalidArgument("ttl_seconds must not be negative", Reason.INVALID_TTL)
     if ttl > max_requested:
         raise InvalidArgument(
             f"ttl_seconds {ttl} is absurd (limit {max_requested}); values up to that are "

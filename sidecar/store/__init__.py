@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..approvals import Approval
+from ..events import Recorded
 from ..model import Grant, Task
 from ..tokens import PublishedKey
 
@@ -37,7 +38,7 @@ class Store(Protocol):
     def applied_seq(self) -> int: ...
 
     def apply(
-        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
+        self, records: Sequence[Recorded], touches: Sequence[tuple[str, float]], seq: int
     ) -> None: ...
 
     def load(self) -> Snapshot: ...

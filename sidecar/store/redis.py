@@ -32,6 +32,16 @@ from typing import Any
 from ..approvals import Approval
 from ..config import Config
 from ..errors import Reason, Unavailable
+from ..events import (
+    Event,
+    GrantIssued,
+    GrantRevoked,
+    KeyRotated,
+    Recorded,
+    RevocationOrdered,
+    TaskBegun,
+    TaskCompleted,
+)
 from ..metrics import Metrics
 from ..model import Grant, Task, TaskState
 from ..revocations import Revocation
@@ -140,7 +150,7 @@ class RedisStore:
 
     # ================================================================== write side
     def apply(
-        self, records: Sequence[dict[str, Any]], touches: Sequence[tuple[str, float]], seq: int
+        self, records: Sequence[Recorded], touches: Sequence[tuple[str, float]], seq: int
     ) -> None:
         """Apply to SQLite and queue the fleet's share in the same transaction; then push.
 
@@ -152,10 +162,10 @@ class RedisStore:
 
         def queue(conn: sqlite3.Connection) -> None:
             for record in records:
-                rseq = int(record.get("seq", 0))
+                rseq = record.seq
                 if rseq and rseq <= self._queued_through:
                     continue  # a batch the journal re-applies after a failure
-                for op in self._ops(conn, record):
+                for op in self._ops(conn, record.event):
                     ops.append((rseq, op))
                     if op.op == "grant":
                         issued.append(op.payload["grant_id"])
@@ -187,80 +197,69 @@ class RedisStore:
         return self.outbox.unavailable_since is None
 
     # ------------------------------------------------------------------ events → fleet ops
-    def _ops(self, conn: sqlite3.Connection, r: dict[str, Any]) -> list[_Op]:
-        event = r["event"]
-        now = _ts(r["time"])
-        if event == "task_begun":
-            return [self._task_op(r["task_id"], r["subject"], now, _ts(r["expires_at"]))]
-        if event == "grant_issued":
-            intent = r.get("intent") or {}
+    def _ops(self, conn: sqlite3.Connection, e: Event) -> list[_Op]:
+        now = _ts(e.time)
+        if isinstance(e, TaskBegun):
+            return [self._task_op(e.task_id, e.subject, now, _ts(e.expires_at))]
+        if isinstance(e, GrantIssued):
             registration = {
-                "subject": r["subject"],
-                "action": intent.get("action", ""),
-                "resource": intent.get("resource", ""),
-                "tier": r["tier"],
-                "audience": r["audience"],
-                "scope": " ".join(r.get("scope", ())),
-                "kid": r["kid"],
+                "subject": e.subject,
+                "action": e.intent.get("action", ""),
+                "resource": e.intent.get("resource", ""),
+                "tier": e.tier,
+                "audience": e.audience,
+                "scope": " ".join(e.scope),
+                "kid": e.kid,
                 "issued_at": now,
-                "expires_at": _ts(r["expires_at"]),
+                "expires_at": _ts(e.expires_at),
             }
-            return [self._grant_op(r["task_id"], r["grant_id"], registration)]
-        if event == "grant_revoked":
+            return [self._grant_op(e.task_id, e.grant_id, registration)]
+        if isinstance(e, GrantRevoked):
             row = conn.execute(
-                "SELECT expires_at FROM grants WHERE grant_id = ?", (r["grant_id"],)
+                "SELECT expires_at FROM grants WHERE grant_id = ?", (e.grant_id,)
             ).fetchone()
             exp = float(row[0]) if row else now + self.config.max_ttl
             # Published even when an order from elsewhere caused it: the order's cutoff may
             # miss a token issued here just before it arrived if the clocks disagree.
-            return [
-                self._end_op(
-                    r["task_id"], r["grant_id"], r.get("reason", ""), exp, r.get("detail", "")
-                )
-            ]
-        if event == "task_completed":
+            return [self._end_op(e.task_id, e.grant_id, e.reason or "", exp, e.detail or "")]
+        if isinstance(e, TaskCompleted):
             row = conn.execute(
-                "SELECT deadline FROM tasks WHERE task_id = ?", (r["task_id"],)
+                "SELECT deadline FROM tasks WHERE task_id = ?", (e.task_id,)
             ).fetchone()
             deadline = float(row[0]) if row else now + self.config.max_ttl
             return [
                 _Op(
                     "task_end",
-                    {"task_id": r["task_id"], "state": r["state"], "reason": r.get("reason", "")},
+                    {"task_id": e.task_id, "state": e.state, "reason": e.reason or ""},
                     deadline,
                 )
             ]
-        if event == "revocation_ordered":
-            target = {"grant": "grant_id", "task": "task_id", "subject": "subject"}
+        if isinstance(e, RevocationOrdered):
             rev = Revocation(
-                r["scope"],
-                r.get(target.get(r["scope"], ""), ""),
-                _ts(r["cutoff"]) if r.get("cutoff") else 0.0,
-                r.get("reason", ""),
-                _ts(r["revocation_expires_at"]),
+                e.scope,
+                e.target,
+                _ts(e.cutoff) if e.cutoff else 0.0,
+                e.reason,
+                _ts(e.revocation_expires_at),
                 self.fleet_id,
-                r.get("detail", ""),
+                e.detail or "",
             )
             conn.execute(
                 "INSERT OR REPLACE INTO fleet_orders (member, expires_at, detail) VALUES (?, ?, ?)",
                 (rev.member(), rev.expires_at, rev.detail),
             )
             return [_Op("revoke", {"member": rev.member(), "detail": rev.detail}, rev.expires_at)]
-        if event == "key_rotated":
+        if isinstance(e, KeyRotated):
             ops = [
                 _Op(
                     "key",
-                    {"jwk": r["jwk"], "sidecar": self.fleet_id},
+                    {"jwk": e.jwk, "sidecar": self.fleet_id},
                     now + self.config.max_ttl + KEY_MARGIN,
                 )
             ]
-            if r.get("previous_jwk") and r.get("retire_at"):
+            if e.previous_jwk and e.retire_at:
                 ops.append(
-                    _Op(
-                        "key",
-                        {"jwk": r["previous_jwk"], "sidecar": self.fleet_id},
-                        _ts(r["retire_at"]),
-                    )
+                    _Op("key", {"jwk": e.previous_jwk, "sidecar": self.fleet_id}, _ts(e.retire_at))
                 )
             return ops
         return []

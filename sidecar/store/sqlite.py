@@ -20,6 +20,20 @@ from typing import Any
 
 from ..approvals import Approval, ApprovalState, decision_from_record
 from ..errors import Reason, Unavailable
+from ..events import (
+    ApprovalDecided,
+    ApprovalExpired,
+    Event,
+    GrantEnded,
+    GrantExpired,
+    GrantIssued,
+    GrantPending,
+    GrantRevoked,
+    KeyRotated,
+    Recorded,
+    TaskBegun,
+    TaskCompleted,
+)
 from ..model import Grant, GrantState, Intent, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
@@ -197,16 +211,16 @@ class SqliteStore:
         path.chmod(0o600)
         self._r = _connect(path)
         self._r_lock = threading.Lock()
-        self._handlers: dict[str, Callable[[sqlite3.Connection, dict[str, Any]], None]] = {
-            "task_begun": self._task_begun,
-            "task_completed": self._task_completed,
-            "grant_issued": self._grant_issued,
-            "grant_revoked": self._grant_ended,
-            "grant_expired": self._grant_ended,
-            "key_rotated": self._key_rotated,
-            "grant_pending": self._grant_pending,
-            "approval_decided": self._approval_decided,
-            "approval_expired": self._approval_expired,
+        self._handlers: dict[type[Event], Callable[[sqlite3.Connection, Any], None]] = {
+            TaskBegun: self._task_begun,
+            TaskCompleted: self._task_completed,
+            GrantIssued: self._grant_issued,
+            GrantRevoked: self._grant_ended,
+            GrantExpired: self._grant_ended,
+            KeyRotated: self._key_rotated,
+            GrantPending: self._grant_pending,
+            ApprovalDecided: self._approval_decided,
+            ApprovalExpired: self._approval_expired,
         }
 
     # ------------------------------------------------------------------ write side
@@ -221,7 +235,7 @@ class SqliteStore:
 
     def apply(
         self,
-        records: Sequence[dict[str, Any]],
+        records: Sequence[Recorded],
         touches: Sequence[tuple[str, float]],
         seq: int,
         also: Callable[[sqlite3.Connection], None] | None = None,
@@ -232,9 +246,9 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for record in records:
-                handler = self._handlers.get(record["event"])
+                handler = self._handlers.get(type(record.event))
                 if handler is not None:
-                    handler(conn, record)
+                    handler(conn, record.event)
             if touches:
                 conn.executemany(
                     "UPDATE tasks SET last_heartbeat = ? WHERE task_id = ? AND state = 'active'",
@@ -253,119 +267,119 @@ class SqliteStore:
             raise
 
     @staticmethod
-    def _task_begun(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
-        started = ts(r["time"])
+    def _task_begun(conn: sqlite3.Connection, e: TaskBegun) -> None:
+        started = ts(e.time)
         conn.execute(
             f"INSERT OR IGNORE INTO tasks ({TASK_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, NULL, '')",
             (
-                r["task_id"],
-                r["subject"],
-                r.get("goal", ""),
-                json.dumps(r.get("labels", {}), sort_keys=True),
+                e.task_id,
+                e.subject,
+                e.goal,
+                json.dumps(e.labels, sort_keys=True),
                 started,
-                ts(r["expires_at"]),
-                r["heartbeat_interval_seconds"],
+                ts(e.expires_at),
+                e.heartbeat_interval_seconds,
                 started,
-                r.get("pop_jkt", ""),
+                e.pop_jkt or "",
             ),
         )
 
     @staticmethod
-    def _task_completed(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+    def _task_completed(conn: sqlite3.Connection, e: TaskCompleted) -> None:
         conn.execute(
             "UPDATE tasks SET state = ?, ended_at = ?, end_reason = ? "
             "WHERE task_id = ? AND state = 'active'",
-            (r["state"], ts(r["time"]), r.get("reason", ""), r["task_id"]),
+            (e.state, ts(e.time), e.reason or "", e.task_id),
         )
 
     @staticmethod
-    def _grant_issued(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
-        intent = r["intent"]
+    def _grant_issued(conn: sqlite3.Connection, e: GrantIssued) -> None:
         conn.execute(
             f"INSERT OR IGNORE INTO grants ({GRANT_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', '', NULL)",
             (
-                r["grant_id"],
-                r["task_id"],
-                r["subject"],
-                intent["action"],
-                intent["resource"],
-                intent.get("justification", ""),
-                r["tier"],
-                r["audience"],
-                " ".join(r["scope"]),
-                ts(r["time"]),
-                ts(r["expires_at"]),
-                r["kid"],
-                r.get("decision_id", ""),
-                r.get("cnf_jkt", ""),
+                e.grant_id,
+                e.task_id,
+                e.subject,
+                e.intent["action"],
+                e.intent["resource"],
+                e.intent.get("justification", ""),
+                e.tier,
+                e.audience,
+                " ".join(e.scope),
+                ts(e.time),
+                ts(e.expires_at),
+                e.kid,
+                e.decision_id or "",
+                e.cnf_jkt or "",
             ),
         )
-        if "approval_id" in r:
+        if e.approval_id is not None:
             conn.execute(
-                "UPDATE approvals SET state = 'used' WHERE approval_id = ?", (r["approval_id"],)
+                "UPDATE approvals SET state = 'used' WHERE approval_id = ?", (e.approval_id,)
             )
 
     @staticmethod
-    def _grant_pending(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+    def _grant_pending(conn: sqlite3.Connection, e: GrantPending) -> None:
+        decision = {"decision": e.decision, "reasons": e.reasons, "decision_id": e.decision_id}
         conn.execute(
             "INSERT OR IGNORE INTO approvals (approval_id, task_id, subject, intent, "
             "intent_hash, requested_ttl, record, created_at, expires_at, state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
             (
-                r["approval_id"],
-                r["task_id"],
-                r["subject"],
-                json.dumps(r["intent"]),
-                r["intent_hash"],
-                r["ttl_seconds"],
-                json.dumps({k: r[k] for k in ("decision", "reasons", "decision_id") if k in r}),
-                ts(r["time"]),
-                ts(r["expires_at"]),
+                e.approval_id,
+                e.task_id,
+                e.subject,
+                json.dumps(e.intent),
+                e.intent_hash,
+                e.ttl_seconds,
+                json.dumps({k: v for k, v in decision.items() if v is not None}),
+                ts(e.time),
+                ts(e.expires_at),
             ),
         )
 
     @staticmethod
-    def _approval_decided(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+    def _approval_decided(conn: sqlite3.Connection, e: ApprovalDecided) -> None:
         conn.execute(
             "UPDATE approvals SET state = ?, decided_by = ?, decision_reason = ? "
             "WHERE approval_id = ? AND state = 'pending'",
             (
-                "approved" if r["approved"] else "denied",
-                r.get("approver", ""),
-                r.get("reason", ""),
-                r["approval_id"],
+                "approved" if e.approved else "denied",
+                e.approver or "",
+                e.reason or "",
+                e.approval_id,
             ),
         )
 
     @staticmethod
-    def _approval_expired(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
+    def _approval_expired(conn: sqlite3.Connection, e: ApprovalExpired) -> None:
         conn.execute(
             "UPDATE approvals SET state = 'expired' WHERE approval_id = ? "
             "AND state IN ('pending', 'approved')",
-            (r["approval_id"],),
+            (e.approval_id,),
         )
 
     @staticmethod
-    def _grant_ended(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
-        state = GrantState.EXPIRED if r["event"] == "grant_expired" else GrantState.REVOKED
+    def _grant_ended(conn: sqlite3.Connection, e: GrantEnded) -> None:
+        state = GrantState.EXPIRED if isinstance(e, GrantExpired) else GrantState.REVOKED
         conn.execute(
             "UPDATE grants SET state = ?, end_reason = ?, ended_at = ? "
             "WHERE grant_id = ? AND state = 'active'",
-            (state.value, r.get("reason", ""), ts(r["time"]), r["grant_id"]),
+            (state.value, e.reason or "", ts(e.time), e.grant_id),
         )
 
     @staticmethod
-    def _key_rotated(conn: sqlite3.Connection, r: dict[str, Any]) -> None:
-        if "previous_kid" in r:
+    def _key_rotated(conn: sqlite3.Connection, e: KeyRotated) -> None:
+        if e.previous_kid is not None and e.retire_at is not None:
             conn.execute(
                 "INSERT OR REPLACE INTO keys (kid, jwk, retire_at) VALUES (?, ?, ?)",
-                (r["previous_kid"], json.dumps(r["previous_jwk"]), ts(r["retire_at"])),
+                (e.previous_kid, json.dumps(e.previous_jwk), ts(e.retire_at)),
             )
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('current_key', ?)",
-            (json.dumps(r["jwk"]),),
+            (json.dumps(e.jwk),),
         )
 
     # ------------------------------------------------------------------ start-up

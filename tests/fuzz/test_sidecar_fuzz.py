@@ -180,7 +180,7 @@ def valid_grant_request(request: pb.RequestGrantRequest, open_task: str) -> bool
         and len(i.resource) <= 2048
         and _clean(i.justification, 4096, newlines=True)
         and context_size <= 8192
-        and 1 <= request.ttl_seconds <= 86400
+        and 0 <= request.ttl_seconds <= 86400  # 0: the maximum the bounds allow
     )
 
 

@@ -384,7 +384,8 @@ def test_identity_reaches_policy(tmp_path: Path, own_opa: OpaServer, domains: Do
 
 
 def test_task_ownership_on_every_rpc(tmp_path: Path, opa: OpaServer, domains: Domains) -> None:
-    """Another identity gets PERMISSION_DENIED task_not_owned on every RPC of a task."""
+    """Another identity gets NOT_FOUND on every RPC of a task, exactly as for a task or grant
+    nobody holds (task_not_found / grant_not_found), so ids are no oracle."""
     process = jwt_svid_sidecar(tmp_path / "sc", opa.url, domains).start()
     owner_token = domains.dev.svid("agent/dev")
     thief_token = domains.dev.svid("agent/thief")
@@ -411,9 +412,9 @@ def test_task_ownership_on_every_rpc(tmp_path: Path, opa: OpaServer, domains: Do
         issued = process.events("grant_issued")
     finally:
         process.stop()
-    assert {n: (e.code, e.reason) for n, e in errors.items()} == {
-        n: (grpc.StatusCode.PERMISSION_DENIED, "task_not_owned") for n in calls
-    }
+    not_found = {n: (grpc.StatusCode.NOT_FOUND, "task_not_found") for n in calls}
+    not_found["RevokeGrant"] = (grpc.StatusCode.NOT_FOUND, "grant_not_found")
+    assert {n: (e.code, e.reason) for n, e in errors.items()} == not_found
     assert [g.grant_id for g in still] == [grant.grant_id]
     assert beat.task.subject == "spiffe://jit.local/agent/dev"
     assert len(issued) == 1
@@ -456,3 +457,51 @@ def test_oidc_accepts_ed25519_under_either_name(tmp_path: Path, opa: OpaServer) 
         issuer.stop()
     assert subjects == ["spiffe://cluster.local/ns/agents/sa/billing"] * 2
     assert err.value.metadata["cause"] == "alg_key_mismatch"
+
+
+def test_task_ids_are_no_oracle_and_cannot_be_squatted(
+    tmp_path: Path, opa: OpaServer, domains: Domains
+) -> None:
+    """Over gRPC, with two SPIFFE identities: every RPC answers another identity's task id
+    exactly as an unknown one (status, reason and message), and a task id another identity
+    took first is still free for the caller, who then uses it by that name."""
+    process = jwt_svid_sidecar(tmp_path / "sc", opa.url, domains).start()
+    owner_token = domains.dev.svid("agent/dev")
+    thief_token = domains.dev.svid("agent/thief")
+
+    def answers(client: AccessClient, task_id: str) -> list[tuple[grpc.StatusCode, str, str]]:
+        calls: list[Callable[[], Any]] = [
+            lambda: client.request_grant(task_id, "docs.read", "docs://a"),
+            lambda: client.heartbeat(task_id),
+            lambda: client.complete_task(task_id),
+            lambda: client.list_grants(task_id, include_inactive=True),
+        ]
+        out = []
+        for call in calls:
+            with pytest.raises(SidecarRpcError) as err:
+                call()
+            out.append((err.value.code, err.value.reason, err.value.message.replace(task_id, "ID")))
+        return out
+
+    try:
+        with process.client(identity_token=owner_token) as owner:
+            generated = owner.begin_task("owned")
+            named = owner.begin_task("named", task_id="nightly-report")
+        with process.client(identity_token=thief_token) as thief:
+            foreign = {
+                "generated": answers(thief, generated.task_id),
+                "named": answers(thief, "nightly-report"),
+                "full": answers(thief, named.task_id),
+            }
+            unknown = answers(thief, "t-00000000000000000000000000")
+            squatted = thief.begin_task("squat", task_id="deploy-7")
+        with process.client(identity_token=owner_token) as owner:
+            mine = owner.begin_task("real", task_id="deploy-7")
+            grant = owner.request_grant("deploy-7", "docs.read", "docs://handbook/intro")
+    finally:
+        process.stop()
+    assert unknown == [(grpc.StatusCode.NOT_FOUND, "task_not_found", "no task ID")] * 4
+    assert foreign == {k: unknown for k in foreign}
+    assert mine.task_id != squatted.task_id
+    assert mine.subject == "spiffe://jit.local/agent/dev"
+    assert grant.task_id == mine.task_id

@@ -14,12 +14,18 @@ import pytest
 
 from sidecar.clock import rfc3339
 from sidecar.config import load
+from sidecar.events import Recorded, from_record
 from sidecar.metrics import Metrics
 from sidecar.store.redis import RedisStore, SharedStateUnavailable
 from sidecar.store.sqlite import SqliteStore
 from tests.harness import RedisServer, wait_for
 
 T0 = 1_900_000_000.0  # far enough ahead that nothing expires during the test
+
+
+def typed(records: list[dict[str, Any]]) -> list[Recorded]:
+    """The events the journal hands the store for these audit records."""
+    return [Recorded(r["seq"], from_record(r)) for r in records]
 
 
 class Log:
@@ -102,17 +108,17 @@ def test_outbox_keeps_order_and_refuses_grants_while_redis_is_down(
     store = open_store(tmp_path, server.url, prefix, metrics)
     try:
         first = [log.task("t1"), log.grant("t1", "g1"), log.grant("t1", "g2")]
-        store.apply(first, (), log.seq)
+        store.apply(typed(first), (), log.seq)
         pushed_while_up = store.outbox.depth
         server.stop()
         store.live = True
         batch = [log.grant("t1", "g3")]
         with pytest.raises(SharedStateUnavailable):
-            store.apply(batch, (), log.seq)
-        store.apply(batch, (), log.seq)  # the journal's retry of the same batch
+            store.apply(typed(batch), (), log.seq)
+        store.apply(typed(batch), (), log.seq)  # the journal's retry of the same batch
         revocations = [log.revoke("t1", g) for g in ("g2", "g1", "g3")]
         for record in revocations:
-            store.apply([record], (), record["seq"])
+            store.apply(typed([record]), (), record["seq"])
         depth_while_down = store.outbox.depth
         issuable_while_down = store.issuable()
         server.start()  # same port, empty

@@ -15,19 +15,20 @@ import pytest
 
 from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
-from sidecar.engine import Engine
+from sidecar.engine import Engine, EngineMetrics, engine_settings
 from sidecar.errors import (
     FailedPrecondition,
     NotFound,
-    PermissionDenied,
     Reason,
     ResourceExhausted,
     SidecarError,
     Unavailable,
 )
+from sidecar.events import Recorded, TaskBegun, TaskCompleted
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
+from sidecar.revocations import FleetGate
 from sidecar.store.sqlite import SqliteStore
 from sidecar.tokens import KeyRing, SigningKey, generate_private_key
 from tests.fakes import VALID_JIT, ManualClock, ScriptedPolicy
@@ -46,6 +47,7 @@ class Rig:
         audit_path: Path | None = None,
         keys: KeyRing | None = None,
         clock: ManualClock | None = None,
+        fleet: FleetGate | None = None,
         **settings: Any,
     ) -> None:
         self.clock = clock or ManualClock(1_800_000_000.0)
@@ -58,13 +60,14 @@ class Rig:
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
         self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
         self.engine = Engine(
-            config,
+            engine_settings(config),
             policy=self.policy,
             store=self.store,
             journal=self.journal,
             keys=self.keys,
-            metrics=self.metrics,
+            metrics=EngineMetrics(self.metrics),
             clock=self.clock,
+            fleet=fleet,
         )
         self.journal.replay()
         self.engine.restore(self.store.load())
@@ -172,7 +175,8 @@ def test_completion_racing_an_issue_never_leaves_an_active_grant(tmp_path: Path)
 
 
 def test_other_identity_cannot_touch_a_task(tmp_path: Path) -> None:
-    """Every operation on another identity's task is PERMISSION_DENIED task_not_owned."""
+    """Every operation on another identity's task is NOT_FOUND, as for an unknown task
+    (task_not_found; grant_not_found for its grant), and changes nothing."""
 
     async def body(r: Rig) -> None:
         task = await r.engine.begin_task(ME, task_id="mine", goal="g", max_duration=60, labels={})
@@ -186,7 +190,7 @@ def test_other_identity_cannot_touch_a_task(tmp_path: Path) -> None:
             r.engine.list_grants(OTHER, "mine", True),
         ]
         for call in calls:
-            with pytest.raises(PermissionDenied):
+            with pytest.raises(NotFound):
                 await call
         assert (await r.engine.introspect(out.token)).active
 
@@ -605,26 +609,20 @@ def test_a_store_write_failure_is_reported_as_itself(tmp_path: Path) -> None:
     of a transaction SQLite had already ended ("cannot rollback - no transaction is
     active" hid the cause); the store still takes the next batch."""
     store = SqliteStore(tmp_path / "state.db")
-    begun = {
-        "event": "task_begun",
-        "time": "2027-01-15T08:00:00.000000Z",
-        "task_id": "t1",
-        "subject": ME.subject,
-        "expires_at": "2027-01-15T09:00:00.000000Z",
-        "heartbeat_interval_seconds": 5,
-    }
-    ended = {
-        "event": "task_completed",
-        "time": "2027-01-15T08:00:01.000000Z",
-        "task_id": "t1",
-        "state": "succeeded",
-    }
+    begun = TaskBegun(
+        time="2027-01-15T08:00:00.000000Z",
+        task_id="t1",
+        subject=ME.subject,
+        expires_at="2027-01-15T09:00:00.000000Z",
+        heartbeat_interval_seconds=5,
+    )
+    ended = TaskCompleted(time="2027-01-15T08:00:01.000000Z", task_id="t1", state="succeeded")
     try:
-        store.apply([begun], (), 1)
+        store.apply([Recorded(1, begun)], (), 1)
         files = (tmp_path / "state.db", tmp_path / "state.db-wal")
         with immutable(*files), pytest.raises(sqlite3.Error) as failed:
-            store.apply([ended], (), 2)
-        store.apply([ended], (), 2)
+            store.apply([Recorded(2, ended)], (), 2)
+        store.apply([Recorded(2, ended)], (), 2)
         state = store.writer.execute("SELECT state FROM tasks").fetchone()
     finally:
         store.close()

@@ -17,15 +17,15 @@ from sidecar.errors import Unavailable
 from sidecar.model import Intent
 from sidecar.revocations import STALE, Revocation
 from sidecar.tokens import SigningKey, generate_private_key
-from tests.fakes import VALID_JIT, ViewGate
+from tests.fakes import VALID_JIT, ManualClock, ViewGate
 from tests.unit.test_engine import ME, OTHER, Rig
 
 
 class FleetRig(Rig):
     def __init__(self, tmp: Path, **settings: Any) -> None:
-        super().__init__(tmp, **settings)
-        self.gate = ViewGate(self.clock)
-        self.engine.fleet = self.gate
+        clock = ManualClock(1_800_000_000.0)
+        self.gate = ViewGate(clock)
+        super().__init__(tmp, clock=clock, fleet=self.gate, **settings)
 
 
 def fleet_rig(tmp_path: Path, body: Any, **settings: Any) -> FleetRig:
@@ -111,7 +111,7 @@ def test_tokens_of_other_sidecars_introspect_from_the_view(tmp_path: Path) -> No
         r.gate.keys[other_key.kid] = other_key.jwk
         now = int(r.clock.now())
         claims = {
-            "iss": r.engine.config.issuer,
+            "iss": r.engine.settings.issuer,
             "sub": OTHER.subject,
             "aud": "x",
             "iat": now,

@@ -33,10 +33,12 @@ def test_violations_name_the_field(
 
 
 def test_ttl_bounds() -> None:
-    """0 and absurd TTLs are invalid_ttl; anything in between passes (and is clamped later)."""
+    """Negative and absurd TTLs are invalid_ttl; 0 (no preference: the maximum) and anything
+    in between pass (and are clamped later)."""
+    check_ttl(0, 86400)
     check_ttl(1, 86400)
     check_ttl(86400, 86400)
-    for bad in (0, -1, 86401):
+    for bad in (-1, 86401):
         with pytest.raises(InvalidArgument) as err:
             check_ttl(bad, 86400)
         assert err.value.reason is Reason.INVALID_TTL

@@ -1,0 +1,705 @@
+"""The engine: the only place that knows the order of a grant.
+
+RequestGrant: authenticate (done by the caller) → validate input → load the task (active,
+owned by the caller) → ask the policy → validate the decision → TTL = min(requested, policy,
+tier maximum, task remaining, global maximum) → persist and audit (one journal commit) → sign
+→ return. A token leaves only after its grant is durable; any failure on the way means no
+token.
+
+The engine keeps live state (`live.py`) and changes it synchronously before each journal
+commit. It does no I/O of its own: the policy, journal, store and key ring are adapters
+handed to it. Finding the caller's task (`tasks.py`), approvals (`desk.py`), the sweeper
+(`sweeper.py`), revocation on request (`revoking.py`), key rotation (`keys.py`), introspection
+(`introspection.py`) and the fleet (`fleet.py`) each have a module (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
+from ..cache import DecisionCache
+from ..clock import Clock, rfc3339
+from ..dpop import KeyBinding
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PolicyError,
+    Reason,
+    ResourceExhausted,
+    SidecarError,
+)
+from ..events import GrantDenied, GrantIssued, GrantRevoked, TaskBegun
+from ..journal import CommitError, Journal
+from ..model import (
+    OUTCOME_REVOCATION,
+    OUTCOME_TASK_STATE,
+    Grant,
+    GrantState,
+    Identity,
+    Intent,
+    Outcome,
+    PolicyDecision,
+    RevocationReason,
+    Task,
+)
+from ..policy import PolicyEngine, build_input
+from ..revocations import FleetGate, Revocation
+from ..store import Snapshot, Store
+from ..tokens import KeyRing, SigningKey, access_token_claims, new_grant_id
+from ..validation import (
+    check_intent,
+    check_task_fields,
+    check_task_id,
+    check_ttl,
+    preview,
+)
+from . import fleet as fleet_orders
+from .commits import Ended, Recorder, commit_or_undo
+from .desk import ApprovalDesk
+from .due import DueQueue
+from .introspection import Introspection, introspect
+from .keys import KeyRotation
+from .live import LiveState
+from .outcome import GrantOutcome, pending, reason_code, settled
+from .revoking import Revoking
+from .settings import EngineMetrics, EngineSettings
+from .sweeper import Sweeper
+from .tasks import TaskLookup, check_task_ref, owned_task_id
+
+log = logging.getLogger("jit_sidecar.engine")
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        policy: PolicyEngine,
+        keys: KeyRing,
+        store: Store,
+        journal: Journal,
+        metrics: EngineMetrics,
+        clock: Clock,
+        cache: DecisionCache | None = None,
+        notifier: WebhookNotifier | None = None,
+        fleet: FleetGate | None = None,
+        on_policy_unavailable: Callable[[PolicyError], None] | None = None,
+    ) -> None:
+        """`fleet` is given when state is shared with a fleet (docs/scale-out.md): consulted
+        to issue, to introspect other sidecars' tokens, and told of revocations made
+        elsewhere. `on_policy_unavailable` is called when OPA could not be reached, so
+        health flips to NOT_SERVING at once."""
+        self.settings = settings
+        self.policy = policy
+        self.keys = keys
+        self.store = store
+        self.journal = journal
+        self.metrics = metrics
+        self.clock = clock
+        self.cache = cache if cache is not None else DecisionCache()
+        self.notifier = notifier
+        self.fleet = fleet
+        self.on_policy_unavailable = on_policy_unavailable
+        due = DueQueue()
+        self.approvals = ApprovalDesk(
+            due=due,
+            journal=journal,
+            store=store,
+            clock=clock,
+            metrics=metrics,
+            approval_ttl=settings.approval_ttl,
+            max_open_per_task=settings.max_open_approvals_per_task,
+            notifier=notifier,
+        )
+        self.live = LiveState(
+            due=due,
+            approvals=self.approvals,
+            metrics=metrics,
+            clock=clock,
+            heartbeat_misses=settings.heartbeat_misses,
+        )
+        self.record = Recorder(journal, metrics, clock)
+        self.sweeper = Sweeper(
+            self.live,
+            keys=keys,
+            recorder=self.record,
+            clock=clock,
+            interval=settings.sweep_interval,
+        )
+        self._keys = KeyRotation(keys, self.live, journal, clock)
+        self._tasks = TaskLookup(self.live, store)
+        self._revoking = Revoking(
+            self.live,
+            store=store,
+            journal=journal,
+            recorder=self.record,
+            clock=clock,
+            fleet=fleet,
+            max_ttl=settings.max_ttl,
+        )
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Take over the live state a store loaded at start-up."""
+        self.live.restore(snapshot)
+
+    # ================================================================== tasks
+    async def begin_task(
+        self,
+        identity: Identity,
+        *,
+        task_id: str,
+        goal: str,
+        max_duration: int,
+        labels: Mapping[str, str],
+        pop: KeyBinding | None = None,
+    ) -> Task:
+        """Open a task. A caller-chosen `task_id` lives in the caller's own namespace (the
+        task's id is `<task_id>@<owner tag>`), so it never collides with, nor reveals,
+        another identity's task (docs/security.md)."""
+        try:
+            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop)
+        except SidecarError as err:
+            await self.record.rejection("BeginTask", identity, err, task_id=task_id)
+            raise
+
+    async def _begin_task(
+        self,
+        identity: Identity,
+        chosen: str,
+        goal: str,
+        max_duration: int,
+        labels: Mapping[str, str],
+        pop: KeyBinding | None,
+    ) -> Task:
+        cfg = self.settings
+        check_task_fields(goal, labels)
+        pop_jkt = pop.jkt(self.clock.now()) if pop is not None else ""
+        if max_duration > cfg.max_task_duration:
+            raise InvalidArgument(
+                f"max_duration_seconds {max_duration} exceeds the limit of {cfg.max_task_duration}",
+                Reason.INVALID_TASK,
+            )
+        if chosen:
+            check_task_id(chosen)
+            task_id = owned_task_id(identity.subject, chosen)
+            if task_id in self.live.tasks or await self.store.get_task(task_id) is not None:
+                raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
+        else:
+            task_id = "t-" + new_grant_id()
+        if task_id in self.live.tasks:  # a concurrent BeginTask with the same id won the race
+            raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
+        if self.live.tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
+            raise ResourceExhausted(
+                f"this identity already has {cfg.max_tasks_per_identity} active tasks",
+                Reason.TOO_MANY_TASKS,
+            )
+        now = self.clock.now()
+        task = Task(
+            task_id=task_id,
+            subject=identity.subject,
+            goal=goal,
+            labels=dict(labels),
+            started_at=now,
+            deadline=now + (max_duration or cfg.default_task_duration),
+            heartbeat_interval=cfg.heartbeat_interval,
+            last_heartbeat=now,
+            pop_jkt=pop_jkt,
+        )
+        self.live.add_task(task)
+        event = TaskBegun(
+            time=rfc3339(now),
+            task_id=task_id,
+            subject=identity.subject,
+            goal=goal,
+            labels=dict(labels),
+            expires_at=rfc3339(task.deadline),
+            heartbeat_interval_seconds=task.heartbeat_interval,
+            pop_jkt=pop_jkt or None,
+            identity_method=identity.method,
+        )
+        # nothing recorded: the task must not exist
+        await commit_or_undo(self.journal, event, lambda: self.live.drop_task(task))
+        log.info("task begun", extra={"task_id": task_id})
+        return task
+
+    async def heartbeat(self, identity: Identity, task_id: str) -> Task:
+        try:
+            task = await self._tasks.active(identity, task_id)
+        except SidecarError as err:
+            await self.record.rejection("Heartbeat", identity, err, task_id=task_id)
+            raise
+        now = self.clock.now()
+        if now >= task.deadline:
+            await self._end_overdue(task)
+        task.last_heartbeat = now
+        self.journal.touch(task.task_id, now)
+        return task
+
+    async def complete_task(
+        self, identity: Identity, task_id: str, outcome: Outcome, detail: str = ""
+    ) -> tuple[Task, int]:
+        triggered = self.clock.now()
+        try:
+            task = await self._tasks.active(identity, task_id)
+        except SidecarError as err:
+            await self.record.rejection("CompleteTask", identity, err, task_id=task_id)
+            raise
+        ended = Ended()
+        count = self.live.end_task(
+            task,
+            OUTCOME_TASK_STATE[outcome],
+            OUTCOME_REVOCATION[outcome],
+            triggered,
+            ended,
+            detail=detail,
+        )
+        await self.record.revocations(ended)
+        return task, count
+
+    async def _end_overdue(self, task: Task) -> None:
+        """A request found its task past its deadline: end it now (the deadline is the
+        clock's, not the sweeper's timing) and say so."""
+        await self.sweep()
+        if task.active:  # not ended by the sweep (e.g. its commit failed)
+            raise FailedPrecondition(
+                f"task {task.task_id} passed its deadline", Reason.TASK_INACTIVE
+            )
+        raise self._tasks.ended(task)
+
+    # ================================================================== grants
+    async def request_grant(
+        self, identity: Identity, task_id: str, intent: Intent, ttl_seconds: int
+    ) -> GrantOutcome:
+        """`ttl_seconds` 0 asks for the longest lifetime the bounds allow."""
+        try:
+            return await self._request_grant(identity, task_id, intent, ttl_seconds)
+        except PolicyError:
+            self.metrics.errored()
+            raise
+        except SidecarError as err:
+            self.metrics.errored()
+            await self.record.rejection(
+                "RequestGrant", identity, err, task_id=task_id, intent=intent
+            )
+            raise
+
+    async def _request_grant(
+        self, identity: Identity, task_id: str, intent: Intent, ttl_seconds: int
+    ) -> GrantOutcome:
+        check_intent(intent.action, intent.resource, intent.justification, intent.context)
+        check_ttl(ttl_seconds, self.settings.max_requested_ttl)
+        task = await self._tasks.active(identity, task_id)
+        now = self.clock.now()
+        if now >= task.deadline:
+            await self._end_overdue(task)
+        self._check_grant_room(task)
+
+        if self.approvals:  # an open approval may already cover (or contradict) this intent
+            settled = await self._approval_shortcut(identity, task.task_id, intent, now)
+            if settled is not None:
+                return settled
+
+        decision = await self._decide(identity, intent, task, ttl_seconds, now)
+
+        if not decision.allow:
+            return await self._deny(
+                identity, task.task_id, intent, now, decision.reasons, decision.decision_id
+            )
+        if decision.approval_required:
+            approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
+            return pending(approval)
+        return await self._issue(identity, task, intent, ttl_seconds, decision)
+
+    async def _decide(
+        self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
+    ) -> PolicyDecision:
+        key = self.cache.key(identity, intent, task.labels)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.cache_hit.inc()
+            return cached
+        grants = [self.live.grants[g] for g in task.grant_ids if g in self.live.grants]
+        policy_input = build_input(identity, intent, task, grants, ttl, now)
+        started = time.perf_counter()
+        try:
+            decision = await self.policy.decide(policy_input)
+        except PolicyError as err:
+            if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
+                self.on_policy_unavailable(err)
+            await self.record.policy_failure(err, identity, intent, task.task_id, now)
+            raise
+        finally:
+            self.metrics.policy_eval.observe(time.perf_counter() - started)
+        if decision.cache_seconds:
+            self.metrics.cache_miss.inc()
+            self.cache.put(key, decision)
+        return decision
+
+    def _check_grant_room(self, task: Task) -> None:
+        """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
+        arrival and again, with no await in between, right before a grant is added: requests
+        decided concurrently would otherwise all pass the first check."""
+        limit = self.settings.max_grants_per_task
+        if len(task.grant_ids) >= limit:
+            raise ResourceExhausted(
+                f"task {task.task_id} already holds {limit} active grants",
+                Reason.TOO_MANY_GRANTS,
+            )
+
+    def _ttl(
+        self, requested: int, decision: PolicyDecision, task: Task, now: float
+    ) -> tuple[int, str]:
+        """The lifetime and what limited it: never wider than any of the bounds. A request
+        for 0 seconds asks for the longest the other bounds allow."""
+        assert decision.tier is not None
+        bounds = [
+            (decision.ttl_seconds, "policy"),
+            (self.settings.tier_max(decision.tier), "tier_max"),
+            (int(task.deadline - now), "task_remaining"),
+            (self.settings.max_ttl, "global_max"),
+        ]
+        if requested:
+            bounds.insert(0, (requested, "requested"))
+        return min(bounds)
+
+    async def _issue(
+        self,
+        identity: Identity,
+        task: Task,
+        intent: Intent,
+        requested_ttl: int,
+        decision: PolicyDecision,
+        approval_id: str = "",
+    ) -> GrantOutcome:
+        assert decision.tier is not None
+        if not task.active:  # the task ended while the policy was deciding
+            raise self._tasks.ended(task)
+        self._check_grant_room(task)
+        if self.fleet is not None:
+            self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
+        now = self.clock.now()
+        ttl, limited_by = self._ttl(requested_ttl, decision, task, now)
+        if ttl < 1:
+            raise FailedPrecondition(
+                f"task {task.task_id} has less than a second left", Reason.TASK_INACTIVE
+            )
+        exp = int(now) + ttl
+        key = self.keys.current
+        grant = Grant(
+            grant_id=new_grant_id(),
+            task_id=task.task_id,
+            subject=identity.subject,
+            # Agents repeat intents: interning shares one string between the live grants
+            # of the same action/resource/audience (~180 bytes a grant). Interned strings
+            # are freed with their last grant.
+            action=sys.intern(intent.action),
+            resource=sys.intern(intent.resource),
+            tier=decision.tier,
+            audience=sys.intern(decision.audience),
+            scope=decision.scope,
+            issued_at=now,
+            expires_at=float(exp),
+            kid=key.kid,
+            decision_id=decision.decision_id,
+            cnf_jkt=task.pop_jkt,
+        )
+        self.live.add_grant(task, grant)
+        token = key.sign(access_token_claims(grant, self.settings.issuer))
+        event = GrantIssued(
+            time=rfc3339(now),
+            task_id=task.task_id,
+            grant_id=grant.grant_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            decision_id=decision.decision_id or None,
+            tier=decision.tier.value,
+            scope=list(decision.scope),
+            audience=decision.audience,
+            ttl_seconds=ttl,
+            ttl_limited_by=limited_by,
+            expires_at=rfc3339(exp),
+            reasons=list(decision.reasons),
+            kid=key.kid,
+            cnf_jkt=task.pop_jkt or None,
+            cached=decision.cached or None,
+            approval_id=approval_id or None,
+        )
+        try:
+            await self.journal.commit([event])
+        except CommitError as err:
+            await self._abort_issue(grant, err)
+            raise
+        if grant.state is not GrantState.ACTIVE:
+            # Revoked (task completed or operator) while the commit was in flight.
+            raise FailedPrecondition(
+                f"grant {grant.grant_id} was revoked before it could be returned",
+                Reason.TASK_INACTIVE,
+            )
+        self.metrics.granted(decision.tier)
+        self.metrics.grant_ttl.observe(ttl)
+        log.info(
+            "grant issued: %s %s for %d s",
+            intent.action,
+            preview(intent.resource, 128),
+            ttl,
+            extra={
+                "task_id": task.task_id,
+                "grant_id": grant.grant_id,
+                "decision_id": decision.decision_id or None,
+                "tier": decision.tier.value,
+                "kid": key.kid,
+            },
+        )
+        return GrantOutcome(
+            "granted",
+            grant=grant,
+            token=token,
+            reasons=decision.reasons,
+            decision_id=decision.decision_id,
+        )
+
+    async def _abort_issue(self, grant: Grant, err: CommitError) -> None:
+        """Undo an issuance whose commit failed; the token is never returned."""
+        if grant.state is GrantState.ACTIVE:
+            self.live.forget_grant(grant, self.live.tasks.get(grant.task_id))
+        if err.durable:
+            # The audit log says "issued" but the store failed: record that it never left.
+            event = GrantRevoked(
+                time=rfc3339(self.clock.now()),
+                task_id=grant.task_id,
+                grant_id=grant.grant_id,
+                subject=grant.subject,
+                tier=grant.tier.value,
+                reason=RevocationReason.ISSUE_ABORTED.value,
+            )
+            try:
+                await self.journal.commit([event])
+            except CommitError:
+                log.error("could not record the aborted issue of %s", grant.grant_id)
+
+    async def _deny(
+        self,
+        identity: Identity,
+        task_id: str,
+        intent: Intent,
+        now: float,
+        reasons: tuple[str, ...],
+        decision_id: str = "",
+        approval_id: str = "",
+    ) -> GrantOutcome:
+        """A denial is an answer, not an error: counted, logged and audited."""
+        self.metrics.denied()
+        log.info(
+            "grant denied: %s %s",
+            intent.action,
+            preview(intent.resource, 128),
+            extra={
+                "task_id": task_id,
+                "decision_id": decision_id or None,
+                "reason": reason_code(reasons),
+            },
+        )
+        event = GrantDenied(
+            time=rfc3339(now),
+            task_id=task_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            decision_id=decision_id or None,
+            approval_id=approval_id or None,
+            reasons=list(reasons),
+        )
+        await self.journal.commit([event])
+        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
+
+    # ================================================================== approvals
+    async def _approval_shortcut(
+        self, identity: Identity, task_id: str, intent: Intent, now: float
+    ) -> GrantOutcome | None:
+        """The answer an open approval gives this exact intent (collect the approved grant,
+        or still pending), a denial when it contradicts an approval given for the same
+        action and resource, or None to ask the policy."""
+        digest = intent_hash(identity.subject, task_id, intent)
+        parked = self.approvals.by_hash.get(digest)
+        if parked is not None and parked.expires_at > now:
+            if parked.state is ApprovalState.APPROVED:
+                return await self._use_approval(identity, parked)
+            return pending(parked)
+        mismatch = self.approvals.approved_for_other_intent(task_id, intent, digest)
+        if mismatch is None:
+            return None
+        reasons = (
+            f"approval_intent_mismatch: approval {mismatch.approval_id} covers a different "
+            "intent (justification or context changed after approval)",
+        )
+        return await self._deny(
+            identity, task_id, intent, now, reasons, approval_id=mismatch.approval_id
+        )
+
+    def open_approvals(self) -> list[Approval]:
+        return self.approvals.listed()
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, approver: str, reason: str
+    ) -> Approval:
+        """An approver's verdict. Unknown → NOT_FOUND; decided, used or expired →
+        FAILED_PRECONDITION approval_inactive (an approval is decided once)."""
+        now = self.clock.now()
+        approval = await self.approvals.decidable(approval_id)
+        if approval.expires_at <= now:
+            await self.sweep()
+            raise FailedPrecondition(
+                f"approval {approval_id} has expired", Reason.APPROVAL_INACTIVE
+            )
+        await self.approvals.decide(
+            approval, now, approve=approve, approver=approver, reason=reason
+        )
+        return approval
+
+    async def await_approval(
+        self, identity: Identity, approval_id: str, wait: float
+    ) -> GrantOutcome:
+        """Wait up to `wait` seconds for a verdict; an approval yields one JIT grant. Another
+        identity's approval is NOT_FOUND, as an unknown one is."""
+        approval = self.approvals.get(approval_id)
+        if approval is None or approval.subject != identity.subject:
+            stored = await self.store.get_approval(approval_id)
+            if stored is None or stored.subject != identity.subject:
+                raise NotFound(f"no approval {approval_id}", Reason.APPROVAL_NOT_FOUND)
+            return settled(stored)
+        if approval.state is ApprovalState.PENDING and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(approval.settled.wait(), wait)
+        if approval.expires_at <= self.clock.now() and approval.open:
+            await self.sweep()  # expiry is the clock's, not the sweeper's timing
+            return settled(approval)
+        if approval.state is ApprovalState.APPROVED:
+            return await self._use_approval(identity, approval)
+        if approval.state is ApprovalState.PENDING:
+            return pending(approval)
+        return settled(approval)
+
+    async def _use_approval(self, identity: Identity, approval: Approval) -> GrantOutcome:
+        task = self.live.tasks.get(approval.task_id)
+        if task is None:
+            stored = await self.store.get_task(approval.task_id)
+            if stored is not None and not stored.active:
+                raise self._tasks.ended(stored)
+            raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
+        self._check_grant_room(task)  # before the approval is used up
+        if self.fleet is not None:
+            self.fleet.check_issuable()  # before the approval is used up
+        self.approvals.close(approval, ApprovalState.USED)
+        try:
+            return await self._issue(
+                identity,
+                task,
+                approval.intent,
+                approval.requested_ttl,
+                approval.decision,
+                approval_id=approval.approval_id,
+            )
+        except CommitError as err:
+            if not err.durable:  # nothing recorded: the approval can still be collected
+                self.approvals.reopen_approved(approval)
+            raise
+
+    # ================================================================== ending access
+    async def revoke_grant(
+        self, identity: Identity | None, grant_id: str, reason: str = ""
+    ) -> tuple[bool, Grant]:
+        """Revoke one grant. `identity` None means an operator (no ownership check)."""
+        return await self._revoking.grant(identity, grant_id, reason)
+
+    async def revoke_task(self, task_id: str, reason: str = "") -> int:
+        """Operator: end a task (as failed) and revoke its grants."""
+        check_task_ref(task_id)
+        return await self._revoking.task(task_id, reason)
+
+    async def revoke_subject(self, subject: str | None, reason: str = "") -> int:
+        """Kill switch: end every task of `subject` (every task when None)."""
+        return await self._revoking.subject(subject, reason)
+
+    async def sweep(self) -> int:
+        """End whatever is due (grants, task deadlines, missed heartbeats, approvals)."""
+        return await self.sweeper.sweep()
+
+    async def run_sweeper(self, stop: asyncio.Event) -> None:
+        await self.sweeper.run(stop)
+
+    def next_due(self) -> float | None:
+        return self.live.due.next_due()
+
+    # ================================================================== reading
+    async def list_grants(
+        self, identity: Identity, task_id: str, include_inactive: bool
+    ) -> list[Grant]:
+        task = await self._tasks.own(identity, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+        now = self.clock.now()
+        out = []
+        for grant in await self.store.list_grants(task.task_id, include_inactive):
+            if grant.grant_id in self.live.grants:
+                grant.state = GrantState.ACTIVE  # memory is authoritative for live grants
+            elif grant.state is GrantState.ACTIVE:
+                # Ended in memory; the store catches up with the journal's next commit.
+                grant.state = GrantState.EXPIRED if grant.expires_at <= now else GrantState.REVOKED
+            if include_inactive or grant.state is GrantState.ACTIVE:
+                out.append(grant)
+        return out
+
+    async def introspect(self, token: str, *, with_reason: bool = True) -> Introspection:
+        """RFC 7662: active only for a token we signed whose grant is active right now."""
+        return await introspect(
+            token,
+            issuer=self.settings.issuer,
+            keys=self.keys,
+            live=self.live,
+            store=self.store,
+            fleet=self.fleet,
+            clock=self.clock,
+            with_reason=with_reason,
+        )
+
+    def task(self, task_id: str) -> Task | None:
+        return self.live.tasks.get(task_id)
+
+    def grant(self, grant_id: str) -> Grant | None:
+        return self.live.grants.get(grant_id)
+
+    @property
+    def active_grant_count(self) -> int:
+        return len(self.live.grants)
+
+    def active_grants(self) -> Sequence[Grant]:
+        return list(self.live.grants.values())
+
+    def last_exp(self, kid: str) -> float:
+        return self.live.last_exp(kid)
+
+    # ================================================================== fleet
+    def fleet_targets(self, rev: Revocation) -> tuple[list[Task], list[Grant]]:
+        """This sidecar's active tasks and grants a fleet revocation covers."""
+        return fleet_orders.fleet_targets(self.live, rev)
+
+    async def apply_fleet_revocation(self, rev: Revocation) -> int:
+        """End here what a revocation made elsewhere in the fleet covers; returns how many
+        grants (sidecar.engine.fleet)."""
+        return await fleet_orders.apply_fleet_revocation(self.live, self.record, self.clock, rev)
+
+    # ================================================================== signing keys
+    async def rotate_key(self, new: SigningKey) -> tuple[str, float]:
+        """Sign with `new` from now on; returns (previous kid, when it leaves the JWKS)."""
+        return await self._keys.rotate(new)
+
+    async def record_key_in_use(self, stored: Mapping[str, str] | None) -> None:
+        """At start-up: record the signing key, and a rotation made while it was down."""
+        await self._keys.record_in_use(stored)

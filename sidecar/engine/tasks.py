@@ -1,0 +1,77 @@
+"""Finding the caller's task by the id it names.
+
+Task ids are no oracle: another identity's task is not found, exactly as an id nobody holds
+(same status, reason and message). A task id the caller chooses lives in the caller's own
+namespace (`<name>@<tag>`), so nobody can take it first (docs/api.md "Task ids").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, Reason
+from ..model import Identity, Task
+from ..store import Store
+from ..validation import check_task_id
+from .live import LiveState
+
+
+class TaskLookup:
+    def __init__(self, live: LiveState, store: Store) -> None:
+        self.live = live
+        self.store = store
+
+    async def own(self, identity: Identity, task_id: str) -> Task | None:
+        """The caller's task named `task_id` (live or stored, in any state), or None. Another
+        identity's task is None too: unknown and foreign ids get the same answer, so a task
+        id is no oracle (docs/security.md)."""
+        check_task_ref(task_id)
+        names = [task_id] if "@" in task_id else [task_id, owned_task_id(identity.subject, task_id)]
+        for name in names:
+            task = self.live.tasks.get(name)
+            if task is not None and task.subject == identity.subject:
+                return task
+        for name in names:
+            stored = await self.store.get_task(name)
+            if stored is not None and stored.subject == identity.subject:
+                return self.live.tasks.get(stored.task_id) or stored
+        return None
+
+    async def active(self, identity: Identity, task_id: str) -> Task:
+        """The caller's active task, or the precise error saying why not."""
+        task = await self.own(identity, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+        if task.active and task.task_id not in self.live.tasks:
+            # Live state holds every active task this sidecar serves: an active task in
+            # the store is another sidecar's (fleet) or is ending right now.
+            raise FailedPrecondition(
+                f"task {task_id} is not served by this sidecar", Reason.TASK_INACTIVE
+            )
+        if not task.active:
+            raise self.ended(task)
+        return task
+
+    def ended(self, task: Task) -> FailedPrecondition:
+        why = task.why_ended(self.live.heartbeat_misses)
+        return FailedPrecondition(f"task {task.task_id} has ended ({why})", Reason.TASK_INACTIVE)
+
+
+def owned_task_id(subject: str, chosen: str) -> str:
+    """The id of the task a caller named `chosen`: `<chosen>@<tag>`, where the tag (16
+    base32 characters of SHA-256 of the subject) puts it in the caller's own namespace."""
+    digest = hashlib.sha256(subject.encode()).digest()[:10]
+    return f"{chosen}@{base64.b32encode(digest).decode('ascii').lower()}"
+
+
+def check_task_ref(task_id: str) -> None:
+    """A task id as an RPC names it: a generated or chosen id, optionally `@<tag>`."""
+    name, at, tag = task_id.partition("@")
+    check_task_id(name)
+    if at and not (len(tag) == 16 and tag.isalnum() and tag.islower()):
+        raise InvalidArgument(
+            "task_id must be 1-128 of A-Z a-z 0-9 . _ : - (starting with a letter or digit), "
+            "optionally followed by the @tag BeginTask returned",
+            Reason.INVALID_TASK,
+        )
