@@ -114,7 +114,12 @@ def ts(value: float | None) -> timestamp_pb2.Timestamp:
     return out
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+def struct_to_dict(
+    value: struct_pb2.Struct, field: str = "context", reason: Reason = Reason.INVALID_INTENT
+) -> dict[str, Any]:
+    """A Struct as JSON data. NaN and Infinity fit a Struct's doubles but are not JSON (RFC
+    8259 §6): a request carrying them is refused with `reason`, never an INTERNAL error."""
+
     def tidy(v: Any) -> Any:
         # Struct numbers are doubles: give integral ones back as ints for policy and audit.
         if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
@@ -125,7 +130,13 @@ def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
             return [tidy(x) for x in v]
         return v
 
-    return tidy(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+    try:
+        plain = json_format.MessageToDict(value)
+    except ValueError as err:
+        raise InvalidArgument(
+            f"{field} holds a number JSON cannot carry (NaN or Infinity)", reason
+        ) from err
+    return tidy(plain)  # type: ignore[no-any-return]
 
 
 def task_pb(task: Task) -> pb.Task:
@@ -359,7 +370,11 @@ class AccessService(pb_grpc.AccessServiceServicer):
             identity = await self._identity(context)
             pop = None
             if request.pop_proof or request.HasField("pop_jwk"):
-                jwk = struct_to_dict(request.pop_jwk) if request.HasField("pop_jwk") else None
+                jwk = (
+                    struct_to_dict(request.pop_jwk, "pop_jwk", Reason.INVALID_POP_PROOF)
+                    if request.HasField("pop_jwk")
+                    else None
+                )
                 pop = KeyBinding(request.pop_proof, jwk, self._key_bindings)
             task = await self._engine.begin_task(
                 identity,

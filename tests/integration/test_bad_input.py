@@ -299,3 +299,31 @@ def test_opa_killed_mid_run_then_restarted(tmp_path: Path, own_opa: OpaServer) -
     assert err.value.reason == "policy_unavailable"
     assert issued_while_down == 1  # only `before`
     assert before.grant_id != after.grant_id
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_context_number_json_cannot_carry_is_refused(
+    sidecar: SidecarProcess, number: float
+) -> None:
+    """A raw client (the SDK refuses it first) sending NaN or Infinity inside the context,
+    nested in a list: INVALID_ARGUMENT invalid_intent, never INTERNAL; nothing issued."""
+    from google.protobuf import struct_pb2
+
+    from sidecar._proto.jit.v1 import access_pb2 as pb
+    from sidecar._proto.jit.v1 import access_pb2_grpc
+
+    context = struct_pb2.Struct()
+    context.update({"scores": [1, number]})
+    with sidecar.client() as c:
+        task = c.begin_task("raw context")
+    with grpc.insecure_channel(socket_target(sidecar.socket)) as channel:
+        stub = access_pb2_grpc.AccessServiceStub(channel)
+        request = pb.RequestGrantRequest(
+            task_id=task.task_id,
+            intent=pb.Intent(action="docs.read", resource="docs://a", context=context),
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RequestGrant(request, timeout=10)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "NaN or Infinity" in (err.value.details() or "")
+    assert_nothing_issued(sidecar)
