@@ -16,6 +16,7 @@ class Reason(StrEnum):
 
     INVALID_ARGUMENT = "invalid_argument"
     INVALID_INTENT = "invalid_intent"
+    INVALID_RESOURCE = "invalid_resource"
     INVALID_TTL = "invalid_ttl"
     INVALID_TASK = "invalid_task"
     IDENTITY_INVALID = "identity_invalid"

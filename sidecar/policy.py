@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ._http1 import Http1Pool, HttpError
 from .errors import PolicyResultInvalid, PolicyUnavailable
 from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
+from .resources import parse_resource
 
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
@@ -47,7 +48,10 @@ def build_input(
 
     return {
         "identity": identity.as_input(),
-        "intent": intent.as_input(),
+        # The parsed form too, so that policies compare segments, never string prefixes.
+        "intent": (
+            intent.as_input() | {"resource_parts": parse_resource(intent.resource).as_input()}
+        ),
         "task": {
             "id": task.task_id,
             "goal": task.goal,

@@ -29,7 +29,7 @@ test_approval_triggers_are_well_formed if {
 	every _, class in jit.classes {
 		is_number(object.get(class, ["approval", "amount_above"], 0))
 		every prefix in object.get(class, ["approval", "resource_prefixes"], []) {
-			is_string(prefix)
+			jit._canonical_prefix(prefix)
 		}
 	}
 }
@@ -81,6 +81,7 @@ test_purposes_name_known_classes_and_domains if {
 			jit.classes[class]
 		}
 		every prefix in object.get(purpose, "resource_prefixes", []) {
+			jit._canonical_prefix(prefix)
 			jit.domains[split(prefix, "://")[0]]
 		}
 	}

@@ -3,10 +3,7 @@
 package jit
 
 # The resource's domain is its URI scheme: payments://orders/42 -> payments.
-_domain := substring(input.intent.resource, 0, i) if {
-	i := indexof(input.intent.resource, "://")
-	i > 0
-}
+_domain := input.intent.resource_parts.scheme if _resource_parts_valid
 
 _domain_spec := data.jit.domains[_domain]
 

@@ -29,7 +29,7 @@ def test_standing_read_jit_write_and_denial(sidecar: SidecarProcess) -> None:
         write = c.request_grant(
             task.task_id,
             "tickets.update",
-            "tickets://T-1001",
+            "tickets://t-1001",
             justification="customer asked to close it",
             ttl_seconds=600,
         )

@@ -68,7 +68,7 @@ def test_task_block_completes_succeeded_and_revokes(sidecar: SidecarProcess) -> 
         with jit.task(goal="triage T-1001", labels={"purpose": "support"}) as task:
             read = task.grant("docs.read", "docs://handbook/intro")
             write = task.grant(
-                "tickets.update", "tickets://T-1001", justification="customer asked to close it"
+                "tickets.update", "tickets://t-1001", justification="customer asked to close it"
             )
             live = task.grants()
         after_read = jit.introspect(read.token)
@@ -76,7 +76,7 @@ def test_task_block_completes_succeeded_and_revokes(sidecar: SidecarProcess) -> 
     assert (read.tier, write.tier) == ("standing", "jit")
     assert (write.action, write.resource, write.audience) == (
         "tickets.update",
-        "tickets://T-1001",
+        "tickets://t-1001",
         "tickets",
     )
     assert write.scope == ("tickets.update",)
@@ -99,7 +99,7 @@ def test_exception_completes_errored_revokes_and_reraises(sidecar: SidecarProces
     def doomed(jit: AccessClient) -> None:
         with jit.task(goal="doomed") as task:
             opened.append(
-                (task, task.grant("tickets.update", "tickets://T-7", justification="will fail now"))
+                (task, task.grant("tickets.update", "tickets://t-7", justification="will fail now"))
             )
             _ = 1 / 0
 
@@ -171,7 +171,7 @@ AGENT_SCRIPT = textwrap.dedent(
     import sys, time
     from sidecar.client import AccessClient
     with AccessClient(sys.argv[1]) as jit, jit.task(goal="doomed agent") as task:
-        grant = task.grant("tickets.update", "tickets://T-9", justification="about to be killed")
+        grant = task.grant("tickets.update", "tickets://t-9", justification="about to be killed")
         print(task.task_id, grant.token, flush=True)
         time.sleep(120)
     """
@@ -371,7 +371,7 @@ def test_requires_tool_asks_for_its_grant(sidecar: SidecarProcess) -> None:
     assert ran == ["T-5"]
     assert (grant.action, grant.resource, grant.tier) == (
         "tickets.update",
-        "tickets://T-5",
+        "tickets://t-5",
         "jit",
     )
     assert grant.task_id == task.task_id

@@ -173,21 +173,21 @@ def test_revoked_with_introspection(
 ) -> None:
     """With introspection on, a revoked grant is rejected as revoked: at once with fresh=True,
     and within introspection_cache_seconds from the cache."""
-    grant = task.grant("tickets.update", "tickets://T-1", justification="close duplicate")
+    grant = task.grant("tickets.update", "tickets://t-1", justification="close duplicate")
     v = verifier(
         "tickets",
         introspection_url=issuer.http + "/introspect",
         introspection_cache_seconds=0.5,
     )
-    ok = v.verify(grant.token, action="tickets.update", resource="tickets://T-1")
+    ok = v.verify(grant.token, action="tickets.update", resource="tickets://t-1")
     assert task.revoke(grant, "test revocation")
     fresh = rejected(
-        lambda: v.verify(grant.token, action="tickets.update", resource="tickets://T-1", fresh=True)
+        lambda: v.verify(grant.token, action="tickets.update", resource="tickets://t-1", fresh=True)
     )
 
     def cached_rejects() -> bool:
         try:
-            v.verify(grant.token, action="tickets.update", resource="tickets://T-1")
+            v.verify(grant.token, action="tickets.update", resource="tickets://t-1")
         except TokenRejected as err:
             return err.reason == "revoked"
         return False
