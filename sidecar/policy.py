@@ -1,6 +1,6 @@
 """Asks an Open Policy Agent server for decisions, and trusts nothing it answers unchecked.
 
-The contract (DESIGN.md, "OPA contract"): POST `{"input": …}` to the decision path; the
+The contract (docs/api.md, "Policy input"): POST `{"input": …}` to the decision path; the
 `result` must be an object whose fields have exactly the documented types. Anything else —
 no answer, a timeout, an HTTP error, invalid JSON, an undefined result, a wrong type — raises a
 `PolicyError`, and the engine issues no token.
@@ -43,7 +43,7 @@ def build_input(
     ttl_seconds: int,
     now: float,
 ) -> dict[str, Any]:
-    """The `input` document of DESIGN.md for one RequestGrant."""
+    """The `input` of one RequestGrant (docs/policy-authoring.md, "The input document")."""
     from .clock import rfc3339
 
     return {

@@ -150,7 +150,7 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 # title: resource outside the purpose
 # description: |
 #   A purpose with `resource_prefixes` allows only resources under one of them, segment by
-#   segment (resources.rego).
+#   segment (`_covers`, facts.rego).
 # scope: rule
 # custom:
 #   reason_code: intent_mismatch
@@ -169,7 +169,7 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 # title: resource outside the task
 # description: |
 #   A task's `resources` label (comma-separated prefixes) bounds the resources it may ask
-#   for, segment by segment (resources.rego). An empty list matches nothing; a `*` in a
+#   for, segment by segment (`_covers`, facts.rego). An empty list matches nothing; a `*` in a
 #   prefix is literal and matches nothing.
 # scope: rule
 # custom:

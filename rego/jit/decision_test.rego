@@ -11,7 +11,7 @@ _billing := "spiffe://jit.local/agent/billing"
 
 _ops := "spiffe://jit.local/agent/ops"
 
-# A complete, well-formed input (DESIGN.md, "OPA contract"); `intent` and `task` override
+# A complete, well-formed input (docs/policy-authoring.md, "The input document"); `intent` and `task` override
 # the defaults field by field.
 _input(subject, intent, task) := {
 	"identity": {"subject": subject, "trust_domain": "jit.local", "method": "dev", "issuer": "", "claims": {}},

@@ -1,4 +1,4 @@
-# Resources compare by segments (resources.rego): a prefix covers itself and what is under
+# Resources compare by segments (`_covers` in facts.rego): a prefix covers itself and what is under
 # it, never a longer name; the parsed parts must be those of the string the token names.
 package jit_test
 

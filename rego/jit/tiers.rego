@@ -31,7 +31,7 @@ _max_ttl := ttl if {
 	ttl == floor(ttl)
 }
 
-# Only standing decisions may be cached (DESIGN.md); JIT and approval decisions never are.
+# Only standing decisions may be cached (docs/policy-authoring.md); JIT and approval decisions never are.
 default _cache_seconds := 0
 
 _cache_seconds := seconds if {
@@ -77,7 +77,7 @@ _escalations contains _escalation(rego.metadata.rule(), "approval", msg) if {
 # title: approval under resource prefixes
 # description: |
 #   data.jit.classes[<class>].approval.resource_prefixes, e.g. production infrastructure;
-#   segment by segment (resources.rego): infra://prod/ covers infra://prod itself.
+#   segment by segment (`_covers`, facts.rego): infra://prod/ covers infra://prod itself.
 # scope: rule
 # custom:
 #   reason_code: approval_resource

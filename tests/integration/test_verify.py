@@ -131,6 +131,27 @@ def test_wrong_resource(verifier: Callable[..., TokenVerifier], read: Grant) -> 
     assert longer.reason == "wrong_resource"
 
 
+def test_non_canonical_resource_never_matches(
+    verifier: Callable[..., TokenVerifier], read: Grant, key: ed25519.Ed25519PrivateKey
+) -> None:
+    """Resources compare by the sidecar's rules: another spelling of the token's resource is
+    wrong_resource, and a token naming a non-canonical resource (which no sidecar signs)
+    authorizes nothing, not even that exact string."""
+    v = verifier()
+    spellings = ["DOCS://handbook/intro", "docs://handbook/./intro", "docs://handbook/%69ntro"]
+    refused = [
+        rejected(lambda r=r: v.verify(read.token, action="docs.read", resource=r))
+        for r in spellings
+    ]
+    header, claims, _ = split(read.token)
+    odd = "docs://handbook/x/../intro"
+    claims["authorization_details"][0]["locations"] = [odd]
+    forged = sign(key, header, claims)
+    exact = rejected(lambda: v.verify(forged, action="docs.read", resource=odd))
+    assert [err.reason for err in refused] == ["wrong_resource"] * 3
+    assert exact.reason == "wrong_resource"
+
+
 def test_wrong_audience(verifier: Callable[..., TokenVerifier], read: Grant) -> None:
     """A docs token presented to the tickets API: wrong_audience."""
     err = rejected(
