@@ -408,7 +408,16 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
     import requests
 
     from .clock import rfc3339
+    from .errors import InvalidArgument
     from .identity import trust_domain_of
+    from .resources import parse_resource
+
+    try:
+        # As the sidecar would: a non-canonical resource never reaches the policy.
+        resource_parts = parse_resource(args.resource, "resource").as_input()
+    except InvalidArgument as err:
+        print(f"jit-sidecar: {err} (refused before the policy is asked)", file=sys.stderr)
+        return EXIT_USAGE
 
     def pairs(items: list[str]) -> dict[str, str]:
         return dict(item.split("=", 1) for item in items if "=" in item)
@@ -424,6 +433,7 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
         "intent": {
             "action": args.action,
             "resource": args.resource,
+            "resource_parts": resource_parts,
             "justification": args.justification,
             "context": json.loads(args.context) if args.context else {},
         },

@@ -21,8 +21,8 @@ from .errors import InvalidArgument, Reason
 _SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
 # RFC 3986 §3.2.2 reg-name, narrowed to one spelling: lower case (§6.2.2.1: hosts are
 # case-insensitive), dot-separated non-empty labels (a trailing dot is the same DNS name), no
-# percent-escapes. No userinfo `@` (§3.2.1), no `:port` (§3.2.3; `:443` and nothing can be
-# one port), no IP literal `[...]`.
+# percent-escapes. No userinfo `@` (§3.2.1), no `:port` (§3.2.3, §6.2.3: `prod:443`, `prod:`
+# and `prod` can be one server), no IP literal `[...]`.
 _AUTHORITY_RE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 # RFC 3986 §3.3 pchar = unreserved / pct-encoded / sub-delims / ":" / "@". Path segments are
 # case-sensitive (§6.2.2.1), so both cases are letters of their own.

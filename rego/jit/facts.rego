@@ -59,12 +59,7 @@ _cross_domain_tier := tier if {
 # The one segment-aware prefix test. "infra://prod" and "infra://prod/" cover infra://prod
 # and everything under it, never infra://production; "infra://" covers the whole domain.
 # A prefix that is not canonical covers nothing.
-_covers(prefix, parts) if {
-	p := _prefix_parts(prefix)
-	p.scheme == parts.scheme
-	p.authority == ""
-	p.segments == []
-}
+_covers(prefix, parts) if prefix == concat("", [parts.scheme, "://"])
 
 _covers(prefix, parts) if {
 	p := _prefix_parts(prefix)
@@ -79,9 +74,10 @@ _covered_by(prefixes) if {
 	_covers(prefix, input.intent.resource_parts)
 }
 
-# "scheme://" or "scheme://authority[/segment]...", with at most one trailing "/".
+# "scheme://authority[/segment]...", with at most one trailing "/". No check of the form is
+# needed here: a non-canonical prefix (PROD, %70rod, a dot or empty segment) yields parts
+# that no canonical resource has, so it covers nothing.
 _prefix_parts(prefix) := {"scheme": scheme, "authority": authority, "segments": segments} if {
-	_canonical_prefix(prefix)
 	i := indexof(prefix, "://")
 	scheme := substring(prefix, 0, i)
 	[authority, segments] := _split_path(trim_suffix(substring(prefix, i + 3, -1), "/"))
@@ -97,15 +93,17 @@ _canonical_prefix(prefix) if {
 # The sidecar's parse of intent.resource, checked against the string itself: the parts the
 # rules compare and the string the token names are one resource (RFC 3986 §6.2.2 spellings
 # were refused at the door; dot and empty segments are refused here too).
+# Two regular expressions on the whole string, not one per segment (they are most of the cost
+# of a decision); no piece holding a "/" makes the split of the string unique.
 _resource_parts_valid if {
 	parts := input.intent.resource_parts
-	_matches(`^[a-z][a-z0-9+.-]*$`, parts.scheme)
-	_matches(`^[a-z0-9_-]+(\.[a-z0-9_-]+)*$`, parts.authority)
 	is_array(parts.segments)
-	every segment in parts.segments {
-		_matches(`^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$`, segment)
-		not segment in {".", ".."}
+	every piece in array.concat([parts.authority], parts.segments) {
+		is_string(piece)
+		not contains(piece, "/")
 	}
 	joined := concat("/", array.concat([concat("://", [parts.scheme, parts.authority])], parts.segments))
 	joined == input.intent.resource
+	_matches(`^[a-z][a-z0-9+.-]*://[a-z0-9_-]+(\.[a-z0-9_-]+)*(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$`, joined)
+	not regex.match(`/\.\.?(/|$)`, joined)
 }

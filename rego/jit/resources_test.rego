@@ -114,3 +114,22 @@ test_missing_resource_parts_denies if {
 	decision := jit.decision with input as json.remove(_restart("infra://prod/web"), ["intent/resource_parts"])
 	decision == _denied([_malformed("intent.resource_parts")])
 }
+
+test_parts_that_split_the_string_elsewhere_are_malformed if {
+	cases := [
+		{"scheme": "infra", "authority": "prod/web", "segments": []},
+		{"scheme": "infra", "authority": "prod", "segments": ["web/x"]},
+		{"scheme": "infra:/", "authority": "prod", "segments": ["web"]},
+	]
+	every parts in cases {
+		decision := jit.decision with input as _restart("infra://prod/web")
+			with input.intent.resource_parts as parts
+		decision == _denied([_malformed("intent.resource_parts")])
+	}
+}
+
+test_malformed_whole_domain_prefix_covers_nothing if {
+	decision := jit.decision with input as _restart("infra://staging/web")
+		with input.task.labels.resources as "infra:///"
+	decision == _denied(["intent_mismatch: infra://staging/web is outside the task's declared resources infra:///"])
+}

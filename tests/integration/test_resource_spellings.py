@@ -7,6 +7,8 @@ names"; docs/security.md, threat model)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +180,28 @@ def test_task_scope_in_another_spelling_is_refused(ops: SidecarProcess, label: s
     assert err.value.reason == "invalid_resource"
     assert len(ops.events("task_begun")) == begun
     assert ops.events("request_rejected")[-1]["reason"] == "invalid_resource"
+
+
+def test_policy_explain_sends_the_parts_and_refuses_other_spellings(opa: OpaServer) -> None:
+    """`jit-sidecar policy explain` asks the shipped policy as the sidecar would: with
+    resource_parts for a canonical name, and not at all for another spelling."""
+
+    def explain(resource: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(sys.executable, "-m", "sidecar.cli", "policy", "explain", ACTION, resource),
+                *("--subject", OPS, "--justification", JUSTIFICATION, "--opa-url", opa.url),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    canonical, other = explain("infra://prod"), explain("infra://PROD/web")
+    assert canonical.returncode == 0, canonical.stderr
+    assert canonical.stdout.startswith("ALLOW after human approval")
+    assert "approval_resource" in canonical.stdout
+    assert other.returncode == 2
+    assert "invalid_resource: resource has an upper-case authority" in other.stderr
+    assert other.stdout == ""

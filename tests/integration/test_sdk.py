@@ -353,7 +353,8 @@ def test_requires_tool_asks_for_its_grant(sidecar: SidecarProcess) -> None:
 
     @requires(
         "tickets.update",
-        lambda ticket_id, **_: f"tickets://{ticket_id}",
+        # Resource names have one spelling: the authority is lower case (docs/api.md).
+        lambda ticket_id, **_: f"tickets://{ticket_id.lower()}",
         justification=lambda reason, **_: reason,
     )
     def close_ticket(ticket_id: str, reason: str = "routine cleanup", *, grant: Grant) -> Grant:
