@@ -60,7 +60,7 @@ def claims_like_engine(grant_id: str, now: int) -> dict[str, Any]:
         "jti": grant_id,
         "scope": "tickets.update",
         "authorization_details": [
-            {"type": "jit_intent", "actions": ["tickets.update"], "locations": ["tickets://T-4711"]}
+            {"type": "jit_intent", "actions": ["tickets.update"], "locations": ["tickets://t-4711"]}
         ],
         "txn": "t-" + new_grant_id(),
         "tier": "jit",
@@ -88,7 +88,7 @@ def grant_event(now: float, task_id: str, grant_id: str, kid: str) -> GrantIssue
         subject=SUBJECT,
         intent={
             "action": "tickets.update",
-            "resource": "tickets://T-4711",
+            "resource": "tickets://t-4711",
             "justification": "bench: close duplicate ticket 4711",
             "context": {},
         },
@@ -150,7 +150,7 @@ def opa_bodies(rotate_every: int) -> tuple[bytes, ...]:
         heartbeat_interval=5,
         last_heartbeat=now,
     )
-    intent = Intent("tickets.update", "tickets://T-4711", "bench: close duplicate ticket 4711")
+    intent = Intent("tickets.update", "tickets://t-4711", "bench: close duplicate ticket 4711")
     grants = [
         Grant(
             grant_id=new_grant_id(),

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 KINDS = ("health", "jit", "standing", "fill", "opa")
 
-JIT_INTENT = ("tickets.update", "tickets://T-4711", "bench: close duplicate ticket 4711")
+JIT_INTENT = ("tickets.update", "tickets://t-4711", "bench: close duplicate ticket 4711")
 """A write on the dev agent's own domain: JIT tier, never cached, asks OPA every time."""
 STANDING_INTENT = ("docs.read", "docs://handbook", "")
 """A read on the dev agent's own domain: standing tier, cached for cache_seconds (30 s)."""

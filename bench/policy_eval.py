@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sidecar.resources import parse_resource
+
 ROOT = Path(__file__).resolve().parents[1]
 DEV = "spiffe://jit.local/agent/dev"
 BILLING = "spiffe://jit.local/agent/billing"
@@ -36,7 +38,12 @@ WARMUP = 200
 def _input(subject: str, purpose: str, **intent: Any) -> dict[str, Any]:
     return {
         "identity": {"subject": subject, "trust_domain": "jit.local", "method": "dev"},
-        "intent": {"justification": "", "context": {}, **intent},
+        "intent": {
+            "justification": "",
+            "context": {},
+            **intent,
+            "resource_parts": parse_resource(intent["resource"]).as_input(),
+        },
         "task": {
             "id": "t-1",
             "goal": "bench",
@@ -60,7 +67,7 @@ CASES = {
         DEV,
         "support",
         action="tickets.update",
-        resource="tickets://T-1001",
+        resource="tickets://t-1001",
         justification="customer asked to close it",
     ),
     "approval": _input(BILLING, "refunds", **REFUND, context={"amount": 250}),

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     # A "tool" as an agent framework would register it: it asks for its own grant first.
     @requires(
         "tickets.update",
-        lambda ticket_id, **_: f"tickets://{ticket_id}",
+        # Resource names have one spelling: the authority is lower case (docs/api.md).
+        lambda ticket_id, **_: f"tickets://{ticket_id.lower()}",
         justification=lambda reason, **_: reason,
         ttl=120,
     )
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
             trace.step("2. close the ticket (JIT grant, through a @requires tool)")
             reason = "customer confirmed the refund arrived"
-            trace.line("intent", f'tickets.update  tickets://{TICKET}  "{reason}"')
+            trace.line("intent", f'tickets.update  tickets://{TICKET.lower()}  "{reason}"')
             result = close_ticket(TICKET, reason)
             trace.line("API", f"POST /tickets/{TICKET}/close -> {result}")
             trace.expect(spent[-1].tier == "jit", "the write should be a JIT grant")

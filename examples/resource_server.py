@@ -3,6 +3,8 @@
     GET  /docs/{id}            needs docs.read      on docs://{id}      (audience "docs")
     POST /tickets/{id}/close   needs tickets.update on tickets://{id}   (audience "tickets")
 
+Resource names have one spelling (docs/api.md): the ticket id is lower-cased in them.
+
 Every request is verified offline against the sidecar's JWKS and, because this server acts on
 revocation, checked with the sidecar's RFC 7662 introspection endpoint: reads accept an
 answer up to 2 s old, writes always ask afresh.
@@ -72,7 +74,7 @@ class Api:
                 method,
                 url,
                 action="tickets.update",
-                resource=f"tickets://{ticket_id}",
+                resource=f"tickets://{ticket_id.lower()}",  # one spelling (docs/api.md)
                 fresh=True,
             )
             with _TICKETS_LOCK:

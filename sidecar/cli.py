@@ -585,7 +585,7 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
     decision."""
     import time
 
-    from .errors import PolicyError
+    from .errors import InvalidArgument, PolicyError
     from .identity import trust_domain_of
     from .model import Grant, Identity, Intent, Task, Tier
     from .policy import OpaClient, build_input
@@ -610,7 +610,12 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
         for a, r in pairs(args.grant)
     ]
     intent = Intent(args.action, args.resource, args.justification, context)
-    policy_input = build_input(identity, intent, task, held, args.ttl, now)
+    try:
+        # As the sidecar would: a non-canonical resource never reaches the policy.
+        policy_input = build_input(identity, intent, task, held, args.ttl, now)
+    except InvalidArgument as err:
+        print(f"jit-sidecar: {err} (refused before the policy is asked)", file=sys.stderr)
+        return EXIT_USAGE
     url = args.opa_url or os.environ.get("JIT_SIDECAR_OPA_URL") or "http://127.0.0.1:8181"
 
     async def ask() -> tuple[Any, dict[str, Any]]:

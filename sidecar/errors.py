@@ -1,6 +1,6 @@
 """One error tree for the whole sidecar.
 
-Every error carries a fixed snake_case reason code (see DESIGN.md and docs/api.md): the same
+Every error carries a fixed snake_case reason code (docs/api.md, "Errors"): the same
 code goes into the gRPC `google.rpc.ErrorInfo` detail, the log line and metric labels. The gRPC
 layer (`sidecar.service`) is the only place that turns these classes into status codes.
 """
@@ -16,6 +16,7 @@ class Reason(StrEnum):
 
     INVALID_ARGUMENT = "invalid_argument"
     INVALID_INTENT = "invalid_intent"
+    INVALID_RESOURCE = "invalid_resource"
     INVALID_TTL = "invalid_ttl"
     INVALID_TASK = "invalid_task"
     IDENTITY_INVALID = "identity_invalid"

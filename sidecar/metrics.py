@@ -1,4 +1,4 @@
-"""Prometheus metrics (names and labels are a contract: DESIGN.md, docs/metrics.md).
+"""Prometheus metrics (names and labels are a contract: docs/metrics.md).
 
 Every label is a bounded set: decision, tier, reason codes, RPC method names, gRPC codes.
 Never a token, subject, task id or resource. The registry is passed in, so tests read exact

@@ -108,7 +108,7 @@ class Intent:
 
 @dataclass(frozen=True, slots=True)
 class PolicyDecision:
-    """A type-checked OPA decision (see DESIGN.md, "OPA contract")."""
+    """A type-checked OPA decision (docs/policy-authoring.md, "The decision contract")."""
 
     allow: bool
     tier: Tier | None

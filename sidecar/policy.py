@@ -1,6 +1,6 @@
 """Asks an Open Policy Agent server for decisions, and trusts nothing it answers unchecked.
 
-The contract (DESIGN.md, "OPA contract"): POST `{"input": …}` to the decision path; the
+The contract (docs/api.md, "Policy input"): POST `{"input": …}` to the decision path; the
 `result` must be an object whose fields have exactly the documented types. Anything else —
 no answer, a timeout, an HTTP error, invalid JSON, an undefined result, a wrong type — raises a
 `PolicyError`, and the engine issues no token.
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ._http1 import Http1Pool, HttpError, Response
 from .errors import PolicyResultInvalid, PolicyUnavailable, Reason
 from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
+from .resources import parse_resource
 
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
@@ -60,12 +61,15 @@ def build_input(
     ttl_seconds: int,
     now: float,
 ) -> dict[str, Any]:
-    """The `input` document of DESIGN.md for one RequestGrant."""
+    """The `input` of one RequestGrant (docs/policy-authoring.md, "The input document")."""
     from .clock import rfc3339
 
     return {
         "identity": identity.as_input(),
-        "intent": intent.as_input(),
+        # The parsed form too, so that policies compare segments, never string prefixes.
+        "intent": (
+            intent.as_input() | {"resource_parts": parse_resource(intent.resource).as_input()}
+        ),
         "task": {
             "id": task.task_id,
             "goal": task.goal,

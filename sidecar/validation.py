@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidArgument, Reason
+from .resources import check_resource_label, parse_resource
 
 MAX_ACTION_BYTES = 256
 MAX_RESOURCE_BYTES = 2048
@@ -25,7 +26,6 @@ MAX_LABEL_VALUE_BYTES = 256
 MAX_REASON_BYTES = 512
 
 ACTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
-RESOURCE_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
 TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 GRANT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 APPROVAL_ID_RE = GRANT_ID_RE
@@ -70,15 +70,11 @@ def check_action(action: str) -> None:
 
 
 def check_resource(resource: str) -> None:
+    """Limits first (invalid_intent), then the canonical form (invalid_resource)."""
     if not resource:
         raise InvalidArgument("intent.resource is empty", Reason.INVALID_INTENT)
     _check_text(resource, "intent.resource", MAX_RESOURCE_BYTES, Reason.INVALID_INTENT)
-    if not RESOURCE_RE.fullmatch(resource):
-        raise InvalidArgument(
-            "intent.resource must be an ASCII URI without spaces (scheme:rest, e.g. "
-            "payments://orders/42)",
-            Reason.INVALID_INTENT,
-        )
+    parse_resource(resource)
 
 
 def check_intent(
@@ -139,6 +135,9 @@ def check_task_fields(goal: str, labels: Mapping[str, str]) -> None:
                 f"label key {key[:64]!r} must be 1-63 of A-Z a-z 0-9 . _ / -", Reason.INVALID_TASK
             )
         _check_text(value, f"label {key}", MAX_LABEL_VALUE_BYTES, Reason.INVALID_TASK)
+    if "resources" in labels:
+        # The policy reads it as resource prefixes (task scope): one spelling, as resources.
+        check_resource_label(labels["resources"])
 
 
 def check_reason_text(text: str, field: str = "reason") -> None:

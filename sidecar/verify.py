@@ -9,7 +9,7 @@
         introspection_url="http://127.0.0.1:9464/introspect",   # optional: revocation
     )
     try:
-        token = verifier.verify(raw_token, action="tickets.update", resource="tickets://T-1001")
+        token = verifier.verify(raw_token, action="tickets.update", resource="tickets://t-1001")
     except TokenRejected as err:
         ...  # err.reason (fixed code), err.status (401/403/503), err.error, err.www_authenticate
 
@@ -42,6 +42,7 @@ from typing import Any
 import requests
 
 from .dpop import DpopError, ReplayCache, verify_dpop_proof
+from .errors import InvalidArgument
 from .jws import (
     EDDSA_ALGS,
     JwsError,
@@ -52,6 +53,7 @@ from .jws import (
     public_key_from_jwk,
     verify_signature,
 )
+from .resources import parse_resource
 
 log = logging.getLogger("jit_sidecar.verify")
 
@@ -165,8 +167,21 @@ def _strings(value: Any) -> list[str] | None:
     return None
 
 
+def _canonical(resource: str) -> bool:
+    try:
+        parse_resource(resource)
+    except InvalidArgument:
+        return False
+    return True
+
+
 def _authorization_problem(claims: Mapping[str, Any], action: str, resource: str) -> str | None:
-    """None when some jit_intent entry names both `action` and `resource` exactly."""
+    """None when some jit_intent entry names both `action` and `resource` exactly.
+
+    Resources compare by the sidecar's rules (sidecar.resources): only a canonical name can
+    match, and then only itself. A server that asks about `docs://a/../b` or `DOCS://a` gets
+    wrong_resource, never a match through another spelling (RFC 3986 §6.2.2)."""
+    canonical = _canonical(resource)
     details = claims.get("authorization_details")
     if not isinstance(details, list):
         return "malformed"
@@ -178,7 +193,7 @@ def _authorization_problem(claims: Mapping[str, Any], action: str, resource: str
         if actions is None or locations is None or action not in actions:
             continue
         action_seen = True
-        if resource in locations:
+        if canonical and resource in locations:
             return None
     return "wrong_resource" if action_seen else "wrong_action"
 

@@ -46,7 +46,9 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 
 # METADATA
 # title: malformed approval triggers
-# description: A class's approval.amount_above must be a number, its resource_prefixes strings.
+# description: |
+#   A class's approval.amount_above must be a number, its resource_prefixes canonical
+#   resource prefixes (a misspelt prefix would otherwise switch approval off).
 # scope: rule
 # custom:
 #   reason_code: class_invalid
@@ -146,7 +148,9 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 
 # METADATA
 # title: resource outside the purpose
-# description: A purpose with `resource_prefixes` allows only resources under one of them.
+# description: |
+#   A purpose with `resource_prefixes` allows only resources under one of them, segment by
+#   segment (`_covers`, facts.rego).
 # scope: rule
 # custom:
 #   reason_code: intent_mismatch
@@ -154,7 +158,7 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 _denials contains _denial(rego.metadata.rule(), msg) if {
 	purpose := input.task.labels.purpose
 	prefixes := data.jit.purposes[purpose].resource_prefixes
-	not strings.any_prefix_match(input.intent.resource, prefixes)
+	not _covered_by(prefixes)
 	msg := sprintf(
 		"%s is outside the resources of the task's purpose %s",
 		[_short(input.intent.resource), _short(purpose)],
@@ -165,14 +169,15 @@ _denials contains _denial(rego.metadata.rule(), msg) if {
 # title: resource outside the task
 # description: |
 #   A task's `resources` label (comma-separated prefixes) bounds the resources it may ask
-#   for. An empty list matches nothing; a `*` in a prefix is literal and matches nothing.
+#   for, segment by segment (`_covers`, facts.rego). An empty list matches nothing; a `*` in a
+#   prefix is literal and matches nothing.
 # scope: rule
 # custom:
 #   reason_code: intent_mismatch
 #   stage: 4
 _denials contains _denial(rego.metadata.rule(), msg) if {
 	label := input.task.labels.resources
-	not strings.any_prefix_match(input.intent.resource, _label_prefixes(label))
+	not _covered_by(_label_prefixes(label))
 	msg := sprintf("%s is outside the task's declared resources %s", [_short(input.intent.resource), _short(label)])
 }
 
@@ -231,6 +236,7 @@ _fields := {
 	"identity.subject": "a non-empty string",
 	"intent.action": "<domain>.<verb>, lower case",
 	"intent.resource": "<domain>://<path>, no spaces",
+	"intent.resource_parts": "{scheme, authority, segments}: the parts of intent.resource",
 	"intent.justification": "a string",
 	"intent.context": "an object",
 	"task.labels": "an object",
@@ -244,7 +250,12 @@ _well_formed contains "identity.subject" if _non_empty_string(input.identity.sub
 
 _well_formed contains "intent.action" if _matches(`^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`, input.intent.action)
 
-_well_formed contains "intent.resource" if _matches(`^[a-z][a-z0-9-]*://\S+$`, input.intent.resource)
+_well_formed contains "intent.resource" if _resource_well_formed
+
+_well_formed contains "intent.resource_parts" if _resource_parts_valid
+
+# Reported once, as intent.resource, when the resource itself is malformed.
+_well_formed contains "intent.resource_parts" if not _resource_well_formed
 
 _well_formed contains "intent.justification" if is_string(input.intent.justification)
 
@@ -261,6 +272,8 @@ _well_formed contains "task.grants" if is_array(input.task.grants)
 
 _labels_object if is_object(input.task.labels)
 
+_resource_well_formed if _matches(`^[a-z][a-z0-9-]*://\S+$`, input.intent.resource)
+
 # A typo here (a quoted amount, a lone prefix) must not switch approval off.
 _approval_triggers_valid if {
 	approval := object.get(_class_spec, "approval", {})
@@ -268,7 +281,7 @@ _approval_triggers_valid if {
 	prefixes := object.get(approval, "resource_prefixes", [])
 	is_array(prefixes)
 	every prefix in prefixes {
-		is_string(prefix)
+		_canonical_prefix(prefix)
 	}
 }
 

@@ -7,6 +7,14 @@ _verb_pattern := `^\*\.[a-z][a-z0-9_-]*$`
 
 _action_pattern := `^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)+$`
 
+# docs/api.md, "Resource names": scheme:// or a canonical name, at most one trailing slash.
+_prefix_pattern := `^[a-z][a-z0-9+.-]*://([a-z0-9_-]+(\.[a-z0-9_-]+)*(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?)?$`
+
+_canonical_prefix(prefix) if {
+	regex.match(_prefix_pattern, prefix)
+	not regex.match(`/\.\.?(/|$)`, prefix)
+}
+
 test_catalog_keys_are_actions_or_verb_patterns if {
 	every key, _ in jit.catalog {
 		regex.match(concat("|", [_verb_pattern, _action_pattern]), key)
@@ -29,7 +37,7 @@ test_approval_triggers_are_well_formed if {
 	every _, class in jit.classes {
 		is_number(object.get(class, ["approval", "amount_above"], 0))
 		every prefix in object.get(class, ["approval", "resource_prefixes"], []) {
-			is_string(prefix)
+			_canonical_prefix(prefix)
 		}
 	}
 }
@@ -81,6 +89,7 @@ test_purposes_name_known_classes_and_domains if {
 			jit.classes[class]
 		}
 		every prefix in object.get(purpose, "resource_prefixes", []) {
+			_canonical_prefix(prefix)
 			jit.domains[split(prefix, "://")[0]]
 		}
 	}

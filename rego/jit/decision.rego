@@ -1,7 +1,7 @@
 # METADATA
 # title: jit-sidecar grant policy
 # description: |
-#   Decides one agent intent (DESIGN.md, "OPA contract"). The rules are generic; what they
+#   Decides one agent intent (docs/policy-authoring.md). The rules are generic; what they
 #   allow is data (data.jit, from data.json next to this file): the action catalog, risk
 #   classes, tiers, domains, agents, task purposes and limits. See docs/policy-authoring.md.
 #

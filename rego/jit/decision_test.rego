@@ -11,14 +11,14 @@ _billing := "spiffe://jit.local/agent/billing"
 
 _ops := "spiffe://jit.local/agent/ops"
 
-# A complete, well-formed input (DESIGN.md, "OPA contract"); `intent` and `task` override
+# A complete, well-formed input (docs/policy-authoring.md, "The input document"); `intent` and `task` override
 # the defaults field by field.
 _input(subject, intent, task) := {
 	"identity": {"subject": subject, "trust_domain": "jit.local", "method": "dev", "issuer": "", "claims": {}},
-	"intent": object.union(
+	"intent": _with_parts(object.union(
 		{"action": "docs.read", "resource": "docs://handbook/intro", "justification": "", "context": {}},
 		intent,
-	),
+	)),
 	"task": object.union(
 		{"id": "t-1", "goal": "g", "labels": {}, "age_seconds": 1, "remaining_seconds": 300, "grants": []},
 		task,
@@ -26,9 +26,21 @@ _input(subject, intent, task) := {
 	"request": {"ttl_seconds": 60, "time": "2026-11-29T10:00:00Z"},
 }
 
+# The sidecar adds the parsed resource (sidecar/resources.py); this mirrors it for the tests.
+_parts(resource) := {"scheme": scheme, "authority": pieces[0], "segments": array.slice(pieces, 1, count(pieces))} if {
+	i := indexof(resource, "://")
+	i > 0
+	scheme := substring(resource, 0, i)
+	pieces := split(substring(resource, i + 3, -1), "/")
+}
+
+_with_parts(intent) := object.union(intent, {"resource_parts": _parts(intent.resource)}) if {
+	_parts(intent.resource)
+} else := intent
+
 _update(justification) := _input(
 	_dev,
-	{"action": "tickets.update", "resource": "tickets://T-1", "justification": justification},
+	{"action": "tickets.update", "resource": "tickets://t-1", "justification": justification},
 	{},
 )
 
@@ -92,7 +104,7 @@ test_walkthrough_docs_read_is_standing if {
 test_walkthrough_ticket_update_with_justification_is_jit if {
 	decision := jit.decision with input as _input(
 		_dev,
-		{"action": "tickets.update", "resource": "tickets://T-1001", "justification": "customer asked to close it"},
+		{"action": "tickets.update", "resource": "tickets://t-1001", "justification": "customer asked to close it"},
 		{"labels": {"purpose": "support"}},
 	)
 	decision == _jit("tickets", "tickets.update", ["tier_jit: tickets.update (class write): JIT grant of at most 120 s"])
@@ -101,7 +113,7 @@ test_walkthrough_ticket_update_with_justification_is_jit if {
 test_walkthrough_ticket_update_without_justification_is_denied if {
 	decision := jit.decision with input as _input(
 		_dev,
-		{"action": "tickets.update", "resource": "tickets://T-1001"},
+		{"action": "tickets.update", "resource": "tickets://t-1001"},
 		{"labels": {"purpose": "support"}},
 	)
 	decision == _denied(["justification_required: JIT grants need a justification of at least 10 characters"])
@@ -119,7 +131,7 @@ test_walkthrough_refund_is_cross_domain_for_dev if {
 test_every_decision_has_the_contract_fields if {
 	inputs := [
 		_input(_dev, {}, {}),
-		_input(_dev, {"action": "tickets.update", "resource": "tickets://T-1", "justification": "closing it now"}, {}),
+		_input(_dev, {"action": "tickets.update", "resource": "tickets://t-1", "justification": "closing it now"}, {}),
 		_input(_dev, {"action": "payments.refund", "resource": "payments://orders/1"}, {}),
 		{},
 	]
@@ -139,7 +151,7 @@ test_standing_is_cached_jit_never if {
 	standing := jit.decision with input as _input(_dev, {}, {})
 	write := jit.decision with input as _input(
 		_dev,
-		{"action": "tickets.update", "resource": "tickets://T-1", "justification": "closing it now"},
+		{"action": "tickets.update", "resource": "tickets://t-1", "justification": "closing it now"},
 		{},
 	)
 	[standing.cache_seconds, write.cache_seconds] == [30, 0]

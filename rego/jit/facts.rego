@@ -3,10 +3,7 @@
 package jit
 
 # The resource's domain is its URI scheme: payments://orders/42 -> payments.
-_domain := substring(input.intent.resource, 0, i) if {
-	i := indexof(input.intent.resource, "://")
-	i > 0
-}
+_domain := input.intent.resource_parts.scheme if _resource_parts_valid
 
 _domain_spec := data.jit.domains[_domain]
 
@@ -51,4 +48,62 @@ _amount := amount if {
 _cross_domain_tier := tier if {
 	tier := _domain_spec.cross_domain[_class]
 	tier in {"jit", "approval"}
+}
+
+# Resources are compared by their parts, never as strings (docs/api.md, "Resource names").
+# The sidecar refuses every non-canonical spelling at the door and hands the policy the
+# parsed form as input.intent.resource_parts {scheme, authority, segments}; prefixes in data
+# and in a task's `resources` label are parsed here. A string prefix would let
+# infra://production pass for infra://prod, or hide infra://prod/web behind another spelling.
+
+# The one segment-aware prefix test. "infra://prod" and "infra://prod/" cover infra://prod
+# and everything under it, never infra://production; "infra://" covers the whole domain.
+# A prefix that is not canonical covers nothing.
+_covers(prefix, parts) if prefix == concat("", [parts.scheme, "://"])
+
+_covers(prefix, parts) if {
+	p := _prefix_parts(prefix)
+	p.scheme == parts.scheme
+	p.authority == parts.authority
+	array.slice(parts.segments, 0, count(p.segments)) == p.segments
+}
+
+# Does any prefix in the array cover the intent's resource?
+_covered_by(prefixes) if {
+	some prefix in prefixes
+	_covers(prefix, input.intent.resource_parts)
+}
+
+# "scheme://authority[/segment]...", with at most one trailing "/". No check of the form is
+# needed here: a non-canonical prefix (PROD, %70rod, a dot or empty segment) yields parts
+# that no canonical resource has, so it covers nothing.
+_prefix_parts(prefix) := {"scheme": scheme, "authority": authority, "segments": segments} if {
+	i := indexof(prefix, "://")
+	scheme := substring(prefix, 0, i)
+	[authority, segments] := _split_path(trim_suffix(substring(prefix, i + 3, -1), "/"))
+}
+
+_split_path(path) := [pieces[0], array.slice(pieces, 1, count(pieces))] if pieces := split(path, "/")
+
+_canonical_prefix(prefix) if {
+	_matches(`^[a-z][a-z0-9+.-]*://([a-z0-9_-]+(\.[a-z0-9_-]+)*(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?)?$`, prefix)
+	not regex.match(`/\.\.?(/|$)`, prefix)
+}
+
+# The sidecar's parse of intent.resource, checked against the string itself: the parts the
+# rules compare and the string the token names are one resource (RFC 3986 §6.2.2 spellings
+# were refused at the door; dot and empty segments are refused here too).
+# Two regular expressions on the whole string, not one per segment (they are most of the cost
+# of a decision); no piece holding a "/" makes the split of the string unique.
+_resource_parts_valid if {
+	parts := input.intent.resource_parts
+	is_array(parts.segments)
+	every piece in array.concat([parts.authority], parts.segments) {
+		is_string(piece)
+		not contains(piece, "/")
+	}
+	joined := concat("/", array.concat([concat("://", [parts.scheme, parts.authority])], parts.segments))
+	joined == input.intent.resource
+	_matches(`^[a-z][a-z0-9+.-]*://[a-z0-9_-]+(\.[a-z0-9_-]+)*(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$`, joined)
+	not regex.match(`/\.\.?(/|$)`, joined)
 }

@@ -7,6 +7,7 @@ _want := {
 	"identity.subject": "a non-empty string",
 	"intent.action": "<domain>.<verb>, lower case",
 	"intent.resource": "<domain>://<path>, no spaces",
+	"intent.resource_parts": "{scheme, authority, segments}: the parts of intent.resource",
 	"intent.justification": "a string",
 	"intent.context": "an object",
 	"task.labels": "an object",
@@ -73,7 +74,7 @@ test_unknown_domain_is_denied if {
 }
 
 test_action_must_match_the_resource_domain if {
-	decision := jit.decision with input as _input(_dev, {"resource": "tickets://T-1"}, {})
+	decision := jit.decision with input as _input(_dev, {"resource": "tickets://t-1"}, {})
 	decision == _denied(["action_resource_mismatch: docs.read does not act on tickets resources"])
 }
 
@@ -115,4 +116,21 @@ test_missing_default_agent_means_no_home_domain if {
 		with input.identity.subject as "spiffe://jit.local/agent/ghost"
 		with jit.default_agent as null
 	decision == _denied(["cross_domain: tickets is not among this agent's domains"])
+}
+
+# Missing or misshapen restrictions in data deny; they never lift the restriction.
+test_malformed_purpose_restrictions_deny if {
+	decision := jit.decision with input as _input(_dev, {}, {"labels": {"purpose": "support"}})
+		with jit.purposes.support as {"classes": "read", "resource_prefixes": "docs://"}
+	decision == _denied([
+		"intent_mismatch: docs.read (class read) is outside the task's purpose support",
+		"intent_mismatch: docs://handbook/intro is outside the resources of the task's purpose support",
+	])
+}
+
+# A task without labels: every label rule either does not apply or denies.
+test_task_without_labels_under_required_purpose_is_denied if {
+	decision := jit.decision with input as json.remove(_input(_dev, {}, {}), ["task/labels"])
+		with jit.limits.require_purpose as true
+	decision == _denied([_malformed("task.labels")])
 }

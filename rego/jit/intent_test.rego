@@ -20,6 +20,7 @@ test_action_outside_purpose_is_denied if {
 test_resource_outside_purpose_is_denied if {
 	decision := jit.decision with input as _refund(10, "ticket 12: double charge")
 		with input.intent.resource as "payments://payouts/7"
+		with input.intent.resource_parts as _parts("payments://payouts/7")
 	decision == _denied(["intent_mismatch: payments://payouts/7 is outside the resources of the task's purpose refunds"])
 }
 
@@ -55,15 +56,15 @@ test_required_purpose_present_is_allowed if {
 
 test_task_resources_label_bounds_resources if {
 	decision := jit.decision with input as _update("customer asked to close it")
-		with input.task.labels.resources as "tickets://T-10, docs://"
+		with input.task.labels.resources as "tickets://t-10, docs://"
 	decision == _denied([
-		"intent_mismatch: tickets://T-1 is outside the task's declared resources tickets://T-10, docs://",
+		"intent_mismatch: tickets://t-1 is outside the task's declared resources tickets://t-10, docs://",
 	])
 }
 
 test_task_resources_label_admits_its_prefixes if {
 	decision := jit.decision with input as _update("customer asked to close it")
-		with input.task.labels.resources as "docs://,tickets://T-1"
+		with input.task.labels.resources as "docs://,tickets://t-1"
 	decision == _jit("tickets", "tickets.update", [_jit_reason("tickets.update", "write")])
 }
 

@@ -31,7 +31,7 @@ _max_ttl := ttl if {
 	ttl == floor(ttl)
 }
 
-# Only standing decisions may be cached (DESIGN.md); JIT and approval decisions never are.
+# Only standing decisions may be cached (docs/policy-authoring.md); JIT and approval decisions never are.
 default _cache_seconds := 0
 
 _cache_seconds := seconds if {
@@ -75,13 +75,15 @@ _escalations contains _escalation(rego.metadata.rule(), "approval", msg) if {
 
 # METADATA
 # title: approval under resource prefixes
-# description: data.jit.classes[<class>].approval.resource_prefixes, e.g. production infrastructure.
+# description: |
+#   data.jit.classes[<class>].approval.resource_prefixes, e.g. production infrastructure;
+#   segment by segment (`_covers`, facts.rego): infra://prod/ covers infra://prod itself.
 # scope: rule
 # custom:
 #   reason_code: approval_resource
 _escalations contains _escalation(rego.metadata.rule(), "approval", msg) if {
 	some prefix in _class_spec.approval.resource_prefixes
-	startswith(input.intent.resource, prefix)
+	_covers(prefix, input.intent.resource_parts)
 	msg := sprintf("%s actions on resources under %s need human approval", [_class, prefix])
 }
 

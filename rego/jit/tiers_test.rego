@@ -5,7 +5,7 @@ import data.jit
 
 test_read_variants_on_home_domain_are_standing if {
 	every action in ["tickets.read", "tickets.get", "tickets.list", "tickets.search"] {
-		decision := jit.decision with input as _input(_dev, {"action": action, "resource": "tickets://T-7"}, {})
+		decision := jit.decision with input as _input(_dev, {"action": action, "resource": "tickets://t-7"}, {})
 		decision == _standing("tickets", action, [_standing_reason(action, "read", "tickets", 900)])
 	}
 }
@@ -13,7 +13,7 @@ test_read_variants_on_home_domain_are_standing if {
 test_multi_part_action_uses_its_last_segment_as_verb if {
 	decision := jit.decision with input as _input(
 		_dev,
-		{"action": "tickets.comments.create", "resource": "tickets://T-7/comments", "justification": "reply to customer"},
+		{"action": "tickets.comments.create", "resource": "tickets://t-7/comments", "justification": "reply to customer"},
 		{},
 	)
 	decision == _jit("tickets", "tickets.comments.create", [_jit_reason("tickets.comments.create", "write")])
@@ -80,7 +80,7 @@ test_cross_domain_read_is_raised_to_jit if {
 test_cross_domain_write_is_denied if {
 	decision := jit.decision with input as _input(
 		_ops,
-		{"action": "tickets.update", "resource": "tickets://T-1", "justification": "closing stale ticket"},
+		{"action": "tickets.update", "resource": "tickets://t-1", "justification": "closing stale ticket"},
 		{},
 	)
 	decision == _denied(["cross_domain: tickets is not among this agent's domains"])
@@ -89,7 +89,7 @@ test_cross_domain_write_is_denied if {
 test_cross_domain_can_require_approval_per_data if {
 	decision := jit.decision with input as _input(
 		_ops,
-		{"action": "tickets.update", "resource": "tickets://T-1", "justification": "closing stale ticket for ops"},
+		{"action": "tickets.update", "resource": "tickets://t-1", "justification": "closing stale ticket for ops"},
 		{},
 	)
 		with jit.domains.tickets.cross_domain as {"write": "approval"}
@@ -109,7 +109,7 @@ test_cross_domain_can_never_be_standing if {
 test_class_can_always_need_approval if {
 	decision := jit.decision with input as _input(
 		_dev,
-		{"action": "tickets.delete", "resource": "tickets://T-1", "justification": "GDPR erasure request 12"},
+		{"action": "tickets.delete", "resource": "tickets://t-1", "justification": "GDPR erasure request 12"},
 		{},
 	)
 		with jit.catalog["*.delete"] as {"class": "destroy"}

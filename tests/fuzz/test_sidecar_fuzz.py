@@ -53,10 +53,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),
 ]
 
-#: Which status code each reason may come with (DESIGN.md, "Errors").
+#: Which status code each reason may come with (docs/api.md, "Errors").
 CODE_OF_REASON = {
     Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.INVALID_INTENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.INVALID_RESOURCE: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.INVALID_TTL: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.INVALID_TASK: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.TASK_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -74,7 +75,12 @@ CODE_OF_REASON = {
     Reason.INVALID_POP_PROOF: grpc.StatusCode.INVALID_ARGUMENT,
 }
 ACTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
-RESOURCE_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]+")
+# docs/api.md, "Resource names": scheme://authority[/segment]..., one spelling; escapes only
+# of the characters that cannot appear raw (space and "#%<>?[]^`{|}), no dot segments.
+_SEGMENT = r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%(?:2[0235]|3[CEF]|5[BDE]|60|7[BCD]))+"
+RESOURCE_RE = re.compile(
+    rf"[a-z][a-z0-9+.-]*://[a-z0-9_-]+(?:\.[a-z0-9_-]+)*(?:/(?!\.\.?(?:/|$)){_SEGMENT})*"
+)
 BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 #: Stands for "the task this test keeps open" in generated requests.
 OPEN = "\x00open-task\x00"

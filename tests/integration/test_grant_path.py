@@ -29,7 +29,7 @@ def test_standing_read_jit_write_and_denial(sidecar: SidecarProcess) -> None:
         write = c.request_grant(
             task.task_id,
             "tickets.update",
-            "tickets://T-1001",
+            "tickets://t-1001",
             justification="customer asked to close it",
             ttl_seconds=600,
         )
@@ -52,7 +52,7 @@ def test_standing_read_jit_write_and_denial(sidecar: SidecarProcess) -> None:
 
 def test_token_verifies_with_jwks_using_raw_ed25519(sidecar: SidecarProcess) -> None:
     """The token verifies with the JWKS key via `cryptography` directly (not PyJWT) and
-    carries exactly the DESIGN.md claims."""
+    carries exactly the docs/api.md claims."""
     with sidecar.client() as c:
         task = c.begin_task("read")
         grant = c.request_grant(task.task_id, "docs.read", "docs://a/b", ttl_seconds=30)

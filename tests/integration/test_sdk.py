@@ -71,7 +71,7 @@ def test_task_block_completes_succeeded_and_revokes(sidecar: SidecarProcess) -> 
         with jit.task(goal="triage T-1001", labels={"purpose": "support"}) as task:
             read = task.grant("docs.read", "docs://handbook/intro")
             write = task.grant(
-                "tickets.update", "tickets://T-1001", justification="customer asked to close it"
+                "tickets.update", "tickets://t-1001", justification="customer asked to close it"
             )
             live = task.grants()
         after_read = jit.introspect(read.token)
@@ -79,7 +79,7 @@ def test_task_block_completes_succeeded_and_revokes(sidecar: SidecarProcess) -> 
     assert (read.tier, write.tier) == ("standing", "jit")
     assert (write.action, write.resource, write.audience) == (
         "tickets.update",
-        "tickets://T-1001",
+        "tickets://t-1001",
         "tickets",
     )
     assert write.scope == ("tickets.update",)
@@ -102,7 +102,7 @@ def test_exception_completes_errored_revokes_and_reraises(sidecar: SidecarProces
     def doomed(jit: AccessClient) -> None:
         with jit.task(goal="doomed") as task:
             opened.append(
-                (task, task.grant("tickets.update", "tickets://T-7", justification="will fail now"))
+                (task, task.grant("tickets.update", "tickets://t-7", justification="will fail now"))
             )
             _ = 1 / 0
 
@@ -174,7 +174,7 @@ AGENT_SCRIPT = textwrap.dedent(
     import sys, time
     from sidecar.client import AccessClient
     with AccessClient(sys.argv[1]) as jit, jit.task(goal="doomed agent") as task:
-        grant = task.grant("tickets.update", "tickets://T-9", justification="about to be killed")
+        grant = task.grant("tickets.update", "tickets://t-9", justification="about to be killed")
         print(task.task_id, grant.token, flush=True)
         time.sleep(120)
     """
@@ -356,7 +356,8 @@ def test_requires_tool_asks_for_its_grant(sidecar: SidecarProcess) -> None:
 
     @requires(
         "tickets.update",
-        lambda ticket_id, **_: f"tickets://{ticket_id}",
+        # Resource names have one spelling: the authority is lower case (docs/api.md).
+        lambda ticket_id, **_: f"tickets://{ticket_id.lower()}",
         justification=lambda reason, **_: reason,
     )
     def close_ticket(ticket_id: str, reason: str = "routine cleanup", *, grant: Grant) -> Grant:
@@ -374,7 +375,7 @@ def test_requires_tool_asks_for_its_grant(sidecar: SidecarProcess) -> None:
     assert ran == ["T-5"]
     assert (grant.action, grant.resource, grant.tier) == (
         "tickets.update",
-        "tickets://T-5",
+        "tickets://t-5",
         "jit",
     )
     assert grant.task_id == task.task_id

@@ -132,6 +132,27 @@ def test_wrong_resource(verifier: Callable[..., TokenVerifier], read: Grant) -> 
     assert longer.reason == "wrong_resource"
 
 
+def test_non_canonical_resource_never_matches(
+    verifier: Callable[..., TokenVerifier], read: Grant, key: ed25519.Ed25519PrivateKey
+) -> None:
+    """Resources compare by the sidecar's rules: another spelling of the token's resource is
+    wrong_resource, and a token naming a non-canonical resource (which no sidecar signs)
+    authorizes nothing, not even that exact string."""
+    v = verifier()
+    spellings = ["DOCS://handbook/intro", "docs://handbook/./intro", "docs://handbook/%69ntro"]
+    refused = [
+        rejected(lambda r=r: v.verify(read.token, action="docs.read", resource=r))
+        for r in spellings
+    ]
+    header, claims, _ = split(read.token)
+    odd = "docs://handbook/x/../intro"
+    claims["authorization_details"][0]["locations"] = [odd]
+    forged = sign(key, header, claims)
+    exact = rejected(lambda: v.verify(forged, action="docs.read", resource=odd))
+    assert [err.reason for err in refused] == ["wrong_resource"] * 3
+    assert exact.reason == "wrong_resource"
+
+
 def test_wrong_audience(verifier: Callable[..., TokenVerifier], read: Grant) -> None:
     """A docs token presented to the tickets API: wrong_audience."""
     err = rejected(
@@ -174,21 +195,21 @@ def test_revoked_with_introspection(
 ) -> None:
     """With introspection on, a revoked grant is rejected as revoked: at once with fresh=True,
     and within introspection_cache_seconds from the cache."""
-    grant = task.grant("tickets.update", "tickets://T-1", justification="close duplicate")
+    grant = task.grant("tickets.update", "tickets://t-1", justification="close duplicate")
     v = verifier(
         "tickets",
         introspection_url=issuer.http + "/introspect",
         introspection_cache_seconds=0.5,
     )
-    ok = v.verify(grant.token, action="tickets.update", resource="tickets://T-1")
+    ok = v.verify(grant.token, action="tickets.update", resource="tickets://t-1")
     assert task.revoke(grant, "test revocation")
     fresh = rejected(
-        lambda: v.verify(grant.token, action="tickets.update", resource="tickets://T-1", fresh=True)
+        lambda: v.verify(grant.token, action="tickets.update", resource="tickets://t-1", fresh=True)
     )
 
     def cached_rejects() -> bool:
         try:
-            v.verify(grant.token, action="tickets.update", resource="tickets://T-1")
+            v.verify(grant.token, action="tickets.update", resource="tickets://t-1")
         except TokenRejected as err:
             return err.reason == "revoked"
         return False
