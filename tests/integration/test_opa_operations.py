@@ -42,7 +42,7 @@ def test_grant_and_denial_carry_opas_decision_id(tmp_path: Path, own_opa: OpaSer
     with running(SidecarProcess(tmp_path / "s", own_opa.url)) as sidecar, sidecar.client() as c:
         task = c.begin_task("triage", labels={"purpose": "support"})
         granted = c.request_grant_raw(
-            task.task_id, "tickets.update", "tickets://T-7", justification="asked to close"
+            task.task_id, "tickets.update", "tickets://t-7", justification="asked to close"
         )
         with pytest.raises(AccessDenied) as denied:
             c.request_grant(task.task_id, "payments.refund", "payments://orders/1")
@@ -61,7 +61,7 @@ def test_grant_and_denial_carry_opas_decision_id(tmp_path: Path, own_opa: OpaSer
     assert refused["decision_id"] == denied.value.decision_id
     assert logged[granted.decision_id]["path"] == "jit/decision"
     assert logged[granted.decision_id]["result"]["allow"] is True
-    assert logged[granted.decision_id]["input"]["intent"]["resource"] == "tickets://T-7"
+    assert logged[granted.decision_id]["input"]["intent"]["resource"] == "tickets://t-7"
     assert logged[denied.value.decision_id]["result"]["allow"] is False
 
 
@@ -179,7 +179,7 @@ def test_policy_explain_over_opas_unix_socket_builds_the_sidecars_input(
             task = c.begin_task("triage", labels={"purpose": "support"})
             c.request_grant(task.task_id, "docs.read", "docs://handbook/intro")
             held = c.request_grant_raw(
-                task.task_id, "tickets.update", "tickets://T-7", justification="asked to close"
+                task.task_id, "tickets.update", "tickets://t-7", justification="asked to close"
             )
         url = f"unix://{tmp_path / 'opa.sock'}"
         common = (
@@ -192,7 +192,7 @@ def test_policy_explain_over_opas_unix_socket_builds_the_sidecars_input(
         )
         allowed = _explain(
             "tickets.update",
-            "tickets://T-7",
+            "tickets://t-7",
             "--justification",
             "asked to close",
             *common,

@@ -203,5 +203,5 @@ def test_policy_explain_sends_the_parts_and_refuses_other_spellings(opa: OpaServ
     assert canonical.stdout.startswith("ALLOW after human approval")
     assert "approval_resource" in canonical.stdout
     assert other.returncode == 2
-    assert "invalid_resource: resource has an upper-case authority" in other.stderr
+    assert "invalid_resource: intent.resource has an upper-case authority" in other.stderr
     assert other.stdout == ""
