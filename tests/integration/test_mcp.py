@@ -20,7 +20,7 @@ from sidecar.client import AccessDenied, AsyncAccessClient, AsyncTaskHandle
 from sidecar.mcp.client import JitMcpSession, connect
 from sidecar.mcp.server import metadata_url
 from tests.harness import OpaServer, SidecarProcess, wait_for
-from tests.mcp_kit import BANK_RULES, McpServerThread
+from tests.mcp_kit import McpServerThread
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("mcp")
     opa = OpaServer(work).start()
     sidecar = SidecarProcess(work / "sidecar", opa.url).start()
-    jwks, introspect = f"{sidecar.http}/.well-known/jwks.json", f"{sidecar.http}/introspect"
-    desk = McpServerThread("desk", jwks, introspect, rules=dict(BANK_RULES)).start()
-    other = McpServerThread("other", jwks, introspect).start()
+    desk = McpServerThread("desk", sidecar.http).start()
+    other = McpServerThread("other", sidecar.http).start()
     opa.put_data(
         "jit/mcp_servers", {"desk": {"audience": desk.url}, "other": {"audience": other.url}}
     )
