@@ -151,6 +151,60 @@ def show_audit(audit: Path) -> bool:
     return check.returncode == 0
 
 
+def start_opa_and_sidecar(
+    procs: Processes, work: Path, opa_port: int, sidecar_port: int, env: dict[str, str]
+) -> Path:
+    """OPA on rego/ and a dev-mode sidecar with its state in `work`; returns its socket."""
+    opa_url = f"http://127.0.0.1:{opa_port}"
+    sidecar_http = f"http://127.0.0.1:{sidecar_port}"
+    sock = work / "run" / "sidecar.sock"
+    procs.start(
+        "opa",
+        [
+            opa_binary(),
+            "run",
+            "--server",
+            "--disable-telemetry",
+            "--log-level",
+            "error",
+            "--addr",
+            f"127.0.0.1:{opa_port}",
+            str(ROOT / "rego"),
+        ],
+    )
+    procs.wait_until("opa", lambda: http_ok(opa_url + "/health"))
+    procs.start(
+        "sidecar",
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "serve",
+            "--identity",
+            "dev",
+            "--socket",
+            str(sock),
+            "--admin-socket",
+            str(work / "run" / "admin.sock"),
+            "--opa-url",
+            opa_url,
+            "--http-addr",
+            f"127.0.0.1:{sidecar_port}",
+            "--state",
+            f"sqlite:{work / 'state.db'}",
+            "--audit-log",
+            str(work / "audit.jsonl"),
+            "--signing-key",
+            str(work / "signing-key.pem"),
+            "--log-format",
+            "text",
+        ],
+        env,
+    )
+    procs.wait_until("sidecar", lambda: sock.exists() and http_ok(sidecar_http + "/readyz"))
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -171,53 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
 
     with workspace(args.keep) as work:
-        sock = work / "run" / "sidecar.sock"
         procs = Processes(work)
         try:
-            procs.start(
-                "opa",
-                [
-                    opa_binary(),
-                    "run",
-                    "--server",
-                    "--disable-telemetry",
-                    "--log-level",
-                    "error",
-                    "--addr",
-                    f"127.0.0.1:{opa_port}",
-                    str(ROOT / "rego"),
-                ],
-            )
-            procs.wait_until("opa", lambda: http_ok(opa_url + "/health"))
-            procs.start(
-                "sidecar",
-                [
-                    sys.executable,
-                    "-m",
-                    "sidecar.cli",
-                    "serve",
-                    "--identity",
-                    "dev",
-                    "--socket",
-                    str(sock),
-                    "--admin-socket",
-                    str(work / "run" / "admin.sock"),
-                    "--opa-url",
-                    opa_url,
-                    "--http-addr",
-                    f"127.0.0.1:{sidecar_port}",
-                    "--state",
-                    f"sqlite:{work / 'state.db'}",
-                    "--audit-log",
-                    str(work / "audit.jsonl"),
-                    "--signing-key",
-                    str(work / "signing-key.pem"),
-                    "--log-format",
-                    "text",
-                ],
-                env,
-            )
-            procs.wait_until("sidecar", lambda: sock.exists() and http_ok(sidecar_http + "/readyz"))
+            sock = start_opa_and_sidecar(procs, work, opa_port, sidecar_port, env)
             procs.start(
                 "resource-server",
                 [

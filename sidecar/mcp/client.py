@@ -110,7 +110,8 @@ class McpGrants:
         key = (intent.action, intent.resource, json.dumps(intent.context, sort_keys=True))
         cached = self._standing.get(key)
         if cached is not None and cached.expires_in > self.reuse_margin:
-            self.trace("token", f"reusing standing grant {cached.grant_id} for {intent.action}")
+            if intent.tool is not None:  # the session's own requests would drown the trace
+                self.trace("token", f"reusing standing grant {cached.grant_id}")
             return cached
         self.trace("intent", f"{intent.action} on {intent.resource} ({justification!r})")
         try:
@@ -242,9 +243,9 @@ class JitMcpSession:
                 result: types.CallToolResult = await self.session.call_tool(
                     name, arguments, read_timeout_seconds, meta=meta
                 )
+            self.grants.trace("result", f"{name}: {'error' if result.is_error else 'ok'}")
         finally:
             await self.grants.release(grant)
-        self.grants.trace("result", f"{name}: {'error' if result.is_error else 'ok'}")
         return result
 
 

@@ -97,10 +97,8 @@ def test_allowed_tool_runs_under_its_own_grant(stack: dict[str, Any]) -> None:
     search = [g for g in grants if g.action == "mcp.desk.search"]
     assert [g.audience for g in search] == [desk.url]
     assert [g.resource for g in search] == ["mcp://desk/tools/search"]
-    # The session's own requests (discovery grant reuse) may interleave: leave them out.
-    own = [(stage, text) for stage, text in trace if "mcp.desk.list" not in text]
-    start = next(i for i, (_, text) in enumerate(own) if "mcp.desk.search" in text)
-    assert [stage for stage, _ in own[start : start + 3]] == ["intent", "token", "result"]
+    start = next(i for i, (_, text) in enumerate(trace) if "mcp.desk.search" in text)
+    assert [stage for stage, _ in trace[start : start + 3]] == ["intent", "token", "result"]
 
 
 def test_denied_tool_never_reaches_the_server(stack: dict[str, Any]) -> None:
