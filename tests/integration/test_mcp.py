@@ -20,6 +20,7 @@ from sidecar.client import AccessDenied, AsyncAccessClient, AsyncTaskHandle
 from sidecar.mcp.client import JitMcpSession, connect
 from sidecar.mcp.server import metadata_url
 from tests.harness import OpaServer, SidecarProcess, wait_for
+from tests.identity_kit import Key, dpop_proof
 from tests.mcp_kit import McpServerThread
 
 pytestmark = pytest.mark.integration
@@ -294,3 +295,65 @@ def test_audit_never_holds_a_token(stack: dict[str, Any], tmp_path: Path) -> Non
         token = task.grant("mcp.desk.search", "mcp://desk/tools/search").token
     assert token.split(".")[2] not in sidecar.audit.read_text()
     assert len(sidecar.audit.read_text()) > len(audit)
+
+
+def test_dpop_bound_task_calls_tools_with_proofs(stack: dict[str, Any]) -> None:
+    """A task bound to a key: each call carries `DPoP` + proof and runs; the bare token
+    without a proof is refused (401 dpop_required)."""
+    desk, sidecar = stack["desk"], stack["sidecar"]
+    key = Key.generate("ES256")
+    public = {k: v for k, v in key.public_jwk().items() if k != "kid"}
+    tokens: list[str] = []
+
+    def prover(method: str, url: str, token: str) -> str:
+        tokens.append(token)
+        return dpop_proof(key, method, url, token)
+
+    async def main() -> Any:
+        async with (
+            AsyncAccessClient(sidecar.socket) as jit,
+            jit.task(goal="bound", pop_jwk=public) as task,
+            connect(desk.url, task, desk.tool_map(), dpop=prover) as session,
+        ):
+            result = await session.call_tool("search", {"query": "DPoP"}, justification="find")
+            grant = await task.grant("mcp.desk.search", "mcp://desk/tools/search")
+            bare = await asyncio.to_thread(_post, desk, _rpc("search", {"query": "x"}), grant.token)
+            return result, bare
+
+    result, bare = _run(main())
+    assert not result.is_error
+    assert {"query": "DPoP"} in _calls_of(desk, "search")
+    assert tokens  # every request of the session went out with a proof
+    assert bare.status_code == 401
+    assert bare.json()["reason"] == "dpop_required"
+    assert {"query": "x"} not in _calls_of(desk, "search")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"[" + _rpc("search", {"query": "q"}) + b"]", {}, 400),
+        (_rpc("search", {"query": "q"}), {"Mcp-Name": "transfer_funds"}, 400),
+        (_rpc("transfer_funds", {"amount": 1}), {}, 400),
+        (_rpc("transfer_funds", {"to_account": "../x", "amount": 1}), {}, 400),
+        (b"{" + b" " * (1024 * 1024) + b"}", {}, 413),
+    ],
+    ids=["batch", "mcp-name-mismatch", "bound-argument-missing", "dot-segment", "too-large"],
+)
+def test_requests_the_guard_cannot_map_are_refused(
+    stack: dict[str, Any], body: bytes, headers: dict[str, str], status: int
+) -> None:
+    """Batches, header/body disagreement, unbound or non-canonical arguments and oversized
+    bodies get a JSON 4xx with a reason, never reach a tool, and never a traceback."""
+    desk = stack["desk"]
+    before = list(desk.calls)
+    response = requests.post(
+        desk.url,
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": "Bearer x", **headers},
+        timeout=10,
+    )
+    assert response.status_code == status
+    assert response.json()["error"] == "invalid_request"
+    assert "Traceback" not in response.text
+    assert desk.calls == before
