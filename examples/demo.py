@@ -205,6 +205,24 @@ def start_opa_and_sidecar(
     return sock
 
 
+def abort(name: str, procs: Processes, err: Exception) -> int:
+    """A step failed: stop everything and show why."""
+    print(f"{name}: {err}", file=sys.stderr)
+    procs.stop_all()
+    print(procs.logs(), file=sys.stderr)
+    return 1
+
+
+def finish(name: str, procs: Processes, ok: bool) -> int:
+    """Stop everything; say OK, or show the logs."""
+    procs.stop_all()
+    if not ok:
+        print(f"\n{name} FAILED; logs:\n" + procs.logs(), file=sys.stderr)
+        return 1
+    print(f"\n{name} OK: everything stopped.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -262,16 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             audit_ok = show_audit(work / "audit.jsonl")
         except (RuntimeError, subprocess.TimeoutExpired) as err:
-            print(f"demo: {err}", file=sys.stderr)
-            procs.stop_all()
-            print(procs.logs(), file=sys.stderr)
-            return 1
-        procs.stop_all()
-        if agent.returncode != 0 or not audit_ok:
-            print("\ndemo FAILED; logs:\n" + procs.logs(), file=sys.stderr)
-            return 1
-        print("\ndemo OK: everything stopped.")
-        return 0
+            return abort("demo", procs, err)
+        return finish("demo", procs, agent.returncode == 0 and audit_ok)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import requests
 from demo import (
     EXAMPLES,
     Processes,
+    abort,
+    finish,
     free_port,
     http_ok,
     show_audit,
@@ -105,17 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             approver.join(5)
             audit_ok = show_audit(work / "audit.jsonl")
         except (RuntimeError, subprocess.TimeoutExpired, requests.RequestException) as err:
-            print(f"demo-mcp: {err}", file=sys.stderr)
             stop.set()
-            procs.stop_all()
-            print(procs.logs(), file=sys.stderr)
-            return 1
-        procs.stop_all()
-        if agent.returncode != 0 or not audit_ok:
-            print("\ndemo-mcp FAILED; logs:\n" + procs.logs(), file=sys.stderr)
-            return 1
-        print("\ndemo-mcp OK: everything stopped.")
-        return 0
+            return abort("demo-mcp", procs, err)
+        return finish("demo-mcp", procs, agent.returncode == 0 and audit_ok)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def _quoted(value: str) -> str:
 
 class McpGuard:
     """ASGI middleware: serves the RFC 9728 document and admits only requests whose token
-    covers them (see the module docstring). Construct it with `protect(...)`."""
+    covers them (see the module docstring); `protect` is its other name."""
 
     def __init__(
         self,
@@ -262,25 +262,8 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-def protect(
-    app: ASGIApp,
-    verifier: TokenVerifier,
-    tools: ToolMap,
-    *,
-    resource_url: str,
-    authorization_servers: Sequence[str],
-    resource_name: str | None = None,
-    dpop_required: bool = False,
-) -> McpGuard:
-    """Wrap an MCP server's ASGI app (e.g. `MCPServer.streamable_http_app()`) so that only
-    calls covered by a jit-sidecar token reach it. `verifier.audience` must be
-    `resource_url`, the server's canonical URI (MCP authorization spec)."""
-    return McpGuard(
-        app,
-        verifier,
-        tools,
-        resource_url=resource_url,
-        authorization_servers=authorization_servers,
-        resource_name=resource_name,
-        dpop_required=dpop_required,
-    )
+protect = McpGuard
+"""`protect(app, verifier, tools, resource_url=..., authorization_servers=[...])`: wrap an
+MCP server's ASGI app (e.g. `MCPServer.streamable_http_app()`) so that only calls covered by a
+jit-sidecar token reach it. `verifier.audience` must be `resource_url`, the server's
+canonical URI (MCP authorization spec)."""
