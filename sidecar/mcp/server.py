@@ -155,16 +155,19 @@ class McpGuard:
             return self.tools.discovery()
         try:
             message = json.loads(body)
-        except (ValueError, RecursionError):
-            return self.tools.discovery()  # the SDK answers the parse error; no tool runs
+        except (ValueError, RecursionError) as err:
+            # Fail closed: a body this guard cannot read must not reach a parser that might
+            # read it as a tool call.
+            raise ToolMappingError("the body is not JSON") from err
         if isinstance(message, list):
             # JSON-RPC batches were removed from MCP (2025-06-18); one message, one grant.
             raise ToolMappingError("JSON-RPC batches are not accepted")
+        if not isinstance(message, dict):
+            raise ToolMappingError("a JSON-RPC message is a JSON object")
         header_method = _header(scope, b"mcp-method")
-        method = message.get("method") if isinstance(message, dict) else None
-        if method != "tools/call" and header_method != "tools/call":
+        if message.get("method") != "tools/call" and header_method != "tools/call":
             return self.tools.discovery()
-        params = message.get("params") if isinstance(message, dict) else None
+        params = message.get("params")
         if not isinstance(params, dict):
             raise ToolMappingError("tools/call without params")
         name, arguments = params.get("name"), params.get("arguments")

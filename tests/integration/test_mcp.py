@@ -337,8 +337,18 @@ def test_dpop_bound_task_calls_tools_with_proofs(stack: dict[str, Any]) -> None:
         (_rpc("transfer_funds", {"amount": 1}), {}, 400),
         (_rpc("transfer_funds", {"to_account": "../x", "amount": 1}), {}, 400),
         (b"{" + b" " * (1024 * 1024) + b"}", {}, 413),
+        (b'{"method": "tools/call", "params": {"name": "send_email"', {}, 400),
+        (b'"tools/call"', {}, 400),
     ],
-    ids=["batch", "mcp-name-mismatch", "bound-argument-missing", "dot-segment", "too-large"],
+    ids=[
+        "batch",
+        "mcp-name-mismatch",
+        "bound-argument-missing",
+        "dot-segment",
+        "too-large",
+        "not-json",
+        "not-an-object",
+    ],
 )
 def test_requests_the_guard_cannot_map_are_refused(
     stack: dict[str, Any], body: bytes, headers: dict[str, str], status: int
