@@ -69,7 +69,7 @@ __all__ = [
 
 
 class McpGrantError(SidecarClientError):
-    """A request reached the transport without a grant to send (fail closed: not sent)."""
+    """The MCP transport was used synchronously (it is asynchronous only)."""
 
 
 class McpGrants:
@@ -164,14 +164,17 @@ class McpGrants:
         finally:
             self._calls.pop(call_id, None)
 
-    async def for_request(self, request: httpx2.Request) -> Grant:
-        """The grant whose token this HTTP request must carry."""
+    async def for_request(self, request: httpx2.Request) -> Grant | None:
+        """The grant whose token this HTTP request must carry; None for a tools/call that
+        did not come through `JitMcpSession.call_tool` (it has no grant)."""
         call_id = _call_id(request)
         if call_id is None:
             return await self.discovery()
         grant = self._calls.get(call_id)
         if grant is None:
-            raise McpGrantError("a tools/call without a grant of this session: not sent")
+            # Fail closed without killing the session: no token at all (never the discovery
+            # grant's), so the server answers 401 and the tool does not run.
+            log.warning("a tools/call bypassed JitMcpSession.call_tool: sent without a token")
         return grant
 
 
@@ -186,7 +189,9 @@ class _GrantAuth(httpx2.Auth):
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         grant = await self._grants.for_request(request)
         prover = self._grants.dpop
-        if prover is None:
+        if grant is None:
+            request.headers.pop("Authorization", None)
+        elif prover is None:
             request.headers["Authorization"] = f"Bearer {grant.token}"
         else:
             request.headers["Authorization"] = f"DPoP {grant.token}"

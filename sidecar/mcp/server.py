@@ -134,6 +134,10 @@ class McpGuard:
         except ToolMappingError as err:
             await self._error(send, 400, "invalid_request", str(err))
             return
+        if sum(1 for k, _ in scope["headers"] if k.lower() == b"authorization") > 1:
+            # RFC 6750 §2: one way of sending the token; two headers are ambiguous.
+            await self._error(send, 400, "invalid_request", "more than one Authorization header")
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             token = await anyio.to_thread.run_sync(self._verify, headers, scope, intent)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from mcp.shared.auth import ProtectedResourceMetadata
+from mcp.shared.exceptions import MCPError
 
 from sidecar.client import AccessDenied, AsyncAccessClient, AsyncTaskHandle
 from sidecar.mcp.client import JitMcpSession, connect
@@ -367,3 +368,26 @@ def test_requests_the_guard_cannot_map_are_refused(
     assert response.json()["error"] == "invalid_request"
     assert "Traceback" not in response.text
     assert desk.calls == before
+
+
+def test_tool_call_bypassing_the_wrapper_carries_no_token(
+    stack: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tools/call made on the SDK session directly has no grant: it goes out without a
+    token (never the session's), the server refuses it, and the session still works."""
+    desk = stack["desk"]
+    before = list(desk.calls)
+
+    async def main() -> tuple[Exception, Any]:
+        async with _session(stack, "bypass") as (_, session):
+            with pytest.raises(MCPError) as raised:
+                await session.session.call_tool("search", {"query": "bypass"})
+            after = await session.call_tool("search", {"query": "after"}, justification="find")
+            return raised.value, after
+
+    error, after = _run(main())
+    assert isinstance(error, MCPError)
+    assert "sent without a token" in caplog.text
+    assert not after.is_error
+    assert ("search", {"query": "bypass"}) not in desk.calls
+    assert desk.calls[len(before) :] == [("search", {"query": "after"})]

@@ -115,3 +115,28 @@ def test_verifier_for_another_audience_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="canonical URI") as raised:
         McpGuard(App(), verifier, ToolMap("crm"), resource_url=URL, authorization_servers=[])
     assert raised.type is ValueError
+
+
+def test_two_authorization_headers_are_refused() -> None:
+    """RFC 6750 §2: a request with two Authorization headers is 400, never guessed at."""
+    app = App()
+    protected = guard(app)
+    messages: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "query_string": b"",
+        "headers": [(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    asyncio.run(protected(scope, receive, send))
+    assert messages[0]["status"] == 400
+    assert json.loads(messages[1]["body"])["error"] == "invalid_request"
+    assert app.reached == []
