@@ -11,12 +11,13 @@ LINT_DIRS := $(wildcard sidecar tests bench examples fuzz scripts/*.py)
 REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
-.PHONY: help deps run demo test test-spire policy-test lint typecheck unit integration gen clean \
-	redis postgres bench-propagation fuzz soak bench
+.PHONY: help deps run demo demo-mcp test test-spire policy-test lint typecheck unit integration gen \
+	clean redis postgres bench-propagation fuzz soak bench
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
 	@echo "make demo   OPA + sidecar + example resource server + example agent, traced, then stop"
+	@echo "make demo-mcp  OPA + sidecar + example MCP server + example MCP agent, traced"
 	@echo "make deploy-check  validate deploy/ and the Dockerfile (promtool, kubeconform, ...)"
 	@echo "make test   policy checks, lint, type checks and the whole test suite"
 	@echo "make gen    regenerate sidecar/_proto from proto/"
@@ -78,6 +79,10 @@ run: deps
 
 demo: deps
 	$(PY) examples/demo.py
+
+# The MCP example server and agent against OPA and the sidecar (docs/mcp.md).
+demo-mcp: deps
+	$(PY) examples/demo_mcp.py
 
 policy-test: $(TOOLS)/.opa
 	opa fmt --list --fail rego/

@@ -152,6 +152,84 @@ def show_audit(audit: Path) -> bool:
     return check.returncode == 0
 
 
+def start_opa_and_sidecar(
+    procs: Processes, work: Path, opa_port: int, sidecar_port: int, env: dict[str, str]
+) -> Path:
+    """OPA on rego/ and a dev-mode sidecar with its state in `work`; returns its socket. The
+    credential /introspect requires (RFC 7662 §2.1) is written to `work/http-token`."""
+    opa_url = f"http://127.0.0.1:{opa_port}"
+    sidecar_http = f"http://127.0.0.1:{sidecar_port}"
+    sock = work / "run" / "sidecar.sock"
+    http_token = work / "http-token"
+    http_token.write_text(secrets.token_urlsafe(32) + "\n")
+    http_token.chmod(0o600)
+    procs.start(
+        "opa",
+        [
+            opa_binary(),
+            "run",
+            "--server",
+            "--skip-version-check",
+            "--log-level",
+            "error",
+            "--addr",
+            f"127.0.0.1:{opa_port}",
+            str(ROOT / "rego"),
+        ],
+    )
+    procs.wait_until("opa", lambda: http_ok(opa_url + "/health"))
+    procs.start(
+        "sidecar",
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "serve",
+            "--identity",
+            "dev",
+            "--socket",
+            str(sock),
+            "--admin-socket",
+            str(work / "run" / "admin.sock"),
+            "--opa-url",
+            opa_url,
+            "--http-addr",
+            f"127.0.0.1:{sidecar_port}",
+            "--state",
+            f"sqlite:{work / 'state.db'}",
+            "--audit-log",
+            str(work / "audit.jsonl"),
+            "--signing-key",
+            str(work / "signing-key.pem"),
+            "--http-token-file",
+            str(http_token),
+            "--log-format",
+            "text",
+        ],
+        env,
+    )
+    procs.wait_until("sidecar", lambda: sock.exists() and http_ok(sidecar_http + "/readyz"))
+    return sock
+
+
+def abort(name: str, procs: Processes, err: Exception) -> int:
+    """A step failed: stop everything and show why."""
+    print(f"{name}: {err}", file=sys.stderr)
+    procs.stop_all()
+    print(procs.logs(), file=sys.stderr)
+    return 1
+
+
+def finish(name: str, procs: Processes, ok: bool) -> int:
+    """Stop everything; say OK, or show the logs."""
+    procs.stop_all()
+    if not ok:
+        print(f"\n{name} FAILED; logs:\n" + procs.logs(), file=sys.stderr)
+        return 1
+    print(f"\n{name} OK: everything stopped.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -172,59 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
 
     with workspace(args.keep) as work:
-        sock = work / "run" / "sidecar.sock"
-        # The credential /introspect requires (RFC 7662 §2.1); the resource server sends it.
-        http_token = work / "http-token"
-        http_token.write_text(secrets.token_urlsafe(32) + "\n")
-        http_token.chmod(0o600)
         procs = Processes(work)
         try:
-            procs.start(
-                "opa",
-                [
-                    opa_binary(),
-                    "run",
-                    "--server",
-                    "--skip-version-check",
-                    "--log-level",
-                    "error",
-                    "--addr",
-                    f"127.0.0.1:{opa_port}",
-                    str(ROOT / "rego"),
-                ],
-            )
-            procs.wait_until("opa", lambda: http_ok(opa_url + "/health"))
-            procs.start(
-                "sidecar",
-                [
-                    sys.executable,
-                    "-m",
-                    "sidecar.cli",
-                    "serve",
-                    "--identity",
-                    "dev",
-                    "--socket",
-                    str(sock),
-                    "--admin-socket",
-                    str(work / "run" / "admin.sock"),
-                    "--opa-url",
-                    opa_url,
-                    "--http-addr",
-                    f"127.0.0.1:{sidecar_port}",
-                    "--state",
-                    f"sqlite:{work / 'state.db'}",
-                    "--audit-log",
-                    str(work / "audit.jsonl"),
-                    "--signing-key",
-                    str(work / "signing-key.pem"),
-                    "--http-token-file",
-                    str(http_token),
-                    "--log-format",
-                    "text",
-                ],
-                env,
-            )
-            procs.wait_until("sidecar", lambda: sock.exists() and http_ok(sidecar_http + "/readyz"))
+            sock = start_opa_and_sidecar(procs, work, opa_port, sidecar_port, env)
+            http_token = work / "http-token"
             procs.start(
                 "resource-server",
                 [
@@ -261,16 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             audit_ok = show_audit(work / "audit.jsonl")
         except (RuntimeError, subprocess.TimeoutExpired) as err:
-            print(f"demo: {err}", file=sys.stderr)
-            procs.stop_all()
-            print(procs.logs(), file=sys.stderr)
-            return 1
-        procs.stop_all()
-        if agent.returncode != 0 or not audit_ok:
-            print("\ndemo FAILED; logs:\n" + procs.logs(), file=sys.stderr)
-            return 1
-        print("\ndemo OK: everything stopped.")
-        return 0
+            return abort("demo", procs, err)
+        return finish("demo", procs, agent.returncode == 0 and audit_ok)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ _domain := input.intent.resource_parts.scheme if _resource_parts_valid
 
 _domain_spec := data.jit.domains[_domain]
 
-# Resource servers get a stable audience per domain (the domain's name unless data says).
+# Resource servers get a stable audience per domain (the domain's name unless data says);
+# MCP servers each their own canonical URI (mcp.rego).
 _audience := audience if {
+	_domain != "mcp"
 	audience := object.get(_domain_spec, "audience", _domain)
 	is_string(audience)
 	audience != ""
