@@ -78,11 +78,18 @@ test_malformed_mcp_resources_are_denied if {
 		"mcp://crm",
 		"mcp://crm/prompts/search",
 		"mcp://crm/tools/search/to_account",
-		"mcp://crm/tools//search",
-		"mcp:///tools/search",
 	] {
 		decision := jit.decision with input as _tool("mcp.crm.search", resource, "")
 		_denied_by_mcp_rule(decision)
+	}
+}
+
+# Spellings that are not canonical never reach the policy (the sidecar refuses them with
+# invalid_resource); should one arrive anyway, its parts do not match and it is denied.
+test_non_canonical_mcp_resources_are_denied if {
+	every resource in ["mcp://crm/tools//search", "mcp:///tools/search"] {
+		decision := jit.decision with input as _tool("mcp.crm.search", resource, "")
+		not decision.allow
 	}
 }
 
