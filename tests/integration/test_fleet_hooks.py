@@ -15,6 +15,7 @@ import pytest
 
 from sidecar.clock import rfc3339
 from sidecar.config import Config, load
+from sidecar.events import Recorded, from_record
 from sidecar.fleet import Fleet, FleetHooks
 from sidecar.metrics import Metrics
 from sidecar.revocations import Revocation
@@ -78,7 +79,8 @@ class Member:
             "revocation_expires_at": rfc3339(cutoff + 600),
             "reason": "kill_switch",
         }
-        await asyncio.to_thread(self.store.apply, [record], (), self.seq)
+        recorded = Recorded(self.seq, from_record(record))
+        await asyncio.to_thread(self.store.apply, [recorded], (), self.seq)
 
     def token(self, subject: str, iat: int) -> str:
         return self.signer.sign(

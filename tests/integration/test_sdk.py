@@ -559,12 +559,12 @@ def test_unsendable_input_is_refused_by_the_sdk(sidecar: SidecarProcess) -> None
 def test_sendable_bad_input_is_judged_and_audited_by_the_sidecar(sidecar: SidecarProcess) -> None:
     """What the SDK can send goes to the sidecar, which refuses it with the same exception
     and reason codes and audits the refusal: a label key with bad characters
-    (invalid_task), a TTL of 0 (invalid_ttl)."""
+    (invalid_task), a TTL above a day (invalid_ttl; 0 asks for the maximum)."""
     with sidecar.client() as jit:
         with pytest.raises(InvalidRequest) as label:
             jit.begin_task("x", labels={"bad key!": "v"})
         with jit.task(goal="ttl") as task, pytest.raises(InvalidRequest) as ttl:
-            task.grant("docs.read", "docs://a", ttl=0)
+            task.grant("docs.read", "docs://a", ttl=86401)
     assert (label.value.code, label.value.reason) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "invalid_task",
