@@ -1180,12 +1180,35 @@ class Engine:
                 f"task {task.task_id} already has {limit} open approval requests",
                 Reason.TOO_MANY_APPROVALS,
             )
-        now = self.clock.now()
         digest = intent_hash(identity.subject, task.task_id, intent)
+        approval = await self.open_approval(
+            identity.subject, task.task_id, intent, digest, requested_ttl, decision
+        )
+        self.metrics.grant_requests.labels(
+            decision="pending_approval", tier=decision.tier.value
+        ).inc()
+        return self._pending_outcome(approval)
+
+    async def open_approval(
+        self,
+        subject: str,
+        task_id: str,
+        intent: Intent,
+        digest: str,
+        requested_ttl: int,
+        decision: PolicyDecision,
+    ) -> Approval:
+        """Open a pending approval bound to `digest`, audited (`grant_pending`), listed by
+        `approvals list` and announced to the webhook. RequestGrant parks intents through
+        it; the AuthZEN access request endpoint (sidecar/authzen.py) opens its own with a
+        digest no agent intent can have, so they are decided here but never collected as
+        tokens. Per-task limits are the caller's."""
+        assert decision.tier is not None
+        now = self.clock.now()
         approval = Approval(
             approval_id="a-" + new_grant_id(),
-            task_id=task.task_id,
-            subject=identity.subject,
+            task_id=task_id,
+            subject=subject,
             intent=intent,
             intent_hash=digest,
             requested_ttl=requested_ttl,
@@ -1198,8 +1221,8 @@ class Engine:
             "grant_pending",
             now,
             approval_id=approval.approval_id,
-            task_id=task.task_id,
-            subject=identity.subject,
+            task_id=task_id,
+            subject=subject,
             intent=intent.as_input(),
             intent_hash=digest,
             decision_id=decision.decision_id or None,
@@ -1214,16 +1237,12 @@ class Engine:
             expires_at=rfc3339(approval.expires_at),
         )
         await _to_completion(self._commit_parked(approval, event))
-        self.metrics.grant_requests.labels(
-            decision="pending_approval", tier=decision.tier.value
-        ).inc()
         log.info(
-            "approval requested",
-            extra={"approval_id": approval.approval_id, "task_id": task.task_id},
+            "approval requested", extra={"approval_id": approval.approval_id, "task_id": task_id}
         )
         if self.notifier is not None:
             self.notifier.notify(approval)
-        return self._pending_outcome(approval)
+        return approval
 
     async def _commit_parked(self, approval: Approval, event: dict[str, Any]) -> None:
         try:

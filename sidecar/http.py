@@ -1,4 +1,5 @@
-"""The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation.
+"""The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation,
+and the AuthZEN endpoints (sidecar/authzen.py).
 
 /introspect and /revoke require `Authorization: Bearer <credential>` when `http_token_file`
 is configured (mandatory when bound beyond loopback). An inactive, foreign or garbage token
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .authzen import AuthzenService
 from .engine import Engine
 from .errors import SidecarError
 
@@ -38,6 +40,7 @@ def create_app(
     *,
     credential: str | None,
     store_writable: Callable[[], bool],
+    authzen: AuthzenService | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_FORM_BYTES)
     metrics = engine.metrics
@@ -169,4 +172,6 @@ def create_app(
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_post("/introspect", guarded(introspect))
     app.router.add_post("/revoke", guarded(revoke))
+    if authzen is not None:
+        authzen.add_routes(app, guarded)  # AuthZEN 1.0 + ARAP: docs/authzen.md
     return app

@@ -28,6 +28,7 @@ from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grp
 from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
+from .authzen import AuthzenService, OpaDecider
 from .cache import DecisionCache
 from .clock import Clock, SystemClock
 from .config import Config
@@ -295,8 +296,18 @@ class Sidecar:
                 ) from err
             if len(credential) < 16:
                 raise ConfigError("http_token_file must hold at least 16 characters")
+        authzen = AuthzenService(
+            engine,
+            OpaDecider(
+                self.config.opa_url, self.config.authzen_decision_path, self.config.opa_timeout
+            ),
+        )
         app = create_app(
-            engine, self.readiness, credential=credential, store_writable=store.check_writable
+            engine,
+            self.readiness,
+            credential=credential,
+            store_writable=store.check_writable,
+            authzen=authzen,
         )
         self._http = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http.setup()

@@ -1,0 +1,69 @@
+# The AuthZEN mapping gives a gateway the answer an agent would get (docs/authzen.md).
+package jit.authzen_test
+
+import data.jit.authzen
+
+_request(subject, action, resource, context) := {
+	"subject": {"type": "agent", "id": subject},
+	"action": {"name": action},
+	"resource": {"type": "uri", "id": resource},
+	"context": context,
+}
+
+test_standing_read_is_permitted if {
+	d := authzen.decision with input as _request("spiffe://jit.local/agent/dev", "docs.read", "docs://handbook/intro", {})
+	d.decision == true
+	d.context.tier == "standing"
+	d.context.ttl_seconds == 900
+}
+
+test_jit_write_is_permitted_with_its_ttl if {
+	d := authzen.decision with input as _request(
+		"spiffe://jit.local/agent/dev", "tickets.update", "tickets://T-1",
+		{"justification": "fix the customer ticket T-1 as asked"},
+	)
+	d.decision == true
+	d.context.tier == "jit"
+	d.context.ttl_seconds == 120
+}
+
+test_approval_is_a_requestable_denial if {
+	d := authzen.decision with input as _request(
+		"spiffe://jit.local/agent/billing", "payments.refund", "payments://orders/42",
+		{"justification": "refund the double charge on order 42", "intent": {"amount": 500}},
+	)
+	d.decision == false
+	d.context.reason == "approval_required"
+	d.context.access_request == {"template": "jit_approval"}
+	d.context.tier == "jit"
+}
+
+test_small_refund_needs_no_approval if {
+	d := authzen.decision with input as _request(
+		"spiffe://jit.local/agent/billing", "payments.refund", "payments://orders/42",
+		{"justification": "refund the double charge on order 42", "intent": {"amount": 50}},
+	)
+	d.decision == true
+}
+
+test_denial_carries_the_first_reason_code if {
+	d := authzen.decision with input as _request("spiffe://jit.local/agent/dev", "zz", "q", {})
+	d.decision == false
+	d.context.reason == "input_invalid"
+	not d.context.access_request
+}
+
+test_missing_members_deny if {
+	d := authzen.decision with input as {}
+	d.decision == false
+	d.context.reason == "input_invalid"
+}
+
+test_non_spiffe_subject_has_no_trust_domain if {
+	authzen._trust_domain == "" with input as _request("alice@example.com", "docs.read", "docs://x", {})
+	authzen._trust_domain == "jit.local" with input as _request("spiffe://jit.local/agent/dev", "docs.read", "docs://x", {})
+}
+
+test_code_of_no_reasons_is_default_deny if {
+	authzen._code([]) == "default_deny"
+}
