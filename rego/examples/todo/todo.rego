@@ -19,6 +19,7 @@ default decision := {"decision": false}
 
 decision := {"decision": true} if _allowed
 
+# regal ignore:unresolved-reference
 _user := data.examples.todo.users[input.subject.id]
 
 _roles := {r | some r in _user.roles}

@@ -10,6 +10,7 @@ _morty := "CiRmZDE2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs"
 _beth := "CiRmZDM2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs"
 
 _ask(subject, action, owner) := d if {
+	# regal ignore:with-outside-test-context
 	d := todo.decision with input as {
 		"subject": {"type": "user", "id": subject},
 		"action": {"name": action},

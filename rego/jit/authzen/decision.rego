@@ -14,8 +14,6 @@
 #   Anything missing maps to an empty value, which the jit input checks deny.
 package jit.authzen
 
-import data.jit
-
 # METADATA
 # title: decision
 # description: |
@@ -29,9 +27,10 @@ default decision := {"decision": false, "context": {"reason": "default_deny"}}
 
 decision := _answer(_jit_decision)
 
+# The one place `with` is the point: the jit policy decides the mapped document.
 _jit_decision := d if {
-	mapped := _jit_input
-	d := jit.decision with input as mapped
+	# regal ignore:with-outside-test-context
+	d := data.jit.decision with input as _jit_input
 }
 
 _jit_input := {
@@ -57,9 +56,11 @@ _jit_input := {
 	"request": {"ttl_seconds": object.get(input, ["context", "ttl_seconds"], 300)},
 }
 
+default _trust_domain := ""
+
 _trust_domain := split(trim_prefix(input.subject.id, "spiffe://"), "/")[0] if {
 	startswith(input.subject.id, "spiffe://")
-} else := ""
+}
 
 _answer(d) := {
 	"decision": true,

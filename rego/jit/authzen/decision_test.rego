@@ -60,8 +60,10 @@ test_missing_members_deny if {
 }
 
 test_non_spiffe_subject_has_no_trust_domain if {
-	authzen._trust_domain == "" with input as _request("alice@example.com", "docs.read", "docs://x", {})
-	authzen._trust_domain == "jit.local" with input as _request("spiffe://jit.local/agent/dev", "docs.read", "docs://x", {})
+	alice := _request("alice@example.com", "docs.read", "docs://x", {})
+	authzen._trust_domain == "" with input as alice
+	dev := _request("spiffe://jit.local/agent/dev", "docs.read", "docs://x", {})
+	authzen._trust_domain == "jit.local" with input as dev
 }
 
 test_code_of_no_reasons_is_default_deny if {
