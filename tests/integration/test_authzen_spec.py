@@ -48,7 +48,9 @@ def _post(sidecar: SidecarProcess, case: dict[str, Any]) -> requests.Response:
     )
 
 
-@pytest.mark.parametrize("case", EXAMPLES["cases"], ids=[c["source"][:60] for c in EXAMPLES["cases"]])
+@pytest.mark.parametrize(
+    "case", EXAMPLES["cases"], ids=[c["source"][:60] for c in EXAMPLES["cases"]]
+)
 def test_spec_example(spec_sidecar: SidecarProcess, case: dict[str, Any]) -> None:
     """The sidecar answers each example of the spec with the spec's status, body and
     X-Request-ID."""
