@@ -137,7 +137,8 @@ def test_gateway_gets_the_answer_an_agent_gets(az: SidecarProcess) -> None:
         ),
     )
     denied = evaluate(az, ask(DEV, "payments.refund", "payments://orders/42", task_context))
-    assert read.tier == pb.TIER_STANDING and write.tier == pb.TIER_JIT
+    assert read.tier == pb.TIER_STANDING
+    assert write.tier == pb.TIER_JIT
     assert standing["decision"] is True
     assert standing["context"]["tier"] == "standing"
     assert jit["decision"] is True
@@ -425,7 +426,8 @@ def test_access_request_is_approved_in_the_desk_then_reevaluation_permits(
     assert submitted.headers["Location"] == task["status_endpoint"]
     assert task["status"] == "pending"
     assert task["links"]["cancel"] == task["status_endpoint"] + "/cancel"
-    assert listed.returncode == 0 and task["id"] in listed.stdout
+    assert listed.returncode == 0
+    assert task["id"] in listed.stdout
     assert "payments.refund payments://orders/42" in listed.stdout
     assert "customer ticket 991" in listed.stdout
     assert pending["decision"] is False
@@ -528,7 +530,8 @@ def test_access_requests_must_bind_to_a_requestable_denial(az: SidecarProcess) -
     ]
     assert [r.status_code for r in (tampered, mismatched, changed_context, no_binding)] == [400] * 4
     assert kinds == ["invalid_denial_binding"] * 4 + ["unknown_task", "duplicate_request"]
-    assert unknown.status_code == 404 and conflict.status_code == 409
+    assert unknown.status_code == 404
+    assert conflict.status_code == 409
     assert first.status_code == 202
     assert repeat.json()["task"]["id"] == first.json()["task"]["id"]
 
