@@ -7,7 +7,7 @@ Approval Profile (ARAP, draft 1). See docs/authzen.md.
   `--authzen-decision-path`; the policy answers `{"decision": bool, "context": {...}}`.
   Anything else is `{"decision": false}` with a reason in `context` (fail closed).
 - `POST /access/v1/requests`, `GET /access/v1/requests/{id}`, `POST …/{id}/cancel` (ARAP
-  §8-§9): a requestable denial becomes an approval in the engine's approval desk; once an
+  "Access Request Endpoint", "Task Status Endpoint"): a requestable denial becomes an approval in the engine's approval desk; once an
   operator approves it, re-evaluating with `context.approval` answers true until
   `approved_until`.
 
@@ -97,7 +97,7 @@ class BadRequest(Exception):
 
 
 class Problem(Exception):
-    """An ARAP error (ARAP §11): an RFC 9457 problem document."""
+    """An ARAP error (ARAP "Error Responses"): an RFC 9457 problem document."""
 
     def __init__(self, status: int, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -163,7 +163,7 @@ ENTITIES = (("subject", ("type", "id")), ("action", ("name",)), ("resource", ("t
 
 
 def parse_evaluation(document: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """One Access Evaluation request (§6.1), checked; unknown members are left out (§10.1)."""
+    """One Access Evaluation request (§6.1), checked; unknown members are left out (§10.1.1)."""
     request: dict[str, Any] = {}
     for name, keys in ENTITIES:
         if name not in document:
@@ -316,8 +316,8 @@ def _unb64(text: str) -> bytes:
 
 
 def bound_digest(request: Mapping[str, Any], context_names: Sequence[str]) -> str:
-    """What a requestable denial and its approval are bound to (ARAP §6, exact-match
-    baseline of §10): subject, resource and action whole, and the members of the denied
+    """What a requestable denial and its approval are bound to (ARAP "Requestable Denial
+    Context"; the exact-match baseline of "Completion Semantics"): subject, resource and action whole, and the members of the denied
     evaluation's context (`approval` excluded), so a submission may add members such as a
     justification but not change the ones policy saw."""
     context = request.get("context", {})
@@ -336,7 +336,7 @@ def context_names(request: Mapping[str, Any]) -> list[str]:
 
 @dataclass(slots=True)
 class Requestable:
-    """A requestable denial this sidecar answered (ARAP §6.1, `evaluation_id`)."""
+    """A requestable denial this sidecar answered (ARAP "Evaluation Identifier")."""
 
     evaluation_id: str
     digest: str
@@ -359,7 +359,8 @@ class AccessRequest:
 
 
 def task_status(record: AccessRequest, now: float) -> str:
-    """The ARAP task status (§9.1) of an approval, mapped from the desk's states (§9.1.2)."""
+    """The ARAP task status ("Task Status Values") of an approval, mapped from the desk's
+    states as "Mapping Backend States" asks."""
     approval = record.approval
     if record.cancelled:
         return "cancelled"
@@ -425,7 +426,7 @@ class AuthzenService:
     def _json(
         self, handler: Callable[[web.Request, str | None], Awaitable[tuple[int, Any, str]]]
     ) -> Handler:
-        """Errors become 400 (AuthZEN §10.2) or problem documents (ARAP §11), never a 500
+        """Errors become 400 (AuthZEN §10.1.2) or problem documents (ARAP "Error Responses"), never a 500
         with a traceback; X-Request-ID is echoed on every answer (§10.1.3)."""
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -464,7 +465,7 @@ class AuthzenService:
         return f"{request.scheme}://{request.host}"
 
     async def configuration(self, request: web.Request) -> web.Response:
-        """PDP metadata (AuthZEN §9.1, ARAP §5); `policy_decision_point` is the URL the PEP
+        """PDP metadata (AuthZEN §9.1, ARAP "Discovery"); `policy_decision_point` is the URL the PEP
         used, as §9.2.3 requires it to be identical."""
         base = self._base(request)
         return web.json_response(
@@ -575,8 +576,9 @@ class AuthzenService:
         self, item: dict[str, Any], decision: dict[str, Any], now: float, base: str
     ) -> dict[str, Any]:
         """A denial the policy marks requestable (`context.access_request`) gets the binding
-        material (ARAP §6): an `evaluation_id`, an expiry and a binding token. With an
-        approval reference (`context.approval`, ARAP §10) that applies, it becomes a permit."""
+        material (ARAP "Requestable Denial Context"): an `evaluation_id`, an expiry and a
+        binding token. With an approval reference (`context.approval`, ARAP "Completion
+        Semantics") that applies, it becomes a permit."""
         context = decision.get("context", {})
         requestable = not decision["decision"] and isinstance(context.get("access_request"), dict)
         presented = item.get("context", {}).get("approval")
@@ -585,7 +587,7 @@ class AuthzenService:
         if decision["decision"]:
             return decision
         if not requestable:
-            # An approval never overrides the rest of policy (ARAP §13).
+            # An approval never overrides the rest of policy (ARAP "PDP Processing Rules").
             return _reevaluation_denial(decision, "policy_denied", "none")
         record = None
         if isinstance(presented, dict) and isinstance(presented.get("id"), str):
@@ -649,14 +651,14 @@ class AuthzenService:
 
     def _binding_token(self, evaluation_id: str, exp: int, names: list[str], digest: str) -> str:
         """`payload.mac`: the payload names the evaluation, its expiry and the context members
-        bound; the HMAC-SHA256 covers it and the bound request (ARAP §12.1.4: integrity
-        protected, opaque to the PEP)."""
+        bound; the HMAC-SHA256 covers it and the bound request (ARAP "Binding Token
+        Integrity": integrity protected, opaque to the PEP)."""
         payload = _b64(_canonical({"eid": evaluation_id, "exp": exp, "ctx": names}))
         mac = hmac.new(self._key, f"{payload}.{digest}".encode(), hashlib.sha256).digest()
         return f"{payload}.{_b64(mac)}"
 
     def _verify_binding(self, submission: dict[str, Any], denial: dict[str, Any]) -> Requestable:
-        """The requestable denial a submission is bound to (ARAP §8.1, §14), or a Problem."""
+        """The requestable denial a submission is bound to (ARAP "Access Request Submission"), or a Problem."""
         token = denial.get("binding_token")
         if isinstance(token, str):
             try:
@@ -692,7 +694,7 @@ class AuthzenService:
         return known
 
     async def submit(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        """ARAP §8: open an approval for a requestable denial."""
+        """ARAP "Access Request Endpoint": open an approval for a requestable denial."""
         document = await read_json(request)
         if "items" in document:
             raise BadRequest("unsupported", "bundled access requests (`items`) are not supported")
@@ -760,7 +762,8 @@ class AuthzenService:
     def _task(
         self, request: web.Request, record: AccessRequest, status: int
     ) -> tuple[int, Any, str]:
-        """The Task Handle (ARAP §8.2) with its result once approved (§9.3)."""
+        """The Task Handle (ARAP "Access Request Response"), with its result once approved
+        ("Completed Task Response")."""
         approval = record.approval
         endpoint = f"{self._base(request)}/access/v1/requests/{approval.approval_id}"
         now = self._desk.clock.now()
@@ -793,11 +796,11 @@ class AuthzenService:
         return record
 
     async def status(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        """ARAP §9: the task's status."""
+        """ARAP "Task Status Endpoint": the task's status."""
         return self._task(request, self._record(request), 200)
 
     async def cancel(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        """ARAP §9.4: cancel a pending request; recorded as a denial by `authzen-pep`."""
+        """ARAP "Cancellation": cancel a pending request; recorded as a denial by `authzen-pep`."""
         record = self._record(request)
         reason = "cancelled by the PEP"
         if request.can_read_body:
@@ -820,7 +823,7 @@ class AuthzenService:
 
 
 def _reevaluation_denial(decision: dict[str, Any], reason: str, next_action: str) -> dict[str, Any]:
-    """ARAP §10: a denied re-evaluation says what the PEP should do next."""
+    """ARAP "Completion Semantics": a denied re-evaluation says what the PEP should do next."""
     context = dict(decision.get("context", {}))
     if next_action != "request":
         context.pop("access_request", None)
