@@ -7,9 +7,9 @@ Approval Profile (ARAP, draft 1). See docs/authzen.md.
   `--authzen-decision-path`; the policy answers `{"decision": bool, "context": {...}}`.
   Anything else is `{"decision": false}` with a reason in `context` (fail closed).
 - `POST /access/v1/requests`, `GET /access/v1/requests/{id}`, `POST …/{id}/cancel` (ARAP
-  "Access Request Endpoint", "Task Status Endpoint"): a requestable denial becomes an approval in the engine's approval desk; once an
-  operator approves it, re-evaluating with `context.approval` answers true until
-  `approved_until`.
+  "Access Request Endpoint", "Task Status Endpoint"): a requestable denial becomes an
+  approval in the engine's approval desk; once an operator approves it, re-evaluating
+  with `context.approval` answers true until `approved_until`.
 
 Every decision is audited (`authzen_decision`, never a token) and counted
 (`jit_authzen_evaluations_total{decision}`). Handlers only parse, ask and format: the
@@ -317,9 +317,10 @@ def _unb64(text: str) -> bytes:
 
 def bound_digest(request: Mapping[str, Any], context_names: Sequence[str]) -> str:
     """What a requestable denial and its approval are bound to (ARAP "Requestable Denial
-    Context"; the exact-match baseline of "Completion Semantics"): subject, resource and action whole, and the members of the denied
-    evaluation's context (`approval` excluded), so a submission may add members such as a
-    justification but not change the ones policy saw."""
+    Context"; the exact-match baseline of "Completion Semantics"): subject, resource and
+    action whole, and the members of the denied evaluation's context (`approval`
+    excluded), so a submission may add members such as a justification but not change the
+    ones policy saw."""
     context = request.get("context", {})
     material = {
         "subject": request["subject"],
@@ -426,8 +427,9 @@ class AuthzenService:
     def _json(
         self, handler: Callable[[web.Request, str | None], Awaitable[tuple[int, Any, str]]]
     ) -> Handler:
-        """Errors become 400 (AuthZEN §10.1.2) or problem documents (ARAP "Error Responses"), never a 500
-        with a traceback; X-Request-ID is echoed on every answer (§10.1.3)."""
+        """Errors become 400 (AuthZEN §10.1.2) or problem documents (ARAP "Error
+        Responses"), never a 500 with a traceback; X-Request-ID is echoed on every answer
+        (§10.1.3)."""
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
             headers: dict[str, str] = {}
@@ -658,7 +660,8 @@ class AuthzenService:
         return f"{payload}.{_b64(mac)}"
 
     def _verify_binding(self, submission: dict[str, Any], denial: dict[str, Any]) -> Requestable:
-        """The requestable denial a submission is bound to (ARAP "Access Request Submission"), or a Problem."""
+        """The requestable denial a submission is bound to (ARAP "Access Request
+        Submission"), or a Problem."""
         token = denial.get("binding_token")
         if isinstance(token, str):
             try:
