@@ -52,8 +52,11 @@ MAX_REMEMBERED = 10_000
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 ACCESS_REQUEST_CAPABILITY = "urn:openid:authzen:capability:access-request"
 PROBLEM = "urn:openid:authzen:access-request:error:"
-#: The pseudo task of every AuthZEN approval in `jit-sidecar approvals list`.
-AUTHZEN_TASK = "authzen"
+#: The pseudo task of every AuthZEN approval in `jit-sidecar approvals list`: "/" is not
+#: allowed in task ids, so no agent task can share it (and end, or contradict, its approvals).
+AUTHZEN_TASK = "authzen/requests"
+#: Access requests open (pending or approved) at once; more are refused with 429.
+MAX_OPEN_REQUESTS = 1000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -717,6 +720,8 @@ class AuthzenService:
         now = self._desk.clock.now()
         if now > bound.expires_at:
             raise Problem(410, "expired_denial", "the requestable denial has expired")
+        if sum(r.approval.open for r in self._memory.requests.values()) >= MAX_OPEN_REQUESTS:
+            raise Problem(429, "too_many_requests", f"{MAX_OPEN_REQUESTS} requests are open")
         context = submission.get("context", {})
         justification = context.get("business_justification", context.get("justification", ""))
         action = submission["action"]["name"]

@@ -444,7 +444,7 @@ def test_access_request_is_approved_in_the_desk_then_reevaluation_permits(
     assert "access_request" in out_of_scope["context"]
     assert without["decision"] is False  # the approval is never a standing permission
     pending_events = [e for e in az.events("grant_pending") if e["approval_id"] == task["id"]]
-    assert pending_events[0]["task_id"] == "authzen"
+    assert pending_events[0]["task_id"] == "authzen/requests"
     assert pending_events[0]["intent"]["context"]["via"] == "authzen"
     audited = [e for e in az.events("authzen_decision") if e.get("approval_id") == task["id"]]
     assert [e["decision"] for e in audited] == [True]
