@@ -4,8 +4,6 @@ real SQLite and audit log, the real `jit-sidecar approvals` CLI on the admin soc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +13,7 @@ import requests
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
+from tests.integration.test_approvals_and_cache import cli
 
 CREDENTIAL = "authzen-test-credential-0123456789"
 DEV = "spiffe://jit.local/agent/dev"
@@ -73,15 +72,6 @@ def ask(
     if context is not None:
         request["context"] = context
     return request
-
-
-def cli(sidecar: SidecarProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", *args, "--admin-socket", str(sidecar.admin_socket)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def evaluate(sidecar: SidecarProcess, request: dict[str, Any]) -> dict[str, Any]:
@@ -593,53 +583,12 @@ USERS = {
 }
 # The scenario's published decisions (authzen-interop.net, Todo payload spec): who may do
 # what, to their own todo and to Rick's.
-TODO_DECISIONS = {
-    RICK: {
-        "can_read_user": True,
-        "can_read_todos": True,
-        "can_create_todo": True,
-        "own_update": True,
-        "other_update": True,
-        "own_delete": True,
-        "other_delete": True,
-    },
-    MORTY: {
-        "can_read_user": True,
-        "can_read_todos": True,
-        "can_create_todo": True,
-        "own_update": True,
-        "other_update": False,
-        "own_delete": True,
-        "other_delete": False,
-    },
-    SUMMER: {
-        "can_read_user": True,
-        "can_read_todos": True,
-        "can_create_todo": True,
-        "own_update": True,
-        "other_update": False,
-        "own_delete": True,
-        "other_delete": False,
-    },
-    BETH: {
-        "can_read_user": True,
-        "can_read_todos": True,
-        "can_create_todo": False,
-        "own_update": False,
-        "other_update": False,
-        "own_delete": False,
-        "other_delete": False,
-    },
-    JERRY: {
-        "can_read_user": True,
-        "can_read_todos": True,
-        "can_create_todo": False,
-        "own_update": False,
-        "other_update": False,
-        "own_delete": False,
-        "other_delete": False,
-    },
-}
+_NAMES = ("can_read_user", "can_read_todos", "can_create_todo")
+_NAMES += ("own_update", "other_update", "own_delete", "other_delete")
+_ADMIN = dict.fromkeys(_NAMES, True)  # admin + evil_genius: everything, anyone's todo
+_EDITOR = {**_ADMIN, "other_update": False, "other_delete": False}
+_VIEWER = {**dict.fromkeys(_NAMES, False), "can_read_user": True, "can_read_todos": True}
+TODO_DECISIONS = {RICK: _ADMIN, MORTY: _EDITOR, SUMMER: _EDITOR, BETH: _VIEWER, JERRY: _VIEWER}
 
 
 @pytest.fixture(scope="module")
