@@ -211,7 +211,10 @@ def request_id(request: web.Request) -> str | None:
     """AuthZEN §10.1.3: the PEP's `X-Request-ID`, echoed on the response."""
     value = request.headers.get("X-Request-ID")
     if value is not None and (len(value) > MAX_REQUEST_ID or not value.isprintable()):
-        raise BadRequest("invalid_request_id", f"X-Request-ID is longer than {MAX_REQUEST_ID}")
+        raise BadRequest(
+            "invalid_request_id",
+            f"X-Request-ID must be at most {MAX_REQUEST_ID} printable characters",
+        )
     return value
 
 
@@ -265,15 +268,16 @@ class OpaDecider:
             return [(None, "timeout")] * len(inputs)
         except HttpError:
             return [(None, "unreachable")] * len(inputs)
-        if 400 <= status < 500:
-            # Ad-hoc queries refused (e.g. an OPA authorization policy): one call per item.
+        if status != 200:
+            # Ad-hoc queries refused (an OPA authorization policy), or one item's evaluation
+            # failed the whole query: one call per item, so each gets its own answer.
             return list(await asyncio.gather(*(self.decide(i) for i in inputs)))
         try:
-            results = answer["result"][0]["x"] if status == 200 else None
+            results = answer["result"][0]["x"]
         except (TypeError, KeyError, IndexError):
             results = None
         if not isinstance(results, dict):
-            return [(None, "http_5xx" if status >= 500 else "bad_json")] * len(inputs)
+            return [(None, "bad_json")] * len(inputs)
         return [
             (results[str(i)], "") if str(i) in results else (None, "undefined")
             for i in range(len(inputs))

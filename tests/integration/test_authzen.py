@@ -377,6 +377,26 @@ def test_undefined_malformed_and_missing_decisions_deny(
     assert sidecar.metric("jit_authzen_evaluations_total", decision="permit") == 0
 
 
+def test_one_failing_item_does_not_fail_the_batch(broken: tuple[SidecarProcess, OpaServer]) -> None:
+    """When one item's evaluation makes OPA fail the batch query, each item is asked on its
+    own: the good one is answered, the failing one denied with its cause."""
+    sidecar, opa = broken
+    opa.put_policy(
+        "broken",
+        "package broken\n\n"
+        'decision := {"decision": true} if input.resource.id != "boom"\n\n'
+        'decision := {"decision": true} if input.resource.id == "boom"\n\n'
+        'decision := {"decision": false} if input.resource.id == "boom"\n',
+    )
+    items = [{"resource": {"type": "uri", "id": "ok"}}, {"resource": {"type": "uri", "id": "boom"}}]
+    answers = post(sidecar, "/access/v1/evaluations", {**GOOD, "evaluations": items}).json()
+    assert answers["evaluations"][0] == {"decision": True}
+    assert answers["evaluations"][1] == {
+        "decision": False,
+        "context": {"reason": "policy_error", "cause": "http_5xx"},
+    }
+
+
 # ====================================================================== ARAP
 def test_access_request_is_approved_in_the_desk_then_reevaluation_permits(
     az: SidecarProcess,
