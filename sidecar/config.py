@@ -162,6 +162,13 @@ class Config:
         default="/v1/data/jit/decision",
         metadata=_opt("OPA Data API path of the decision document."),
     )
+    authzen_decision_path: str = field(
+        default="jit/authzen/decision",
+        metadata=_opt(
+            "OPA document (slash-separated, under /v1/data) that decides AuthZEN requests "
+            "(docs/authzen.md).",
+        ),
+    )
     opa_timeout: float = field(
         default=0.25,
         metadata=_opt("Seconds to wait for one OPA decision before failing closed.", parse=float),
@@ -607,6 +614,11 @@ class Config:
             problems.append("opa_url must start with http://, https:// or unix://")
         if not self.opa_decision_path.startswith("/v1/data/"):
             problems.append("opa_decision_path must be an OPA Data API path (/v1/data/...)")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*(/[a-z_][a-z0-9_]*)*", self.authzen_decision_path):
+            problems.append(
+                "authzen_decision_path must be slash-separated Rego identifiers, e.g. "
+                "jit/authzen/decision"
+            )
         try:
             self.http_host_port  # noqa: B018
         except ConfigError as err:

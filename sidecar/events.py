@@ -231,6 +231,22 @@ class RevocationOrdered(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuthzenDecided(Event):
+    """An AuthZEN evaluation was answered (docs/authzen.md); no token is involved."""
+
+    name: ClassVar[str] = "authzen_decision"
+    subject: str
+    authzen: dict[str, str]
+    """subject_type, action, resource_type and resource of the request, clipped."""
+    decision: bool
+    request_id: str | None = None
+    reason: str | None = None
+    cause: str | None = None
+    evaluation_id: str | None = None
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Unrecognised(Event):
     """A record of a kind this version does not know, or that is not the engine's (the
     audit log's own records): replayed as nothing."""
@@ -262,6 +278,7 @@ KINDS: Mapping[str, type[Event]] = {
         RequestRejected,
         KeyRotated,
         RevocationOrdered,
+        AuthzenDecided,
     )
 }
 

@@ -1,4 +1,5 @@
-"""The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation.
+"""The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation,
+and the AuthZEN endpoints (sidecar/authzen.py).
 
 The app sees the sidecar only through `Endpoints` (introspect, revoke, JWKS, readiness,
 metrics exposition), never the engine. `/introspect` and `/revoke` require
@@ -33,6 +34,7 @@ from typing import Any, Protocol, cast
 
 from aiohttp import web
 
+from .authzen import AuthzenService
 from .errors import ConfigError, SidecarError
 
 log = logging.getLogger("jit_sidecar.http")
@@ -74,6 +76,7 @@ def create_app(
     credential: str | None,
     anonymous: bool = False,
     body_timeout: float = 10.0,
+    authzen: AuthzenService | None = None,
 ) -> web.Application:
     """`credential` guards /introspect and /revoke; `anonymous` opens them (loopback only,
     checked by Config.validate). With neither, they answer 401 to everyone."""
@@ -205,6 +208,8 @@ def create_app(
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_post("/introspect", guarded(introspect))
     app.router.add_post("/revoke", guarded(revoke))
+    if authzen is not None:
+        authzen.add_routes(app, guarded)  # AuthZEN 1.0 + ARAP: docs/authzen.md
     return app
 
 

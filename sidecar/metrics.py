@@ -101,6 +101,13 @@ class Metrics:
             ["reason", "cause"],
             registry=r,
         )
+        self.authzen_evaluations = Counter(
+            "jit_authzen_evaluations_total",
+            "AuthZEN evaluations answered, by decision (permit, deny, error: denied because "
+            "no usable decision came back).",
+            ["decision"],
+            registry=r,
+        )
         self.policy_cache = Counter(
             "jit_policy_cache_total",
             "Standing-decision cache lookups by result (hit, miss).",

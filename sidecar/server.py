@@ -38,6 +38,7 @@ from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grp
 from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
+from .authzen import AuthzenService, OpaDecider
 from .cache import DecisionCache
 from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
@@ -560,6 +561,11 @@ def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
             credential=app.http_credential,
             anonymous=cfg.http_allow_anonymous_loopback,
             body_timeout=cfg.http_body_timeout,
+            authzen=AuthzenService(
+                app.engine,
+                OpaDecider(cfg.opa_url, cfg.authzen_decision_path, cfg.opa_timeout),
+                app.metrics,
+            ),
         ),
         max_connections=cap,
         header_timeout=cfg.http_header_timeout,

@@ -108,4 +108,32 @@ _resource_parts_valid if {
 	joined == input.intent.resource
 	_matches(`^[a-z][a-z0-9+.-]*://[a-z0-9_-]+(\.[a-z0-9_-]+)*(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$`, joined)
 	not regex.match(`/\.\.?(/|$)`, joined)
+	_escapes_canonical(joined)
+}
+
+# A percent-escape is one spelling only for a character that may not appear raw (docs/api.md,
+# "Resource names"; RFC 3986 §6.2.2.2): %70 for "p", %2F or lower-case hex are other
+# spellings. The sidecar refuses them at the door; a document that reaches the policy another
+# way (AuthZEN passes a gateway's request verbatim) is held to the same rule here.
+_escapes_canonical(resource) if not contains(resource, "%")
+
+_escapes_canonical(resource) if {
+	contains(resource, "%")
+	every escape in regex.find_n(`%.?.?`, resource, -1) {
+		escape in _needed_escapes
+	}
+}
+
+_needed_escapes := {"%20", "%22", "%23", "%25", "%3C", "%3E", "%3F", "%5B", "%5D", "%5E", "%60", "%7B", "%7C", "%7D"}
+
+# METADATA
+# description: |
+#   The parts of a resource name as the sidecar's parser gives them
+#   ({scheme, authority, segments}), for documents built inside the policy (the AuthZEN
+#   mapping); undefined without "://". Whether the name is canonical is the input check's.
+resource_parts(resource) := {"scheme": scheme, "authority": authority, "segments": segments} if {
+	i := indexof(resource, "://")
+	i > 0
+	scheme := substring(resource, 0, i)
+	[authority, segments] := _split_path(substring(resource, i + 3, -1))
 }

@@ -133,3 +133,24 @@ test_malformed_whole_domain_prefix_covers_nothing if {
 		with input.task.labels.resources as "infra:///"
 	decision == _denied(["intent_mismatch: infra://staging/web is outside the task's declared resources infra:///"])
 }
+
+# An escape is allowed only for a character that may not appear raw: a document reaching the
+# policy without the sidecar's door (AuthZEN) is held to the door's rule.
+test_needless_or_lower_case_escapes_are_malformed if {
+	bad := ["infra://prod/%77eb", "infra://prod/a%2fb", "infra://prod/a%2Fb", "infra://prod/%", "infra://prod/a%2"]
+	every resource in bad {
+		decision := jit.decision with input as _restart(resource)
+		not decision.allow
+	}
+}
+
+test_needed_escapes_are_accepted if {
+	decision := jit.decision with input as _restart("infra://staging/a%20b%3F")
+	decision == _jit_restart
+}
+
+test_resource_parts_of_a_string if {
+	jit.resource_parts("infra://prod/web/pod-1") == {"scheme": "infra", "authority": "prod", "segments": ["web", "pod-1"]}
+	jit.resource_parts("infra://prod") == {"scheme": "infra", "authority": "prod", "segments": []}
+	not jit.resource_parts("infra:prod")
+}

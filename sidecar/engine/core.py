@@ -546,6 +546,21 @@ class Engine:
     def open_approvals(self) -> list[Approval]:
         return self.approvals.listed()
 
+    async def open_approval(
+        self,
+        subject: str,
+        task_id: str,
+        intent: Intent,
+        digest: str,
+        requested_ttl: int,
+        decision: PolicyDecision,
+    ) -> Approval:
+        """An approval outside RequestGrant (an AuthZEN access request, sidecar/authzen.py):
+        see ApprovalDesk.open_approval."""
+        return await self.approvals.open_approval(
+            subject, task_id, intent, digest, requested_ttl, decision
+        )
+
     async def decide_approval(
         self, approval_id: str, *, approve: bool, approver: str, reason: str
     ) -> Approval:

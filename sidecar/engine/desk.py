@@ -139,12 +139,33 @@ class ApprovalDesk:
                 f"task {task.task_id} already has {limit} open approval requests",
                 Reason.TOO_MANY_APPROVALS,
             )
-        now = self.clock.now()
         digest = intent_hash(identity.subject, task.task_id, intent)
+        approval = await self.open_approval(
+            identity.subject, task.task_id, intent, digest, requested_ttl, decision
+        )
+        self.metrics.pending(decision.tier)
+        return approval
+
+    async def open_approval(
+        self,
+        subject: str,
+        task_id: str,
+        intent: Intent,
+        digest: str,
+        requested_ttl: int,
+        decision: PolicyDecision,
+    ) -> Approval:
+        """Open a pending approval bound to `digest`, audited (`grant_pending`), listed by
+        `approvals list` and announced to the webhook. RequestGrant parks intents through
+        it; the AuthZEN access request endpoint (sidecar/authzen.py) opens its own with a
+        digest no agent intent can have, so they are decided here but never collected as
+        tokens. Per-task limits are the caller's."""
+        assert decision.tier is not None
+        now = self.clock.now()
         approval = Approval(
             approval_id="a-" + new_grant_id(),
-            task_id=task.task_id,
-            subject=identity.subject,
+            task_id=task_id,
+            subject=subject,
             intent=intent,
             intent_hash=digest,
             requested_ttl=requested_ttl,
@@ -156,8 +177,8 @@ class ApprovalDesk:
         event = GrantPending(
             time=rfc3339(now),
             approval_id=approval.approval_id,
-            task_id=task.task_id,
-            subject=identity.subject,
+            task_id=task_id,
+            subject=subject,
             intent=intent.as_input(),
             intent_hash=digest,
             decision_id=decision.decision_id or None,
@@ -175,10 +196,8 @@ class ApprovalDesk:
         await commit_or_undo(
             self.journal, event, lambda: self.close(approval, ApprovalState.EXPIRED)
         )
-        self.metrics.pending(decision.tier)
         log.info(
-            "approval requested",
-            extra={"approval_id": approval.approval_id, "task_id": task.task_id},
+            "approval requested", extra={"approval_id": approval.approval_id, "task_id": task_id}
         )
         if self.notifier is not None:
             self.notifier.notify(approval)

@@ -42,6 +42,7 @@ def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
         ({"identity": "dev", "http_addr": "nonsense"}, "http_addr must be HOST:PORT"),
         ({"identity": "dev", "max_requested_ttl": "10"}, "max_requested_ttl must be at least"),
         ({"identity": "dev", "state": "mysql://x"}, "state must be sqlite:PATH"),
+        ({"identity": "dev", "authzen_decision_path": "/v1/data/x"}, "authzen_decision_path must"),
     ],
 )
 def test_invalid_settings_are_refused(overrides: dict[str, str], message: str) -> None:

@@ -59,6 +59,10 @@ LEGACY: list[dict[str, Any]] = [
     {"event": "revocation_ordered", "time": T0, "scope": "subject", "subject": SUBJECT,
      "cutoff": T0, "revocation_expires_at": "2027-01-15T08:15:00.000000Z",
      "reason": "kill_switch"},
+    {"event": "authzen_decision", "time": T0, "subject": "spiffe://jit.local/agent/dev",
+     "authzen": {"subject_type": "agent", "action": "docs.read", "resource_type": "docs",
+                 "resource": "docs://a"},
+     "decision": True, "request_id": "r-1"},
 ]  # fmt: skip
 
 
