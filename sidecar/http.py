@@ -1,5 +1,5 @@
 """The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation,
-and the AuthZEN endpoints (sidecar/authzen.py).
+and the AuthZEN endpoints (sidecar/authzen/).
 
 The app sees the sidecar only through `Endpoints` (introspect, revoke, JWKS, readiness,
 metrics exposition), never the engine. `/introspect` and `/revoke` require

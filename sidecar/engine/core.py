@@ -555,7 +555,7 @@ class Engine:
         requested_ttl: int,
         decision: PolicyDecision,
     ) -> Approval:
-        """An approval outside RequestGrant (an AuthZEN access request, sidecar/authzen.py):
+        """An approval outside RequestGrant (an AuthZEN access request, sidecar/authzen/):
         see ApprovalDesk.open_approval."""
         return await self.approvals.open_approval(
             subject, task_id, intent, digest, requested_ttl, decision

@@ -157,7 +157,7 @@ class ApprovalDesk:
     ) -> Approval:
         """Open a pending approval bound to `digest`, audited (`grant_pending`), listed by
         `approvals list` and announced to the webhook. RequestGrant parks intents through
-        it; the AuthZEN access request endpoint (sidecar/authzen.py) opens its own with a
+        it; the AuthZEN access request endpoint (sidecar/authzen/) opens its own with a
         digest no agent intent can have, so they are decided here but never collected as
         tokens. Per-task limits are the caller's."""
         assert decision.tier is not None
