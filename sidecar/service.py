@@ -181,7 +181,9 @@ def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant
 def outcome_pb(outcome: GrantOutcome, justification: str = "") -> pb.RequestGrantResponse:
     return pb.RequestGrantResponse(
         decision=_DECISION[outcome.decision],
-        grant=grant_pb(outcome.grant, outcome.token, justification) if outcome.grant else None,
+        grant=grant_pb(outcome.grant, outcome.token, justification or outcome.justification)
+        if outcome.grant
+        else None,
         reasons=list(outcome.reasons),
         decision_id=outcome.decision_id,
         approval_id=outcome.approval_id,

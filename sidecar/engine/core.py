@@ -464,6 +464,7 @@ class Engine:
             token=token,
             reasons=decision.reasons,
             decision_id=decision.decision_id,
+            justification=intent.justification,
         )
 
     async def _abort_issue(self, grant: Grant, err: CommitError) -> None:

@@ -22,6 +22,8 @@ class GrantOutcome:
     reasons: tuple[str, ...] = ()
     decision_id: str = ""
     approval_id: str = ""
+    justification: str = ""
+    """The granted intent's: answers show it (a live Grant does not keep it, to stay small)."""
 
 
 def pending(approval: Approval) -> GrantOutcome:

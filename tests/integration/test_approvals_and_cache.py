@@ -198,6 +198,8 @@ def test_full_approval_flow_with_webhook(
     assert "refunds above 1000" in listed.stdout
     assert approved.returncode == 0, approved.stderr
     assert result.decision == pb.DECISION_GRANTED
+    # the approved grant names its intent as RequestGrant's and ListGrants' answers do
+    assert result.grant.intent.justification == "ticket 991 duplicate"
     assert result.grant.tier == pb.TIER_JIT
     assert result.grant.token
     assert twice.returncode == 1
