@@ -35,7 +35,7 @@ def export(rev: str, into: Path) -> Path:
     """The tree of `rev` as plain files (no worktree, no change to the repository)."""
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "sidecar"],
+        ["git", "archive", "--format=tar", rev, "sidecar", "rego"],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -50,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--calls", type=int, default=600, help="c=1 calls per round and kind")
     p.add_argument("--duration", type=float, default=2.0, help="seconds per c=32 run")
+    p.add_argument(
+        "--policy",
+        choices=("base", "head"),
+        default="base",
+        help="whose rego/ OPA runs for both sides (default: the base's, which both sidecars "
+        "can feed: a newer policy may need input an older sidecar does not send; policy cost "
+        "on its own is bench/policy_eval.py's)",
+    )
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="jit-ab-"))
@@ -59,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = export(args.base, work / "base-src")
         (work / "opa").mkdir()
-        opa = OpaServer(work / "opa", unix_socket=work / "opa.sock").start()
+        rego = [src / "rego"] if args.policy == "base" else [ROOT / "rego"]
+        opa = OpaServer(work / "opa", rego, unix_socket=work / "opa.sock").start()
         url = f"unix://{work / 'opa.sock'}"
         env = {"PYTHONPATH": str(src)}
         sides["base"] = SidecarProcess(work / "base", url, *SIDECAR_FLAGS, env=env).start()
