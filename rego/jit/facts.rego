@@ -12,9 +12,19 @@ _domain_spec := data.jit.domains[_domain]
 
 # Resource servers get a stable audience per domain (the domain's name unless data says).
 _audience := audience if {
+	not _domain_spec.audience_from
 	audience := object.get(_domain_spec, "audience", _domain)
 	is_string(audience)
 	audience != ""
+}
+
+# A domain whose `audience_from` is "authority" (https-api, the egress proxy's upstreams)
+# gets one audience per authority: https-api://ticket-api/... is for ticket-api only.
+_audience := _authority if _domain_spec.audience_from == "authority"
+
+_authority := authority if {
+	authority := split(substring(input.intent.resource, count(_domain) + 3, -1), "/")[0]
+	regex.match(`^[a-z0-9_-]+(\.[a-z0-9_-]+)*$`, authority)
 }
 
 _action_parts := split(input.intent.action, ".")
