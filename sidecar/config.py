@@ -120,6 +120,14 @@ class Config:
             parse=_optional_path,
         ),
     )
+    egress_config: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "TOML file configuring the secretless HTTP egress proxy (listener, upstreams, "
+            "credential injection; docs/brokers.md); unset disables it.",
+            parse=_optional_path,
+        ),
+    )
     # --- policy
     opa_url: str = field(
         default="http://127.0.0.1:8181",

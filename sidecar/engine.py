@@ -163,6 +163,7 @@ class Engine:
         self.notifier: WebhookNotifier | None = None
         self.on_policy_unavailable: Callable[[PolicyError], None] | None = None
         """Called when OPA could not be reached, so health flips to NOT_SERVING at once."""
+        self._grant_end_listeners: list[Callable[[Grant], None]] = []
         self.fleet: FleetGate | None = None
         """Set when state is shared with a fleet (docs/scale-out.md): consulted to issue,
         to introspect other sidecars' tokens, and told of revocations made elsewhere."""
@@ -1016,6 +1017,11 @@ class Engine:
         if len(self._recently_ended) > RECENTLY_ENDED:
             self._recently_ended.popitem(last=False)
         self._revoked[reason].inc()
+        for listener in self._grant_end_listeners:
+            try:
+                listener(grant)
+            except Exception:  # a listener's bug must never stop a revocation
+                log.exception("grant-end listener failed")
         ended.events.append(
             _event(
                 "grant_expired" if state is GrantState.EXPIRED else "grant_revoked",
@@ -1554,6 +1560,13 @@ class Engine:
             previous_jwk=dict(previous) if previous else None,
             retire_at=rfc3339(retire_at) if retire_at is not None else None,
         )
+
+    # ================================================================== listeners
+    def on_grant_end(self, listener: Callable[[Grant], None]) -> None:
+        """Call `listener(grant)` synchronously, in memory, each time a grant stops being
+        active (revoked, expired, its task ended, a fleet revocation), before the end is
+        committed: the egress proxy cuts the grant's streams and records its counters."""
+        self._grant_end_listeners.append(listener)
 
     # ================================================================== views
     def task(self, task_id: str) -> Task | None:

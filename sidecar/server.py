@@ -32,6 +32,7 @@ from .cache import DecisionCache
 from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
+from .egress import EgressProxy, create_egress, load_egress_settings
 from .engine import Engine
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
@@ -145,6 +146,7 @@ class Sidecar:
         self.http_port: int | None = None
         self._managed_auth: ManagedAuthenticator | None = None
         self._checkpoints: Checkpointer | None = None
+        self.egress: EgressProxy | None = None
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -275,6 +277,16 @@ class Sidecar:
         await self._grpc.start()
         await self._admin.start()
         await self._start_http(engine, store)
+        if cfg.egress_config is not None:
+            self.egress = create_egress(
+                load_egress_settings(cfg.egress_config),
+                engine,
+                opa_url=cfg.opa_url,
+                metrics=self.metrics,
+                clock=self.clock,
+                env=os.environ,  # secret_env names: read once, here, like the config's
+            )
+            await self.egress.start()
         self._tasks = [
             asyncio.create_task(engine.run_sweeper(self._stop), name="sweeper"),
             asyncio.create_task(self._policy_probe_loop(), name="policy-probe"),
@@ -430,6 +442,8 @@ class Sidecar:
                 await task
         if self._http is not None:
             await self._http.cleanup()
+        if self.egress is not None:
+            await self.egress.stop()  # before the journal closes: it records usage
         if self.fleet is not None:
             await self.fleet.stop()
         if self.engine is not None:

@@ -1,0 +1,95 @@
+"""What the egress proxy needs from the sidecar: "is this token's grant active right now?"
+answered from memory, and "tell me when a grant ends".
+
+`GrantLookup` is the whole interface, so the proxy does not depend on the engine's shape;
+`EngineGrants` implements it over the engine's live grants and key ring. Revocation is
+therefore checked in memory on every request, with no network hop: a grant the engine ends
+(task completed, revoked, expired, kill switch, a fleet revocation) is inactive for the next
+request at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..model import Grant
+
+GrantEnded = Callable[[str, str], None]
+"""Called with (grant_id, reason) when a grant stops being active."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveGrant:
+    """A verified token whose grant is active now."""
+
+    grant_id: str
+    task_id: str
+    subject: str
+    audience: str
+    action: str
+    resource: str
+    expires_at: float
+    cnf_jkt: str
+    """The RFC 7638 thumbprint the token is bound to (RFC 9449), '' when unbound."""
+    claims: Mapping[str, Any] = field(repr=False)
+    """The verified claims (for the DPoP check)."""
+
+
+class GrantLookup(Protocol):
+    def active(self, token: str, now: float) -> ActiveGrant | None:
+        """The token's grant when the token is one this sidecar signed and its grant is
+        active at `now`; None otherwise. Memory only."""
+        ...
+
+    def on_end(self, callback: GrantEnded) -> None:
+        """Call `callback(grant_id, reason)` synchronously whenever a grant ends."""
+        ...
+
+
+class EngineGrants:
+    """`GrantLookup` over the engine's in-memory grants (`Engine.grant`) and `KeyRing.verify`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def active(self, token: str, now: float) -> ActiveGrant | None:
+        engine = self._engine
+        claims = engine.keys.verify(token, issuer=engine.config.issuer, now=now)
+        if claims is None:
+            return None
+        jti = claims.get("jti")
+        grant = engine.grant(jti) if isinstance(jti, str) else None
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if (
+            grant is None
+            or not grant.is_active(now)
+            or not isinstance(exp, int)
+            or not isinstance(nbf, int)
+            or not nbf <= now < exp
+            or claims.get("sub") != grant.subject
+            or claims.get("txn") != grant.task_id
+        ):
+            return None
+        # The grant's own record, not the token's copy: the two were made together and the
+        # record is what the policy decided.
+        return ActiveGrant(
+            grant_id=grant.grant_id,
+            task_id=grant.task_id,
+            subject=grant.subject,
+            audience=grant.audience,
+            action=grant.action,
+            resource=grant.resource,
+            expires_at=grant.expires_at,
+            cnf_jkt=grant.cnf_jkt,
+            claims=claims,
+        )
+
+    def on_end(self, callback: GrantEnded) -> None:
+        def ended(grant: Grant) -> None:
+            callback(grant.grant_id, grant.end_reason or grant.state.value)
+
+        self._engine.on_grant_end(ended)
