@@ -49,6 +49,23 @@ from .routes import PathRefused, Route, RouteSource, parse_target
 from .settings import EgressSettings, UpstreamSettings, ssl_context
 
 log = logging.getLogger("jit_sidecar.egress")
+
+
+class _NoDetail(logging.Filter):
+    """aiohttp's server logs a refused request with a traceback quoting the offending header
+    line, which may be the agent's Authorization: keep the exception's type, drop the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_server_log = logging.getLogger("jit_sidecar.egress.http")
+_server_log.addFilter(_NoDetail())
 OUTCOMES = (
     "forwarded",
     "bad_request",
@@ -191,7 +208,9 @@ class EgressProxy:
                 auto_decompress=True,
                 cookie_jar=aiohttp.DummyCookieJar(),  # agents' cookies are theirs, not shared
             )
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, logger=_server_log
+        )
         await self._runner.setup()
         path = self.settings.unix_path
         site: web.BaseSite
