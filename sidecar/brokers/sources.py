@@ -9,6 +9,7 @@ with no inotify and no restart. Nothing here logs or returns a secret except `cu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -36,6 +37,7 @@ class SecretSource(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=64)
 def secret_id(secret: str) -> str:
     """A non-secret name for one secret value (the first 16 hex digits of its SHA-256), so
     that audit records and leases can say which version was used."""
