@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness import OpaServer, SidecarProcess, free_port, tls_files, wait_for
+from tests.harness import ROOT, OpaServer, SidecarProcess, free_port, tls_files, wait_for
 from tests.identity_kit import Key, dpop_proof
 from tests.upstream import Received, TicketApi, TokenEndpoint
 
@@ -456,6 +458,32 @@ def test_32_concurrent_agents(egress: Egress) -> None:
         egress.sidecar.metric("jit_egress_request_duration_seconds_count", upstream="ticket-api")
         > 0
     )
+
+
+def test_example_agent_uses_the_ticket_api_without_its_key(egress: Egress) -> None:
+    """examples/egress_agent.py runs its steps against this sidecar and succeeds; the key
+    is nowhere in its environment or output."""
+    env = {k: v for k, v in os.environ.items() if "KEY" not in k.upper()}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples/egress_agent.py"),
+            "--socket",
+            str(egress.sidecar.socket),
+            "--proxy",
+            egress.base,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    egress.responses.append(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: the agent used the ticket API" in done.stdout
+    assert "-> 403" in done.stdout
+    assert "-> 401" in done.stdout
 
 
 def test_zz_no_secret_in_responses_logs_audit_or_metrics(egress: Egress) -> None:
