@@ -23,8 +23,7 @@ egress_route := {
 	parts := input.resource_parts
 	parts.scheme == data.jit.egress.scheme
 	_egress_parts_spell_resource(parts)
-	verb := _egress_verb
-	spec := data.jit.egress.verbs[verb]
+	spec := data.jit.egress.verbs[_egress_verb]
 	count(spec.methods) > 0
 	every method in spec.methods {
 		regex.match(`^[A-Z]{1,16}$`, method)

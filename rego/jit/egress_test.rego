@@ -36,11 +36,13 @@ test_a_longer_action_maps_by_its_verb if {
 }
 
 test_no_route_for_another_scheme if {
-	not jit.egress_route with input as _route_input("tickets.read", "tickets://ticket-api/t-1", "tickets", "ticket-api", ["t-1"])
+	route_input := _route_input("tickets.read", "tickets://ticket-api/t-1", "tickets", "ticket-api", ["t-1"])
+	not jit.egress_route with input as route_input
 }
 
 test_no_route_for_an_unmapped_verb if {
-	not jit.egress_route with input as _route_input("https-api.admin", "https-api://ticket-api/tickets", "https-api", "ticket-api", ["tickets"])
+	resource := "https-api://ticket-api/tickets"
+	not jit.egress_route with input as _route_input("https-api.admin", resource, "https-api", "ticket-api", ["tickets"])
 }
 
 test_no_route_when_parts_do_not_spell_the_resource if {
@@ -58,7 +60,8 @@ test_no_route_with_an_empty_segment if {
 }
 
 test_no_route_for_an_action_of_another_domain if {
-	not jit.egress_route with input as _route_input("docs.read", "https-api://ticket-api/tickets", "https-api", "ticket-api", ["tickets"])
+	resource := "https-api://ticket-api/tickets"
+	not jit.egress_route with input as _route_input("docs.read", resource, "https-api", "ticket-api", ["tickets"])
 }
 
 test_every_mapped_verb_has_methods if {
