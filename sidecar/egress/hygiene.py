@@ -32,8 +32,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 AGENT_CREDENTIALS = frozenset({"authorization", "dpop", "proxy-authorization"})
-# Set by the proxy's own client for the upstream hop.
-REQUEST_OWN = frozenset({"host", "content-length", "accept-encoding"})
+# Set by the proxy's own client for the upstream hop. Content-Length passes (aiohttp's parser
+# vouched for it: the body forwarded has exactly that length), so a body is not re-framed
+# as chunked, which some servers refuse.
+REQUEST_OWN = frozenset({"host", "accept-encoding"})
 # The proxy decodes what it forwards (to find an echoed secret), so length and coding change.
 RESPONSE_OWN = frozenset({"content-length", "content-encoding"})
 

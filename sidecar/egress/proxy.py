@@ -231,6 +231,11 @@ class EgressProxy:
         log.info("egress proxy listening on %s", self.settings.listen)
 
     async def stop(self) -> None:
+        # Streams would hold the listener's shutdown for its whole timeout: cut them now
+        # (their grants stay active; the agents see the stream end early).
+        for flights in list(self._inflight.values()):
+            for flight in list(flights):
+                flight.cut("sidecar_stopped")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

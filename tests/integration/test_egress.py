@@ -162,6 +162,27 @@ def test_granted_path_is_forwarded_with_the_secret_and_without_the_agent_token(
         assert grant.token not in json.dumps(got.headers)
 
 
+def test_a_request_body_is_forwarded_with_its_length(egress: Egress) -> None:
+    """A POST body reaches the upstream byte for byte, framed by the agent's Content-Length
+    (not re-chunked), and its size is counted for the grant."""
+    _, grant = egress.grant(TICKET + "/comments", "https-api.comment")
+    body = json.dumps({"body": "We are on it."}).encode()
+    before = len(egress.api.received)
+    response = egress.call(
+        "POST",
+        "/ticket-api/tickets/42/comments",
+        grant.token,
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 201
+    (got,) = _new_requests(egress.api, before)
+    assert got.body == body
+    assert got.header("Content-Length") == [str(len(body))]
+    assert got.header("Transfer-Encoding") == []
+    assert got.header("Content-Type") == ["application/json"]
+
+
 def test_paths_methods_and_audiences_outside_the_grant_are_refused(egress: Egress) -> None:
     """403 naming the grant for another path, another method or another upstream's grant;
     404 for an unknown upstream; 401 without a token or with a forged one; nothing reaches

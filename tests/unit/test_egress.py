@@ -145,10 +145,15 @@ def test_request_headers_lose_hop_by_hop_fields_and_the_agent_credential() -> No
             ("X-Api-Key", "agent-guess"),
             ("Host", "127.0.0.1"),
             ("Accept", "application/json"),
+            ("Content-Length", "12"),
         ),
         ("X-Api-Key", "the-secret"),
     )
-    assert dict(out) == {"Accept": "application/json", "X-Api-Key": "the-secret"}
+    assert dict(out) == {
+        "Accept": "application/json",
+        "Content-Length": "12",
+        "X-Api-Key": "the-secret",
+    }
 
 
 def test_response_headers_never_carry_the_secret() -> None:
