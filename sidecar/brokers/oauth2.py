@@ -26,12 +26,12 @@ import aiohttp
 from .base import (
     BrokerUnavailable,
     CredentialSpec,
-    CredentialSpecInvalid,
     IssuedCredential,
     Lease,
     LeaseRequest,
 )
-from .sources import SecretSource, secret_id
+from .sources import SecretSource
+from .static import configured_spec, upstream_credential
 
 NAME = "oauth2"
 #: Used when the endpoint gives no `expires_in` (RFC 6749 §5.1 only recommends it).
@@ -83,8 +83,6 @@ class OAuth2Broker:
         self._cached: _Cached | None = None
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
-        self.fetches = 0
-        """Tokens fetched from the endpoint (for tests and the docs' cost figures)."""
 
     @property
     def name(self) -> str:
@@ -92,22 +90,10 @@ class OAuth2Broker:
 
     def parse(self, spec: Mapping[str, Any], *, resource: str) -> CredentialSpec:
         """`{"broker": "oauth2"}`: the client is chosen by configuration, not by a decision."""
-        unknown = set(spec) - {"broker"}
-        if unknown:
-            raise CredentialSpecInvalid(f"unknown member(s) {sorted(unknown)}")
-        return CredentialSpec(NAME)
+        return configured_spec(NAME, spec)
 
     async def issue(self, request: LeaseRequest, spec: CredentialSpec) -> IssuedCredential:
-        token = await self.token()
-        version = secret_id(token)
-        lease = Lease(
-            broker=NAME,
-            handle=f"{self.upstream}:{version}",
-            grant_id=request.grant_id,
-            expires_at=request.expires_at,
-            details={"upstream": self.upstream, "secret_id": version},
-        )
-        return IssuedCredential(lease, {"value": token})
+        return upstream_credential(NAME, self.upstream, request, await self.token())
 
     async def token(self) -> str:
         """The cached token, or a new one when it is due for refresh (one fetch at a time)."""
@@ -157,7 +143,6 @@ class OAuth2Broker:
             raise BrokerUnavailable(
                 NAME, f"token endpoint of {self.upstream} unreachable ({type(err).__name__})"
             ) from err
-        self.fetches += 1
         if status != 200:
             raise BrokerUnavailable(
                 NAME, f"token endpoint of {self.upstream} answered HTTP {status}", "refused"

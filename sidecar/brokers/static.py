@@ -18,6 +18,30 @@ from .sources import SecretSource, secret_id
 NAME = "static"
 
 
+def configured_spec(broker: str, spec: Mapping[str, Any]) -> CredentialSpec:
+    """`{"broker": <broker>}` and nothing else: for brokers whose credential is chosen by
+    configuration (one per upstream), never by a decision."""
+    unknown = set(spec) - {"broker"}
+    if unknown:
+        raise CredentialSpecInvalid(f"unknown member(s) {sorted(unknown)}")
+    return CredentialSpec(broker)
+
+
+def upstream_credential(
+    broker: str, upstream: str, request: LeaseRequest, secret: str
+) -> IssuedCredential:
+    """An upstream's secret for one grant; the lease names it by `secret_id`, never by value."""
+    version = secret_id(secret)
+    lease = Lease(
+        broker=broker,
+        handle=f"{upstream}:{version}",
+        grant_id=request.grant_id,
+        expires_at=request.expires_at,
+        details={"upstream": upstream, "secret_id": version},
+    )
+    return IssuedCredential(lease, {"value": secret})
+
+
 class StaticBroker:
     """One upstream's static secret."""
 
@@ -31,22 +55,10 @@ class StaticBroker:
 
     def parse(self, spec: Mapping[str, Any], *, resource: str) -> CredentialSpec:
         """`{"broker": "static"}`: the secret is chosen by configuration, never by a decision."""
-        unknown = set(spec) - {"broker"}
-        if unknown:
-            raise CredentialSpecInvalid(f"unknown member(s) {sorted(unknown)}")
-        return CredentialSpec(NAME)
+        return configured_spec(NAME, spec)
 
     async def issue(self, request: LeaseRequest, spec: CredentialSpec) -> IssuedCredential:
-        secret = self._source.current()
-        version = secret_id(secret)
-        lease = Lease(
-            broker=NAME,
-            handle=f"{self.upstream}:{version}",
-            grant_id=request.grant_id,
-            expires_at=request.expires_at,
-            details={"upstream": self.upstream, "secret_id": version},
-        )
-        return IssuedCredential(lease, {"value": secret})
+        return upstream_credential(NAME, self.upstream, request, self._source.current())
 
     async def revoke(self, lease: Lease) -> None:
         """Nothing to undo: the secret is the upstream's, not made for this grant."""
