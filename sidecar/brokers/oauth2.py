@@ -16,24 +16,18 @@ import json
 import ssl
 import time
 from base64 import b64encode
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from .base import (
     BrokerUnavailable,
-    CredentialSpec,
-    IssuedCredential,
-    Lease,
-    LeaseRequest,
 )
 from .sources import SecretSource
-from .static import configured_spec, upstream_credential
+from .static import UpstreamSecretBroker
 
-NAME = "oauth2"
 #: Used when the endpoint gives no `expires_in` (RFC 6749 §5.1 only recommends it).
 DEFAULT_LIFETIME = 300.0
 MAX_TOKEN_RESPONSE = 64 * 1024
@@ -67,8 +61,10 @@ def _basic(client_id: str, secret: str) -> str:
     return "Basic " + b64encode(pair).decode("ascii")
 
 
-class OAuth2Broker:
+class OAuth2Broker(UpstreamSecretBroker):
     """One upstream's client-credentials token, cached until shortly before it expires."""
+
+    NAME = "oauth2"
 
     def __init__(
         self,
@@ -77,23 +73,15 @@ class OAuth2Broker:
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self._cc = credentials
         self._monotonic = monotonic
         self._cached: _Cached | None = None
         self._lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
 
-    @property
-    def name(self) -> str:
-        return NAME
-
-    def parse(self, spec: Mapping[str, Any], *, resource: str) -> CredentialSpec:
-        """`{"broker": "oauth2"}`: the client is chosen by configuration, not by a decision."""
-        return configured_spec(NAME, spec)
-
-    async def issue(self, request: LeaseRequest, spec: CredentialSpec) -> IssuedCredential:
-        return upstream_credential(NAME, self.upstream, request, await self.token())
+    async def secret(self) -> str:
+        return await self.token()
 
     async def token(self) -> str:
         """The cached token, or a new one when it is due for refresh (one fetch at a time)."""
@@ -141,11 +129,11 @@ class OAuth2Broker:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as err:
             raise BrokerUnavailable(
-                NAME, f"token endpoint of {self.upstream} unreachable ({type(err).__name__})"
+                self.NAME, f"token endpoint of {self.upstream} unreachable ({type(err).__name__})"
             ) from err
         if status != 200:
             raise BrokerUnavailable(
-                NAME, f"token endpoint of {self.upstream} answered HTTP {status}", "refused"
+                self.NAME, f"token endpoint of {self.upstream} answered HTTP {status}", "refused"
             )
         return self._parse(body, started)
 
@@ -153,7 +141,7 @@ class OAuth2Broker:
         # RFC 6749 §5.1: a JSON object with access_token, token_type and (recommended)
         # expires_in; only Bearer tokens (RFC 6750) can be injected as a header.
         bad = BrokerUnavailable(
-            NAME, f"token endpoint of {self.upstream} answered no usable token", "bad_response"
+            self.NAME, f"token endpoint of {self.upstream} answered no usable token", "bad_response"
         )
         if len(body) > MAX_TOKEN_RESPONSE:
             raise bad
@@ -182,12 +170,6 @@ class OAuth2Broker:
         expires_at = started + float(lifetime)
         refresh_at = expires_at - min(self._cc.refresh_before, float(lifetime) / 2)
         return _Cached(token, refresh_at, expires_at)
-
-    async def revoke(self, lease: Lease) -> None:
-        """Nothing per grant: the token is shared and expires on its own."""
-
-    async def orphans(self, known: Collection[str]) -> list[Lease]:
-        return []
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -5,66 +5,72 @@ It makes nothing and so revokes nothing: the secret belongs to the upstream, and
 never holds it; what ends with the grant is the agent's ability to have the proxy use it.
 Rotation is the secret source's: replace the file and the next request uses the new value.
 The lease names the secret by `secret_id` (a hash prefix), never by value.
+
+`UpstreamSecretBroker` is what such brokers share (the `oauth2` broker is the other one): the
+credential is chosen by configuration, one per upstream, never by a decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import CredentialSpec, CredentialSpecInvalid, IssuedCredential, Lease, LeaseRequest
 from .sources import SecretSource, secret_id
 
-NAME = "static"
 
+class UpstreamSecretBroker:
+    """A broker handing out the one secret of an upstream; subclasses say how to get it."""
 
-def configured_spec(broker: str, spec: Mapping[str, Any]) -> CredentialSpec:
-    """`{"broker": <broker>}` and nothing else: for brokers whose credential is chosen by
-    configuration (one per upstream), never by a decision."""
-    unknown = set(spec) - {"broker"}
-    if unknown:
-        raise CredentialSpecInvalid(f"unknown member(s) {sorted(unknown)}")
-    return CredentialSpec(broker)
+    NAME: ClassVar[str]
 
-
-def upstream_credential(
-    broker: str, upstream: str, request: LeaseRequest, secret: str
-) -> IssuedCredential:
-    """An upstream's secret for one grant; the lease names it by `secret_id`, never by value."""
-    version = secret_id(secret)
-    lease = Lease(
-        broker=broker,
-        handle=f"{upstream}:{version}",
-        grant_id=request.grant_id,
-        expires_at=request.expires_at,
-        details={"upstream": upstream, "secret_id": version},
-    )
-    return IssuedCredential(lease, {"value": secret})
-
-
-class StaticBroker:
-    """One upstream's static secret."""
-
-    def __init__(self, upstream: str, source: SecretSource) -> None:
+    def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self._source = source
 
     @property
     def name(self) -> str:
-        return NAME
+        return self.NAME
 
     def parse(self, spec: Mapping[str, Any], *, resource: str) -> CredentialSpec:
-        """`{"broker": "static"}`: the secret is chosen by configuration, never by a decision."""
-        return configured_spec(NAME, spec)
+        """`{"broker": <name>}` and nothing else."""
+        unknown = set(spec) - {"broker"}
+        if unknown:
+            raise CredentialSpecInvalid(f"unknown member(s) {sorted(unknown)}")
+        return CredentialSpec(self.NAME)
+
+    async def secret(self) -> str:
+        raise NotImplementedError
 
     async def issue(self, request: LeaseRequest, spec: CredentialSpec) -> IssuedCredential:
-        return upstream_credential(NAME, self.upstream, request, self._source.current())
+        secret = await self.secret()
+        version = secret_id(secret)
+        lease = Lease(
+            broker=self.NAME,
+            handle=f"{self.upstream}:{version}",
+            grant_id=request.grant_id,
+            expires_at=request.expires_at,
+            details={"upstream": self.upstream, "secret_id": version},
+        )
+        return IssuedCredential(lease, {"value": secret})
 
     async def revoke(self, lease: Lease) -> None:
-        """Nothing to undo: the secret is the upstream's, not made for this grant."""
+        """Nothing per grant: the secret is the upstream's (or shared), not made for it."""
 
     async def orphans(self, known: Collection[str]) -> list[Lease]:
         return []
 
     async def aclose(self) -> None:
         pass
+
+
+class StaticBroker(UpstreamSecretBroker):
+    """One upstream's static secret."""
+
+    NAME = "static"
+
+    def __init__(self, upstream: str, source: SecretSource) -> None:
+        super().__init__(upstream)
+        self._source = source
+
+    async def secret(self) -> str:
+        return self._source.current()
