@@ -47,6 +47,11 @@ class GrantLookup(Protocol):
         active at `now`; None otherwise. Memory only."""
         ...
 
+    def why_inactive(self, token: str, now: float) -> str:
+        """For a token this sidecar signed whose grant is not active: why (`completed`,
+        `expired`, `kill_switch`, …), when known; '' for any other token."""
+        ...
+
     def on_end(self, callback: GrantEnded) -> None:
         """Call `callback(grant_id, reason)` synchronously whenever a grant ends."""
         ...
@@ -66,6 +71,8 @@ class EngineGrants:
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._token_of: dict[str, str] = {}
         self._max = max_verified
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        """Recently ended grants and why (bounded like the verified tokens)."""
         engine.on_grant_end(self._forget)
 
     def _claims(self, token: str, now: float) -> dict[str, Any] | None:
@@ -90,6 +97,22 @@ class EngineGrants:
         token = self._token_of.pop(grant.grant_id, None)
         if token is not None:
             self._verified.pop(token, None)
+        self._ended[grant.grant_id] = grant.end_reason or grant.state.value
+        if len(self._ended) > self._max:
+            self._ended.popitem(last=False)
+
+    def why_inactive(self, token: str, now: float) -> str:
+        engine = self._engine
+        # Verified first: a forged token learns nothing about real grants.
+        claims = engine.keys.verify(token, issuer=engine.config.issuer, now=now)
+        jti = claims.get("jti") if claims is not None else None
+        if claims is None or not isinstance(jti, str):
+            return ""
+        ended = self._ended.get(jti)
+        if ended:
+            return ended
+        exp = claims.get("exp")
+        return "expired" if isinstance(exp, int) and exp <= now else ""
 
     def active(self, token: str, now: float) -> ActiveGrant | None:
         engine = self._engine

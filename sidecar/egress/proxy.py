@@ -41,7 +41,6 @@ from ..brokers.oauth2 import OAuth2Broker
 from ..clock import Clock, rfc3339
 from ..dpop import DpopError, ReplayCache, verify_dpop_proof
 from ..errors import PolicyError
-from ..jws import JwsError, parse
 from ..metrics import Metrics
 from .grants import ActiveGrant, GrantLookup
 from .hygiene import Redactor, agent_response_headers, smuggling_problem, upstream_request_headers
@@ -178,7 +177,8 @@ class EgressProxy:
         self._usage: dict[str, _Usage] = {}
         self._inflight: dict[str, set[_InFlight]] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
-        """Recently ended grants and why, so a refused request can say why (bounded)."""
+        """Recently ended grants (bounded): a route looked up while its grant ended is not
+        cached."""
         self._records: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -371,7 +371,7 @@ class EgressProxy:
         now = self._clock.now()
         grant = self._grants.active(token, now)
         if grant is None:
-            why = self._ended_reason(token)
+            why = self._grants.why_inactive(token, now)
             # RFC 6750 §3.1: invalid_token for an expired or revoked token.
             raise _Refusal(
                 401,
@@ -404,15 +404,6 @@ class EgressProxy:
                     challenge='DPoP realm="jit-egress", error="invalid_dpop_proof"',
                 ) from err
         return grant
-
-    def _ended_reason(self, token: str) -> str:
-        """Why the token's grant ended, when this proxy saw it end (unverified jti: only
-        used to pick the wording of a refusal)."""
-        try:
-            jti = parse(token, max_length=MAX_TOKEN).claims.get("jti")
-        except JwsError:
-            return ""
-        return self._ended.get(jti, "") if isinstance(jti, str) else ""
 
     async def _route(self, grant: ActiveGrant) -> Route | None:
         if grant.grant_id in self._route_cache:

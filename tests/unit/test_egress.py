@@ -275,7 +275,8 @@ def test_unusable_token_responses_are_refused(body: bytes) -> None:
 # ---------------------------------------------------------------------- the engine's side
 def test_engine_grants_are_active_from_memory_and_their_end_is_announced(tmp_path: Path) -> None:
     """EngineGrants gives the grant of a live token, None once its task completed or its
-    time ran out, and announces each end with its reason."""
+    time ran out, says why for tokens it signed (never for a forged one), and announces
+    each end with its reason."""
     ended: list[tuple[str, str]] = []
     seen: dict[str, Any] = {}
 
@@ -294,8 +295,11 @@ def test_engine_grants_are_active_from_memory_and_their_end_is_announced(tmp_pat
         r.clock.advance(11)
         await r.engine.sweep()
         seen["expired"] = grants.active(first.token, r.clock.now())
+        seen["why_expired"] = grants.why_inactive(first.token, r.clock.now())
         await r.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED, "")
         seen["completed"] = grants.active(second.token, r.clock.now())
+        seen["why_completed"] = grants.why_inactive(second.token, r.clock.now())
+        seen["why_forged"] = grants.why_inactive(second.token[:-2] + "AA", r.clock.now())
         seen["ids"] = (first.grant.grant_id, second.grant.grant_id)  # type: ignore[union-attr]
 
     run(tmp_path, body)
@@ -305,6 +309,11 @@ def test_engine_grants_are_active_from_memory_and_their_end_is_announced(tmp_pat
     assert seen["forged"] is None
     assert seen["expired"] is None
     assert seen["completed"] is None
+    assert (seen["why_expired"], seen["why_completed"], seen["why_forged"]) == (
+        "expired",
+        "completed",
+        "",
+    )
     assert (first_id, "expired") in ended
     assert (second_id, "completed") in ended
     assert len(ended) == 2
