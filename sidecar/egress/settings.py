@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..brokers import BrokerUnavailable
 from ..brokers.oauth2 import ClientCredentials, OAuth2Broker
 from ..brokers.sources import EnvSecret, SecretFile, SecretSource
 from ..brokers.static import StaticBroker
@@ -214,9 +215,18 @@ def ssl_context(upstream: UpstreamSettings) -> ssl.SSLContext:
 def secret_source(
     path: Path | None, env_name: str, env: Mapping[str, str], *, broker: str, poll: float
 ) -> SecretSource:
-    if path is not None:
-        return SecretFile(path, broker=broker, poll_interval=poll)
-    return EnvSecret(env_name, env, broker=broker)
+    """The source, read once now: a secret missing at start-up is a configuration error,
+    not a failure of the first request."""
+    try:
+        source: SecretSource = (
+            SecretFile(path, broker=broker, poll_interval=poll)
+            if path is not None
+            else EnvSecret(env_name, env, broker=broker)
+        )
+        source.current()
+    except BrokerUnavailable as err:
+        raise ConfigError(err.message) from None
+    return source
 
 
 def build_broker(

@@ -28,7 +28,7 @@ from sidecar.egress.routes import (
     parse_route,
     parse_target,
 )
-from sidecar.egress.settings import parse_egress_settings
+from sidecar.egress.settings import build_broker, parse_egress_settings
 from sidecar.errors import ConfigError, PolicyResultInvalid
 from sidecar.model import Intent, Outcome
 from tests.unit.test_engine import ME, Rig, run
@@ -210,6 +210,22 @@ def test_bad_egress_settings_are_refused_at_start(document: dict[str, Any], prob
     with pytest.raises(ConfigError) as refused:
         parse_egress_settings(document, "egress.toml")
     assert problem in refused.value.message
+
+
+def test_a_secret_missing_at_start_is_a_configuration_error(tmp_path: Path) -> None:
+    """An unset variable or an unreadable file stops the start with a ConfigError naming
+    where the secret was looked for (never a traceback at the first request)."""
+    from_env = parse_egress_settings(_settings(), "egress.toml").upstreams["ticket-api"]
+    from_file = parse_egress_settings(
+        _settings(secret_env="", secret_file=str(tmp_path / "absent")), "egress.toml"
+    ).upstreams["ticket-api"]
+    with pytest.raises(ConfigError) as unset:
+        build_broker(from_env, {}, 1.0)
+    with pytest.raises(ConfigError) as unreadable:
+        build_broker(from_file, {}, 1.0)
+    assert "env:K is not set" in unset.value.message
+    assert "absent" in unreadable.value.message
+    assert build_broker(from_env, {"K": "v"}, 1.0).name == "static"
 
 
 def test_secret_file_rotation_is_picked_up_without_restart(tmp_path: Path) -> None:
