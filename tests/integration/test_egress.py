@@ -5,9 +5,11 @@ OAuth 2.0 token endpoint. Agents talk to the proxy over real TCP with real HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +21,9 @@ from typing import Any
 import pytest
 import requests
 
+from sidecar.brokers import BrokerUnavailable
+from sidecar.brokers.oauth2 import ClientCredentials, OAuth2Broker
+from sidecar.brokers.sources import SecretFile
 from tests.harness import ROOT, OpaServer, SidecarProcess, free_port, tls_files, wait_for
 from tests.identity_kit import Key, dpop_proof
 from tests.upstream import Received, TicketApi, TokenEndpoint
@@ -396,6 +401,52 @@ def test_client_credentials_token_is_cached_and_refreshed(egress: Egress) -> Non
     assert bearers[0] == [f"Bearer {egress.idp.issued[fetched]}"]
     assert bearers[-1] == [f"Bearer {egress.idp.issued[fetched + 1]}"]
     assert egress.idp.refusals == 0
+
+
+def test_a_refused_or_unreachable_token_endpoint_fails_closed(tmp_path: Path) -> None:
+    """The oauth2 broker against the real token endpoint: a wrong client secret, then the
+    endpoint gone, each raise BrokerUnavailable (no token) whose message names neither
+    secret; once the secret is right, a token is issued."""
+    ca, cert, key = tls_files(tmp_path / "tls")
+    endpoint_secret = tmp_path / "endpoint.secret"
+    endpoint_secret.write_text("right-client-secret-123")
+    ours = tmp_path / "ours.secret"
+    ours.write_text("wrong-client-secret-456")
+    idp = TokenEndpoint(cert, key, "jit-sidecar", endpoint_secret).start()
+    context = ssl.create_default_context(cafile=str(ca))
+    broker = OAuth2Broker(
+        "crm",
+        ClientCredentials(
+            idp.url, "jit-sidecar", SecretFile(ours, broker="oauth2", poll_interval=0), ssl=context
+        ),
+    )
+
+    async def scenario() -> tuple[list[BrokerUnavailable], str]:
+        refused: list[BrokerUnavailable] = []
+        try:
+            try:
+                await broker.token()
+            except BrokerUnavailable as err:
+                refused.append(err)
+            ours.write_text("right-client-secret-123")
+            token = await broker.token()
+            broker.invalidate(token)
+            await broker.aclose()  # its keep-alive connection goes first, then the endpoint
+            idp.stop()
+            try:
+                await broker.token()
+            except BrokerUnavailable as err:
+                refused.append(err)
+            return refused, token
+        finally:
+            await broker.aclose()
+
+    refused, token = asyncio.run(scenario())
+    assert [e.cause for e in refused] == ["refused", "unavailable"]
+    assert token == idp.issued[0]
+    for err in refused:
+        assert "client-secret" not in str(err)
+        assert token not in str(err)
 
 
 def test_upstream_tls_failure_is_a_502(egress: Egress) -> None:
