@@ -197,7 +197,7 @@ class Metrics:
             "jit_egress_requests_total",
             "Requests to the egress proxy by upstream (empty: not a configured one) and "
             "outcome (forwarded, bad_request, unknown_upstream, unauthenticated, forbidden, "
-            "unavailable, upstream_error, cut).",
+            "unavailable, upstream_error, cut, internal).",
             ["upstream", "outcome"],
             registry=r,
         )

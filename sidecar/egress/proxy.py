@@ -74,6 +74,7 @@ OUTCOMES = (
     "unavailable",
     "upstream_error",
     "cut",
+    "internal",
 )
 """The `outcome` label of jit_egress_requests_total."""
 ENDED_REMEMBERED = 4096
@@ -343,6 +344,10 @@ class EgressProxy:
             )
         except _Refusal as refusal:
             return self._refuse(request, refusal, upstream_name)
+        except Exception:  # a bug: a clear 500, never a traceback to the agent
+            log.exception("egress proxy failed", extra={"upstream": upstream_name})
+            failure = _Refusal(500, "internal", "internal error", outcome="internal", grant=grant)
+            return self._refuse(request, failure, upstream_name)
         finally:
             if upstream_name:
                 self._latency[upstream_name].observe(time.perf_counter() - started)
@@ -582,7 +587,7 @@ class EgressProxy:
         grant = refusal.grant
         if grant is not None:
             body["grant_id"] = grant.grant_id
-            if refusal.outcome != "upstream_error":
+            if refusal.outcome not in ("upstream_error", "internal"):
                 self._usage_of(grant, upstream or grant.audience).denials += 1
         headers = {"Cache-Control": "no-store"}
         if refusal.challenge:

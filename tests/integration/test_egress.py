@@ -18,12 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 
 from sidecar.brokers import BrokerUnavailable
 from sidecar.brokers.oauth2 import ClientCredentials, OAuth2Broker
 from sidecar.brokers.sources import SecretFile
+from sidecar.clock import SystemClock
+from sidecar.egress import ActiveGrant, EgressProxy, OpaRoutes
+from sidecar.egress.settings import build_broker, parse_egress_settings
+from sidecar.metrics import Metrics
 from tests.harness import ROOT, OpaServer, SidecarProcess, free_port, tls_files, wait_for
 from tests.identity_kit import Key, dpop_proof
 from tests.upstream import Received, TicketApi, TokenEndpoint
@@ -574,3 +579,73 @@ def test_zz_no_secret_in_responses_logs_audit_or_metrics(egress: Egress) -> None
     assert "egress_usage" in places["audit"]
     leaks = [(where, s) for where, text in places.items() for s in secrets if s in text]
     assert leaks == []
+
+
+class _BrokenGrants:
+    """A GrantLookup with a bug (a fault no real engine produces on demand)."""
+
+    def active(self, token: str, now: float) -> ActiveGrant | None:
+        raise RuntimeError("a bug in the grant lookup")
+
+    def why_inactive(self, token: str, now: float) -> str:
+        return ""
+
+    def on_end(self, callback: Any) -> None:
+        pass
+
+
+class _NoAudit:
+    async def commit(self, events: list[dict[str, Any]]) -> None:
+        pass
+
+
+def test_a_bug_is_a_clear_500_without_a_traceback(tmp_path: Path) -> None:
+    """An exception inside the proxy answers 500 `internal` as JSON, counted, with no
+    traceback or exception text in the response."""
+    settings = parse_egress_settings(
+        {
+            "listen": "127.0.0.1:0",
+            "upstreams": {
+                "ticket-api": {
+                    "url": "https://127.0.0.1:1/api",
+                    "inject": "header",
+                    "secret_env": "K",
+                }
+            },
+        },
+        "test",
+    )
+    metrics = Metrics()
+
+    async def scenario() -> tuple[int, str]:
+        proxy = EgressProxy(
+            settings,
+            grants=_BrokenGrants(),
+            routes=OpaRoutes("http://127.0.0.1:1", "/v1/data/jit/egress_route", 0.1),
+            brokers={"ticket-api": build_broker(settings.upstreams["ticket-api"], {"K": "k"}, 1)},
+            metrics=metrics,
+            audit=_NoAudit(),
+            clock=SystemClock(),
+        )
+        await proxy.start()
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"http://127.0.0.1:{proxy.port}/ticket-api/tickets/1",
+                    headers={"Authorization": "Bearer x.y.z"},
+                ) as response,
+            ):
+                return response.status, await response.text()
+        finally:
+            await proxy.stop()
+
+    status, text = asyncio.run(scenario())
+    assert status == 500
+    assert json.loads(text) == {"error": "internal", "error_description": "internal error"}
+    assert "Traceback" not in text
+    assert "a bug" not in text
+    sample = metrics.registry.get_sample_value(
+        "jit_egress_requests_total", {"upstream": "ticket-api", "outcome": "internal"}
+    )
+    assert sample == 1
