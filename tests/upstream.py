@@ -74,7 +74,8 @@ class _ServerThread:
 
 class TicketApi(_ServerThread):
     """The upstream: /api/tickets/<id> (GET, POST comments), /api/stream (slow chunks),
-    /api/echo (answers with the request's headers, as a careless API might). Every request
+    /api/broken (dies mid-answer), /api/echo (answers with the request's headers, as a
+    careless API might). Every request
     is recorded, with every header, before it is answered."""
 
     def __init__(self, cert: Path, key: Path) -> None:
@@ -106,6 +107,14 @@ class TicketApi(_ServerThread):
                 await response.write(f"chunk {i}\n".encode())
                 await asyncio.sleep(0.05)
             await response.write_eof()
+            return response
+        if path == "/api/broken":
+            response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+            await response.prepare(request)
+            await response.write(b"partial answer\n")
+            await asyncio.sleep(0.1)
+            assert request.transport is not None
+            request.transport.close()  # the upstream dies mid-answer
             return response
         if path == "/api/echo":
             return web.json_response({"headers": dict(request.headers)})

@@ -471,6 +471,7 @@ class EgressProxy:
         flight = _InFlight(request)
         self._inflight.setdefault(grant.grant_id, set()).add(flight)
         assert upstream.session is not None
+        streaming: web.StreamResponse | None = None
         try:
             async with upstream.session.request(
                 request.method,
@@ -500,22 +501,22 @@ class EgressProxy:
                     return web.Response(
                         status=answer.status, reason=answer.reason, headers=headers, body=body
                     )
-                response = web.StreamResponse(
+                streaming = web.StreamResponse(
                     status=answer.status, reason=answer.reason, headers=headers
                 )
-                await response.prepare(request)
+                await streaming.prepare(request)
                 async for chunk in answer.content.iter_chunked(CHUNK):
                     usage.bytes_received += len(chunk)
                     out = redactor.feed(chunk)
                     if out:
-                        await response.write(out)
+                        await streaming.write(out)
                 tail = redactor.flush()
                 if tail:
-                    await response.write(tail)
-                await response.write_eof()
+                    await streaming.write(tail)
+                await streaming.write_eof()
                 self._note_echo(redactor, name, grant)
                 self._counted[name, "forwarded"].inc()
-                return response
+                return streaming
         except asyncio.CancelledError:
             if flight.cut_reason:
                 self._counted[name, "cut"].inc()
@@ -525,24 +526,28 @@ class EgressProxy:
                     extra={"upstream": name, "grant_id": grant.grant_id},
                 )
             raise
-        except ssl.SSLError as err:
-            raise self._upstream_failed(grant, name, "upstream_tls", err) from err
-        except aiohttp.ClientConnectorCertificateError as err:
-            raise self._upstream_failed(grant, name, "upstream_tls", err) from err
-        except aiohttp.ClientSSLError as err:
-            raise self._upstream_failed(grant, name, "upstream_tls", err) from err
+        except (ssl.SSLError, aiohttp.ClientSSLError) as err:
+            failure = self._upstream_failed(grant, name, "upstream_tls", err)
         except (TimeoutError, aiohttp.ServerTimeoutError) as err:
-            raise self._upstream_failed(grant, name, "upstream_timeout", err, 504) from err
+            failure = self._upstream_failed(grant, name, "upstream_timeout", err, 504)
         except (aiohttp.ClientError, ConnectionError) as err:
             if request.transport is None or request.transport.is_closing():
                 raise asyncio.CancelledError from err  # the agent went away mid-stream
-            raise self._upstream_failed(grant, name, "upstream_unreachable", err) from err
+            failure = self._upstream_failed(grant, name, "upstream_unreachable", err)
         finally:
             flights = self._inflight.get(grant.grant_id)
             if flights is not None:
                 flights.discard(flight)
                 if not flights:
                     del self._inflight[grant.grant_id]
+        if streaming is not None:
+            # The head is sent: no error answer can follow. The agent must see the stream
+            # break, never a clean end of a body that was cut short.
+            self._counted[name, "upstream_error"].inc()
+            if request.transport is not None:
+                request.transport.close()
+            raise asyncio.CancelledError
+        raise failure
 
     @staticmethod
     def _note_echo(redactor: Redactor, upstream: str, grant: ActiveGrant) -> None:

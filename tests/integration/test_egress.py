@@ -369,6 +369,30 @@ def test_revocation_cuts_the_stream_and_refuses_the_next_request(egress: Egress)
     assert len(b"chunk 0\n") <= record["bytes_received"] < len(b"chunk 100\n") * 200
 
 
+def test_an_upstream_dying_mid_answer_breaks_the_agents_stream(egress: Egress) -> None:
+    """When the upstream's connection breaks after the head was forwarded, the agent's
+    response breaks too (never a clean, truncated end), and it counts as upstream_error."""
+    _, grant = egress.grant("https-api://ticket-api/broken")
+    errors = egress.sidecar.metric(
+        "jit_egress_requests_total", upstream="ticket-api", outcome="upstream_error"
+    )
+    stream = requests.get(
+        egress.base + "/ticket-api/broken",
+        headers={"Authorization": f"Bearer {grant.token}"},
+        stream=True,
+        timeout=10,
+    )
+    assert stream.status_code == 200
+    with pytest.raises(requests.RequestException):
+        b"".join(stream.iter_content(None))
+    assert (
+        egress.sidecar.metric(
+            "jit_egress_requests_total", upstream="ticket-api", outcome="upstream_error"
+        )
+        == errors + 1
+    )
+
+
 def test_a_rotated_secret_is_used_without_restart(egress: Egress) -> None:
     """Replacing the secret file switches the injected key for the next requests."""
     _, grant = egress.grant()
