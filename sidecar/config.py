@@ -120,14 +120,6 @@ class Config:
             parse=_optional_path,
         ),
     )
-    egress_config: Path | None = field(
-        default=None,
-        metadata=_opt(
-            "TOML file configuring the secretless HTTP egress proxy (listener, upstreams, "
-            "credential injection; docs/brokers.md); unset disables it.",
-            parse=_optional_path,
-        ),
-    )
     # --- policy
     opa_url: str = field(
         default="http://127.0.0.1:8181",
@@ -488,6 +480,15 @@ class Config:
             "Event loop of `serve`: uvloop (less CPU per grant, see docs/performance.md) or "
             "asyncio (the standard library's).",
             choices=EVENT_LOOPS,
+        ),
+    )
+    # --- brokers
+    egress_config: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "TOML file configuring the secretless HTTP egress proxy (listener, upstreams, "
+            "credential injection; docs/brokers.md); unset disables it.",
+            parse=_optional_path,
         ),
     )
     # --- logging
