@@ -522,6 +522,15 @@ class Config:
             choices=EVENT_LOOPS,
         ),
     )
+    # --- brokers
+    egress_config: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "TOML file configuring the secretless HTTP egress proxy (listener, upstreams, "
+            "credential injection; docs/brokers.md); unset disables it.",
+            parse=_optional_path,
+        ),
+    )
     # --- logging
     log_level: str = field(default="info", metadata=_opt("Log level.", choices=LOG_LEVELS))
     log_format: str = field(

@@ -247,6 +247,24 @@ class AuthzenDecided(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EgressUsage(Event):
+    """What a grant did through the egress proxy, once, when it ended or the sidecar
+    stopped while it was active (docs/brokers.md, "Audit and metrics")."""
+
+    name: ClassVar[str] = "egress_usage"
+    task_id: str
+    grant_id: str
+    subject: str
+    upstream: str
+    requests: int
+    denials: int
+    bytes_sent: int
+    bytes_received: int
+    streams_cut: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Unrecognised(Event):
     """A record of a kind this version does not know, or that is not the engine's (the
     audit log's own records): replayed as nothing."""
@@ -279,6 +297,7 @@ KINDS: Mapping[str, type[Event]] = {
         KeyRotated,
         RevocationOrdered,
         AuthzenDecided,
+        EgressUsage,
     )
 }
 

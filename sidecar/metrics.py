@@ -199,6 +199,23 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        # --- secretless HTTP egress (docs/brokers.md)
+        self.egress_requests = Counter(
+            "jit_egress_requests_total",
+            "Requests to the egress proxy by upstream (empty: not a configured one) and "
+            "outcome (forwarded, bad_request, unknown_upstream, unauthenticated, forbidden, "
+            "unavailable, upstream_error, cut, internal).",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.egress_duration = Histogram(
+            "jit_egress_request_duration_seconds",
+            "From a request's arrival at the egress proxy to its answer: the proxy's checks "
+            "plus the upstream's whole response, streamed.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.build_info = Info("jit_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
         for tier in ("standing", "jit"):

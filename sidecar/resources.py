@@ -23,7 +23,7 @@ _SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
 # case-insensitive), dot-separated non-empty labels (a trailing dot is the same DNS name), no
 # percent-escapes. No userinfo `@` (§3.2.1), no `:port` (§3.2.3, §6.2.3: `prod:443`, `prod:`
 # and `prod` can be one server), no IP literal `[...]`.
-_AUTHORITY_RE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+AUTHORITY_RE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 # RFC 3986 §3.3 pchar = unreserved / pct-encoded / sub-delims / ":" / "@". Path segments are
 # case-sensitive (§6.2.2.1), so both cases are letters of their own.
 _SEGMENT_RE = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-F]{2})+")
@@ -76,7 +76,9 @@ def _refuse(field: str, why: str) -> InvalidArgument:
     return InvalidArgument(f"{field} {why}", Reason.INVALID_RESOURCE)
 
 
-def _segment_problem(segment: str) -> str | None:
+def segment_problem(segment: str) -> str | None:
+    """Why a path segment is not in its one spelling (None when it is); also the egress
+    proxy's rule for the request paths it forwards."""
     if segment == "":
         # `a//b` and a trailing `a/` are other spellings of `a/b` and `a` to many servers.
         return "has an empty path segment (// or a trailing /)"
@@ -122,10 +124,10 @@ def parse_resource(resource: str, field: str = "intent.resource") -> ResourcePar
             raise _refuse(field, "has an upper-case scheme (RFC 3986 §6.2.2.1)")
         raise _refuse(field, "must be scheme://authority/path (e.g. payments://orders/42)")
     authority, *segments = rest.split("/")
-    if not _AUTHORITY_RE.fullmatch(authority):
+    if not AUTHORITY_RE.fullmatch(authority):
         raise _refuse(field, _authority_problem(authority))
     for segment in segments:
-        problem = _segment_problem(segment)
+        problem = segment_problem(segment)
         if problem:
             raise _refuse(field, problem)
     return ResourceParts(scheme, authority, tuple(segments))
@@ -134,7 +136,7 @@ def parse_resource(resource: str, field: str = "intent.resource") -> ResourcePar
 def _authority_problem(authority: str) -> str:
     if authority == "":
         return "has an empty authority (scheme://authority is required)"
-    if _AUTHORITY_RE.fullmatch(authority.lower()):
+    if AUTHORITY_RE.fullmatch(authority.lower()):
         return "has an upper-case authority (RFC 3986 §6.2.2.1)"
     if "@" in authority:
         return "has userinfo (@) in its authority (RFC 3986 §3.2.1)"

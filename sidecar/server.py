@@ -7,7 +7,8 @@ nothing. Then, each on its own:
 - `start_agent_listener(app)` and `start_admin_listener(app)` serve gRPC on the agent and
   admin sockets; `open_http_listener(app, fd_limit)` binds the HTTP listener
   (sidecar/http.py) and its `start()` serves it; it sees the sidecar only through
-  `EngineEndpoints`.
+  `EngineEndpoints`; with `--egress-config`, `app.egress` is the secretless HTTP egress
+  proxy (sidecar/egress/), served after the admin listener.
 `Sidecar(app)` starts and stops all of them with the background loops (sweeper, OPA probe);
 `serve(config)` runs one until SIGTERM/SIGINT and reloads the key file on SIGHUP.
 """
@@ -43,7 +44,8 @@ from .cache import DecisionCache
 from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
-from .engine import Engine, EngineMetrics, engine_settings
+from .egress import EgressProxy, create_egress, load_egress_settings
+from .engine import Engine, EngineMetrics, GrantEndListeners, engine_settings
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
 from .http import HttpListener, create_app
@@ -327,6 +329,8 @@ class App:
     http_credential: str | None
     checkpoints: Checkpointer
     """Signs the audit log's head at intervals and at shutdown (docs/security.md)."""
+    egress: EgressProxy | None
+    """The secretless HTTP egress proxy, when `--egress-config` is set (docs/brokers.md)."""
 
 
 def build_app(
@@ -372,6 +376,8 @@ def build_app(
     authenticator = authenticator or create_authenticator(
         cfg, own_kids=lambda: [p.jwk["kid"] for p in keys.published(clock.now())], clock=clock
     )
+    # Told of each grant's end by the engine; the egress proxy subscribes (built below).
+    grant_end = GrantEndListeners()
     engine = Engine(
         engine_settings(cfg),
         policy=policy,
@@ -384,6 +390,7 @@ def build_app(
         notifier=notifier,
         fleet=fleet,
         on_policy_unavailable=health.policy_failed,
+        grant_end=grant_end,
     )
     engine.restore(snapshot)
     if fleet is not None:
@@ -420,6 +427,17 @@ def build_app(
             issuer=cfg.issuer,
             clock=clock,
         ),
+        egress=create_egress(
+            load_egress_settings(cfg.egress_config),
+            engine,
+            grant_end=grant_end,
+            opa_url=cfg.opa_url,
+            metrics=metrics,
+            clock=clock,
+            env=os.environ,  # secret_env names: read once, here, like the config's
+        )
+        if cfg.egress_config is not None
+        else None,
     )
 
 
@@ -601,6 +619,8 @@ class Sidecar:
             await start_app(app)
             self._grpc = await start_agent_listener(app)
             self._admin = await start_admin_listener(app)
+            if app.egress is not None:
+                await app.egress.start()
             if self.http is not None:
                 await self.http.start()
         except BaseException:
@@ -636,6 +656,8 @@ class Sidecar:
                 await task
         if self.http is not None:
             await self.http.close()
+        if app.egress is not None:
+            await app.egress.stop()  # before the journal closes: it records usage
         if app.fleet is not None:
             await app.fleet.stop()
         await asyncio.to_thread(app.journal.close)

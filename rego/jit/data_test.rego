@@ -101,9 +101,19 @@ test_limits_are_well_typed if {
 	is_boolean(jit.limits.require_purpose)
 }
 
+# A domain names its audience, or takes it from each resource's authority (https-api).
 test_audiences_are_non_empty_strings if {
 	every _, domain in jit.domains {
-		is_string(domain.audience)
-		domain.audience != ""
+		_audience_named_or_per_authority(domain)
 	}
+}
+
+_audience_named_or_per_authority(domain) if {
+	is_string(domain.audience)
+	domain.audience != ""
+}
+
+_audience_named_or_per_authority(domain) if {
+	not domain.audience
+	domain.audience_from == "authority"
 }

@@ -11,10 +11,19 @@ _domain_spec := data.jit.domains[_domain]
 # MCP servers each their own canonical URI (mcp.rego).
 _audience := audience if {
 	_domain != "mcp"
+	not _domain_spec.audience_from
 	audience := object.get(_domain_spec, "audience", _domain)
 	is_string(audience)
 	audience != ""
 }
+
+# A domain whose `audience_from` is "authority" (https-api, the egress proxy's upstreams)
+# gets one audience per authority: https-api://ticket-api/... is for ticket-api only.
+_audience := _authority if _domain_spec.audience_from == "authority"
+
+# The authority as the sidecar parsed it (canonical: refused at the door otherwise, and
+# checked against the string by _resource_parts_valid, which _domain requires).
+_authority := input.intent.resource_parts.authority if _domain
 
 _action_parts := split(input.intent.action, ".")
 

@@ -3,6 +3,7 @@ of its own (docs/architecture.md, "The engine")."""
 
 from .core import Engine
 from .introspection import Introspection
+from .listeners import GrantEndListener, GrantEndListeners
 from .live import RECENTLY_ENDED
 from .outcome import GrantOutcome, reason_code
 from .settings import EngineMetrics, EngineSettings, engine_settings
@@ -13,6 +14,8 @@ __all__ = [
     "Engine",
     "EngineMetrics",
     "EngineSettings",
+    "GrantEndListener",
+    "GrantEndListeners",
     "GrantOutcome",
     "Introspection",
     "check_task_ref",

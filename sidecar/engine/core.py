@@ -67,6 +67,7 @@ from .desk import ApprovalDesk
 from .due import DueQueue
 from .introspection import Introspection, introspect
 from .keys import KeyRotation
+from .listeners import GrantEndListeners
 from .live import LiveState
 from .outcome import GrantOutcome, pending, reason_code, settled
 from .revoking import Revoking
@@ -92,11 +93,14 @@ class Engine:
         notifier: WebhookNotifier | None = None,
         fleet: FleetGate | None = None,
         on_policy_unavailable: Callable[[PolicyError], None] | None = None,
+        grant_end: GrantEndListeners | None = None,
     ) -> None:
         """`fleet` is given when state is shared with a fleet (docs/scale-out.md): consulted
         to issue, to introspect other sidecars' tokens, and told of revocations made
         elsewhere. `on_policy_unavailable` is called when OPA could not be reached, so
-        health flips to NOT_SERVING at once."""
+        health flips to NOT_SERVING at once. `grant_end` is told, synchronously and in
+        memory, of each grant that stops being active, before the end is committed (the
+        egress proxy cuts the grant's streams)."""
         self.settings = settings
         self.policy = policy
         self.keys = keys
@@ -125,6 +129,7 @@ class Engine:
             metrics=metrics,
             clock=clock,
             heartbeat_misses=settings.heartbeat_misses,
+            grant_end=grant_end,
         )
         self.record = Recorder(journal, metrics, clock)
         self.sweeper = Sweeper(

@@ -20,6 +20,7 @@ from ..validation import preview
 from .commits import Ended
 from .desk import ApprovalDesk
 from .due import Due, DueQueue
+from .listeners import GrantEndListeners
 from .settings import EngineMetrics
 
 log = logging.getLogger("jit_sidecar.engine")
@@ -36,8 +37,10 @@ class LiveState:
         metrics: EngineMetrics,
         clock: Clock,
         heartbeat_misses: int,
+        grant_end: GrantEndListeners | None = None,
     ) -> None:
         self.due = due
+        self.grant_end = grant_end if grant_end is not None else GrantEndListeners()
         self.approvals = approvals
         self.metrics = metrics
         self.clock = clock
@@ -164,6 +167,7 @@ class LiveState:
         if len(self.recently_ended) > RECENTLY_ENDED:
             self.recently_ended.popitem(last=False)
         self.metrics.revoked(reason)
+        self.grant_end.notify(grant)
         kind = GrantExpired if state is GrantState.EXPIRED else GrantRevoked
         ended.events.append(
             kind(

@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
-from sidecar.engine import Engine, EngineMetrics, engine_settings
+from sidecar.engine import Engine, EngineMetrics, GrantEndListeners, engine_settings
 from sidecar.errors import (
     FailedPrecondition,
     NotFound,
@@ -59,6 +59,7 @@ class Rig:
         self.journal = Journal(AuditFile(self.audit_path, rotate_bytes=rotate_bytes), self.store)
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
         self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
+        self.grant_end = GrantEndListeners()
         self.engine = Engine(
             engine_settings(config),
             policy=self.policy,
@@ -68,6 +69,7 @@ class Rig:
             metrics=EngineMetrics(self.metrics),
             clock=self.clock,
             fleet=fleet,
+            grant_end=self.grant_end,
         )
         self.journal.replay()
         self.engine.restore(self.store.load())
@@ -645,3 +647,29 @@ def test_a_state_store_that_cannot_be_read_is_unavailable(tmp_path: Path) -> Non
         assert r.engine.task("named") is None
 
     run(tmp_path, body)
+
+
+def test_a_failing_grant_end_listener_never_stops_a_revocation(tmp_path: Path) -> None:
+    """Grant-end listeners hear of each end in memory, before the commit; one that raises
+    is logged and skipped: the grant still ends, later listeners still hear, the end is
+    audited."""
+    heard: list[tuple[str, str]] = []
+
+    def broken(grant: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    async def body(r: Rig) -> None:
+        r.grant_end.subscribe(broken)
+        r.grant_end.subscribe(lambda g: heard.append((g.grant_id, g.end_reason or "")))
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        out = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 30)
+        assert out.grant is not None
+        heard.append(("issued", out.grant.grant_id))
+        _, count = await r.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED)
+        heard.append(("revoked", str(count)))
+        heard.append(("active", str((await r.engine.introspect(out.token)).active)))
+
+    rig = run(tmp_path, body)
+    grant_id = heard[0][1]
+    assert heard[1:] == [(grant_id, "completed"), ("revoked", "1"), ("active", "False")]
+    assert "grant_revoked" in rig.audit_path.read_text()

@@ -63,6 +63,9 @@ LEGACY: list[dict[str, Any]] = [
      "authzen": {"subject_type": "agent", "action": "docs.read", "resource_type": "docs",
                  "resource": "docs://a"},
      "decision": True, "request_id": "r-1"},
+    {"event": "egress_usage", "time": T0, "task_id": "t1", "grant_id": "g1",
+     "subject": SUBJECT, "upstream": "ticket-api", "requests": 3, "denials": 1,
+     "bytes_sent": 120, "bytes_received": 4096, "streams_cut": 0, "reason": "completed"},
 ]  # fmt: skip
 
 
