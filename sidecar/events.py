@@ -281,3 +281,37 @@ def from_record(record: Mapping[str, Any]) -> Event:
     if cls is None:
         return Unrecognised(time=record.get("time", ""), kind=str(record.get("event", "")))
     return cls(**{k: record[k] for k in _fields(cls) if k in record})
+
+
+# --- credential brokers (docs/brokers.md) --------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialIssued(Event):
+    """A broker issued a downstream credential for a grant (committed with `grant_issued`).
+    Carries the broker and its non-secret handle, never the secret."""
+
+    name: ClassVar[str] = "credential_issued"
+    task_id: str
+    grant_id: str
+    broker: str
+    handle: str
+    expires_at: str
+    subject: str | None = None
+    details: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialRevoked(Event):
+    """A broker revoked a downstream credential (its grant had ended, or nobody recorded
+    it: `reason` orphan)."""
+
+    name: ClassVar[str] = "credential_revoked"
+    grant_id: str
+    broker: str
+    handle: str
+    task_id: str | None = None
+    reason: str | None = None
+    attempts: int | None = None
+    """Broker calls it took (retries after the downstream system was unreachable)."""
+
+
+KINDS = {**KINDS, **{cls.name: cls for cls in (CredentialIssued, CredentialRevoked)}}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..approvals import Approval, ApprovalState
+from ..brokers.base import IssuedCredential
 from ..errors import FailedPrecondition, Reason
 from ..model import Grant
 
@@ -22,6 +23,8 @@ class GrantOutcome:
     reasons: tuple[str, ...] = ()
     decision_id: str = ""
     approval_id: str = ""
+    credential: IssuedCredential | None = field(default=None, repr=False)
+    """The downstream credential issued with the grant (its secret goes to the agent only)."""
 
 
 def pending(approval: Approval) -> GrantOutcome:
