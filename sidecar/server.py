@@ -38,11 +38,13 @@ from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grp
 from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
+from .brokers.configured import configured_brokers
 from .cache import DecisionCache
 from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
 from .engine import Engine, EngineMetrics, engine_settings
+from .engine.credentials import Credentials
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
 from .http import HttpListener, create_app
@@ -367,6 +369,14 @@ def build_app(
     journal.replay()
     snapshot = store.load()
     keys = KeyRing(key, snapshot.retired_keys)
+    brokers = configured_brokers(cfg)
+    credentials = (
+        Credentials(
+            brokers, journal=journal, metrics=metrics, clock=clock, retry_max=cfg.broker_retry_max
+        )
+        if brokers
+        else None
+    )
     # Created once the key ring exists: tokens our own keys signed are never an identity.
     authenticator = authenticator or create_authenticator(
         cfg, own_kids=lambda: [p.jwk["kid"] for p in keys.published(clock.now())], clock=clock
@@ -383,6 +393,7 @@ def build_app(
         notifier=notifier,
         fleet=fleet,
         on_policy_unavailable=health.policy_failed,
+        credentials=credentials,
     )
     engine.restore(snapshot)
     if fleet is not None:
@@ -604,6 +615,13 @@ class Sidecar:
             asyncio.create_task(app.engine.run_sweeper(self._stop), name="sweeper"),
             asyncio.create_task(app.health.run(self._stop), name="policy-probe"),
         ]
+        if app.engine.credentials is not None:  # the durable broker revocation queue
+            self._tasks.append(
+                asyncio.create_task(
+                    app.engine.credentials.run(self._stop, app.engine.live.grants),
+                    name="broker-revocations",
+                )
+            )
         cfg = app.config
         log.info(
             "jit-sidecar %s serving on %s (admin %s, http %s, identity %s)",
@@ -636,6 +654,8 @@ class Sidecar:
         await app.checkpoints.stop()  # after the journal's last batch: covers it all
         app.store.close()
         await app.policy.aclose()
+        if app.engine.credentials is not None:
+            await app.engine.credentials.aclose()
         if app.engine.notifier is not None:
             await app.engine.notifier.aclose()
         if isinstance(app.authenticator, ManagedAuthenticator):

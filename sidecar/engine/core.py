@@ -157,8 +157,17 @@ class Engine:
         )
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Take over the live state a store loaded at start-up."""
+        """Take over the live state a store loaded at start-up, and the broker revocations
+        that were due (docs/brokers.md)."""
         self.live.restore(snapshot)
+        if self.credentials is not None:
+            self.credentials.restore(snapshot.due_leases)
+        elif snapshot.due_leases:
+            log.error(
+                "%d broker revocations are due but no broker is configured: configure it so "
+                "they complete",
+                len(snapshot.due_leases),
+            )
 
     # ================================================================== tasks
     async def begin_task(
