@@ -210,7 +210,7 @@ class Metrics:
         self.broker_pending_revocations = Gauge(
             "jit_broker_pending_revocations",
             "Leases whose grant has ended but whose downstream credential is not revoked yet "
-            "(retried with backoff); above 0 for long, the JitBrokerRevocationsStuck alert fires.",
+            "(retried with backoff); above 0 for long, JitSidecarBrokerRevocationsStuck fires.",
             registry=r,
         )
         self.build_info = Info("jit_build", "Build information.", registry=r)

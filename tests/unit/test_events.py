@@ -59,6 +59,11 @@ LEGACY: list[dict[str, Any]] = [
     {"event": "revocation_ordered", "time": T0, "scope": "subject", "subject": SUBJECT,
      "cutoff": T0, "revocation_expires_at": "2027-01-15T08:15:00.000000Z",
      "reason": "kill_switch"},
+    {"event": "credential_issued", "time": T0, "task_id": "t1", "grant_id": "g1",
+     "broker": "postgres", "handle": "jit_00ff", "expires_at": "2027-01-15T08:01:00.000000Z",
+     "subject": SUBJECT, "details": {"database": "crm", "privileges": "SELECT"}},
+    {"event": "credential_revoked", "time": T0, "grant_id": "g1", "broker": "postgres",
+     "handle": "jit_00ff", "task_id": "t1", "reason": "completed", "attempts": 2},
 ]  # fmt: skip
 
 
