@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"jit-sidecar {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the sidecar")
+    # No abbreviations: `--broker-postgres-dsn SECRET` must be refused, not taken for
+    # `--broker-postgres-dsn-file` (and then echoed in the error naming the file).
+    serve = sub.add_parser("serve", help="run the sidecar", allow_abbrev=False)
     _add_serve_flags(serve)
 
     task = sub.add_parser("task", help="begin, heartbeat or complete a task")
@@ -313,7 +315,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from . import logs
     from .server import serve
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(Config)}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Config)}  # env-only: None
     config = load(overrides, env=os.environ, config_file=args.config)
     logs.setup(config.log_level, config.log_format)
     if config.event_loop == "uvloop":
