@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from sidecar.client import AccessClient, Grant, SidecarRpcError
+from tests.faults import immutable
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 from tests.postgres import PostgresServer
 
@@ -374,3 +375,31 @@ def test_admin_dsn_is_never_a_flag(tmp_path: Path, opa: OpaServer) -> None:
     with pytest.raises(RuntimeError) as refused:
         process.start()
     assert "unrecognized arguments: --broker-postgres-dsn" in str(refused.value)
+
+
+def test_commit_failure_after_issue_revokes_the_credential_at_once(
+    pg_sidecar: SidecarProcess, postgres: PostgresServer
+) -> None:
+    """The broker made the role, then the journal commit failed: with the audit log
+    unwritable (nothing durable) and with the state store read-only (audited, not stored)
+    the grant fails closed and the role is dropped at once: no orphan waits for a restart."""
+    with pg_sidecar.client() as client:
+        task = client.begin_task("read tickets")
+        before = set(brokered_roles(postgres))
+        with immutable(pg_sidecar.audit), pytest.raises(SidecarRpcError) as no_audit:
+            read_grant(client, task.task_id)
+        wait_for(lambda: set(brokered_roles(postgres)) == before, 10, what="role dropped")
+        wal = Path(str(pg_sidecar.state) + "-wal")
+        with immutable(pg_sidecar.state, wal), pytest.raises(SidecarRpcError) as no_store:
+            read_grant(client, task.task_id)
+        wait_for(lambda: set(brokered_roles(postgres)) == before, 10, what="role dropped")
+        wait_for(lambda: pg_sidecar.events("credential_revoked"), 10, what="credential_revoked")
+    aborted = [r for r in pg_sidecar.events("grant_revoked") if r["reason"] == "issue_aborted"]
+    (issued,) = pg_sidecar.events("credential_issued")  # the second attempt's, audited
+    # The first role's record too, when its revocation finished after the log came back.
+    revoked = {r["handle"]: r["reason"] for r in pg_sidecar.events("credential_revoked")}
+    assert no_audit.value.reason == "audit_unavailable"
+    assert no_store.value.reason == "store_unavailable"
+    assert [r["grant_id"] for r in aborted] == [issued["grant_id"]]
+    assert revoked[issued["handle"]] == "issue_aborted"
+    assert set(revoked.values()) == {"issue_aborted"}
