@@ -190,9 +190,10 @@ class PostgresBroker:
             ]
             try:
                 await self._refuse_public_write(conn, tables)
-                async with conn.transaction():
-                    for statement in statements:
-                        await conn.execute(statement)
+                # One round trip: statements sent together in one simple query run as one
+                # implicit transaction (PostgreSQL docs, protocol-flow "Multiple Statements
+                # in a Simple Query"), so a failure still leaves no half-made role.
+                await conn.execute(sql.SQL("; ").join(statements))
             except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as err:
                 raise BrokerUnavailable(NAME, _first_line(err), "no_table") from err
         dsn = make_conninfo(
@@ -243,9 +244,12 @@ class PostgresBroker:
         database = lease.details.get("database", "")
         ident = sql.Identifier(role)
         async with self._admin(self._maintenance_db) as conn:
-            if not await _role_exists(conn, role):
-                return
-            await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
+            try:
+                # Committed on its own before any session is terminated: a login racing the
+                # termination must already be refused.
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
+            except psycopg.errors.UndefinedObject:
+                return  # already dropped: revoking is idempotent
             await conn.execute(
                 "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity WHERE usename = %s",
                 (self._settings.terminate_wait_ms, role),
