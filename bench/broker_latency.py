@@ -60,7 +60,8 @@ def session_end_trial(client: AccessClient, server: PostgresServer) -> float:
     task = client.begin_task("bench: session end")
     response = client.request_grant_raw(task.task_id, "postgres.read", TABLE, ttl_seconds=300)
     grant = grant_from_response(response)
-    assert grant.credential is not None and grant.lease is not None
+    assert grant.credential is not None
+    assert grant.lease is not None
     conn = psycopg.connect(grant.credential.dsn, autocommit=True)
     ended: list[float] = []
 
