@@ -640,6 +640,17 @@ class Sidecar:
         await app.health.servicer.enter_graceful_shutdown()
         servers = [s for s in (self._grpc, self._admin) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
+        if app.engine.credentials is not None and self._tasks:
+            # Revocations the last calls queued (a task completed just before SIGTERM):
+            # finish them now if the downstream system allows, else the next start does.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(grace, 5.0)):
+                    await app.engine.credentials.drained()
+            if app.engine.credentials.pending:
+                log.warning(
+                    "%d broker revocations left for the next start",
+                    app.engine.credentials.pending,
+                )
         self._stop.set()
         for task in self._tasks:
             task.cancel()

@@ -88,6 +88,8 @@ class Credentials:
         self.in_flight: set[str] = set()
         """Grant ids a broker is issuing for right now: their credentials are no orphans."""
         self._wakeup = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._orphans_swept = not self.brokers
         for name in self.brokers:
             for op in ("issue", "revoke", "orphan_sweep"):
@@ -156,6 +158,8 @@ class Credentials:
         for lease, reason, task_id in leases:
             if lease.grant_id not in self.due:
                 self.due[lease.grant_id] = _Due(lease, reason, task_id, next_try=now)
+        if self.due:
+            self._empty.clear()
         self._metrics.broker_pending_revocations.set(len(self.due))
         self._wakeup.set()
 
@@ -228,6 +232,8 @@ class Credentials:
             return
         self.due.pop(lease.grant_id, None)
         self._metrics.broker_pending_revocations.set(len(self.due))
+        if not self.due:
+            self._empty.set()
         event = CredentialRevoked(
             time=rfc3339(self.clock.now()),
             grant_id=lease.grant_id,
@@ -298,6 +304,11 @@ class Credentials:
             self._metrics.broker_seconds.labels(broker=broker, op=op).observe(
                 time.perf_counter() - started
             )
+
+    async def drained(self) -> None:
+        """Wait until no revocation is due (at shutdown, bounded by the caller: what is left
+        is finished by the next start, from the store)."""
+        await self._empty.wait()
 
     async def aclose(self) -> None:
         for broker in self.brokers.values():

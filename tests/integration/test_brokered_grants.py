@@ -6,7 +6,9 @@ or reads the sidecar's own audit log, store and metrics."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +19,9 @@ import psycopg
 import pytest
 import requests
 
-from sidecar.client import AccessClient, Grant, SidecarRpcError
+from sidecar.client import AccessClient, Grant, SidecarRpcError, grant_from_response
 from tests.faults import immutable
-from tests.harness import OpaServer, SidecarProcess, running, wait_for
+from tests.harness import OpaServer, SidecarProcess, run_captured, running, wait_for
 from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -78,8 +80,6 @@ def sessions(server: PostgresServer, role: str) -> int:
 
 
 def read_grant(client: AccessClient, task_id: str, ttl: int = 300) -> Grant:
-    from sidecar.client import grant_from_response
-
     response = client.request_grant_raw(task_id, "postgres.read", TABLE, ttl_seconds=ttl)
     return grant_from_response(response)
 
@@ -403,3 +403,65 @@ def test_commit_failure_after_issue_revokes_the_credential_at_once(
     assert [r["grant_id"] for r in aborted] == [issued["grant_id"]]
     assert revoked[issued["handle"]] == "issue_aborted"
     assert set(revoked.values()) == {"issue_aborted"}
+
+
+def test_cli_shows_the_lease_and_never_the_secret(
+    pg_sidecar: SidecarProcess, postgres: PostgresServer
+) -> None:
+    """`jit-sidecar grants` lists each grant's lease (broker, role, state, privileges), in
+    text and JSON, and neither holds the password."""
+    with pg_sidecar.client() as client:
+        task = client.begin_task("read tickets")
+        grant = read_grant(client, task.task_id)
+        cli = [sys.executable, "-m", "sidecar.cli", "grants", task.task_id]
+        cli += ["--socket", str(pg_sidecar.socket)]
+        text = run_captured(cli, pg_sidecar.workdir, 30)
+        as_json = run_captured([*cli, "--json"], pg_sidecar.workdir, 30)
+        client.complete_task(task.task_id)
+    assert grant.lease is not None
+    assert grant.credential is not None
+    assert text.returncode == 0, text.stderr
+    assert (
+        f"lease: postgres {grant.lease.handle} active  database=crm privileges=SELECT "
+        "tables=public.tickets"
+    ) in text.stdout
+    (listed,) = json.loads(as_json.stdout)
+    assert listed["lease"]["handle"] == grant.lease.handle
+    assert grant.credential.password not in text.stdout + as_json.stdout
+    wait_gone(postgres, grant.lease.handle)
+
+
+def test_an_approved_grant_gets_its_credential_after_a_restart(
+    tmp_path: Path, own_opa: OpaServer, postgres: PostgresServer
+) -> None:
+    """An intent that needs a human keeps the decision's credential object with the parked
+    approval (its audit record): approved after the sidecar restarted, the grant still
+    comes with the login the policy chose."""
+    own_opa.put_data("jit/classes/admin", {"tier": "jit", "approval": {
+        "resource_prefixes": ["postgres://crm/"]
+    }})
+    process = SidecarProcess(
+        tmp_path / "s",
+        own_opa.url,
+        env={"JIT_SIDECAR_BROKER_POSTGRES_DSN": postgres.admin_dsn},
+    )
+    with running(process), process.client() as client:
+        task = client.begin_task("clean up tickets")
+        parked = client.request_grant_raw(
+            task.task_id,
+            "postgres.admin",
+            TABLE,
+            justification="ticket 1001: remove the duplicate rows",
+        )
+        process.stop()
+        process.start()
+        process.admin().decide_approval(parked.approval_id, approve=True, reason="ok")
+        grant = grant_from_response(client.await_approval(parked.approval_id, 10))
+        assert grant.credential is not None
+        with psycopg.connect(grant.credential.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM public.tickets WHERE id = -1")
+        client.complete_task(task.task_id)
+    assert parked.approval_id
+    assert grant.lease is not None
+    assert grant.lease.details["privileges"] == "SELECT,INSERT,UPDATE,DELETE"
+    wait_gone(postgres, grant.lease.handle)
