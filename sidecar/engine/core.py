@@ -449,7 +449,13 @@ class Engine:
         )
         # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
         spec = await self._credential_spec(identity, intent, task.task_id, decision, now)
-        issued = await self._issue_credential(task, grant, spec) if spec is not None else None
+        issued = None
+        if spec is not None:
+            issued = await self._issue_credential(task, grant, spec)
+            # A rotation while the broker worked: sign with the key current now, whose
+            # retirement accounts for this grant (add_grant records its exp per kid).
+            key = self.keys.current
+            grant.kid = key.kid
         self.live.add_grant(task, grant)
         token = key.sign(access_token_claims(grant, self.settings.issuer))
         event = GrantIssued(

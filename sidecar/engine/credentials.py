@@ -178,12 +178,17 @@ class Credentials:
         (and until it succeeds) sweep every broker for orphans. `live` is the engine's
         active grants by id."""
         while not stop.is_set():
-            if not self._orphans_swept:
-                await self._sweep_orphans(live)
-            now = time.monotonic()
-            ready = [d for d in self.due.values() if d.next_try <= now]
-            if ready:
-                await asyncio.gather(*(self._revoke(d) for d in ready))
+            try:
+                if not self._orphans_swept:
+                    await self._sweep_orphans(live)
+                now = time.monotonic()
+                ready = [d for d in self.due.values() if d.next_try <= now]
+                if ready:
+                    await asyncio.gather(*(self._revoke(d) for d in ready))
+                    continue
+            except Exception:  # the queue must outlive any bug in one revocation
+                log.exception("broker revocation loop failed; retrying")
+                await asyncio.sleep(self._retry_first)
                 continue
             waits = [d.next_try - now for d in self.due.values()]
             if not self._orphans_swept:
