@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-import requests
 
 from sidecar.client import AccessClient, Grant, SidecarRpcError, grant_from_response
 from tests.faults import immutable
@@ -261,7 +260,7 @@ def test_postgres_down_during_revocation_then_up(
         assert grant.lease is not None
         stop_postgres(own_postgres)
         client.complete_task(task.task_id)
-        token_active = introspect(process, grant.token)["active"]
+        token_active = client.introspect(grant.token).active
         wait_for(
             lambda: (
                 process.metric(
@@ -359,15 +358,6 @@ def make_orphan(server: PostgresServer) -> str:
     return asyncio.run(issue())
 
 
-def introspect(process: SidecarProcess, token: str) -> dict[str, Any]:
-    response = requests.post(
-        process.http + "/introspect", data={"token": token}, headers=process.http_auth, timeout=5
-    )
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def test_admin_dsn_is_never_a_flag(tmp_path: Path, opa: OpaServer) -> None:
     """`--broker-postgres-dsn` does not exist: the secret comes from a file or the
     environment only."""
@@ -437,9 +427,9 @@ def test_an_approved_grant_gets_its_credential_after_a_restart(
     """An intent that needs a human keeps the decision's credential object with the parked
     approval (its audit record): approved after the sidecar restarted, the grant still
     comes with the login the policy chose."""
-    own_opa.put_data("jit/classes/admin", {"tier": "jit", "approval": {
-        "resource_prefixes": ["postgres://crm/"]
-    }})
+    own_opa.put_data(
+        "jit/classes/admin", {"tier": "jit", "approval": {"resource_prefixes": ["postgres://crm/"]}}
+    )
     process = SidecarProcess(
         tmp_path / "s",
         own_opa.url,
