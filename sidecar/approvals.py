@@ -88,6 +88,7 @@ def decision_from_record(record: Mapping[str, Any]) -> PolicyDecision:
         reasons=tuple(record.get("reasons", ())),
         cache_seconds=0,
         decision_id=str(record.get("decision_id", "")),
+        credential=d.get("credential"),
     )
 
 

@@ -66,6 +66,8 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with settings (see docs).")
     for f in fields(Config):
         meta = f.metadata
+        if meta["env_only"]:
+            continue  # a secret: never a flag (docs/configuration.md)
         kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"], "default": None}
         if meta["choices"]:
             kwargs["choices"] = meta["choices"]
@@ -106,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"jit-sidecar {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the sidecar")
+    # No abbreviations: `--broker-postgres-dsn SECRET` must be refused, not taken for
+    # `--broker-postgres-dsn-file` (and then echoed in the error naming the file).
+    serve = sub.add_parser("serve", help="run the sidecar", allow_abbrev=False)
     _add_serve_flags(serve)
 
     task = sub.add_parser("task", help="begin, heartbeat or complete a task")
@@ -311,7 +315,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from . import logs
     from .server import serve
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(Config)}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Config)}  # env-only: None
     config = load(overrides, env=os.environ, config_file=args.config)
     logs.setup(config.log_level, config.log_format)
     if config.event_loop == "uvloop":
@@ -408,7 +412,8 @@ def _run_client(args: argparse.Namespace) -> int:
             _msg(grant),
             f"GRANTED {tier} grant {grant.grant_id}, scope {' '.join(grant.scope)}, "
             f"audience {grant.audience}, expires {grant.expires_at.ToJsonString()}\n"
-            f"token: {grant.token}",
+            + (_lease_line(grant.lease) + "\n" if grant.HasField("lease") else "")
+            + f"token: {grant.token}",
         )
         return EXIT_OK
     if args.command == "grants":
@@ -418,6 +423,7 @@ def _run_client(args: argparse.Namespace) -> int:
             f"{g.grant_id}  {_state(g.state):8s} {g.intent.action} {g.intent.resource}  "
             f"expires {g.expires_at.ToJsonString()}"
             + (f"  ({g.revocation_reason})" if g.revocation_reason else "")
+            + ("\n    " + _lease_line(g.lease) if g.HasField("lease") else "")
             for g in items
         ]
         _print(args, [_msg(g) for g in items], "\n".join(lines) or "(no grants)")
@@ -666,6 +672,12 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
     for line in body.get("explanation", []) if args.trace else []:
         print(line)
     return verdict
+
+
+def _lease_line(lease: Any) -> str:
+    """A grant's broker lease, never its secret (docs/brokers.md)."""
+    details = " ".join(f"{k}={v}" for k, v in sorted(lease.details.items()))
+    return f"lease: {lease.broker} {lease.handle} {lease.state or 'active'}  {details}".rstrip()
 
 
 def _state(value: int) -> str:

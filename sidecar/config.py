@@ -75,13 +75,17 @@ def _opt(
     choices: Sequence[str] | None = None,
     repeat: bool = False,
     metavar: str | None = None,
+    env_only: bool = False,
 ) -> dict[str, Any]:
+    """`env_only`: a secret, read from the environment only: no flag (visible in `ps`) and
+    no key of the TOML file."""
     return {
         "help": help,
         "parse": parse,
         "choices": choices,
         "repeat": repeat,
         "metavar": metavar,
+        "env_only": env_only,
     }
 
 
@@ -539,6 +543,59 @@ class Config:
             "json: one object per line on stderr; text: for people.", choices=LOG_FORMATS
         ),
     )
+    # --- credential brokers (docs/brokers.md)
+    broker_postgres_dsn_file: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "File holding the libpq connection string of the PostgreSQL broker's admin login "
+            "(CREATEROLE; GRANT OPTION or ownership on the tables it hands out). Setting it, or "
+            "the environment variable below, enables the postgres broker.",
+            parse=_optional_path,
+        ),
+    )
+    broker_postgres_dsn: str = field(
+        default="",
+        repr=False,
+        metadata=_opt(
+            "The same connection string, from the environment only (a secret is never a flag "
+            "or a file setting); exclusive with broker_postgres_dsn_file.",
+            env_only=True,
+        ),
+    )
+    broker_postgres_agent_host: str = field(
+        default="",
+        metadata=_opt(
+            "Host agents connect to with a brokered login (default: the admin DSN's host)."
+        ),
+    )
+    broker_postgres_agent_port: int = field(
+        default=0,
+        metadata=_opt("Port agents connect to (0: the admin DSN's port).", parse=int),
+    )
+    broker_postgres_databases: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "Databases the postgres broker may grant on (default: any the admin login reaches).",
+            parse=_list,
+            repeat=True,
+        ),
+    )
+    broker_postgres_connection_limit: int = field(
+        default=2,
+        metadata=_opt("CONNECTION LIMIT of every brokered login.", parse=int),
+    )
+    broker_postgres_statement_timeout_ms: int = field(
+        default=30_000,
+        metadata=_opt("statement_timeout pinned on every brokered login.", parse=int),
+    )
+    broker_retry_max: float = field(
+        default=15.0,
+        metadata=_opt(
+            "Longest wait (seconds) between retries of a broker revocation that failed "
+            "(exponential backoff from 0.25 s).",
+            parse=float,
+        ),
+    )
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -664,6 +721,7 @@ class Config:
             )
         if self.http_allow_anonymous_loopback and self.http_token_file is not None:
             problems.append("set either http_token_file or http_allow_anonymous_loopback, not both")
+        problems.extend(self._broker_problems())
         if self.approval_webhook_url and not self.approval_webhook_url.startswith(
             ("http://", "https://")
         ):
@@ -707,6 +765,21 @@ class Config:
             for iss in self.oidc_issuer:
                 if not iss.startswith("https://") and not _loopback_url(iss):
                     problems.append(f"oidc_issuer {iss!r} must be an https:// URL")
+        return problems
+
+    def _broker_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.broker_postgres_dsn and self.broker_postgres_dsn_file is not None:
+            problems.append(
+                "set either broker_postgres_dsn_file or JIT_SIDECAR_BROKER_POSTGRES_DSN, not both"
+            )
+        if not 0 <= self.broker_postgres_agent_port <= 65535:
+            problems.append("broker_postgres_agent_port must be a TCP port (0: the admin DSN's)")
+        for name in ("broker_postgres_connection_limit", "broker_postgres_statement_timeout_ms"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.broker_retry_max <= 0:
+            problems.append("broker_retry_max must be greater than 0")
         return problems
 
     def _fleet_problems(self) -> list[str]:
@@ -794,6 +867,8 @@ def load(
             name = key.replace("-", "_")
             if name not in _FIELDS:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            if _FIELDS[name].metadata["env_only"]:
+                raise ConfigError(f"{config_file}: {key} is a secret: set {env_name(name)}")
             values[name] = _parse(name, raw, str(config_file))
     if env.get(SPIFFE_ENDPOINT_SOCKET) and "spiffe_endpoint_socket" not in values:
         values["spiffe_endpoint_socket"] = env[SPIFFE_ENDPOINT_SOCKET]
@@ -806,6 +881,8 @@ def load(
             continue
         if name not in _FIELDS:
             raise ConfigError(f"unknown setting {name!r}")
+        if _FIELDS[name].metadata["env_only"]:
+            raise ConfigError(f"{name} is a secret: set {env_name(name)}, never a flag")
         values[name] = _parse(name, raw, flag_name(name))
     return replace(Config(), **values).validate(serving=serving)
 
@@ -841,7 +918,8 @@ def markdown_reference() -> str:
             meaning += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
         if f.metadata["repeat"]:
             meaning += " Repeatable."
-        lines.append(f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | `{shown}` | {meaning} |")
+        flag = "(environment only)" if f.metadata["env_only"] else f"`{flag_name(f.name)}`"
+        lines.append(f"| {flag} | `{env_name(f.name)}` | `{shown}` | {meaning} |")
     return "\n".join(lines) + "\n"
 
 

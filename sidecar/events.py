@@ -272,6 +272,36 @@ class Unrecognised(Event):
     kind: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialIssued(Event):
+    """A broker issued a downstream credential for a grant (committed with `grant_issued`).
+    Carries the broker and its non-secret handle, never the secret."""
+
+    name: ClassVar[str] = "credential_issued"
+    task_id: str
+    grant_id: str
+    broker: str
+    handle: str
+    expires_at: str
+    subject: str | None = None
+    details: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialRevoked(Event):
+    """A broker revoked a downstream credential (its grant had ended, or nobody recorded
+    it: `reason` orphan)."""
+
+    name: ClassVar[str] = "credential_revoked"
+    grant_id: str
+    broker: str
+    handle: str
+    task_id: str | None = None
+    reason: str | None = None
+    attempts: int | None = None
+    """Broker calls it took (retries after the downstream system was unreachable)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """An event as the audit log holds it: with its sequence number (`seq`)."""
@@ -298,6 +328,8 @@ KINDS: Mapping[str, type[Event]] = {
         RevocationOrdered,
         AuthzenDecided,
         EgressUsage,
+        CredentialIssued,
+        CredentialRevoked,
     )
 }
 

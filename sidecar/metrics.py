@@ -216,6 +216,27 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # --- credential brokers (docs/brokers.md)
+        self.broker_operations = Counter(
+            "jit_broker_operations_total",
+            "Broker operations by broker, op (issue, revoke, orphan_sweep) and outcome (ok, "
+            "unavailable, error).",
+            ["broker", "op", "outcome"],
+            registry=r,
+        )
+        self.broker_seconds = Histogram(
+            "jit_broker_operation_seconds",
+            "Duration of one broker operation, by broker and op.",
+            ["broker", "op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.broker_pending_revocations = Gauge(
+            "jit_broker_pending_revocations",
+            "Leases whose grant has ended but whose downstream credential is not revoked yet "
+            "(retried with backoff); above 0 for long, JitSidecarBrokerRevocationsStuck fires.",
+            registry=r,
+        )
         self.build_info = Info("jit_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
         for tier in ("standing", "jit"):

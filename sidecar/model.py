@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .brokers.base import Lease
 
 
 class Tier(StrEnum):
@@ -121,6 +124,9 @@ class PolicyDecision:
     decision_id: str = ""
     cached: bool = False
     """True when served from the standing-decision cache rather than OPA."""
+    credential: Mapping[str, Any] | None = None
+    """The decision's `credential` object, shape-checked (sidecar.policy); the named
+    broker validates its contents (docs/brokers.md)."""
 
 
 _WHY_ENDED = {
@@ -193,6 +199,8 @@ class Grant:
     state: GrantState = GrantState.ACTIVE
     end_reason: str = ""
     ended_at: float | None = None
+    lease: Lease | None = None
+    """The downstream credential issued with this grant (docs/brokers.md), if any."""
 
     def is_active(self, now: float) -> bool:
         return self.state is GrantState.ACTIVE and now < self.expires_at

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ from .resources import parse_resource
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
 MAX_SCOPE = 32
+MAX_CREDENTIAL_MEMBERS = 16
+_BROKER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 CAUSES: dict[Reason, tuple[str, ...]] = {
     Reason.POLICY_UNAVAILABLE: ("unreachable", "timeout", "http_5xx"),
     Reason.POLICY_RESULT_INVALID: ("http_4xx", "bad_json", "undefined", "shape"),
@@ -162,6 +165,7 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
     cache_seconds = result.get("cache_seconds", 0)
     if not _is_int(cache_seconds) or cache_seconds < 0:
         raise PolicyResultInvalid("`cache_seconds` must be an integer >= 0", "shape")
+    credential = _credential(result["credential"]) if "credential" in result else None
     return PolicyDecision(
         allow=True,
         tier=tier,
@@ -172,7 +176,31 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
         reasons=reasons,
         cache_seconds=cache_seconds if tier is Tier.STANDING else 0,
         decision_id=decision_id,
+        credential=credential,
     )
+
+
+def _credential(value: Any) -> dict[str, Any]:
+    """The generic shape of a decision's `credential` object (docs/brokers.md): a small
+    object naming its broker, whose members are strings, integers or lists of strings. The
+    named broker's `parse` then checks its contents exactly (sidecar.engine.credentials)."""
+    if not isinstance(value, dict) or not value or len(value) > MAX_CREDENTIAL_MEMBERS:
+        raise PolicyResultInvalid(
+            f"`credential` must be an object of 1..{MAX_CREDENTIAL_MEMBERS} members", "shape"
+        )
+    broker = value.get("broker")
+    if not isinstance(broker, str) or not _BROKER_NAME.fullmatch(broker):
+        raise PolicyResultInvalid("`credential.broker` must name a broker", "shape")
+    for key, member in value.items():
+        if len(key) > 64:
+            raise PolicyResultInvalid("`credential` member names are at most 64 chars", "shape")
+        if isinstance(member, list):
+            _strings(member, f"credential.{key}", limit=MAX_SCOPE, max_len=256)
+        elif not (isinstance(member, str) and len(member) <= 256) and not _is_int(member):
+            raise PolicyResultInvalid(
+                f"`credential.{key}` must be a string, an integer or a list of strings", "shape"
+            )
+    return value
 
 
 class OpaClient:

@@ -40,12 +40,14 @@ from .admission import RequestAdmission, core_receive_limit
 from .approvals import WebhookNotifier
 from .audit import AuditFile
 from .authzen import AuthzenService, OpaDecider
+from .brokers.configured import configured_brokers
 from .cache import DecisionCache
 from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
 from .egress import EgressProxy, create_egress, load_egress_settings
 from .engine import Engine, EngineMetrics, GrantEndListeners, engine_settings
+from .engine.credentials import Credentials
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
 from .http import HttpListener, create_app
@@ -372,6 +374,14 @@ def build_app(
     journal.replay()
     snapshot = store.load()
     keys = KeyRing(key, snapshot.retired_keys)
+    brokers = configured_brokers(cfg)
+    credentials = (
+        Credentials(
+            brokers, journal=journal, metrics=metrics, clock=clock, retry_max=cfg.broker_retry_max
+        )
+        if brokers
+        else None
+    )
     # Created once the key ring exists: tokens our own keys signed are never an identity.
     authenticator = authenticator or create_authenticator(
         cfg, own_kids=lambda: [p.jwk["kid"] for p in keys.published(clock.now())], clock=clock
@@ -391,6 +401,7 @@ def build_app(
         fleet=fleet,
         on_policy_unavailable=health.policy_failed,
         grant_end=grant_end,
+        credentials=credentials,
     )
     engine.restore(snapshot)
     if fleet is not None:
@@ -630,6 +641,13 @@ class Sidecar:
             asyncio.create_task(app.engine.run_sweeper(self._stop), name="sweeper"),
             asyncio.create_task(app.health.run(self._stop), name="policy-probe"),
         ]
+        if app.engine.credentials is not None:  # the durable broker revocation queue
+            self._tasks.append(
+                asyncio.create_task(
+                    app.engine.credentials.run(self._stop, app.engine.live.grants),
+                    name="broker-revocations",
+                )
+            )
         cfg = app.config
         log.info(
             "jit-sidecar %s serving on %s (admin %s, http %s, identity %s)",
@@ -648,6 +666,17 @@ class Sidecar:
         await app.health.servicer.enter_graceful_shutdown()
         servers = [s for s in (self._grpc, self._admin) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))
+        if app.engine.credentials is not None and self._tasks:
+            # Revocations the last calls queued (a task completed just before SIGTERM):
+            # finish them now if the downstream system allows, else the next start does.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(grace, 5.0)):
+                    await app.engine.credentials.drained()
+            if app.engine.credentials.pending:
+                log.warning(
+                    "%d broker revocations left for the next start",
+                    app.engine.credentials.pending,
+                )
         self._stop.set()
         for task in self._tasks:
             task.cancel()
@@ -664,6 +693,8 @@ class Sidecar:
         await app.checkpoints.stop()  # after the journal's last batch: covers it all
         app.store.close()
         await app.policy.aclose()
+        if app.engine.credentials is not None:
+            await app.engine.credentials.aclose()
         if app.engine.notifier is not None:
             await app.engine.notifier.aclose()
         if isinstance(app.authenticator, ManagedAuthenticator):

@@ -25,6 +25,7 @@ from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from ._proto.jit.v1 import admin_pb2 as admin_pb
 from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from .approvals import Approval, ApprovalState
+from .brokers.base import IssuedCredential, Lease
 from .dpop import KeyBinding, KeyBindingVerifier
 from .engine import Engine, GrantOutcome
 from .errors import (
@@ -175,6 +176,33 @@ def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant
         state=_GRANT_STATE[grant.state],
         revocation_reason=grant.end_reason,
         decision_id=grant.decision_id,
+        lease=lease_pb(grant.lease, grant.state is GrantState.ACTIVE) if grant.lease else None,
+    )
+
+
+def lease_pb(lease: Lease, grant_active: bool = True) -> pb.Lease:
+    """The non-secret lease (docs/brokers.md). A lease the store still calls active belongs
+    to a grant that has ended in memory: its revocation is under way."""
+    state = lease.state if grant_active or lease.state != "active" else "revoking"
+    return pb.Lease(
+        broker=lease.broker,
+        handle=lease.handle,
+        expires_at=ts(lease.expires_at),
+        state=state,
+        details=dict(lease.details),
+    )
+
+
+def credential_pb(issued: IssuedCredential) -> pb.Credential:
+    """SECRET: only ever put in the RequestGrant answer to the agent that asked."""
+    secret = issued.secret
+    return pb.Credential(
+        broker=issued.lease.broker,
+        handle=issued.lease.handle,
+        dsn=secret.get("dsn", ""),
+        username=secret.get("username", ""),
+        password=secret.get("password", ""),
+        expires_at=ts(issued.lease.expires_at),
     )
 
 
@@ -187,6 +215,7 @@ def outcome_pb(outcome: GrantOutcome, justification: str = "") -> pb.RequestGran
         reasons=list(outcome.reasons),
         decision_id=outcome.decision_id,
         approval_id=outcome.approval_id,
+        credential=credential_pb(outcome.credential) if outcome.credential else None,
     )
 
 
@@ -470,6 +499,7 @@ class AccessService(pb_grpc.AccessServiceServicer):
                 audience=g.audience,
                 expires_at=ts(g.expires_at),
                 task_id=g.task_id,
+                lease=lease_pb(g.lease) if g.lease is not None else None,
             )
 
         return await self._guard.run("IntrospectToken", context, body)

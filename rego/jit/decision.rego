@@ -50,8 +50,10 @@ _denied := {
 _first_stage := min({d.stage | some d in _denials})
 
 # Every field is derived; if any cannot be (a gap in data), this is undefined and the
-# default (deny) stands.
-_granted := {
+# default (deny) stands. A brokered domain adds its `credential` (credentials.rego).
+_granted := object.union(_granted_fields, _credential_member)
+
+_granted_fields := {
 	"allow": true,
 	"tier": _token_tier,
 	"approval_required": _tier == "approval",

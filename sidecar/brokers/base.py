@@ -81,6 +81,9 @@ class Lease:
     expires_at: float
     details: Mapping[str, str] = field(default_factory=dict)
     """Non-secret facts an operator needs (database, privileges, objects)."""
+    state: str = "active"
+    """`active`; `revoking` once its grant ended (the broker's revoke is pending or being
+    retried); `revoked`. Kept by the store, not part of the record."""
 
     def as_record(self) -> dict[str, Any]:
         return {

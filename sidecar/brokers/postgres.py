@@ -11,7 +11,7 @@ nothing behind):
 and nothing else. The password is random and reaches the server only as a SCRAM-SHA-256
 verifier computed client-side (libpq's PQencryptPasswordConn), so it appears in no server log.
 `revoke` sets NOLOGIN (no new session from now on), terminates every session of the role and
-waits for them to end (`pg_terminate_backend(pid, timeout)`, PostgreSQL 14+), then
+waits for them to end (polling `pg_stat_activity`), then
 `DROP OWNED BY` (every privilege in the database and on shared objects) and `DROP ROLE`.
 Both are idempotent. Roles carry a comment naming their grant and database, so `orphans` can
 find and drop the ones a crash left unrecorded (docs/brokers.md).
@@ -27,6 +27,7 @@ import base64
 import contextlib
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -190,9 +191,10 @@ class PostgresBroker:
             ]
             try:
                 await self._refuse_public_write(conn, tables)
-                async with conn.transaction():
-                    for statement in statements:
-                        await conn.execute(statement)
+                # One round trip: statements sent together in one simple query run as one
+                # implicit transaction (PostgreSQL docs, protocol-flow "Multiple Statements
+                # in a Simple Query"), so a failure still leaves no half-made role.
+                await conn.execute(sql.SQL("; ").join(statements))
             except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as err:
                 raise BrokerUnavailable(NAME, _first_line(err), "no_table") from err
         dsn = make_conninfo(
@@ -243,13 +245,17 @@ class PostgresBroker:
         database = lease.details.get("database", "")
         ident = sql.Identifier(role)
         async with self._admin(self._maintenance_db) as conn:
-            if not await _role_exists(conn, role):
-                return
-            await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
+            try:
+                # Committed on its own before any session is terminated: a login racing the
+                # termination must already be refused.
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
+            except psycopg.errors.UndefinedObject:
+                return  # already dropped: revoking is idempotent
             await conn.execute(
-                "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity WHERE usename = %s",
-                (self._settings.terminate_wait_ms, role),
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
             )
+            await self._sessions_ended(conn, role)
         if database and database != self._maintenance_db:
             async with self._admin(database) as conn:
                 if await _role_exists(conn, role):
@@ -258,6 +264,22 @@ class PostgresBroker:
             if await _role_exists(conn, role):
                 await conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
                 await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+    async def _sessions_ended(self, conn: psycopg.AsyncConnection[Any], role: str) -> None:
+        """Wait (up to terminate_wait_ms) for the terminated sessions to exit. Polled every
+        5 ms rather than `pg_terminate_backend(pid, timeout)`, which checks only every 100 ms
+        and would hold this connection, and every revocation queued behind it, that long.
+        A backend still there at the deadline cannot log in again (NOLOGIN) and loses its
+        privileges with DROP OWNED below."""
+        deadline = time.monotonic() + self._settings.terminate_wait_ms / 1000
+        while True:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,)
+            )
+            row = await cursor.fetchone()
+            if not row or not row[0] or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.005)
 
     # ------------------------------------------------------------------ orphans
     async def orphans(self, known: Collection[str]) -> list[Lease]:

@@ -56,7 +56,7 @@ from ._errors import (
     translate_error,
 )
 from ._identity import IdentityToken, IdentityTokenSource, TokenFile, WorkloadApiToken
-from ._models import Grant, grant_from_response
+from ._models import Credential, Grant, Lease, grant_from_response
 from ._requests import dict_to_struct
 from ._sync import AccessClient, TaskHandle
 from ._tools import current_task, requires
@@ -72,11 +72,13 @@ __all__ = [
     "ApprovalPending",
     "AsyncAccessClient",
     "AsyncTaskHandle",
+    "Credential",
     "Grant",
     "IdentityRejected",
     "IdentityToken",
     "IdentityTokenSource",
     "InvalidRequest",
+    "Lease",
     "NoActiveTask",
     "SidecarClientError",
     "SidecarRpcError",

@@ -22,6 +22,52 @@ def _datetime(ts: Any) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """The non-secret record of a grant's downstream credential (docs/brokers.md)."""
+
+    broker: str
+    handle: str
+    """The broker's name for it (a PostgreSQL role name): safe to log."""
+    expires_at: datetime
+    state: str
+    """`active`, `revoking` (its grant ended; the broker is taking it back) or `revoked`."""
+    details: dict[str, str]
+
+    @classmethod
+    def from_proto(cls, lease: pb.Lease) -> Lease:
+        return cls(
+            broker=lease.broker,
+            handle=lease.handle,
+            expires_at=_datetime(lease.expires_at),
+            state=lease.state,
+            details=dict(lease.details),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A downstream credential (a PostgreSQL login): SECRET, like the token. Never log it;
+    it stops working when the grant ends (task completed, revoked, expired)."""
+
+    broker: str
+    username: str
+    dsn: str = field(repr=False)
+    """A libpq connection string: `psycopg.connect(grant.credential.dsn)`."""
+    password: str = field(repr=False)
+    expires_at: datetime
+
+    @classmethod
+    def from_proto(cls, credential: pb.Credential) -> Credential:
+        return cls(
+            broker=credential.broker,
+            username=credential.username,
+            dsn=credential.dsn,
+            password=credential.password,
+            expires_at=_datetime(credential.expires_at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """A credential for one intent. Send `token` to the resource server; never log it."""
 
@@ -50,10 +96,16 @@ class Grant:
     """OPA's decision id for the evaluation that allowed the grant (audit correlation)."""
     raw: pb.Grant = field(repr=False, compare=False)
     """The protobuf message as the sidecar sent it."""
+    lease: Lease | None = None
+    """The downstream credential's non-secret record, when the policy asked for one."""
+    credential: Credential | None = field(default=None, repr=False)
+    """The downstream credential itself (e.g. `grant.credential.dsn`): only in the grant
+    RequestGrant returned, never in listings."""
 
     @classmethod
-    def from_proto(cls, grant: pb.Grant) -> Grant:
-        """The SDK's view of a `jit.v1.Grant`."""
+    def from_proto(cls, grant: pb.Grant, credential: pb.Credential | None = None) -> Grant:
+        """The SDK's view of a `jit.v1.Grant` (and of the RequestGrant answer's secret
+        `credential`, when there is one)."""
         return cls(
             grant_id=grant.grant_id,
             token=grant.token,
@@ -70,6 +122,8 @@ class Grant:
             end_reason=grant.revocation_reason,
             decision_id=grant.decision_id,
             raw=grant,
+            lease=Lease.from_proto(grant.lease) if grant.HasField("lease") else None,
+            credential=Credential.from_proto(credential) if credential is not None else None,
         )
 
     @property
@@ -92,7 +146,8 @@ class Grant:
 def grant_from_response(response: pb.RequestGrantResponse) -> Grant:
     """The grant of a GRANTED answer; AccessDenied or ApprovalPending otherwise."""
     if response.decision == pb.DECISION_GRANTED:
-        return Grant.from_proto(response.grant)
+        credential = response.credential if response.HasField("credential") else None
+        return Grant.from_proto(response.grant, credential)
     if response.decision == pb.DECISION_PENDING_APPROVAL:
         raise ApprovalPending(response.approval_id, response.reasons)
     raise AccessDenied(response.reasons, response.decision_id)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..brokers.base import Lease
 from ..clock import Clock, rfc3339
 from ..errors import PolicyError, SidecarError
 from ..events import (
@@ -34,13 +35,26 @@ class Ended:
     events: list[Event] = field(default_factory=list)
     lags: list[tuple[str, float]] = field(default_factory=list)
     """(reason, trigger time) per revoked grant, for jit_revocation_lag_seconds."""
+    leases: list[tuple[Lease, str, str]] = field(default_factory=list)
+    """(lease, reason, task id) of each ended grant holding a broker credential: handed to
+    the broker revocation queue once the commit returns (sidecar.engine.credentials)."""
 
 
 class Recorder:
-    def __init__(self, journal: Journal, metrics: EngineMetrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        metrics: EngineMetrics,
+        clock: Clock,
+        *,
+        leases_ended: Callable[[Sequence[tuple[Lease, str, str]]], None] | None = None,
+    ) -> None:
+        """`leases_ended` takes the broker leases of ended grants once their end has been
+        committed (or the commit failed: the credential goes anyway, fail closed)."""
         self.journal = journal
         self.metrics = metrics
         self.clock = clock
+        self._leases_ended = leases_ended
         self._retries: set[asyncio.Task[None]] = set()
 
     async def revocations(self, ended: Ended) -> None:
@@ -53,6 +67,12 @@ class Recorder:
         # never reach the audit log and would be undone by the next restart.
         commit = asyncio.ensure_future(self.journal.commit(ended.events))
         commit.add_done_callback(lambda done: self._retry_if_lost(done, ended.events))
+        if ended.leases and self._leases_ended is not None:
+            # A done callback, not code after the await: a cancelled caller must not keep a
+            # downstream credential alive. Registered first, so it runs before the caller
+            # resumes (CompleteTask returns with the revocation already started).
+            leases_ended = self._leases_ended
+            commit.add_done_callback(lambda done: leases_ended(ended.leases))
         try:
             await asyncio.shield(commit)
         except CommitError as err:

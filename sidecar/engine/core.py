@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
+from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
 from ..cache import DecisionCache
 from ..clock import Clock, rfc3339
 from ..dpop import KeyBinding
@@ -36,7 +37,7 @@ from ..errors import (
     ResourceExhausted,
     SidecarError,
 )
-from ..events import GrantDenied, GrantIssued, GrantRevoked, TaskBegun
+from ..events import Event, GrantDenied, GrantIssued, GrantRevoked, TaskBegun
 from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
@@ -63,6 +64,7 @@ from ..validation import (
 )
 from . import fleet as fleet_orders
 from .commits import Ended, Recorder, commit_or_undo
+from .credentials import Credentials
 from .desk import ApprovalDesk
 from .due import DueQueue
 from .introspection import Introspection, introspect
@@ -94,13 +96,15 @@ class Engine:
         fleet: FleetGate | None = None,
         on_policy_unavailable: Callable[[PolicyError], None] | None = None,
         grant_end: GrantEndListeners | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """`fleet` is given when state is shared with a fleet (docs/scale-out.md): consulted
         to issue, to introspect other sidecars' tokens, and told of revocations made
         elsewhere. `on_policy_unavailable` is called when OPA could not be reached, so
         health flips to NOT_SERVING at once. `grant_end` is told, synchronously and in
         memory, of each grant that stops being active, before the end is committed (the
-        egress proxy cuts the grant's streams)."""
+        egress proxy cuts the grant's streams). `credentials` holds the configured brokers
+        (docs/brokers.md); without it a decision asking for a credential is invalid."""
         self.settings = settings
         self.policy = policy
         self.keys = keys
@@ -131,7 +135,13 @@ class Engine:
             heartbeat_misses=settings.heartbeat_misses,
             grant_end=grant_end,
         )
-        self.record = Recorder(journal, metrics, clock)
+        self.credentials = credentials
+        self.record = Recorder(
+            journal,
+            metrics,
+            clock,
+            leases_ended=credentials.revoke_soon if credentials is not None else None,
+        )
         self.sweeper = Sweeper(
             self.live,
             keys=keys,
@@ -152,8 +162,17 @@ class Engine:
         )
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Take over the live state a store loaded at start-up."""
+        """Take over the live state a store loaded at start-up, and the broker revocations
+        that were due (docs/brokers.md)."""
         self.live.restore(snapshot)
+        if self.credentials is not None:
+            self.credentials.restore(snapshot.due_leases)
+        elif snapshot.due_leases:
+            log.error(
+                "%d broker revocations are due but no broker is configured: configure it so "
+                "they complete",
+                len(snapshot.due_leases),
+            )
 
     # ================================================================== tasks
     async def begin_task(
@@ -318,6 +337,8 @@ class Engine:
             return await self._deny(
                 identity, task.task_id, intent, now, decision.reasons, decision.decision_id
             )
+        # Before parking an approval too: a malformed credential object is refused now.
+        await self._credential_spec(identity, intent, task.task_id, decision, now)
         if decision.approval_required:
             approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
             return pending(approval)
@@ -347,6 +368,21 @@ class Engine:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
         return decision
+
+    async def _credential_spec(
+        self, identity: Identity, intent: Intent, task_id: str, decision: PolicyDecision, now: float
+    ) -> CredentialSpec | None:
+        """The decision's `credential` object as its broker validated it (None when there is
+        none); a malformed one, or one naming no configured broker, is a policy error."""
+        if decision.credential is None:
+            return None
+        try:
+            if self.credentials is None:
+                raise CredentialSpecInvalid("no broker is configured on this sidecar")
+            return self.credentials.spec(decision, intent)
+        except PolicyError as err:
+            await self.record.policy_failure(err, identity, intent, task_id, now)
+            raise
 
     def _check_grant_room(self, task: Task) -> None:
         """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
@@ -416,6 +452,15 @@ class Engine:
             decision_id=decision.decision_id,
             cnf_jkt=task.pop_jkt,
         )
+        # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
+        spec = await self._credential_spec(identity, intent, task.task_id, decision, now)
+        issued = None
+        if spec is not None:
+            issued = await self._issue_credential(task, grant, spec)
+            # A rotation while the broker worked: sign with the key current now, whose
+            # retirement accounts for this grant (add_grant records its exp per kid).
+            key = self.keys.current
+            grant.kid = key.kid
         self.live.add_grant(task, grant)
         token = key.sign(access_token_claims(grant, self.settings.issuer))
         event = GrantIssued(
@@ -437,8 +482,12 @@ class Engine:
             cached=decision.cached or None,
             approval_id=approval_id or None,
         )
+        events: list[Event] = [event]
+        if issued is not None:
+            assert self.credentials is not None
+            events.append(self.credentials.issued_event(grant, issued.lease))
         try:
-            await self.journal.commit([event])
+            await self.journal.commit(events)
         except CommitError as err:
             await self._abort_issue(grant, err)
             raise
@@ -470,10 +519,32 @@ class Engine:
             reasons=decision.reasons,
             decision_id=decision.decision_id,
             justification=intent.justification,
+            credential=issued,
         )
 
+    async def _issue_credential(
+        self, task: Task, grant: Grant, spec: CredentialSpec
+    ) -> IssuedCredential:
+        """Have the broker make the credential; `grant.lease` holds it afterwards. The
+        checks made before the broker was awaited are made again: the task may have ended,
+        or concurrent requests filled it, meanwhile (and then the credential goes at once)."""
+        assert self.credentials is not None
+        issued = await self.credentials.issue(grant, spec)
+        grant.lease = issued.lease
+        try:
+            if not task.active:
+                raise self._tasks.ended(task)
+            self._check_grant_room(task)
+        except SidecarError:
+            self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
+            raise
+        return issued
+
     async def _abort_issue(self, grant: Grant, err: CommitError) -> None:
-        """Undo an issuance whose commit failed; the token is never returned."""
+        """Undo an issuance whose commit failed; the token is never returned, and a broker
+        credential made for it is revoked at once (no orphan)."""
+        if grant.lease is not None and self.credentials is not None:
+            self.credentials.revoke_soon([(grant.lease, "issue_aborted", grant.task_id)])
         if grant.state is GrantState.ACTIVE:
             self.live.forget_grant(grant, self.live.tasks.get(grant.task_id))
         if err.durable:

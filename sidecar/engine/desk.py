@@ -188,7 +188,10 @@ class ApprovalDesk:
                 "ttl_seconds": decision.ttl_seconds,
                 "audience": decision.audience,
                 "scope": list(decision.scope),
-            },
+            }
+            # The broker credential the approval yields (a non-secret request: broker,
+            # database, privileges), so an approval collected after a restart still gets it.
+            | ({"credential": dict(decision.credential)} if decision.credential else {}),
             ttl_seconds=requested_ttl,
             expires_at=rfc3339(approval.expires_at),
         )

@@ -181,6 +181,8 @@ class LiveState:
             )
         )
         ended.lags.append((reason.value, triggered))
+        if grant.lease is not None:
+            ended.leases.append((grant.lease, reason.value, grant.task_id))
 
     def last_exp(self, kid: str) -> float:
         return self.last_exp_by_kid.get(kid, 0.0)

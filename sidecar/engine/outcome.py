@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..approvals import Approval, ApprovalState
+from ..brokers.base import IssuedCredential
 from ..errors import FailedPrecondition, Reason
 from ..model import Grant
 
@@ -24,6 +25,8 @@ class GrantOutcome:
     approval_id: str = ""
     justification: str = ""
     """The granted intent's: answers show it (a live Grant does not keep it, to stay small)."""
+    credential: IssuedCredential | None = field(default=None, repr=False)
+    """The downstream credential issued with the grant (its secret goes to the agent only)."""
 
 
 def pending(approval: Approval) -> GrantOutcome:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..approvals import Approval
+from ..brokers.base import Lease
 from ..events import Recorded
 from ..model import Grant, Task
 from ..tokens import PublishedKey
@@ -32,6 +33,10 @@ class Snapshot:
     """Public JWK of the key that was signing when the store last saw a rotation."""
     last_exp_by_kid: dict[str, float] = field(default_factory=dict)
     """Latest `exp` of any token signed by each key id (when retired keys can leave)."""
+    due_leases: list[Lease] = field(default_factory=list)
+    """Broker leases whose grant ended and whose revocation has not completed: the durable
+    queue the engine finishes at start-up (docs/brokers.md). Active leases ride on
+    `grants`."""
 
 
 class Store(Protocol):

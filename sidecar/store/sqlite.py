@@ -14,15 +14,19 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..approvals import Approval, ApprovalState, decision_from_record
+from ..brokers.base import Lease
 from ..errors import Reason, Unavailable
 from ..events import (
     ApprovalDecided,
     ApprovalExpired,
+    CredentialIssued,
+    CredentialRevoked,
     Event,
     GrantEnded,
     GrantExpired,
@@ -39,7 +43,7 @@ from ..tokens import PublishedKey
 from . import Snapshot
 
 log = logging.getLogger("jit_sidecar.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -100,6 +104,21 @@ CREATE TABLE IF NOT EXISTS keys (
   jwk TEXT NOT NULL,
   retire_at REAL NOT NULL
 );
+-- schema 2: broker leases (docs/brokers.md). state: active, revoking (grant ended; the
+-- broker revocation is due: the durable queue), revoked.
+CREATE TABLE IF NOT EXISTS leases (
+  grant_id TEXT PRIMARY KEY,
+  task_id TEXT NOT NULL,
+  broker TEXT NOT NULL,
+  handle TEXT NOT NULL,
+  expires_at REAL NOT NULL,
+  details TEXT NOT NULL,
+  state TEXT NOT NULL,
+  issued_at REAL NOT NULL,
+  revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS leases_by_task ON leases (task_id);
+CREATE INDEX IF NOT EXISTS leases_open ON leases (state) WHERE state != 'revoked';
 """
 
 GRANT_COLUMNS = (
@@ -156,6 +175,20 @@ def _task(row: Sequence[Any]) -> Task:
     )
 
 
+LEASE_COLUMNS = "grant_id, task_id, broker, handle, expires_at, details, state"
+
+
+def _lease(row: Sequence[Any]) -> Lease:
+    return Lease(
+        broker=row[2],
+        handle=row[3],
+        grant_id=row[0],
+        expires_at=row[4],
+        details=json.loads(row[5]),
+        state=row[6],
+    )
+
+
 APPROVAL_COLUMNS = (
     "approval_id, task_id, subject, intent, intent_hash, requested_ttl, record, created_at, "
     "expires_at, state, decided_by, decision_reason"
@@ -208,6 +241,12 @@ class SqliteStore:
             )
         elif int(version[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer jit-sidecar (schema {version[0]})")
+        elif int(version[0]) < SCHEMA_VERSION:
+            # Every schema change so far only adds tables (CREATE ... IF NOT EXISTS above):
+            # recording the version keeps an older sidecar from ignoring them.
+            self._w.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
         path.chmod(0o600)
         self._r = _connect(path)
         self._r_lock = threading.Lock()
@@ -221,6 +260,8 @@ class SqliteStore:
             GrantPending: self._grant_pending,
             ApprovalDecided: self._approval_decided,
             ApprovalExpired: self._approval_expired,
+            CredentialIssued: self._credential_issued,
+            CredentialRevoked: self._credential_revoked,
         }
 
     # ------------------------------------------------------------------ write side
@@ -369,6 +410,34 @@ class SqliteStore:
             "WHERE grant_id = ? AND state = 'active'",
             (state.value, e.reason or "", ts(e.time), e.grant_id),
         )
+        # Its lease, if any, is now due for revocation: durable before the broker is asked.
+        conn.execute(
+            "UPDATE leases SET state = 'revoking' WHERE grant_id = ? AND state = 'active'",
+            (e.grant_id,),
+        )
+
+    @staticmethod
+    def _credential_issued(conn: sqlite3.Connection, e: CredentialIssued) -> None:
+        conn.execute(
+            f"INSERT OR IGNORE INTO leases ({LEASE_COLUMNS}, issued_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'active', ?)",
+            (
+                e.grant_id,
+                e.task_id,
+                e.broker,
+                e.handle,
+                ts(e.expires_at),
+                json.dumps(e.details or {}, sort_keys=True),
+                ts(e.time),
+            ),
+        )
+
+    @staticmethod
+    def _credential_revoked(conn: sqlite3.Connection, e: CredentialRevoked) -> None:
+        conn.execute(
+            "UPDATE leases SET state = 'revoked', revoked_at = ? WHERE grant_id = ?",
+            (ts(e.time), e.grant_id),
+        )
 
     @staticmethod
     def _key_rotated(conn: sqlite3.Connection, e: KeyRotated) -> None:
@@ -407,6 +476,16 @@ class SqliteStore:
                 f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved')"
             )
         ]
+        by_grant = {g.grant_id: g for g in snap.grants}
+        for row in self._w.execute(
+            f"SELECT {LEASE_COLUMNS} FROM leases WHERE state != 'revoked' ORDER BY issued_at"
+        ):
+            lease = _lease(row)
+            holder = by_grant.get(lease.grant_id)
+            if lease.state == "active" and holder is not None:
+                holder.lease = lease
+            else:  # its grant ended (or never became durable): the revocation is due
+                snap.due_leases.append(replace(lease, state="revoking"))
         current = self._w.execute("SELECT value FROM meta WHERE key='current_key'").fetchone()
         snap.current_key = json.loads(current[0]) if current else None
         snap.last_exp_by_kid = dict(
@@ -436,14 +515,29 @@ class SqliteStore:
         rows = await asyncio.to_thread(
             self._read, f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)
         )
-        return _grant(rows[0]) if rows else None
+        if not rows:
+            return None
+        grant = _grant(rows[0])
+        leases = await asyncio.to_thread(
+            self._read, f"SELECT {LEASE_COLUMNS} FROM leases WHERE grant_id = ?", (grant_id,)
+        )
+        grant.lease = _lease(leases[0]) if leases else None
+        return grant
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
         sql = f"SELECT {GRANT_COLUMNS} FROM grants WHERE task_id = ?"
         if not include_inactive:
             sql += " AND state = 'active'"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY issued_at", (task_id,))
-        return [_grant(r) for r in rows]
+        grants = [_grant(r) for r in rows]
+        if grants:
+            leases = await asyncio.to_thread(
+                self._read, f"SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?", (task_id,)
+            )
+            by_grant = {lease.grant_id: lease for lease in map(_lease, leases)}
+            for grant in grants:
+                grant.lease = by_grant.get(grant.grant_id)
+        return grants
 
     async def get_approval(self, approval_id: str) -> Approval | None:
         rows = await asyncio.to_thread(

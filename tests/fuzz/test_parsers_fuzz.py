@@ -226,7 +226,9 @@ decision_docs = st.one_of(
             st.builds(
                 lambda base, changes: {**base, **changes},
                 st.just(VALID_JIT),
-                st.dictionaries(st.sampled_from(sorted(VALID_JIT)), json_values(4), max_size=4),
+                st.dictionaries(
+                    st.sampled_from([*sorted(VALID_JIT), "credential"]), json_values(4), max_size=4
+                ),
             ),
         ),
         st.dictionaries(st.sampled_from(["decision_id", "x"]), json_values(2), max_size=2),
@@ -239,7 +241,8 @@ decision_docs = st.one_of(
 def test_parse_decision_is_strict(body: bytes) -> None:
     """parse_decision on any body: PolicyResultInvalid, or a decision whose every field has
     the documented type and range (an allowed decision has a tier, ttl >= 1, an audience and
-    a non-empty space-free scope; only standing decisions are cacheable)."""
+    a non-empty space-free scope; only standing decisions are cacheable; a credential is a
+    small object naming a broker)."""
     try:
         decision = parse_decision(body, action="docs.read")
     except PolicyResultInvalid as err:
@@ -258,6 +261,14 @@ def test_parse_decision_is_strict(body: bytes) -> None:
         assert isinstance(decision.audience, str) and 0 < len(decision.audience) <= 256
         assert decision.scope and all(s and " " not in s for s in decision.scope)
         assert decision.cache_seconds == 0 or decision.tier is Tier.STANDING
+        credential = decision.credential
+        if credential is not None:  # a small object naming a broker, of plain members
+            assert isinstance(credential, dict) and 0 < len(credential) <= 16
+            assert isinstance(credential["broker"], str) and credential["broker"][:1].isalpha()
+            for member in credential.values():
+                assert isinstance(member, str | int | list) and not isinstance(member, bool)
+                if isinstance(member, list):
+                    assert all(isinstance(m, str) and m for m in member)
     else:
         assert decision.tier is None and decision.scope == () and decision.cache_seconds == 0
 

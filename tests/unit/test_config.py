@@ -51,6 +51,35 @@ def test_invalid_settings_are_refused(overrides: dict[str, str], message: str) -
         load(overrides, env={})
 
 
+def test_broker_admin_dsn_is_a_secret_from_the_environment_only(tmp_path: Path) -> None:
+    """The postgres broker's admin DSN is read from JIT_SIDECAR_BROKER_POSTGRES_DSN, never
+    from a flag or the TOML file, is not in the Config's repr, and the reference says so."""
+    secret = "host=db user=admin password=hunter2"
+    config = load({"identity": "dev"}, env={"JIT_SIDECAR_BROKER_POSTGRES_DSN": secret})
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'broker_postgres_dsn = "{secret}"\n')
+    with pytest.raises(ConfigError) as as_flag:
+        load({"identity": "dev", "broker_postgres_dsn": secret}, env={})
+    with pytest.raises(ConfigError) as in_file:
+        load({"identity": "dev"}, env={}, config_file=toml)
+    assert config.broker_postgres_dsn == secret
+    assert "hunter2" not in repr(config)
+    assert "hunter2" not in as_flag.value.message + in_file.value.message
+    assert "JIT_SIDECAR_BROKER_POSTGRES_DSN" in as_flag.value.message
+    assert "| (environment only) | `JIT_SIDECAR_BROKER_POSTGRES_DSN` |" in markdown_reference()
+
+
+def test_broker_admin_dsn_from_file_and_environment_is_ambiguous(tmp_path: Path) -> None:
+    """Both sources at once are refused rather than one silently winning."""
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text("host=db\n")
+    with pytest.raises(ConfigError, match="not both"):
+        load(
+            {"identity": "dev", "broker_postgres_dsn_file": str(dsn_file)},
+            env={"JIT_SIDECAR_BROKER_POSTGRES_DSN": "host=db"},
+        )
+
+
 def test_serve_requires_identity_mode() -> None:
     """`serve` without --identity is refused: there is no silently-trusting default."""
     with pytest.raises(ConfigError, match="identity must be one of"):

@@ -22,6 +22,7 @@ REQUIRED = {
     "JitSidecarAuditWriteFailures",
     "JitSidecarGrantLatencyHigh",
     "JitSidecarDenialSpike",
+    "JitSidecarBrokerRevocationsStuck",
 }
 
 

@@ -66,6 +66,11 @@ LEGACY: list[dict[str, Any]] = [
     {"event": "egress_usage", "time": T0, "task_id": "t1", "grant_id": "g1",
      "subject": SUBJECT, "upstream": "ticket-api", "requests": 3, "denials": 1,
      "bytes_sent": 120, "bytes_received": 4096, "streams_cut": 0, "reason": "completed"},
+    {"event": "credential_issued", "time": T0, "task_id": "t1", "grant_id": "g1",
+     "broker": "postgres", "handle": "jit_00ff", "expires_at": "2027-01-15T08:01:00.000000Z",
+     "subject": SUBJECT, "details": {"database": "crm", "privileges": "SELECT"}},
+    {"event": "credential_revoked", "time": T0, "grant_id": "g1", "broker": "postgres",
+     "handle": "jit_00ff", "task_id": "t1", "reason": "completed", "attempts": 2},
 ]  # fmt: skip
 
 

@@ -77,3 +77,49 @@ def test_undefined_and_garbage() -> None:
         parse_decision(b"\xff\xfe", action="a")
     assert undefined.value.cause == "undefined"
     assert garbage.value.cause == "bad_json"
+
+
+CREDENTIAL = {
+    "broker": "postgres",
+    "database": "crm",
+    "privileges": ["SELECT"],
+    "tables": ["public.tickets"],
+}
+
+
+def test_credential_object_is_kept_for_its_broker() -> None:
+    """An allow with a well-formed `credential` object carries it to the engine, whose
+    broker validates the contents; a deny's credential is ignored."""
+    allowed = parse(ALLOW | {"credential": CREDENTIAL})
+    denied = parse({"allow": False, "credential": 7})
+    assert allowed.credential == CREDENTIAL
+    assert denied.credential is None
+    assert parse(ALLOW).credential is None
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        None,
+        "postgres",
+        [],
+        {},
+        {"database": "crm"},
+        CREDENTIAL | {"broker": "Postgres"},
+        CREDENTIAL | {"broker": 1},
+        CREDENTIAL | {"privileges": [1]},
+        CREDENTIAL | {"privileges": [""]},
+        CREDENTIAL | {"nested": {"a": 1}},
+        CREDENTIAL | {"flag": True},
+        CREDENTIAL | {"ratio": 0.5},
+        CREDENTIAL | {"x" * 65: "long name"},
+        CREDENTIAL | {f"k{i}": "v" for i in range(16)},
+    ],
+)
+def test_malformed_credential_objects_raise(credential: object) -> None:
+    """A `credential` that is not a small object naming a broker, with string, integer or
+    string-list members, is policy_result_invalid (shape): no grant, never a guess."""
+    with pytest.raises(PolicyResultInvalid) as caught:
+        parse(ALLOW | {"credential": credential})
+    assert caught.value.cause == "shape"
+    assert "credential" in caught.value.message

@@ -114,7 +114,7 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., subject: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jkt: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("grant_id", "token", "tier", "audience", "scope", "issued_at", "expires_at", "intent", "task_id", "state", "revocation_reason", "decision_id")
+    __slots__ = ("grant_id", "token", "tier", "audience", "scope", "issued_at", "expires_at", "intent", "task_id", "state", "revocation_reason", "decision_id", "lease")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class Grant(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     token: str
     tier: Tier
@@ -139,7 +140,45 @@ class Grant(_message.Message):
     state: GrantState
     revocation_reason: str
     decision_id: str
-    def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
+    lease: Lease
+    def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("broker", "handle", "expires_at", "state", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    broker: str
+    handle: str
+    expires_at: _timestamp_pb2.Timestamp
+    state: str
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, broker: _Optional[str] = ..., handle: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Credential(_message.Message):
+    __slots__ = ("broker", "handle", "dsn", "username", "password", "expires_at")
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    DSN_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    broker: str
+    handle: str
+    dsn: str
+    username: str
+    password: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, broker: _Optional[str] = ..., handle: _Optional[str] = ..., dsn: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BeginTaskRequest(_message.Message):
     __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk", "pop_proof")
@@ -181,18 +220,20 @@ class RequestGrantRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class RequestGrantResponse(_message.Message):
-    __slots__ = ("decision", "grant", "reasons", "decision_id", "approval_id")
+    __slots__ = ("decision", "grant", "reasons", "decision_id", "approval_id", "credential")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     grant: Grant
     reasons: _containers.RepeatedScalarFieldContainer[str]
     decision_id: str
     approval_id: str
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., decision_id: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
+    credential: Credential
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., decision_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("task_id",)
@@ -249,7 +290,7 @@ class IntrospectTokenRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class IntrospectTokenResponse(_message.Message):
-    __slots__ = ("active", "grant_id", "subject", "scope", "audience", "expires_at", "task_id", "revocation_reason")
+    __slots__ = ("active", "grant_id", "subject", "scope", "audience", "expires_at", "task_id", "revocation_reason", "lease")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +299,7 @@ class IntrospectTokenResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     active: bool
     grant_id: str
     subject: str
@@ -266,7 +308,8 @@ class IntrospectTokenResponse(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     task_id: str
     revocation_reason: str
-    def __init__(self, active: _Optional[bool] = ..., grant_id: _Optional[str] = ..., subject: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., audience: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task_id: _Optional[str] = ..., revocation_reason: _Optional[str] = ...) -> None: ...
+    lease: Lease
+    def __init__(self, active: _Optional[bool] = ..., grant_id: _Optional[str] = ..., subject: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., audience: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task_id: _Optional[str] = ..., revocation_reason: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class ListGrantsRequest(_message.Message):
     __slots__ = ("task_id", "include_inactive")
