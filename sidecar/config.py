@@ -120,6 +120,14 @@ class Config:
             parse=_optional_path,
         ),
     )
+    ssf_state: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "SQLite file of the Shared Signals transmitter (streams and undelivered events); "
+            "default: ssf.db next to the local SQLite state.",
+            parse=_optional_path,
+        ),
+    )
     # --- policy
     opa_url: str = field(
         default="http://127.0.0.1:8181",
@@ -653,6 +661,14 @@ class Config:
         if len(self.fleet_id) > 128 or any(ord(c) < 33 for c in self.fleet_id):
             problems.append("fleet_id must be at most 128 printable characters without spaces")
         return problems
+
+    @property
+    def ssf_path(self) -> Path:
+        """Where the Shared Signals transmitter keeps its streams and queue."""
+        if self.ssf_state is not None:
+            return self.ssf_state
+        local = self.local_state if self.shared_state else self.state
+        return Path(local.partition(":")[2]).parent / "ssf.db"
 
     @property
     def shared_state(self) -> bool:

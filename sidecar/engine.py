@@ -47,6 +47,7 @@ from .metrics import Metrics
 from .model import (
     OUTCOME_REVOCATION,
     OUTCOME_TASK_STATE,
+    AccessEnded,
     Grant,
     GrantState,
     Identity,
@@ -115,6 +116,8 @@ class _Ended:
     events: list[dict[str, Any]] = field(default_factory=list)
     lags: list[tuple[str, float]] = field(default_factory=list)
     """(reason, trigger time) per revoked grant, for jit_revocation_lag_seconds."""
+    access: list[AccessEnded] = field(default_factory=list)
+    """Ends of access for `on_access_ended` (tasks, and grants revoked on their own)."""
 
 
 class Engine:
@@ -129,8 +132,12 @@ class Engine:
         metrics: Metrics,
         clock: Clock,
         cache: DecisionCache | None = None,
+        on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_access_ended = on_access_ended
+        """Told of every end of access before it is committed (the Shared Signals
+        transmitter, docs/shared-signals.md); it must not block and must not raise."""
         self.policy = policy
         self.keys = keys
         self.store = store
@@ -1006,6 +1013,8 @@ class Engine:
         triggered: float,
         ended: _Ended,
         detail: str = "",
+        *,
+        alone: bool = True,
     ) -> None:
         now = self.clock.now()
         grant.state = state
@@ -1029,6 +1038,19 @@ class Engine:
             )
         )
         ended.lags.append((reason.value, triggered))
+        if alone and state is GrantState.REVOKED:
+            # An expired token needs no news: its `exp` already ends it everywhere. A grant
+            # ended with its task is covered by the task's own end.
+            ended.access.append(
+                AccessEnded(
+                    task_id=grant.task_id,
+                    subject=grant.subject,
+                    reason=reason.value,
+                    ended_at=now,
+                    expires_at=grant.expires_at,
+                    grant_id=grant.grant_id,
+                )
+            )
 
     def _end_task(
         self,
@@ -1042,7 +1064,7 @@ class Engine:
         """Mark a task ended and revoke its grants (in memory); returns how many."""
         grants = [self._grants[g] for g in list(task.grant_ids) if g in self._grants]
         for grant in grants:
-            self._end_grant(grant, GrantState.REVOKED, reason, triggered, ended)
+            self._end_grant(grant, GrantState.REVOKED, reason, triggered, ended, alone=False)
         now = self.clock.now()
         task.state = state
         task.ended_at = now
@@ -1063,6 +1085,16 @@ class Engine:
                 revoked_grants=len(grants),
             )
         )
+        ended.access.append(
+            AccessEnded(
+                task_id=task.task_id,
+                subject=task.subject,
+                reason=reason.value,
+                ended_at=now,
+                expires_at=max((g.expires_at for g in grants), default=now),
+                state=state.value,
+            )
+        )
         return len(grants)
 
     async def _commit_revocations(self, ended: _Ended) -> None:
@@ -1070,6 +1102,13 @@ class Engine:
         happens; when the audit log is down they are retried until it is back."""
         if not ended.events:
             return
+        if ended.access and self._on_access_ended is not None:
+            # Before the commit: access has already ended in memory, and resource servers
+            # should hear of it as soon as possible; a lost commit is retried, not undone.
+            try:
+                self._on_access_ended(ended.access)
+            except Exception:
+                log.exception("a subscriber to ends of access failed")
         # The commit runs on its own: a caller cancelled meanwhile (deadline, client gone)
         # must not take the retry with it, or a revocation that holds in memory would
         # never reach the audit log and would be undone by the next restart.

@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .engine import Engine
 from .errors import SidecarError
+from .ssf.routes import add_routes as add_ssf_routes
+from .ssf.transmitter import Transmitter
 
 log = logging.getLogger("jit_sidecar.http")
 MAX_FORM_BYTES = 32 * 1024
@@ -38,6 +40,7 @@ def create_app(
     *,
     credential: str | None,
     store_writable: Callable[[], bool],
+    transmitter: Transmitter | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_FORM_BYTES)
     metrics = engine.metrics
@@ -169,4 +172,6 @@ def create_app(
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_post("/introspect", guarded(introspect))
     app.router.add_post("/revoke", guarded(revoke))
+    if transmitter is not None:
+        add_ssf_routes(app, transmitter, guarded)  # docs/shared-signals.md
     return app

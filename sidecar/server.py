@@ -41,6 +41,8 @@ from .journal import Journal
 from .metrics import Metrics
 from .policy import OpaClient, PolicyEngine
 from .service import AccessService, AdminService, CallGuard
+from .ssf.queue import EventQueue
+from .ssf.transmitter import Transmitter
 from .store import Store, open_store
 from .tokens import (
     KeyRing,
@@ -145,6 +147,7 @@ class Sidecar:
         self.http_port: int | None = None
         self._managed_auth: ManagedAuthenticator | None = None
         self._checkpoints: Checkpointer | None = None
+        self.transmitter: Transmitter | None = None
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -187,6 +190,16 @@ class Sidecar:
         if isinstance(auth, ManagedAuthenticator):
             await auth.start()  # loads trust bundles / issuer keys; starts their refresh
         self._managed_auth = auth if isinstance(auth, ManagedAuthenticator) else None
+        if cfg.http_host_port is not None:
+            # Shared Signals ride on the HTTP listener (docs/shared-signals.md).
+            self.transmitter = Transmitter(
+                issuer=cfg.issuer,
+                keys=keys,
+                queue=EventQueue(cfg.ssf_path),
+                metrics=self.metrics,
+                clock=self.clock,
+                record=journal.commit,
+            )
         self.engine = engine = Engine(
             cfg,
             policy=self.policy,
@@ -196,6 +209,7 @@ class Sidecar:
             metrics=self.metrics,
             clock=self.clock,
             cache=DecisionCache(cfg.decision_cache_size),
+            on_access_ended=self.transmitter.access_ended if self.transmitter else None,
         )
         engine.restore(snapshot)
         engine.on_policy_unavailable = self._policy_failed
@@ -219,6 +233,8 @@ class Sidecar:
         await self._checkpoints.start()  # refuses a log shorter than its last checkpoint
         journal.start()
         await engine.record_key_in_use(snapshot.current_key)
+        if self.transmitter is not None:
+            await self.transmitter.start()  # resumes pushing what a previous run queued
         recovered = await engine.sweep()
         if recovered:
             log.warning(
@@ -308,7 +324,11 @@ class Sidecar:
             if len(credential) < 16:
                 raise ConfigError("http_token_file must hold at least 16 characters")
         app = create_app(
-            engine, self.readiness, credential=credential, store_writable=store.check_writable
+            engine,
+            self.readiness,
+            credential=credential,
+            store_writable=store.check_writable,
+            transmitter=self.transmitter,
         )
         self._http = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._http.setup()
@@ -430,6 +450,8 @@ class Sidecar:
                 await task
         if self._http is not None:
             await self._http.cleanup()
+        if self.transmitter is not None:
+            await self.transmitter.stop()
         if self.fleet is not None:
             await self.fleet.stop()
         if self.engine is not None:
