@@ -518,7 +518,7 @@ class TokenVerifier:
             raise TokenRejected("revoked", f"grant {jti} was revoked (security event)")
         healthy = self.signals.healthy()
         iat = _number(claims, "iat", required=False)
-        if healthy and iat is not None and iat > self.signals.since + self.leeway:
+        if healthy and iat is not None and iat >= self.signals.since:
             return  # issued after we attached: any revocation of it is in the stream
         with self._cache_lock:
             if healthy and jti in self._vouched:

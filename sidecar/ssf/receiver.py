@@ -18,6 +18,7 @@ introspected once, since a revocation acknowledged by an earlier process is not 
 
 from __future__ import annotations
 
+import email.utils
 import hmac
 import json
 import logging
@@ -64,7 +65,8 @@ class Subscription:
     """This receiver's name (the stream's `aud`): one stream per receiver. Default: the push
     URL, or a name derived from the verifier's audience."""
     max_silence: float = 10.0
-    """Seconds without a confirmation after which the stream counts as unhealthy."""
+    """Seconds without a confirmation after which the stream counts as unhealthy. When
+    polling, more than the transmitter's longest poll hold (5 s)."""
 
 
 class SignalReceiver:
@@ -98,7 +100,8 @@ class SignalReceiver:
         """What the sidecar must send with each push (stream `authorization_header`)."""
         self.stream_id = ""
         self.since = float("inf")
-        """When this receiver attached: revocations before it may be unknown here."""
+        """The first whole second, on the transmitter's clock, after this receiver attached:
+        a token whose `iat` is earlier may have been revoked before, unknown here."""
         self.replays = 0
         """SETs received again and ignored (RFC 8935 §2: acknowledged, not re-applied)."""
 
@@ -106,7 +109,6 @@ class SignalReceiver:
     def start(self) -> None:
         """Create this receiver's stream (or take over the one it already has) and start
         confirming it in the background."""
-        self.since = self._clock()
         self.stream_id = self._attach()
         self._thread = threading.Thread(target=self._run, name=f"ssf-{self.stream_id}", daemon=True)
         self._thread.start()
@@ -154,6 +156,13 @@ class SignalReceiver:
                 timeout=self._timeout,
             )
         response.raise_for_status()
+        # The transmitter's clock (RFC 9110 §6.6.1 Date, whole seconds) is the one that
+        # stamps `iat`; ours may differ.
+        try:
+            attached = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            attached = self._clock()
+        self.since = int(attached) + 1
         return str(response.json()["stream_id"])
 
     def _run(self) -> None:

@@ -55,8 +55,9 @@ default) past `exp`."""
 PUSH_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 30.0
-POLL_WAIT_MAX = 20.0
-"""Longest a poll with `returnImmediately: false` is held open (RFC 8936 §2.1)."""
+POLL_WAIT_MAX = 5.0
+"""Longest a poll with `returnImmediately: false` is held open (RFC 8936 §2.1); receivers
+that poll must allow more than this between answers before calling the stream unhealthy."""
 MAX_POLL_EVENTS = 256
 MAX_STREAMS = 64
 _AUD_MAX = 512
@@ -78,7 +79,7 @@ class StreamError(Exception):
         self.description = description
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity
 class _Stream:
     stored: StoredStream
     wake: asyncio.Event = field(default_factory=asyncio.Event)
