@@ -5,6 +5,8 @@ core) against the sidecar's JWKS and checks the event schema (RFC 8417, SSF 1.0,
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sidecar.ssf.events import SESSION_REVOKED, TOKEN_REVOKED, VERIFICATION
 from sidecar.ssf.receiver import Subscription, wsgi_push_app
 from sidecar.verify import TokenRejected, TokenVerifier
-from tests.harness import OpaServer, SidecarProcess, free_port, wait_for
+from tests.harness import OpaServer, RedisServer, SidecarProcess, free_port, running, wait_for
 
 ISSUER = "https://jit-sidecar.local"
 CREDENTIAL = "ssf-test-credential-0123456789"
@@ -597,3 +599,59 @@ def test_unhealthy_stream_falls_back_then_fails_closed(tmp_path: Path, opa: OpaS
     assert verifier.introspections == 1
     assert err.value.reason == "introspection_unavailable"
     assert err.value.status == 503
+
+
+# ---------------------------------------------------------------------- fleets
+def test_fleet_delivers_each_end_once_per_receiver(
+    tmp_path: Path, opa: OpaServer, redis_server: RedisServer
+) -> None:
+    """On a Redis fleet, a receiver with a stream on each sidecar hears of each end of access
+    once: only the sidecar holding the task or grant emits, even when the kill switch or the
+    operator's revoke was given to another sidecar."""
+    secret = tmp_path / "http-token"
+    secret.write_text(CREDENTIAL)
+    prefix = "ssf" + secrets.token_hex(4)
+    members = [
+        SidecarProcess(
+            tmp_path / name,
+            opa.url,
+            "--http-token-file",
+            str(secret),
+            "--redis-prefix",
+            prefix,
+            "--fleet-id",
+            name,
+            "--sweep-interval",
+            "0.2",
+            shared=redis_server.url,
+        )
+        for name in ("a", "b")
+    ]
+    receiver = IndependentReceiver(members[0], "https://fleet-rs.example")
+    with contextlib.ExitStack() as stack:
+        a, b = (stack.enter_context(running(m)) for m in members)
+        receiver.up()
+        stack.callback(receiver.down)
+        for member in (a, b):  # one stream per sidecar, all for the same receiver
+            receiver.sidecar = member
+            receiver.subscribe()
+        receiver.sidecar = a  # its JWKS holds the whole fleet's keys
+        with a.client() as ca, b.client() as cb:
+            on_a = ca.begin_task("on a")
+            on_b = cb.begin_task("on b")
+            kept = cb.begin_task("kept on b")
+            grant = cb.request_grant(kept.task_id, "docs.read", "docs://fleet", ttl_seconds=120)
+            agent = jwt.decode(grant.token, options={"verify_signature": False})["sub"]
+            with a.admin() as admin:
+                admin.revoke(grant_id=grant.grant_id, reason="from a")  # held by b
+            wait_for(lambda: receiver.events_of(TOKEN_REVOKED), 10, what="the token SET")
+            cb.heartbeat(kept.task_id)
+            with a.admin() as admin:
+                admin.revoke(subject=agent, reason="incident")  # a kill switch given to a
+            wait_for(lambda: len(receiver.events_of(SESSION_REVOKED)) >= 3, 10, what="3 ends")
+            time.sleep(1.5)  # room for any duplicate to arrive
+    sessions = [s["txn"] for s in receiver.events_of(SESSION_REVOKED)]
+    tokens = [s["events"][TOKEN_REVOKED]["jti"] for s in receiver.events_of(TOKEN_REVOKED)]
+    assert sorted(sessions) == sorted([on_a.task_id, on_b.task_id, kept.task_id])
+    assert tokens == [grant.grant_id]
+    assert receiver.refused == []
