@@ -22,7 +22,10 @@ signature; `typ` is `at+jwt` (RFC 9068); `iss`; `aud`; `exp`/`nbf`/`iat` with `l
 `authorization_details` (RFC 9396, type `jit_intent`) names exactly the action and resource
 being served; a DPoP proof when the token is bound to a key (`cnf.jkt`); and, with
 `introspection_url`, that the grant is still active (RFC 7662; answers cached for
-`introspection_cache_seconds`). Every failure raises `TokenRejected` with
+`introspection_cache_seconds`). With `signals` (a `sidecar.ssf.receiver.Subscription`), the
+revocations come from the sidecar's Shared Signals stream instead, checked in memory, and
+introspection is only the fallback while the stream is unhealthy (docs/shared-signals.md).
+Every failure raises `TokenRejected` with
 one of the fixed `REASONS`; every doubt (JWKS or introspection unreachable) rejects.
 Tokens are never logged; only their `jti`.
 """

@@ -3,9 +3,10 @@
 Each SET carries exactly one event (SSF 1.0 §4.1.3 / RFC 8417 §2.2 `events`), `iss`, `aud`
 (the stream's), `jti` (the event id), `iat`, and `sub_id` (RFC 9493 §4.1, placed at the top
 level as SSF 1.0 §3 asks). It is a JWS signed with the sidecar's token key and typed
-`secevent+jwt` (RFC 8417 §2.3), so it can never pass for an access token (`at+jwt`). No `exp`:
-SSF 1.0 §4.1.? leaves SET expiry to delivery, and a SET must not be refused for arriving late
-after a receiver outage; `iat` is what receivers compare.
+`secevent+jwt` (RFC 8417 §2.3), so it can never pass for an access token (`at+jwt`). No `exp`
+(optional in RFC 8417 §2.2): a SET must not be refused for arriving late after a receiver
+outage; delivery bounds its life instead (transmitter.DELIVERY_GRACE), and receivers
+deduplicate by `jti`.
 
 The event types:
 - a task's end (completed, failed, errored, crashed, expired, killed): CAEP 1.0 §3.1
@@ -19,8 +20,9 @@ The event types:
   credentials (password, FIDO key, certificate) and RISC `credential-compromise` asserts a
   compromise that did not happen. The event carries the token's `jti`; `sub_id` is the same
   complex subject as above, so a receiver that ignores our type still knows whom it concerns.
-- SSF 1.0 §8.1.4.1 `verification` and §8.1.5 `stream-updated`, whose subject is the stream
-  (`opaque`, the stream id).
+- SSF 1.0 §8.1.4.1 `verification`, whose subject is the stream (`opaque`, the stream id).
+  (No §8.1.5 `stream-updated`: the transmitter never changes a stream's status on its own;
+  only the receiver does, and it knows.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-r
 TOKEN_REVOKED = "urn:jit-sidecar:secevent:event-type:token-revoked"  # noqa: S105 (not a secret)
 """Ours (see the module docstring); RFC 8417 §2.2 lets any URI name an event type."""
 VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
-STREAM_UPDATED = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated"
 ACCESS_EVENTS = (SESSION_REVOKED, TOKEN_REVOKED)
 """What a stream delivers besides the SSF control events (which are always delivered)."""
 

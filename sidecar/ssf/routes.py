@@ -13,13 +13,17 @@ Everything but the metadata needs the HTTP credential (`Authorization: Bearer â€
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from ..errors import SidecarError
 from .transmitter import StreamError, Transmitter
 
+log = logging.getLogger("jit_sidecar.ssf")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -35,6 +39,20 @@ def add_routes(
             except StreamError as err:
                 return web.json_response(
                     {"error": err.error, "error_description": err.description}, status=err.status
+                )
+            except SidecarError as err:
+                # The audit log (or the queue) cannot record the change: nothing changed.
+                return web.json_response(
+                    {"error": "temporarily_unavailable", "error_description": err.reason.value},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+            except sqlite3.Error as err:
+                log.error("the Shared Signals queue failed: %s", type(err).__name__)
+                return web.json_response(
+                    {"error": "temporarily_unavailable", "error_description": "store_unavailable"},
+                    status=503,
+                    headers={"Retry-After": "1"},
                 )
 
         return guarded(wrapper)
