@@ -200,10 +200,7 @@ class Transmitter:
                 self._metrics.ssf_events.labels(stream=row[0], result="lost").inc()
             return
         for row in rows:
-            log.info(
-                "security event queued",
-                extra={"stream_id": row[0], "set_jti": row[1]},
-            )
+            log.debug("security event queued", extra={"stream_id": row[0], "set_jti": row[1]})
         for stream in dict.fromkeys(touched):
             self._metrics.ssf_events.labels(stream=stream.stream_id, result="queued").inc(
                 sum(1 for r in rows if r[0] == stream.stream_id)
