@@ -5,7 +5,9 @@ core) against the sidecar's JWKS and checks the event schema (RFC 8417, SSF 1.0,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import secrets
 import threading
 import time
@@ -18,10 +20,16 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import jwt
 import pytest
 import requests
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sidecar.ssf.events import SESSION_REVOKED, TOKEN_REVOKED, VERIFICATION
-from sidecar.ssf.receiver import Subscription, wsgi_push_app
+from sidecar.ssf.receiver import (
+    Subscription,
+    aiohttp_push_handler,
+    asgi_push_app,
+    wsgi_push_app,
+)
 from sidecar.verify import TokenRejected, TokenVerifier
 from tests.harness import OpaServer, RedisServer, SidecarProcess, free_port, running, wait_for
 
@@ -445,6 +453,29 @@ class PushServer:
         self.server.server_close()
 
 
+class AiohttpPushServer:
+    """The resource server's push endpoint: sidecar.ssf.receiver's aiohttp handler on a real
+    aiohttp server (its own event loop, in a thread)."""
+
+    def __init__(self, handler: Callable[[web.Request], Any]) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/ssf/events", handler)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        self.loop.run_until_complete(site.start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 def resource_verifier(
     sidecar: SidecarProcess, push_url: str | None, **kwargs: Any
 ) -> TokenVerifier:
@@ -460,18 +491,32 @@ def resource_verifier(
     )
 
 
-@pytest.mark.parametrize("mode", ["push", "poll"])
+@pytest.mark.parametrize("mode", ["wsgi", "aiohttp", "poll"])
 def test_resource_server_rejects_revoked_tokens_from_memory(
     transmitter: SidecarProcess, mode: str
 ) -> None:
-    """With a live stream (push or poll), the verifier refuses a token soon after its task
-    ends, and never introspects on the request path."""
+    """With a live stream (push to a WSGI or aiohttp endpoint, or poll), the verifier refuses
+    a token soon after its task ends, and never introspects on the request path."""
     slot: dict[str, Any] = {}
-    push = PushServer(lambda e, s: slot["app"](e, s)) if mode == "push" else None
-    url = f"http://127.0.0.1:{push.port}/" if push else None
+    push: PushServer | AiohttpPushServer | None = None
+    url = None
+    if mode == "wsgi":
+        push = PushServer(lambda e, s: slot["app"](e, s))
+        url = f"http://127.0.0.1:{push.port}/"
+    elif mode == "aiohttp":
+
+        async def relay(request: web.Request) -> Any:
+            return await slot["app"](request)
+
+        push = AiohttpPushServer(relay)
+        url = f"http://127.0.0.1:{push.port}/ssf/events"
     verifier = resource_verifier(transmitter, url, receiver=f"urn:rs:{mode}")
     assert verifier.signals is not None
-    slot["app"] = wsgi_push_app(verifier.signals)
+    slot["app"] = (
+        aiohttp_push_handler(verifier.signals)
+        if mode == "aiohttp"
+        else wsgi_push_app(verifier.signals)
+    )
     verifier.signals.start()
     try:
         wait_for(verifier.signals.healthy, 10, what="a confirmed stream")
@@ -655,3 +700,48 @@ def test_fleet_delivers_each_end_once_per_receiver(
     assert sorted(sessions) == sorted([on_a.task_id, on_b.task_id, kept.task_id])
     assert tokens == [grant.grant_id]
     assert receiver.refused == []
+
+
+def test_asgi_push_endpoint(transmitter: SidecarProcess) -> None:
+    """The ASGI helper answers a genuine SET 202 and applies it, and a SET for another
+    receiver 400 invalid_audience with an RFC 8935 error body."""
+    verifier = resource_verifier(transmitter, None, receiver="urn:rs:asgi")
+    signals = verifier.signals
+    assert signals is not None
+    app = asgi_push_app(signals)
+
+    async def push(token: str) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+        chunks = [token[:10].encode(), token[10:].encode()]
+
+        async def receive() -> dict[str, Any]:
+            body = chunks.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/ssf/events",
+            "headers": [
+                (b"content-type", b"application/secevent+jwt"),
+                (b"authorization", signals.push_authorization.encode()),
+            ],
+        }
+        await app(scope, receive, send)
+        return sent[0]["status"], sent[1]["body"]
+
+    genuine = _sign_like_transmitter(transmitter, signals.aud, "asgi-task")
+    elsewhere = _sign_like_transmitter(transmitter, "urn:rs:someone-else", "other-task")
+    accepted = asyncio.run(push(genuine))
+    refused = asyncio.run(push(elsewhere))
+    assert accepted == (202, b"")
+    assert signals.revoked("", "asgi-task")
+    assert refused[0] == 400
+    assert json.loads(refused[1]) == {
+        "err": "invalid_audience",
+        "description": "not for this receiver",
+    }
+    assert not signals.revoked("", "other-task")
