@@ -31,6 +31,7 @@ from sidecar.ssf.receiver import (
     wsgi_push_app,
 )
 from sidecar.verify import TokenRejected, TokenVerifier
+from tests.faults import immutable
 from tests.harness import OpaServer, RedisServer, SidecarProcess, free_port, running, wait_for
 
 ISSUER = "https://jit-sidecar.local"
@@ -746,3 +747,28 @@ def test_asgi_push_endpoint(transmitter: SidecarProcess) -> None:
         "description": "not for this receiver",
     }
     assert not signals.revoked("", "other-task")
+
+
+def test_stream_change_is_refused_when_it_cannot_be_audited(tmp_path: Path, opa: OpaServer) -> None:
+    """With the audit log unwritable, creating a stream answers 503 temporarily_unavailable
+    (no traceback) and no stream exists afterwards (fail closed)."""
+    secret = tmp_path / "http-token"
+    secret.write_text(CREDENTIAL)
+    sidecar = SidecarProcess(tmp_path / "s", opa.url, "--http-token-file", str(secret)).start()
+    try:
+        with sidecar.client() as c:  # something in the audit log, so the file exists
+            c.begin_task("audited")
+        with immutable(sidecar.audit):
+            refused = requests.post(
+                sidecar.http + "/ssf/stream",
+                json={"aud": "urn:rs:unaudited"},
+                headers=auth(),
+                timeout=15,
+            )
+        streams = requests.get(sidecar.http + "/ssf/stream", headers=auth(), timeout=5).json()
+    finally:
+        sidecar.stop()
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "temporarily_unavailable"
+    assert streams == []
+    assert "Traceback" not in sidecar.log()
