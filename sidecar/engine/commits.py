@@ -20,7 +20,7 @@ from ..events import (
     TaskCompleted,
 )
 from ..journal import CommitError, Journal
-from ..model import Identity, Intent
+from ..model import AccessEnded, Identity, Intent
 from ..validation import preview
 from .settings import EngineMetrics
 
@@ -34,13 +34,24 @@ class Ended:
     events: list[Event] = field(default_factory=list)
     lags: list[tuple[str, float]] = field(default_factory=list)
     """(reason, trigger time) per revoked grant, for jit_revocation_lag_seconds."""
+    access: list[AccessEnded] = field(default_factory=list)
+    """Ends of access for `on_access_ended` (tasks, and grants revoked on their own)."""
 
 
 class Recorder:
-    def __init__(self, journal: Journal, metrics: EngineMetrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        metrics: EngineMetrics,
+        clock: Clock,
+        on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
+    ) -> None:
         self.journal = journal
         self.metrics = metrics
         self.clock = clock
+        self.on_access_ended = on_access_ended
+        """Told of every end of access before it is committed (the Shared Signals
+        transmitter, docs/shared-signals.md); it must not block and must not raise."""
         self._retries: set[asyncio.Task[None]] = set()
 
     async def revocations(self, ended: Ended) -> None:
@@ -48,6 +59,13 @@ class Recorder:
         happens; when the audit log is down they are retried until it is back."""
         if not ended.events:
             return
+        if ended.access and self.on_access_ended is not None:
+            # Before the commit: access has already ended in memory, and resource servers
+            # should hear of it as soon as possible; a lost commit is retried, not undone.
+            try:
+                self.on_access_ended(ended.access)
+            except Exception:
+                log.exception("a subscriber to ends of access failed")
         # The commit runs on its own: a caller cancelled meanwhile (deadline, client gone)
         # must not take the retry with it, or a revocation that holds in memory would
         # never reach the audit log and would be undone by the next restart.

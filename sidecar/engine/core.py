@@ -41,6 +41,7 @@ from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
     OUTCOME_TASK_STATE,
+    AccessEnded,
     Grant,
     GrantState,
     Identity,
@@ -92,11 +93,14 @@ class Engine:
         notifier: WebhookNotifier | None = None,
         fleet: FleetGate | None = None,
         on_policy_unavailable: Callable[[PolicyError], None] | None = None,
+        on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
     ) -> None:
         """`fleet` is given when state is shared with a fleet (docs/scale-out.md): consulted
         to issue, to introspect other sidecars' tokens, and told of revocations made
         elsewhere. `on_policy_unavailable` is called when OPA could not be reached, so
-        health flips to NOT_SERVING at once."""
+        health flips to NOT_SERVING at once. `on_access_ended` is told of every end of
+        access (a task, or a grant revoked on its own) before it is committed: the Shared
+        Signals transmitter (docs/shared-signals.md); it must not block and must not raise."""
         self.settings = settings
         self.policy = policy
         self.keys = keys
@@ -126,7 +130,7 @@ class Engine:
             clock=clock,
             heartbeat_misses=settings.heartbeat_misses,
         )
-        self.record = Recorder(journal, metrics, clock)
+        self.record = Recorder(journal, metrics, clock, on_access_ended)
         self.sweeper = Sweeper(
             self.live,
             keys=keys,

@@ -63,6 +63,10 @@ LEGACY: list[dict[str, Any]] = [
      "authzen": {"subject_type": "agent", "action": "docs.read", "resource_type": "docs",
                  "resource": "docs://a"},
      "decision": True, "request_id": "r-1"},
+    {"event": "ssf_stream_changed", "time": T0, "stream_id": "s-1", "change": "created",
+     "aud": "https://rs.example/", "delivery_method": "urn:ietf:rfc:8935",
+     "endpoint_url": "https://rs.example/ssf/push", "status": "enabled",
+     "events_delivered": ["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]},
 ]  # fmt: skip
 
 
