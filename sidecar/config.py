@@ -144,7 +144,8 @@ class Config:
     http_body_timeout: float = field(
         default=10.0,
         metadata=_opt(
-            "Seconds a /introspect or /revoke request body gets to arrive (then 408).",
+            "Seconds a request body (/introspect, /revoke, Shared Signals) gets to arrive "
+            "(then 408).",
             parse=float,
         ),
     )
@@ -153,8 +154,17 @@ class Config:
         metadata=_opt(
             "HTTP connections open at once; one more is answered 503 and closed. Lowered to "
             "a quarter of the open-file limit when that is smaller, so the agents' socket, "
-            "the store and the audit log keep their file descriptors.",
+            "the store and the audit log keep their file descriptors. A Shared Signals poll "
+            "holds one, busy, for up to 5 s.",
             parse=int,
+        ),
+    )
+    ssf_state: Path | None = field(
+        default=None,
+        metadata=_opt(
+            "SQLite file of the Shared Signals transmitter (streams and undelivered events); "
+            "default: ssf.db next to the local SQLite state.",
+            parse=_optional_path,
         ),
     )
     # --- policy
@@ -794,6 +804,14 @@ class Config:
         if len(self.fleet_id) > 128 or any(ord(c) < 33 for c in self.fleet_id):
             problems.append("fleet_id must be at most 128 printable characters without spaces")
         return problems
+
+    @property
+    def ssf_path(self) -> Path:
+        """Where the Shared Signals transmitter keeps its streams and queue."""
+        if self.ssf_state is not None:
+            return self.ssf_state
+        local = self.local_state if self.shared_state else self.state
+        return Path(local.partition(":")[2]).parent / "ssf.db"
 
     @property
     def shared_state(self) -> bool:

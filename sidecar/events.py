@@ -265,6 +265,22 @@ class EgressUsage(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SsfStreamChanged(Event):
+    """A Shared Signals stream was created, updated, had its status changed or was deleted
+    (docs/shared-signals.md); audited before the change. Never the push secret."""
+
+    name: ClassVar[str] = "ssf_stream_changed"
+    stream_id: str
+    change: str
+    """`created`, `updated`, `status_changed` or `deleted`."""
+    aud: str
+    delivery_method: str
+    endpoint_url: str | None = None
+    status: str
+    events_delivered: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Unrecognised(Event):
     """A record of a kind this version does not know, or that is not the engine's (the
     audit log's own records): replayed as nothing."""
@@ -330,6 +346,7 @@ KINDS: Mapping[str, type[Event]] = {
         EgressUsage,
         CredentialIssued,
         CredentialRevoked,
+        SsfStreamChanged,
     )
 }
 

@@ -1,5 +1,6 @@
 """The HTTP listener: metrics, health, JWKS, RFC 7662 introspection, RFC 7009 revocation,
-and the AuthZEN endpoints (sidecar/authzen/).
+the AuthZEN endpoints (sidecar/authzen/) and the Shared Signals transmitter
+(sidecar/ssf/routes.py).
 
 The app sees the sidecar only through `Endpoints` (introspect, revoke, JWKS, readiness,
 metrics exposition), never the engine. `/introspect` and `/revoke` require
@@ -13,9 +14,11 @@ against a local user"):
   or of the previous response (aiohttp's keep-alive timer: it starts when the connection
   opens, partial data does not push it back, and it closes a connection still waiting for a
   whole request; tests/integration/test_http_listener.py holds it to that);
-- a form body must arrive within `http_body_timeout` (408);
+- a form body (or a Shared Signals JSON body) must arrive within `http_body_timeout` (408);
 - at most `http_max_connections` connections at once: a new one replaces the one idle
   longest, or is answered 503 `too_many_connections` when every one is handling a request.
+  A Shared Signals poll (RFC 8936) holds its connection, busy, for up to 5 s while it waits
+  for events: receivers polling at once count against the cap.
   The process keeps its other file descriptors for the agents' gRPC socket, the store and
   the audit log.
 """
@@ -36,6 +39,8 @@ from aiohttp import web
 
 from .authzen import AuthzenService
 from .errors import ConfigError, SidecarError
+from .ssf.routes import add_routes as add_ssf_routes
+from .ssf.transmitter import Transmitter
 
 log = logging.getLogger("jit_sidecar.http")
 MAX_FORM_BYTES = 32 * 1024
@@ -77,6 +82,7 @@ def create_app(
     anonymous: bool = False,
     body_timeout: float = 10.0,
     authzen: AuthzenService | None = None,
+    transmitter: Transmitter | None = None,
 ) -> web.Application:
     """`credential` guards /introspect and /revoke; `anonymous` opens them (loopback only,
     checked by Config.validate). With neither, they answer 401 to everyone."""
@@ -210,6 +216,9 @@ def create_app(
     app.router.add_post("/revoke", guarded(revoke))
     if authzen is not None:
         authzen.add_routes(app, guarded)  # AuthZEN 1.0 + ARAP: docs/authzen.md
+    if transmitter is not None:
+        # Shared Signals: docs/shared-signals.md
+        add_ssf_routes(app, transmitter, guarded, body_timeout=body_timeout)
     return app
 
 

@@ -237,6 +237,27 @@ class Metrics:
             "(retried with backoff); above 0 for long, JitSidecarBrokerRevocationsStuck fires.",
             registry=r,
         )
+        # --- Shared Signals transmitter (docs/shared-signals.md); `stream` is a stream id,
+        # one per receiver, bounded by the transmitter's stream limit.
+        self.ssf_queue_depth = Gauge(
+            "jit_ssf_queue_depth",
+            "Security event tokens queued for a stream and not yet acknowledged.",
+            ["stream"],
+            registry=r,
+        )
+        self.ssf_lag = Gauge(
+            "jit_ssf_lag_seconds",
+            "Age of the oldest unacknowledged security event token of a stream (0 when none).",
+            ["stream"],
+            registry=r,
+        )
+        self.ssf_events = Counter(
+            "jit_ssf_events_total",
+            "Security event tokens by stream and result (queued, delivered, retried, refused, "
+            "lost).",
+            ["stream", "result"],
+            registry=r,
+        )
         self.build_info = Info("jit_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
         for tier in ("standing", "jit"):

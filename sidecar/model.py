@@ -69,6 +69,25 @@ OUTCOME_TASK_STATE = {
 
 
 @dataclass(frozen=True, slots=True)
+class AccessEnded:
+    """One end of access, as the engine tells its subscribers (the Shared Signals
+    transmitter): a whole task (`grant_id` empty) or one grant revoked on its own."""
+
+    task_id: str
+    subject: str
+    """The agent's workload identity (a SPIFFE ID in production)."""
+    reason: str
+    """A `RevocationReason` value."""
+    ended_at: float
+    expires_at: float
+    """The latest `exp` of the tokens this end of access covers (`ended_at` when none)."""
+    grant_id: str = ""
+    """= the token's `jti`, for a single grant; empty when the whole task ended."""
+    state: str = ""
+    """The task's final `TaskState` value when the whole task ended."""
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """A verified caller."""
 

@@ -3,7 +3,8 @@
 `build_app(config)` wires every part from the Config, in one readable sequence, and starts
 nothing. Then, each on its own:
 - `start_app(app)` loads trust material, starts the journal, records the signing key in use,
-  ends what expired while the sidecar was down, joins the fleet and probes OPA;
+  starts the Shared Signals transmitter, ends what expired while the sidecar was down, joins
+  the fleet and probes OPA;
 - `start_agent_listener(app)` and `start_admin_listener(app)` serve gRPC on the agent and
   admin sockets; `open_http_listener(app, fd_limit)` binds the HTTP listener
   (sidecar/http.py) and its `start()` serves it; it sees the sidecar only through
@@ -56,6 +57,8 @@ from .journal import Journal
 from .metrics import Metrics
 from .policy import OpaClient, PolicyEngine
 from .service import AccessService, AdminService, CallGuard
+from .ssf.queue import EventQueue
+from .ssf.transmitter import Transmitter
 from .store import Store, open_store
 from .tokens import (
     KeyRing,
@@ -333,6 +336,9 @@ class App:
     """Signs the audit log's head at intervals and at shutdown (docs/security.md)."""
     egress: EgressProxy | None
     """The secretless HTTP egress proxy, when `--egress-config` is set (docs/brokers.md)."""
+    transmitter: Transmitter | None
+    """The Shared Signals transmitter, on the HTTP listener (None without one;
+    docs/shared-signals.md)."""
 
 
 def build_app(
@@ -388,6 +394,20 @@ def build_app(
     )
     # Told of each grant's end by the engine; the egress proxy subscribes (built below).
     grant_end = GrantEndListeners()
+    # Shared Signals ride on the HTTP listener (docs/shared-signals.md); the engine tells
+    # the transmitter of every end of access.
+    transmitter = (
+        Transmitter(
+            issuer=cfg.issuer,
+            keys=keys,
+            queue=EventQueue(cfg.ssf_path),
+            metrics=metrics,
+            clock=clock,
+            record=journal.commit,
+        )
+        if cfg.http_host_port is not None
+        else None
+    )
     engine = Engine(
         engine_settings(cfg),
         policy=policy,
@@ -402,6 +422,7 @@ def build_app(
         on_policy_unavailable=health.policy_failed,
         grant_end=grant_end,
         credentials=credentials,
+        on_access_ended=transmitter.access_ended if transmitter is not None else None,
     )
     engine.restore(snapshot)
     if fleet is not None:
@@ -449,6 +470,7 @@ def build_app(
         )
         if cfg.egress_config is not None
         else None,
+        transmitter=transmitter,
     )
 
 
@@ -492,14 +514,16 @@ def _approval_notifier(cfg: Config, clock: Clock) -> WebhookNotifier | None:
 
 # ====================================================================== starting
 async def start_app(app: App) -> None:
-    """Everything but the listeners: trust material, journal, key record, catch-up sweep,
-    the fleet, the first OPA probe."""
+    """Everything but the listeners: trust material, journal, key record, the Shared Signals
+    transmitter, catch-up sweep, the fleet, the first OPA probe."""
     auth = app.authenticator
     if isinstance(auth, ManagedAuthenticator):
         await auth.start()  # loads trust bundles / issuer keys; starts their refresh
     await app.checkpoints.start()  # refuses a log shorter than its last checkpoint
     app.journal.start()
     await app.engine.record_key_in_use(app.stored_key)
+    if app.transmitter is not None:
+        await app.transmitter.start()  # resumes pushing what a previous run queued
     recovered = await app.engine.sweep()
     if recovered:
         log.warning(
@@ -595,6 +619,7 @@ def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
                 OpaDecider(cfg.opa_url, cfg.authzen_decision_path, cfg.opa_timeout),
                 app.metrics,
             ),
+            transmitter=app.transmitter,
         ),
         max_connections=cap,
         header_timeout=cfg.http_header_timeout,
@@ -687,6 +712,8 @@ class Sidecar:
             await self.http.close()
         if app.egress is not None:
             await app.egress.stop()  # before the journal closes: it records usage
+        if app.transmitter is not None:
+            await app.transmitter.stop()
         if app.fleet is not None:
             await app.fleet.stop()
         await asyncio.to_thread(app.journal.close)

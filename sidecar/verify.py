@@ -22,7 +22,10 @@ signature; `typ` is `at+jwt` (RFC 9068); `iss`; `aud`; `exp`/`nbf`/`iat` with `l
 `authorization_details` (RFC 9396, type `jit_intent`) names exactly the action and resource
 being served; a DPoP proof when the token is bound to a key (`cnf.jkt`); and, with
 `introspection_url`, that the grant is still active (RFC 7662; answers cached for
-`introspection_cache_seconds`). Every failure raises `TokenRejected` with
+`introspection_cache_seconds`). With `signals` (a `sidecar.ssf.receiver.Subscription`), the
+revocations come from the sidecar's Shared Signals stream instead, checked in memory, and
+introspection is only the fallback while the stream is unhealthy (docs/shared-signals.md).
+Every failure raises `TokenRejected` with
 one of the fixed `REASONS`; every doubt (JWKS or introspection unreachable) rejects.
 Tokens are never logged; only their `jti`.
 """
@@ -54,11 +57,13 @@ from .jws import (
     verify_signature,
 )
 from .resources import parse_resource
+from .ssf.receiver import SetRejected, SignalReceiver, Subscription
 
 log = logging.getLogger("jit_sidecar.verify")
 
 ALGORITHMS = ("EdDSA", "Ed25519", "ES256")
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+SET_TYPES = ("secevent+jwt", "application/secevent+jwt")  # RFC 8417 §2.3
 INTENT_TYPE = "jit_intent"
 MAX_TOKEN_BYTES = 16 * 1024
 _MAX_INTROSPECTION_CACHE = 10_000
@@ -81,12 +86,15 @@ REASONS = frozenset(
         "wrong_resource",  # ... names the action, but not for this resource
         "dpop_required",  # token bound to a key (cnf.jkt) presented without a DPoP proof
         "dpop_invalid",  # the DPoP proof does not verify
-        "revoked",  # introspection says the grant is no longer active
+        "revoked",  # introspection (or the Shared Signals stream) says the grant ended
         "jwks_unavailable",  # keys could not be fetched (fail closed)
         "introspection_unavailable",  # revocation could not be checked (fail closed)
     }
 )
 _FORBIDDEN = frozenset({"wrong_action", "wrong_resource"})
+_KEY_REASONS = frozenset(
+    {"unknown_kid", "bad_signature", "algorithm_not_allowed", "jwks_unavailable"}
+)
 _UNAVAILABLE = frozenset({"jwks_unavailable", "introspection_unavailable"})
 
 
@@ -245,6 +253,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         dpop_max_age: float = 60.0,
         dpop_replay_cache: ReplayCache | None = None,
+        signals: Subscription | None = None,
     ) -> None:
         unknown = set(algorithms) - set(ALGORITHMS)
         if unknown:
@@ -275,6 +284,23 @@ class TokenVerifier:
         """Proof jtis seen: share one cache across every verifier of a process."""
         self.jwks_fetches = 0
         """How many times the JWKS was fetched (for tests and metrics)."""
+        self.introspections = 0
+        """How many introspection requests were made (for tests and metrics)."""
+        self._vouched: OrderedDict[str, float] = OrderedDict()
+        """jti → exp of tokens introspected active while the stream was healthy: any later
+        revocation reaches the stream, so they need no further introspection."""
+        self.signals = (
+            SignalReceiver(
+                signals,
+                audience=audience,
+                verify_set=self.verify_set,
+                http_timeout=http_timeout,
+                clock=clock,
+            )
+            if signals is not None
+            else None
+        )
+        """With `signals`: the Shared Signals stream; call `signals.start()` to subscribe."""
 
     # ------------------------------------------------------------------ public API
     def verify(
@@ -303,7 +329,9 @@ class TokenVerifier:
             raise TokenRejected(problem, f"token does not authorize {action} on {resource}")
         if "cnf" in claims:
             self._check_dpop(token, claims, dpop_proof, http_method, http_url)
-        if self.introspection_url:
+        if self.signals is not None:
+            self._check_signals(token, claims, fresh)
+        elif self.introspection_url:
             self._check_active(token, claims, fresh)
         aud = claims["aud"]
         return VerifiedToken(
@@ -469,6 +497,61 @@ class TokenVerifier:
         except DpopError as err:
             raise TokenRejected("dpop_invalid", f"{err.reason}: {err.message}") from err
 
+    # ------------------------------------------------------------------ security events
+    def verify_set(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of a Security Event Token the sidecar signed for `audience`; raises
+        `SetRejected` with an RFC 8935 §2.3 error code otherwise. Same JOSE checks as for
+        access tokens (one parser), then RFC 8417's: `typ` secevent+jwt (§2.3), `iss`, `aud`,
+        `jti`, `iat`, exactly one event (SSF 1.0 §4.1.3)."""
+        try:
+            header, claims = self._verify_signature(token)
+        except TokenRejected as err:
+            code = "invalid_key" if err.reason in _KEY_REASONS else "invalid_request"
+            raise SetRejected(code, err.reason) from err
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in SET_TYPES:
+            raise SetRejected("invalid_request", "typ is not secevent+jwt")
+        if claims.get("iss") != self.issuer:
+            raise SetRejected("invalid_issuer", "unexpected iss")
+        aud = claims.get("aud")
+        if aud != audience and not (isinstance(aud, list) and audience in aud):
+            raise SetRejected("invalid_audience", "not for this receiver")
+        events = claims.get("events")
+        if (
+            not isinstance(claims.get("jti"), str)
+            or not isinstance(claims.get("iat"), int)
+            or not isinstance(events, dict)
+            or len(events) != 1
+            or not all(isinstance(e, dict) for e in events.values())
+        ):
+            raise SetRejected("invalid_request", "not an SSF security event token")
+        return claims
+
+    def _check_signals(self, token: str, claims: Mapping[str, Any], fresh: bool) -> None:
+        """Revocation from the stream's memory while it is healthy; otherwise (and once for
+        tokens older than the subscription) from introspection; without it, refuse."""
+        assert self.signals is not None
+        jti, txn = claims["jti"], str(claims.get("txn", ""))
+        if self.signals.revoked(jti, txn):
+            raise TokenRejected("revoked", f"grant {jti} was revoked (security event)")
+        healthy = self.signals.healthy()
+        iat = _number(claims, "iat", required=False)
+        if healthy and iat is not None and iat >= self.signals.since:
+            return  # issued after we attached: any revocation of it is in the stream
+        with self._cache_lock:
+            if healthy and jti in self._vouched:
+                return
+        if not self.introspection_url:
+            raise TokenRejected(
+                "introspection_unavailable", "revocation stream unhealthy, no introspection"
+            )
+        self._check_active(token, claims, fresh or healthy)
+        if healthy:
+            with self._cache_lock:
+                self._vouched[jti] = float(claims["exp"])
+                while len(self._vouched) > _MAX_INTROSPECTION_CACHE:
+                    self._vouched.popitem(last=False)
+
     # ------------------------------------------------------------------ revocation
     def _check_active(self, token: str, claims: Mapping[str, Any], fresh: bool) -> None:
         key = hashlib.sha256(token.encode()).hexdigest()
@@ -498,6 +581,7 @@ class TokenVerifier:
 
     def _introspect(self, token: str, claims: Mapping[str, Any]) -> bool:
         assert self.introspection_url is not None
+        self.introspections += 1
         headers = {"Accept": "application/json"}
         credential = self._credential() if callable(self._credential) else self._credential
         if credential:

@@ -21,7 +21,7 @@ from ..events import (
     TaskCompleted,
 )
 from ..journal import CommitError, Journal
-from ..model import Identity, Intent
+from ..model import AccessEnded, Identity, Intent
 from ..validation import preview
 from .settings import EngineMetrics
 
@@ -38,6 +38,8 @@ class Ended:
     leases: list[tuple[Lease, str, str]] = field(default_factory=list)
     """(lease, reason, task id) of each ended grant holding a broker credential: handed to
     the broker revocation queue once the commit returns (sidecar.engine.credentials)."""
+    access: list[AccessEnded] = field(default_factory=list)
+    """Ends of access for `on_access_ended` (tasks, and grants revoked on their own)."""
 
 
 class Recorder:
@@ -46,6 +48,7 @@ class Recorder:
         journal: Journal,
         metrics: EngineMetrics,
         clock: Clock,
+        on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
         *,
         leases_ended: Callable[[Sequence[tuple[Lease, str, str]]], None] | None = None,
     ) -> None:
@@ -55,6 +58,9 @@ class Recorder:
         self.metrics = metrics
         self.clock = clock
         self._leases_ended = leases_ended
+        self.on_access_ended = on_access_ended
+        """Told of every end of access before it is committed (the Shared Signals
+        transmitter, docs/shared-signals.md); it must not block and must not raise."""
         self._retries: set[asyncio.Task[None]] = set()
 
     async def revocations(self, ended: Ended) -> None:
@@ -62,6 +68,13 @@ class Recorder:
         happens; when the audit log is down they are retried until it is back."""
         if not ended.events:
             return
+        if ended.access and self.on_access_ended is not None:
+            # Before the commit: access has already ended in memory, and resource servers
+            # should hear of it as soon as possible; a lost commit is retried, not undone.
+            try:
+                self.on_access_ended(ended.access)
+            except Exception:
+                log.exception("a subscriber to ends of access failed")
         # The commit runs on its own: a caller cancelled meanwhile (deadline, client gone)
         # must not take the retry with it, or a revocation that holds in memory would
         # never reach the audit log and would be undone by the next restart.

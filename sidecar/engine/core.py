@@ -42,6 +42,7 @@ from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
     OUTCOME_TASK_STATE,
+    AccessEnded,
     Grant,
     GrantState,
     Identity,
@@ -97,6 +98,7 @@ class Engine:
         on_policy_unavailable: Callable[[PolicyError], None] | None = None,
         grant_end: GrantEndListeners | None = None,
         credentials: Credentials | None = None,
+        on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
     ) -> None:
         """`fleet` is given when state is shared with a fleet (docs/scale-out.md): consulted
         to issue, to introspect other sidecars' tokens, and told of revocations made
@@ -104,7 +106,10 @@ class Engine:
         health flips to NOT_SERVING at once. `grant_end` is told, synchronously and in
         memory, of each grant that stops being active, before the end is committed (the
         egress proxy cuts the grant's streams). `credentials` holds the configured brokers
-        (docs/brokers.md); without it a decision asking for a credential is invalid."""
+        (docs/brokers.md); without it a decision asking for a credential is invalid.
+        `on_access_ended` is told of every end of access (a task, or a grant revoked on its
+        own) before it is committed: the Shared Signals transmitter (docs/shared-signals.md);
+        it must not block and must not raise."""
         self.settings = settings
         self.policy = policy
         self.keys = keys
@@ -140,6 +145,7 @@ class Engine:
             journal,
             metrics,
             clock,
+            on_access_ended,
             leases_ended=credentials.revoke_soon if credentials is not None else None,
         )
         self.sweeper = Sweeper(

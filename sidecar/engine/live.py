@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from ..clock import Clock, rfc3339
 from ..events import GrantExpired, GrantRevoked, TaskCompleted
-from ..model import Grant, GrantState, RevocationReason, Task, TaskState
+from ..model import AccessEnded, Grant, GrantState, RevocationReason, Task, TaskState
 from ..store import Snapshot
 from ..validation import preview
 from .commits import Ended
@@ -110,7 +110,7 @@ class LiveState:
         """Mark a task ended and revoke its grants (in memory); returns how many."""
         grants = [self.grants[g] for g in list(task.grant_ids) if g in self.grants]
         for grant in grants:
-            self.end_grant(grant, GrantState.REVOKED, reason, triggered, ended)
+            self.end_grant(grant, GrantState.REVOKED, reason, triggered, ended, alone=False)
         now = self.clock.now()
         task.state = state
         task.ended_at = now
@@ -127,6 +127,16 @@ class LiveState:
                 reason=reason.value,
                 detail=preview(detail, 512) if detail else None,
                 revoked_grants=len(grants),
+            )
+        )
+        ended.access.append(
+            AccessEnded(
+                task_id=task.task_id,
+                subject=task.subject,
+                reason=reason.value,
+                ended_at=now,
+                expires_at=max((g.expires_at for g in grants), default=now),
+                state=state.value,
             )
         )
         return len(grants)
@@ -157,6 +167,8 @@ class LiveState:
         triggered: float,
         ended: Ended,
         detail: str = "",
+        *,
+        alone: bool = True,
     ) -> None:
         now = self.clock.now()
         grant.state = state
@@ -183,6 +195,19 @@ class LiveState:
         ended.lags.append((reason.value, triggered))
         if grant.lease is not None:
             ended.leases.append((grant.lease, reason.value, grant.task_id))
+        if alone and state is GrantState.REVOKED:
+            # An expired token needs no news: its `exp` already ends it everywhere. A grant
+            # ended with its task is covered by the task's own end.
+            ended.access.append(
+                AccessEnded(
+                    task_id=grant.task_id,
+                    subject=grant.subject,
+                    reason=reason.value,
+                    ended_at=now,
+                    expires_at=grant.expires_at,
+                    grant_id=grant.grant_id,
+                )
+            )
 
     def last_exp(self, kid: str) -> float:
         return self.last_exp_by_kid.get(kid, 0.0)

@@ -71,6 +71,10 @@ LEGACY: list[dict[str, Any]] = [
      "subject": SUBJECT, "details": {"database": "crm", "privileges": "SELECT"}},
     {"event": "credential_revoked", "time": T0, "grant_id": "g1", "broker": "postgres",
      "handle": "jit_00ff", "task_id": "t1", "reason": "completed", "attempts": 2},
+    {"event": "ssf_stream_changed", "time": T0, "stream_id": "s-1", "change": "created",
+     "aud": "https://rs.example/", "delivery_method": "urn:ietf:rfc:8935",
+     "endpoint_url": "https://rs.example/ssf/push", "status": "enabled",
+     "events_delivered": ["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]},
 ]  # fmt: skip
 
 
