@@ -25,15 +25,12 @@ import resource
 import signal
 import socket
 import stat
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import __version__, reflection
 from ._proto.jit.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
@@ -47,13 +44,16 @@ from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
 from .egress import EgressProxy, create_egress, load_egress_settings
+from .endpoints import EngineEndpoints
 from .engine import Engine, EngineMetrics, GrantEndListeners, engine_settings
 from .engine.credentials import Credentials
-from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
+from .errors import ConfigError
 from .fleet import Fleet, FleetHooks
+from .health import PolicyHealth
 from .http import HttpListener, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
+from .keyfile import DEV_KEY_PATH, SigningKeyFile
 from .metrics import Metrics
 from .policy import OpaClient, PolicyEngine
 from .service import AccessService, AdminService, CallGuard
@@ -63,15 +63,10 @@ from .store import Store, open_store
 from .tokens import (
     KeyRing,
     SigningKey,
-    generate_private_key,
     load_or_create_key,
-    write_private_key,
 )
 
 log = logging.getLogger("jit_sidecar.server")
-DEV_KEY_PATH = Path("var/signing-key.pem")
-POLICY_PROBE_INTERVAL = 1.0
-REVISION_CHECK_INTERVAL = 5.0
 MAX_METADATA_BYTES = 16 * 1024
 #: The HTTP listener may use at most this share of the open-file limit.
 HTTP_FD_SHARE = 4
@@ -138,174 +133,6 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError) as err:
             log.warning("cannot raise the open-file limit from %d: %s", soft, err)
     return soft
-
-
-# ====================================================================== the parts
-@dataclass(slots=True, eq=False)
-class PolicyHealth:
-    """Whether OPA answers: reported by /readyz and grpc.health.v1, kept current by probes
-    and by the engine when a decision fails for lack of OPA."""
-
-    config: Config
-    policy: PolicyEngine
-    cache: DecisionCache
-    servicer: health_aio.HealthServicer = field(default_factory=health_aio.HealthServicer)
-    ok: bool = False
-    detail: str = "not checked yet"
-    _reported: bool = False
-
-    async def probe(self) -> None:
-        """One probe of OPA, and of its policy revision when it answers."""
-        ok = await self.policy.healthy()
-        if ok != self.ok or not self._reported:
-            await self.set(ok, "ok" if ok else f"OPA at {self.config.opa_url} is unreachable")
-        if ok:
-            revision = await self.policy.revision()
-            if revision and self.cache.set_revision(revision):
-                log.info("policy revision %s; decision cache cleared", revision[:12])
-
-    async def set(self, ok: bool, detail: str) -> None:
-        # The first result is logged too: an OPA unreachable at start-up is an error
-        # worth a line naming its URL, not silence after "serving".
-        changed = ok != self.ok or not self._reported
-        self._reported = True
-        self.ok = ok
-        self.detail = detail
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self.servicer.set("", status)
-        await self.servicer.set("jit.v1.AccessService", status)
-        if changed:
-            (log.info if ok else log.error)("policy engine %s", "reachable" if ok else detail)
-
-    def policy_failed(self, err: PolicyError) -> None:
-        """The engine's hook: a decision failed for lack of OPA."""
-        asyncio.get_running_loop().create_task(self.set(False, err.message))
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Probe every POLICY_PROBE_INTERVAL (the revision every REVISION_CHECK_INTERVAL)."""
-        loop = asyncio.get_running_loop()
-        last_revision_check = loop.time()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), POLICY_PROBE_INTERVAL)
-            if stop.is_set():
-                return
-            try:
-                ok = await self.policy.healthy()
-                if ok != self.ok:
-                    await self.set(
-                        ok, "ok" if ok else f"OPA at {self.config.opa_url} is unreachable"
-                    )
-                if ok and loop.time() - last_revision_check >= REVISION_CHECK_INTERVAL:
-                    last_revision_check = loop.time()
-                    revision = await self.policy.revision()
-                    if revision and self.cache.set_revision(revision):
-                        log.info("policy revision changed; decision cache cleared")
-            except Exception:
-                log.exception("policy probe failed")
-
-
-class SigningKeyFile:
-    """Rotation of the signing key kept in the key file (AdminService, SIGHUP)."""
-
-    def __init__(self, config: Config, metrics: Metrics, engine: Engine) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._engine = engine
-        self.path = config.signing_key or DEV_KEY_PATH
-
-    async def rotate(self, reload_from_file: bool) -> tuple[str, str, float]:
-        """Generate a new key into the key file (or reload the file, e.g. after a Secret
-        update) and make it current. On any failure the current key stays in use.
-
-        Returns (new kid, previous kid, when the previous key leaves the JWKS).
-        """
-        alg = self._config.signing_alg
-        try:
-            if reload_from_file:
-                key, _ = await asyncio.to_thread(
-                    load_or_create_key,
-                    self.path,
-                    alg,
-                    create=False,
-                    ed25519_alg=self._config.ed25519_alg,
-                )
-            else:
-                key = SigningKey.from_private_key(
-                    generate_private_key(alg), ed25519_alg=self._config.ed25519_alg
-                )
-                await asyncio.to_thread(write_private_key, self.path, key.private_key)
-        except (ConfigError, OSError) as err:
-            self._metrics.key_rotation_errors.inc()
-            message = err.message if isinstance(err, ConfigError) else str(err)
-            log.error(
-                "signing key rotation failed; the current key stays in use: %s",
-                message,
-                extra={"kid": self._engine.keys.current.kid, "reason": "key_unavailable"},
-            )
-            raise FailedPrecondition(
-                f"key rotation failed, current key kept: {message}", Reason.SIGNING_UNAVAILABLE
-            ) from err
-        previous, retire_at = await self._engine.rotate_key(key)
-        return key.kid, previous, retire_at
-
-    async def reload(self) -> None:
-        """SIGHUP: reload the key file; a failure is logged and counted, never fatal."""
-        with contextlib.suppress(FailedPrecondition):
-            await self.rotate(reload_from_file=True)
-
-
-class EngineEndpoints:
-    """The engine seen through sidecar.http.Endpoints: all the HTTP app may ask."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        health: PolicyHealth,
-        store: Store,
-        checks: Mapping[str, Callable[[], str]],
-        registry: CollectorRegistry,
-    ) -> None:
-        self._engine = engine
-        self._health = health
-        self._store = store
-        self._registry = registry
-        self._checks = checks
-
-    async def introspect(self, token: str) -> Mapping[str, Any] | None:
-        result = await self._engine.introspect(token, with_reason=False)
-        return result.claims if result.active and result.grant is not None else None
-
-    async def revoke(self, token: str) -> str | None:
-        result = await self._engine.introspect(token, with_reason=False)
-        if not result.active or result.grant is None:
-            return None
-        grant_id = result.grant.grant_id
-        await self._engine.revoke_grant(None, grant_id, "RFC 7009 revocation")
-        return grant_id
-
-    def jwks(self) -> bytes:
-        return self._engine.keys.jwks_json(self._engine.clock.now())
-
-    def readiness(self) -> dict[str, str]:
-        journal = self._engine.journal
-        checks = {
-            "policy": "ok" if self._health.ok else self._health.detail,
-            "store": "ok"
-            if (journal.store_healthy and self._store.check_writable())
-            else "not writable",
-            "audit": "ok" if journal.audit_healthy else "not writable",
-            "signing_key": "ok" if self._engine.keys.current is not None else "missing",
-        }
-        checks.update({name: check() for name, check in self._checks.items()})
-        return checks
-
-    def metrics(self) -> tuple[bytes, str]:
-        return generate_latest(self._registry), CONTENT_TYPE_LATEST
 
 
 # ====================================================================== composition root

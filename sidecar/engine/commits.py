@@ -14,6 +14,7 @@ from ..clock import Clock, rfc3339
 from ..errors import PolicyError, SidecarError
 from ..events import (
     Event,
+    GrantDenied,
     GrantEnded,
     GrantExpired,
     PolicyFailed,
@@ -23,6 +24,7 @@ from ..events import (
 from ..journal import CommitError, Journal
 from ..model import AccessEnded, Identity, Intent
 from ..validation import preview
+from .outcome import GrantOutcome, reason_code
 from .settings import EngineMetrics
 
 log = logging.getLogger("jit_sidecar.engine")
@@ -162,6 +164,40 @@ class Recorder:
             await self.journal.commit([event])
         except CommitError:
             log.error("policy_error record could not be written")
+
+    async def denial(
+        self,
+        identity: Identity,
+        task_id: str,
+        intent: Intent,
+        now: float,
+        reasons: tuple[str, ...],
+        decision_id: str = "",
+        approval_id: str = "",
+    ) -> GrantOutcome:
+        """A denial is an answer, not an error: counted, logged and audited."""
+        self.metrics.denied()
+        log.info(
+            "grant denied: %s %s",
+            intent.action,
+            preview(intent.resource, 128),
+            extra={
+                "task_id": task_id,
+                "decision_id": decision_id or None,
+                "reason": reason_code(reasons),
+            },
+        )
+        event = GrantDenied(
+            time=rfc3339(now),
+            task_id=task_id,
+            subject=identity.subject,
+            intent=intent.as_input(),
+            decision_id=decision_id or None,
+            approval_id=approval_id or None,
+            reasons=list(reasons),
+        )
+        await self.journal.commit([event])
+        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
 
     async def rejection(
         self,

@@ -37,7 +37,7 @@ from ..errors import (
     ResourceExhausted,
     SidecarError,
 )
-from ..events import Event, GrantDenied, GrantIssued, GrantRevoked, TaskBegun
+from ..events import Event, GrantIssued, GrantRevoked, TaskBegun
 from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
@@ -70,9 +70,10 @@ from .desk import ApprovalDesk
 from .due import DueQueue
 from .introspection import Introspection, introspect
 from .keys import KeyRotation
+from .limits import check_grant_room, grant_ttl
 from .listeners import GrantEndListeners
 from .live import LiveState
-from .outcome import GrantOutcome, pending, reason_code, settled
+from .outcome import GrantOutcome, pending, settled
 from .revoking import Revoking
 from .settings import EngineMetrics, EngineSettings
 from .sweeper import Sweeper
@@ -330,7 +331,7 @@ class Engine:
         now = self.clock.now()
         if now >= task.deadline:
             await self._end_overdue(task)
-        self._check_grant_room(task)
+        check_grant_room(task, self.settings.max_grants_per_task)
 
         if self.approvals:  # an open approval may already cover (or contradict) this intent
             settled = await self._approval_shortcut(identity, task.task_id, intent, now)
@@ -340,7 +341,7 @@ class Engine:
         decision = await self._decide(identity, intent, task, ttl_seconds, now)
 
         if not decision.allow:
-            return await self._deny(
+            return await self.record.denial(
                 identity, task.task_id, intent, now, decision.reasons, decision.decision_id
             )
         # Before parking an approval too: a malformed credential object is refused now.
@@ -390,33 +391,6 @@ class Engine:
             await self.record.policy_failure(err, identity, intent, task_id, now)
             raise
 
-    def _check_grant_room(self, task: Task) -> None:
-        """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
-        arrival and again, with no await in between, right before a grant is added: requests
-        decided concurrently would otherwise all pass the first check."""
-        limit = self.settings.max_grants_per_task
-        if len(task.grant_ids) >= limit:
-            raise ResourceExhausted(
-                f"task {task.task_id} already holds {limit} active grants",
-                Reason.TOO_MANY_GRANTS,
-            )
-
-    def _ttl(
-        self, requested: int, decision: PolicyDecision, task: Task, now: float
-    ) -> tuple[int, str]:
-        """The lifetime and what limited it: never wider than any of the bounds. A request
-        for 0 seconds asks for the longest the other bounds allow."""
-        assert decision.tier is not None
-        bounds = [
-            (decision.ttl_seconds, "policy"),
-            (self.settings.tier_max(decision.tier), "tier_max"),
-            (int(task.deadline - now), "task_remaining"),
-            (self.settings.max_ttl, "global_max"),
-        ]
-        if requested:
-            bounds.insert(0, (requested, "requested"))
-        return min(bounds)
-
     async def _issue(
         self,
         identity: Identity,
@@ -429,11 +403,11 @@ class Engine:
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise self._tasks.ended(task)
-        self._check_grant_room(task)
+        check_grant_room(task, self.settings.max_grants_per_task)
         if self.fleet is not None:
             self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
         now = self.clock.now()
-        ttl, limited_by = self._ttl(requested_ttl, decision, task, now)
+        ttl, limited_by = grant_ttl(requested_ttl, decision, task, now, self.settings)
         if ttl < 1:
             raise FailedPrecondition(
                 f"task {task.task_id} has less than a second left", Reason.TASK_INACTIVE
@@ -540,7 +514,7 @@ class Engine:
         try:
             if not task.active:
                 raise self._tasks.ended(task)
-            self._check_grant_room(task)
+            check_grant_room(task, self.settings.max_grants_per_task)
         except SidecarError:
             self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
             raise
@@ -568,40 +542,6 @@ class Engine:
             except CommitError:
                 log.error("could not record the aborted issue of %s", grant.grant_id)
 
-    async def _deny(
-        self,
-        identity: Identity,
-        task_id: str,
-        intent: Intent,
-        now: float,
-        reasons: tuple[str, ...],
-        decision_id: str = "",
-        approval_id: str = "",
-    ) -> GrantOutcome:
-        """A denial is an answer, not an error: counted, logged and audited."""
-        self.metrics.denied()
-        log.info(
-            "grant denied: %s %s",
-            intent.action,
-            preview(intent.resource, 128),
-            extra={
-                "task_id": task_id,
-                "decision_id": decision_id or None,
-                "reason": reason_code(reasons),
-            },
-        )
-        event = GrantDenied(
-            time=rfc3339(now),
-            task_id=task_id,
-            subject=identity.subject,
-            intent=intent.as_input(),
-            decision_id=decision_id or None,
-            approval_id=approval_id or None,
-            reasons=list(reasons),
-        )
-        await self.journal.commit([event])
-        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
-
     # ================================================================== approvals
     async def _approval_shortcut(
         self, identity: Identity, task_id: str, intent: Intent, now: float
@@ -622,7 +562,7 @@ class Engine:
             f"approval_intent_mismatch: approval {mismatch.approval_id} covers a different "
             "intent (justification or context changed after approval)",
         )
-        return await self._deny(
+        return await self.record.denial(
             identity, task_id, intent, now, reasons, approval_id=mismatch.approval_id
         )
 
@@ -691,7 +631,7 @@ class Engine:
             if stored is not None and not stored.active:
                 raise self._tasks.ended(stored)
             raise FailedPrecondition(f"task {approval.task_id} has ended", Reason.TASK_INACTIVE)
-        self._check_grant_room(task)  # before the approval is used up
+        check_grant_room(task, self.settings.max_grants_per_task)  # before the approval is used up
         if self.fleet is not None:
             self.fleet.check_issuable()  # before the approval is used up
         self.approvals.close(approval, ApprovalState.USED)
