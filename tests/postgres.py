@@ -105,22 +105,7 @@ class PostgresServer:
             "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200 "
             "-c log_min_messages=warning"
         )
-        self._run(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-l",
-                str(self.log),
-                "-o",
-                self._options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
-        wait_for(self.healthy, timeout=30, what="PostgreSQL to accept connections")
+        self.restart()
         self._bootstrap_admin()
         return self
 
@@ -133,7 +118,7 @@ class PostgresServer:
             )
 
     def restart(self) -> None:
-        """Start the same cluster again after `stop()`."""
+        """Start the cluster (again, after `stop()`) and wait until it answers."""
         self._run(
             [
                 str(pg_bin_dir() / "pg_ctl"),
@@ -149,7 +134,7 @@ class PostgresServer:
                 "start",
             ]
         )
-        wait_for(self.healthy, timeout=30, what="PostgreSQL to accept connections again")
+        wait_for(self.healthy, timeout=30, what="PostgreSQL to accept connections")
 
     def destroy(self) -> None:
         self.stop()
