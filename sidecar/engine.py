@@ -22,11 +22,18 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
-from .approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
+from .approvals import (
+    Approval,
+    ApprovalState,
+    WebhookNotifier,
+    check_four_eyes,
+    intent_hash,
+    owners_of,
+)
 from .cache import DecisionCache
 from .clock import Clock, rfc3339
 from .config import Config
@@ -687,6 +694,11 @@ class Engine:
             raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
         if task.subject != identity.subject:
             raise PermissionDenied(f"task {task_id} belongs to another identity")
+        return await self.task_grants(task_id, include_inactive)
+
+    async def task_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
+        """A task's grants as the store has them, with memory's word on which are active
+        (no ownership check: callers check it, or are operators)."""
         now = self.clock.now()
         out = []
         for grant in await self.store.list_grants(task_id, include_inactive):
@@ -1173,6 +1185,7 @@ class Engine:
         decision: PolicyDecision,
     ) -> GrantOutcome:
         """Hold an intent that needs a human: nothing is issued until someone approves."""
+        decision = replace(decision, owners=owners_of(identity, decision))
         assert decision.tier is not None
         limit = self.config.max_open_approvals_per_task
         if self._open_per_task.get(task.task_id, 0) >= limit:
@@ -1209,6 +1222,9 @@ class Engine:
                 "ttl_seconds": decision.ttl_seconds,
                 "audience": decision.audience,
                 "scope": list(decision.scope),
+                # Only when set, so records of policies without four-eyes keep their shape.
+                **({"four_eyes": True} if decision.four_eyes else {}),
+                **({"owners": list(decision.owners)} if decision.owners else {}),
             },
             ttl_seconds=requested_ttl,
             expires_at=rfc3339(approval.expires_at),
@@ -1385,6 +1401,8 @@ class Engine:
             raise FailedPrecondition(
                 f"approval {approval_id} is being decided", Reason.APPROVAL_INACTIVE
             )
+        if approve and approval.decision.four_eyes:
+            check_four_eyes(approval, approver)
         # The approval stays pending (not collectable) until its decision is in the audit
         # log: the decision takes effect when the commit is durable, even if this caller is
         # cancelled meanwhile, and not at all when the log refused it.
@@ -1566,6 +1584,15 @@ class Engine:
 
     def active_grants(self) -> Sequence[Grant]:
         return list(self._grants.values())
+
+    def active_tasks(self, subject: str = "") -> list[Task]:
+        """Active tasks (of `subject` when given), oldest first: the admin live view."""
+        tasks = [t for t in self._tasks.values() if not subject or t.subject == subject]
+        return sorted(tasks, key=lambda t: t.started_at)
+
+    def grants_of(self, task: Task) -> list[Grant]:
+        """`task`'s active grants, oldest first."""
+        return [g for g in (self._grants.get(i) for i in task.grant_ids) if g is not None]
 
     def last_exp(self, kid: str) -> float:
         return self._last_exp_by_kid.get(kid, 0.0)

@@ -22,6 +22,7 @@ from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
 MAX_SCOPE = 32
+MAX_OWNERS = 32
 
 
 class PolicyEngine(Protocol):
@@ -140,6 +141,10 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
     cache_seconds = result.get("cache_seconds", 0)
     if not _is_int(cache_seconds) or cache_seconds < 0:
         raise PolicyResultInvalid("`cache_seconds` must be an integer >= 0", "shape")
+    four_eyes = result.get("four_eyes", False)
+    if not isinstance(four_eyes, bool):
+        raise PolicyResultInvalid("`four_eyes` must be a boolean", "shape")
+    owners = _strings(result.get("owners", []), "owners", limit=MAX_OWNERS, max_len=256)
     return PolicyDecision(
         allow=True,
         tier=tier,
@@ -150,6 +155,8 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
         reasons=reasons,
         cache_seconds=cache_seconds if tier is Tier.STANDING else 0,
         decision_id=decision_id,
+        four_eyes=four_eyes,
+        owners=owners,
     )
 
 

@@ -259,7 +259,8 @@ class Sidecar:
 
         self._admin = grpc.aio.server(options=grpc_options(cfg), interceptors=[self._admission])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(engine, self.guard, self.rotate_signing_key), self._admin
+            AdminService(engine, self.guard, self.rotate_signing_key, cfg.audit_log),
+            self._admin,
         )
         reflection.enable_server_reflection(
             (
