@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from .._proto.jit.v1 import access_pb2 as pb
 from .._proto.jit.v1 import admin_pb2 as admin_pb
+from ..service import struct_to_dict
 from .auth import User
 
 _TIER = {pb.TIER_STANDING: "standing", pb.TIER_JIT: "jit"}
@@ -40,8 +41,8 @@ def seconds(value: timestamp_pb2.Timestamp) -> float:
     return float(value.ToNanoseconds()) / 1e9
 
 
-def when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S")
 
 
 def _time(epoch: float, attr: str, text: str) -> str:
@@ -175,13 +176,13 @@ def _grants_table(grants: Sequence[pb.Grant], now: float, caption: str) -> str:
     rows = "".join(
         f"<tr><td><code>{e(g.intent.action)}</code></td><td><code>{e(g.intent.resource)}</code>"
         f"</td><td>{e(_TIER.get(g.tier, '?'))}</td><td>{e(_GRANT_STATE.get(g.state, '?'))}</td>"
-        f"<td>{when(seconds(g.issued_at))}</td></tr>"
+        f"<td>{clock(seconds(g.issued_at))}</td></tr>"
         for g in grants
     )
     return (
         f"<table><caption>{e(caption)}</caption><thead><tr><th scope=col>Action</th>"
         "<th scope=col>Resource</th><th scope=col>Tier</th><th scope=col>State</th>"
-        f"<th scope=col>Issued</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<th scope=col>Issued (UTC)</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 
 
@@ -200,7 +201,7 @@ def approval_card(
     sidecar: str, a: admin_pb.Approval, user: User, csrf: str, now: float, *, many: bool
 ) -> str:
     anchor = f"approval-{a.approval_id}"
-    context = json.dumps(json_format.MessageToDict(a.intent.context), indent=1, sort_keys=True)
+    context = json.dumps(struct_to_dict(a.intent.context), indent=1, sort_keys=True)
     rows = [
         ("Agent", f"<code>{e(a.subject)}</code>"),
         ("Task goal", e(a.task_goal) or '<span class="none">none given</span>'),
@@ -402,7 +403,10 @@ def describe(record: Mapping[str, Any]) -> str:
         ),
         "grant_issued": f"{what}, grant {record.get('grant_id', '')}",
         "grant_denied": what,
-        "grant_revoked": f"grant {record.get('grant_id', '')}: {record.get('reason', '')}",
+        "grant_revoked": (
+            f"grant {record.get('grant_id', '')}: {record.get('reason', '')}"
+            + (f" ({record.get('detail')})" if record.get("detail") else "")
+        ),
         "grant_expired": f"grant {record.get('grant_id', '')}",
         "task_completed": f"{record.get('state', '')} {record.get('detail', '') or ''}".strip(),
         "revocation_ordered": f"{record.get('scope', '')}: {record.get('detail', '')}",

@@ -62,7 +62,13 @@
       credentials: "same-origin",
     });
     if (!response.ok) return;
+    // The outcome of the person's last action stays in view across live re-renders.
+    const kept = Array.from(main.querySelectorAll("p.notice.ok"));
     main.innerHTML = await response.text();
+    const heading = main.querySelector("h1");
+    if (heading && !main.querySelector("p.notice.ok")) {
+      kept.reverse().forEach(function (el) { heading.after(el); });
+    }
     tick();
   }
 
