@@ -544,7 +544,7 @@ class ConsoleProcess:
         ]
         for name, path in self.sidecars.items():
             args += ["--sidecar", f"{name}={path}"]
-        return args + ["--log-format", "json", "--log-level", "debug", *self.extra]
+        return [*args, "--log-format", "json", "--log-level", "debug", *self.extra]
 
     def start(self) -> ConsoleProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}

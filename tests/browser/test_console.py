@@ -296,13 +296,15 @@ def test_request_appears_live_and_approver_approves(stack: Stack, new_page: Any)
     )
 
 
-def settle(stack: Stack) -> None:
-    """Deny what a test left pending, so the next one starts from an empty list."""
+def settle(stack: Stack, task_id: str) -> None:
+    """Deny what a test left pending and end its task, so the next one starts clean."""
     with AdminClient(stack.sidecar.admin_socket) as admin:
         for approval in admin.list_approvals():
             admin.decide_approval(
                 approval.approval_id, approve=False, reason="test cleanup", approver="cleanup"
             )
+    with stack.agent() as agent:
+        agent.complete_task(task_id)
 
 
 def csrf_of(page: Any) -> str:
@@ -341,7 +343,7 @@ def test_four_eyes_owner_cannot_approve(stack: Stack, new_page: Any) -> None:
     assert response.status == 403
     assert "four_eyes" in body
     assert pending.approval_id in [a.approval_id for a in stack.pending()]
-    settle(stack)
+    settle(stack, task_id)
 
 
 def test_viewer_cannot_approve(stack: Stack, new_page: Any) -> None:
@@ -360,7 +362,7 @@ def test_viewer_cannot_approve(stack: Stack, new_page: Any) -> None:
     assert response.status == 403
     assert "role_missing" in body
     assert pending.approval_id in [a.approval_id for a in stack.pending()]
-    settle(stack)
+    settle(stack, task_id)
 
 
 class Attacker:
@@ -426,7 +428,7 @@ def test_csrf_from_another_origin_fails(stack: Stack, new_page: Any) -> None:
         for e in stack.sidecar.events("approval_decided")
         if e["approved"] and e["approval_id"] == pending.approval_id
     ]
-    settle(stack)
+    settle(stack, task_id)
 
 
 def test_keyboard_only_approve(stack: Stack, new_page: Any) -> None:
@@ -552,7 +554,7 @@ def test_accessibility_axe_zero_serious(stack: Stack, new_page: Any) -> None:
         pages[path] = check_axe(page)
     serious = {k: v for k, v in pages.items() if v}
     assert serious == {}
-    settle(stack)
+    settle(stack, task_id)
 
 
 def check_axe(page: Any) -> list[str]:
