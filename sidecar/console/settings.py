@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..config import is_loopback_host
 from ..errors import ConfigError
 
 ROLES = ("viewer", "approver", "operator")
@@ -61,7 +61,7 @@ class ConsoleSettings:
             problems.append("name at least one sidecar (--sidecar NAME=ADMIN_SOCKET)")
         if (self.tls_cert is None) != (self.tls_key is None):
             problems.append("--tls-cert and --tls-key go together")
-        if not self.tls and not _loopback(self.host):
+        if not self.tls and not is_loopback_host(self.host):
             problems.append(
                 f"--listen {self.host} is not a loopback address: configure --tls-cert and "
                 "--tls-key to serve other hosts"
@@ -82,15 +82,6 @@ class ConsoleSettings:
             problems.append("--session-ttl must be at least 60 seconds")
         if problems:
             raise ConfigError("; ".join(problems))
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -174,3 +174,18 @@ def test_owners_are_the_policy_s_then_the_owner_claim() -> None:
     assert owners_of(single, decision) == ("alice@example.com", "dave@x")
     odd = Identity("spiffe://x/a", "x", "oidc", claims={"owner": 7})
     assert owners_of(odd, decision) == ("alice@example.com",)
+
+
+def test_console_command_refuses_bad_settings_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jit-sidecar console` with a public address and no TLS exits 2 with the reason."""
+    from sidecar.cli import main
+
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123")
+    code = main(["console", "--listen", "0.0.0.0:8700", "--dev-token-file", str(token)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "not a loopback address" in err
+    assert "Traceback" not in err
