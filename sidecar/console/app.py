@@ -111,10 +111,11 @@ class Updates:
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.look()
-            except Exception:
-                log.exception("looking at the sidecars failed")
+            if self._subscribers:  # nobody watching: the sidecars are left alone
+                try:
+                    await self.look()
+                except Exception:
+                    log.exception("looking at the sidecars failed")
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

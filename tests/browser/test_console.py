@@ -20,14 +20,13 @@ from typing import Any
 
 import grpc
 import pytest
+from playwright import sync_api as playwright_sync
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from sidecar.client import AccessClient, AdminClient, socket_target
 from tests.harness import ROOT, ConsoleProcess, OpaServer, SidecarProcess
 from tests.oidc_issuer import OidcIssuer
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.integration
 
@@ -326,9 +325,10 @@ def post_decision(page: Any, stack: Stack, approval_id: str, **headers: str) -> 
     )
 
 
-def test_four_eyes_owner_cannot_approve(stack: Stack, new_page: Any) -> None:
+def test_four_eyes_owner_cannot_approve_but_may_deny(stack: Stack, new_page: Any) -> None:
     """When the policy says four-eyes, the agent's owner sees no Approve button, and the
-    sidecar itself refuses their approval (PERMISSION_DENIED four_eyes)."""
+    sidecar itself refuses their approval (PERMISSION_DENIED four_eyes); they may deny,
+    and the agent's AwaitApproval answers DENIED with their name and comment."""
     page = new_page()
     sign_in(stack, page, "alice")
     task_id = begin(stack, "refund for a friend")
@@ -343,6 +343,13 @@ def test_four_eyes_owner_cannot_approve(stack: Stack, new_page: Any) -> None:
     assert response.status == 403
     assert "four_eyes" in body
     assert pending.approval_id in [a.approval_id for a in stack.pending()]
+    page.goto(stack.url + "/")
+    item.get_by_label("Comment (optional)").fill("not without a second look")
+    item.get_by_role("button", name="Deny").click()
+    page.get_by_role("status").filter(has_text=f"Denied {pending.approval_id}").wait_for()
+    answer = await_approval(stack, pending.approval_id, 10)
+    assert answer.decision == pb.DECISION_DENIED
+    assert list(answer.reasons) == ["approval_denied: alice@example.com: not without a second look"]
     settle(stack, task_id)
 
 
