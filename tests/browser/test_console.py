@@ -601,3 +601,59 @@ def test_dev_token_login_and_security_headers(stack: Stack, new_page: Any) -> No
     assert (cookie["sameSite"], cookie["httpOnly"]) == ("Strict", True)
     anonymous = page.context.browser.new_context().request.get(stack.url + "/events")
     assert anonymous.status == 401
+
+
+# Stands in for the desktop: a real notification needs a visible desktop and a person's
+# permission click, which a headless browser cannot give on demand. The page's own script
+# runs unchanged against it.
+FAKE_DESKTOP = """
+window.__notes = [];
+window.Notification = class {
+  constructor(title, options) { window.__notes.push(title + ": " + options.body); }
+  static requestPermission() { return Promise.resolve("granted"); }
+};
+window.Notification.permission = "granted";
+Object.defineProperty(document, "hidden", { get: () => true });
+"""
+
+
+def test_new_request_is_announced_and_notified(stack: Stack, new_page: Any) -> None:
+    """A new request is announced in the live region and, in a background tab with
+    permission, raises one desktop notification naming the intent and the agent."""
+    page = new_page()
+    page.add_init_script(FAKE_DESKTOP)
+    sign_in(stack, page, "bob")
+    task_id = begin(stack, "refund to notify about")
+    pending = ask_refund(stack, task_id, 7000)
+    card(page, pending.approval_id).wait_for(timeout=10_000)
+    announce = page.locator("#announce")
+    announce.filter(has_text="New approval request").wait_for()
+    notes = page.evaluate("window.__notes")
+    assert announce.inner_text() == (
+        f"New approval request: payments.refund on payments://orders/7000 from {AGENT}"
+    )
+    assert notes == [f"Approval requested: payments.refund on payments://orders/7000 by {AGENT}"]
+    settle(stack, task_id)
+
+
+def test_live_update_never_takes_the_approvers_focus(stack: Stack, new_page: Any) -> None:
+    """While an approver types a comment, a new request does not re-render the page under
+    them: a button offers the update, their text stays, and the button shows both requests."""
+    page = new_page()
+    sign_in(stack, page, "bob")
+    task_id = begin(stack, "two refunds")
+    first = ask_refund(stack, task_id, 1100)
+    card(page, first.approval_id).wait_for(timeout=10_000)
+    comment = card(page, first.approval_id).get_by_label("Comment (optional)")
+    comment.fill("half-written thought")
+    second = ask_refund(stack, task_id, 1300)
+    offer = page.get_by_role("button", name="New updates: show them")
+    offer.wait_for(timeout=10_000)
+    kept = comment.input_value()
+    focused = page.evaluate("document.activeElement.name")
+    shown_before = card(page, second.approval_id).count()
+    offer.click()
+    card(page, second.approval_id).wait_for(timeout=10_000)
+    assert (kept, focused, shown_before) == ("half-written thought", "reason", 0)
+    assert card(page, first.approval_id).count() == 1
+    settle(stack, task_id)
