@@ -657,3 +657,55 @@ def test_live_update_never_takes_the_approvers_focus(stack: Stack, new_page: Any
     assert (kept, focused, shown_before) == ("half-written thought", "reason", 0)
     assert card(page, first.approval_id).count() == 1
     settle(stack, task_id)
+
+
+def test_one_console_serves_two_sidecars(stack: Stack, new_page: Any, tmp_path: Path) -> None:
+    """One console shows both sidecars' requests, each labelled, sends a decision to the
+    sidecar that holds the request, and keeps working when one sidecar goes away."""
+    other = SidecarProcess(tmp_path / "b", stack.opa.url).start()
+    token_file = tmp_path / "token"
+    token_file.write_text("dev-token-abcdef0123456789")
+    console = ConsoleProcess(
+        tmp_path / "console",
+        {"a": stack.sidecar.admin_socket, "b": other.admin_socket},
+        "--dev-token-file",
+        str(token_file),
+        "--poll-interval",
+        "0.3",
+    ).start()
+    try:
+        page = new_page()
+        page.goto(console.url + "/login")
+        page.get_by_label("Bearer token").fill("dev-token-abcdef0123456789")
+        page.get_by_role("button", name="Sign in with token").click()
+        with AccessClient(other.socket) as agent:
+            task = agent.begin_task("refund on b")
+            pending = agent.request_grant_raw(
+                task.task_id,
+                "payments.refund",
+                "payments://orders/b",
+                justification="ticket on sidecar b",
+                context={"amount": 2000},
+            )
+        item = card(page, pending.approval_id)
+        item.wait_for(timeout=10_000)
+        labelled = (item.locator("dt").first.inner_text(), item.locator("dd").first.inner_text())
+        item.get_by_role("button", name="Approve").click()
+        page.get_by_role("status").filter(has_text=f"Approved {pending.approval_id}").wait_for()
+        with grpc.insecure_channel(socket_target(other.socket)) as channel:
+            answer = pb_grpc.AccessServiceStub(channel).AwaitApproval(
+                pb.AwaitApprovalRequest(approval_id=pending.approval_id), timeout=10
+            )
+        other.stop(timeout=15)
+        page.goto(console.url + "/")
+        alert = page.get_by_role("alert").inner_text()
+        heading = page.get_by_role("heading", name="Pending approvals").count()
+    finally:
+        console.stop()
+        if other.proc is not None:
+            other.kill()
+    assert labelled == ("Sidecar", "b")
+    assert answer.result.decision == pb.DECISION_GRANTED
+    assert alert.startswith("b: ")
+    assert "sidecar_unreachable" in alert
+    assert heading == 1
