@@ -8,6 +8,7 @@ jit-sidecar task complete TASK_ID
 jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
 jit-sidecar introspect TOKEN
 jit-sidecar audit verify var/audit.jsonl --key var/signing-key.pem --state var/state.db
+jit-sidecar console --sidecar local=var/admin.sock --oidc-issuer URL --oidc-client-id ID
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the sidecar")
     _add_serve_flags(serve)
+
+    from .console.settings import add_flags as add_console_flags
+
+    console = sub.add_parser(
+        "console", help="operator: the approvals console, a web page (docs/console.md)"
+    )
+    add_console_flags(console)
+    console.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    console.add_argument("--log-format", choices=("json", "text"), default="text")
 
     task = sub.add_parser("task", help="begin, heartbeat or complete a task")
     task_sub = task.add_subparsers(dest="task_command", required=True)
@@ -840,11 +850,24 @@ def _run_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_console(args: argparse.Namespace) -> int:
+    from . import logs
+    from .console.app import serve as serve_console
+    from .console.settings import from_args
+
+    settings = from_args(args)
+    logs.setup(args.log_level or "info", args.log_format)
+    asyncio.run(serve_console(settings))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _run_serve(args)
+        if args.command == "console":
+            return _run_console(args)
         _check_usage(args)
         if args.command == "audit":
             return _run_audit(args)

@@ -121,6 +121,11 @@ class PolicyDecision:
     decision_id: str = ""
     cached: bool = False
     """True when served from the standing-decision cache rather than OPA."""
+    four_eyes: bool = False
+    """An approval needs an approver who is not one of `owners`."""
+    owners: tuple[str, ...] = ()
+    """Who answers for the agent (the policy's `owners`; the engine adds the identity's
+    `owner` claim when it parks an approval)."""
 
 
 _WHY_ENDED = {
