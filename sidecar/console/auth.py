@@ -253,7 +253,8 @@ class OidcLogin:
         several), exp/iat in time, and the nonce we sent (§3.1.2.1, against replay)."""
         try:
             parsed = jws.parse(token)
-            alg = jws.check_header(parsed.header, jws.ASYMMETRIC_JWT_ALGS)
+            # The same algorithms as the sidecar's OIDC identities (RS/PS/ES and Ed25519).
+            alg = jws.check_header(parsed.header, jws.OIDC_JWT_ALGS)
             kid = jws.kid_of(parsed.header)
             key = self._keys.get(kid)
             if key is None:

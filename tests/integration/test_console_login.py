@@ -66,6 +66,15 @@ def test_a_good_id_token_is_accepted(issuer: OidcIssuer) -> None:
     assert result["email"] == "bob@example.com"
 
 
+def test_an_ed25519_id_token_is_accepted(issuer: OidcIssuer) -> None:
+    """An issuer signing with Ed25519 (EdDSA) is accepted, as for the sidecar's OIDC
+    identities (jws.OIDC_JWT_ALGS)."""
+    issuer.keys = [Key.generate("EdDSA")]
+    result = check(issuer, issuer.keys[0].sign(claims(issuer), typ=None))
+    assert isinstance(result, dict)
+    assert result["sub"] == "u-bob"
+
+
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
