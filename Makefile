@@ -12,7 +12,7 @@ REGO_MIN_COVERAGE ?= 90
 
 .DEFAULT_GOAL := help
 .PHONY: help deps run demo demo-mcp test test-spire policy-test lint typecheck unit integration gen \
-	clean redis postgres bench-propagation fuzz soak bench
+	clean redis postgres chromium axe bench-propagation fuzz soak bench
 
 help:
 	@echo "make run    start OPA and the sidecar in dev mode (foreground; Ctrl-C stops both)"
@@ -113,10 +113,20 @@ redis:
 postgres:
 	scripts/bootstrap.sh postgres
 
+# Debian's chromium and the locked axe-core for the console's browser tests (tests/browser).
+chromium:
+	scripts/bootstrap.sh chromium
+
+.tools/axe/.stamp: scripts/bootstrap.sh scripts/axe/package.json scripts/axe/package-lock.json
+	scripts/bootstrap.sh axe
+	touch $@
+
+axe: .tools/axe/.stamp
+
 deploy-check: deps deploy-tools
 	scripts/deploy-check.sh
 
-test: deps redis postgres policy-test lint typecheck deploy-check
+test: deps redis postgres chromium axe policy-test lint typecheck deploy-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Opt-in: a real SPIRE server and agent issue a JWT-SVID that the sidecar must accept.

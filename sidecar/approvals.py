@@ -26,6 +26,8 @@ from .clock import Clock, SystemClock
 from .model import Identity, Intent, PolicyDecision
 
 log = logging.getLogger("jit_sidecar.approvals")
+#: The approver recorded when the admin caller names nobody (DecideApproval `approver` empty).
+ANONYMOUS_APPROVER = "operator"
 
 
 class ApprovalState(StrEnum):
@@ -89,6 +91,8 @@ def decision_from_record(record: Mapping[str, Any]) -> PolicyDecision:
         cache_seconds=0,
         decision_id=str(record.get("decision_id", "")),
         credential=d.get("credential"),
+        four_eyes=d.get("four_eyes") is True,
+        owners=tuple(str(o) for o in d.get("owners", ())),
     )
 
 
@@ -214,3 +218,37 @@ class WebhookNotifier:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+
+#: The identity claim naming who answers for an agent (docs/api.md, "Four-eyes approval").
+OWNER_CLAIM = "owner"
+
+
+def owners_of(identity: Identity, decision: PolicyDecision) -> tuple[str, ...]:
+    """Who answers for the agent: the policy's `owners`, then the verified identity's
+    `owner` claim (a string or a list of strings), without repeats."""
+    claim = identity.claims.get(OWNER_CLAIM)
+    named = [claim] if isinstance(claim, str) else claim if isinstance(claim, list) else []
+    out = list(decision.owners)
+    for owner in named:
+        if isinstance(owner, str) and owner and owner not in out:
+            out.append(owner)
+    return tuple(out)
+
+
+def check_four_eyes(approval: Approval, approver: str) -> None:
+    """Refuse an approval that four-eyes forbids: by one of the agent's owners (compared
+    without case), or by an approver who does not say who they are."""
+    from .errors import PermissionDenied, Reason
+
+    who = approver.strip().casefold()
+    if not who or who == ANONYMOUS_APPROVER:
+        raise PermissionDenied(
+            f"four-eyes: approval {approval.approval_id} needs a named approver",
+            Reason.FOUR_EYES,
+        )
+    if any(who == owner.strip().casefold() for owner in approval.decision.owners):
+        raise PermissionDenied(
+            f"four-eyes: {approver} answers for this agent and may not approve its request",
+            Reason.FOUR_EYES,
+        )

@@ -29,6 +29,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback IP address (a name other than localhost is not trusted to be)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _octal(value: str) -> int:
     return int(value, 8)
 
@@ -627,15 +637,7 @@ class Config:
     @property
     def http_is_loopback(self) -> bool:
         hp = self.http_host_port
-        if hp is None:
-            return True
-        host = hp[0]
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return hp is None or is_loopback_host(hp[0])
 
     def validate(self, *, serving: bool = True) -> Config:
         """Raise ConfigError naming the first setting that cannot work."""

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     TOO_MANY_GRANTS = "too_many_grants"
     TOO_MANY_TASKS = "too_many_tasks"
     TOO_MANY_APPROVALS = "too_many_approvals"
+    FOUR_EYES = "four_eyes"
     TOO_MANY_REQUESTS = "too_many_requests"
     MESSAGE_TOO_LARGE = "message_too_large"
     SHUTTING_DOWN = "shutting_down"

@@ -141,7 +141,8 @@ class GrantPending(Event):
     ttl_seconds: int
     expires_at: str
     decision: dict[str, Any] | None = None
-    """The decision the approval yields: tier, ttl_seconds, audience, scope."""
+    """The decision the approval yields: tier, ttl_seconds, audience, scope (and `four_eyes`,
+    `owners` when set)."""
     reasons: list[str] | None = None
     decision_id: str | None = None
 

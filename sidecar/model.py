@@ -146,6 +146,11 @@ class PolicyDecision:
     credential: Mapping[str, Any] | None = None
     """The decision's `credential` object, shape-checked (sidecar.policy); the named
     broker validates its contents (docs/brokers.md)."""
+    four_eyes: bool = False
+    """An approval needs an approver who is not one of `owners`."""
+    owners: tuple[str, ...] = ()
+    """Who answers for the agent (the policy's `owners`; the engine adds the identity's
+    `owner` claim when it parks an approval)."""
 
 
 _WHY_ENDED = {

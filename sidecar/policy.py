@@ -30,6 +30,7 @@ MAX_REASON_LEN = 512
 MAX_SCOPE = 32
 MAX_CREDENTIAL_MEMBERS = 16
 _BROKER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+MAX_OWNERS = 32
 CAUSES: dict[Reason, tuple[str, ...]] = {
     Reason.POLICY_UNAVAILABLE: ("unreachable", "timeout", "http_5xx"),
     Reason.POLICY_RESULT_INVALID: ("http_4xx", "bad_json", "undefined", "shape"),
@@ -166,6 +167,10 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
     if not _is_int(cache_seconds) or cache_seconds < 0:
         raise PolicyResultInvalid("`cache_seconds` must be an integer >= 0", "shape")
     credential = _credential(result["credential"]) if "credential" in result else None
+    four_eyes = result.get("four_eyes", False)
+    if not isinstance(four_eyes, bool):
+        raise PolicyResultInvalid("`four_eyes` must be a boolean", "shape")
+    owners = _strings(result.get("owners", []), "owners", limit=MAX_OWNERS, max_len=256)
     return PolicyDecision(
         allow=True,
         tier=tier,
@@ -177,6 +182,8 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
         cache_seconds=cache_seconds if tier is Tier.STANDING else 0,
         decision_id=decision_id,
         credential=credential,
+        four_eyes=four_eyes,
+        owners=owners,
     )
 
 

@@ -404,7 +404,7 @@ async def start_admin_listener(app: App) -> grpc.aio.Server:
     """AdminService and reflection on the admin socket (0600)."""
     server = grpc.aio.server(options=grpc_options(app.config), interceptors=[app.admission])
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(app.engine, app.guard, app.key_file.rotate), server
+        AdminService(app.engine, app.guard, app.key_file.rotate, app.config.audit_log), server
     )
     reflection.enable(server, (admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,))
     _bind(server, app.config.admin_socket, 0o600)

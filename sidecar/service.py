@@ -12,7 +12,8 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -24,8 +25,11 @@ from ._proto.jit.v1 import access_pb2 as pb
 from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from ._proto.jit.v1 import admin_pb2 as admin_pb
 from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
-from .approvals import Approval, ApprovalState
+from .approvals import ANONYMOUS_APPROVER, Approval, ApprovalState
 from .brokers.base import IssuedCredential, Lease
+from .audit import log_files
+from .audit import verify as verify_audit
+from .audit_query import DEFAULT_LIMIT, MAX_LIMIT, AuditQuery, query_log
 from .dpop import KeyBinding, KeyBindingVerifier
 from .engine import Engine, GrantOutcome
 from .errors import (
@@ -140,6 +144,10 @@ def struct_to_dict(
     return tidy(plain)  # type: ignore[no-any-return]
 
 
+def _seconds(value: timestamp_pb2.Timestamp) -> float:
+    return float(value.ToNanoseconds()) / 1e9
+
+
 def task_pb(task: Task) -> pb.Task:
     return pb.Task(
         task_id=task.task_id,
@@ -228,7 +236,10 @@ _APPROVAL_STATE = {
 }
 
 
-def approval_pb(a: Approval) -> admin_pb.Approval:
+def approval_pb(
+    a: Approval, task: Task | None = None, grants: Sequence[Grant] = ()
+) -> admin_pb.Approval:
+    """`task` and `grants` (the task's so far) fill the approver's view when given."""
     intent = pb.Intent(
         action=a.intent.action, resource=a.intent.resource, justification=a.intent.justification
     )
@@ -246,6 +257,12 @@ def approval_pb(a: Approval) -> admin_pb.Approval:
         decided_by=a.decided_by,
         decision_reason=a.decision_reason,
         ttl_seconds=a.requested_ttl,
+        task_goal=task.goal if task is not None else "",
+        task_labels=task.labels if task is not None else {},
+        tier=_TIER[a.decision.tier] if a.decision.tier is not None else pb.TIER_UNSPECIFIED,
+        task_grants=[grant_pb(g) for g in grants],
+        four_eyes=a.decision.four_eyes,
+        owners=list(a.decision.owners),
     )
 
 
@@ -542,10 +559,13 @@ class AdminService(admin_pb_grpc.AdminServiceServicer):
         engine: Engine,
         guard: CallGuard,
         rotate_key: Callable[[bool], Awaitable[tuple[str, str, float]]],
+        audit_log: Path | None = None,
     ) -> None:
         self._engine = engine
         self._guard = guard
         self._rotate_key = rotate_key
+        self._audit_log = audit_log
+        """The audit log QueryAudit reads (None: QueryAudit is UNIMPLEMENTED)."""
 
     async def RotateSigningKey(
         self, request: admin_pb.RotateSigningKeyRequest, context: grpc.aio.ServicerContext
@@ -570,9 +590,81 @@ class AdminService(admin_pb_grpc.AdminServiceServicer):
                 approvals = [live.get(a.approval_id, a) for a in approvals]
             else:
                 approvals = self._engine.open_approvals()
-            return admin_pb.ListApprovalsResponse(approvals=[approval_pb(a) for a in approvals])
+            return admin_pb.ListApprovalsResponse(
+                approvals=[await self._approval_view(a) for a in approvals]
+            )
 
         return await self._guard.run("Admin.ListApprovals", context, body)
+
+    async def _approval_view(self, a: Approval) -> admin_pb.Approval:
+        """An approval with its task's goal, labels and grants so far (what an approver
+        needs to decide); a decided one is shown as recorded."""
+        if not a.open:
+            return approval_pb(a)
+        task = self._engine.task(a.task_id) or await self._engine.store.get_task(a.task_id)
+        grants = await self._engine.task_grants(a.task_id, include_inactive=True)
+        return approval_pb(a, task, sorted(grants, key=lambda g: g.issued_at))
+
+    async def ListTasks(
+        self, request: admin_pb.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb.ListTasksResponse:
+        async def body() -> admin_pb.ListTasksResponse:
+            views = [
+                admin_pb.TaskView(
+                    task=task_pb(task), grants=[grant_pb(g) for g in self._engine.grants_of(task)]
+                )
+                for task in self._engine.active_tasks(request.subject)
+            ]
+            return admin_pb.ListTasksResponse(tasks=views)
+
+        return await self._guard.run("Admin.ListTasks", context, body)
+
+    async def QueryAudit(
+        self, request: admin_pb.QueryAuditRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb.QueryAuditResponse:
+        async def body() -> admin_pb.QueryAuditResponse:
+            if self._audit_log is None:
+                raise Unimplemented("this server has no audit log to query")
+            if request.limit > MAX_LIMIT:
+                raise InvalidArgument(f"limit must be at most {MAX_LIMIT}")
+            for value, name in (
+                (request.task_id, "task_id"),
+                (request.subject, "subject"),
+                (request.grant_id, "grant_id"),
+                *((e, "events") for e in request.events),
+            ):
+                check_reason_text(value, name)
+            query = AuditQuery(
+                task_id=request.task_id,
+                subject=request.subject,
+                grant_id=request.grant_id,
+                events=frozenset(request.events),
+                since=_seconds(request.since) if request.HasField("since") else None,
+                until=_seconds(request.until) if request.HasField("until") else None,
+                limit=request.limit or DEFAULT_LIMIT,
+            )
+            path = self._audit_log
+            records, truncated = await asyncio.to_thread(query_log, path, query)
+            response = admin_pb.QueryAuditResponse(truncated=truncated)
+            for record in records:
+                json_format.ParseDict(record, response.records.add())
+            if request.verify:
+                result = await asyncio.to_thread(lambda: verify_audit(log_files(path)))
+                response.chain.CopyFrom(
+                    admin_pb.AuditChainStatus(
+                        ok=result.ok,
+                        records=result.count,
+                        first_seq=result.first_seq,
+                        last_seq=result.last_seq,
+                        last_hash=result.last_hash,
+                        problem=result.problem,
+                        bad_file=result.bad_file,
+                        bad_line=result.bad_line,
+                    )
+                )
+            return response
+
+        return await self._guard.run("Admin.QueryAudit", context, body)
 
     async def DecideApproval(
         self, request: admin_pb.DecideApprovalRequest, context: grpc.aio.ServicerContext
@@ -585,7 +677,7 @@ class AdminService(admin_pb_grpc.AdminServiceServicer):
             approval = await self._engine.decide_approval(
                 request.approval_id,
                 approve=request.approve,
-                approver=request.approver or "operator",
+                approver=request.approver or ANONYMOUS_APPROVER,
                 reason=request.reason,
             )
             return admin_pb.DecideApprovalResponse(approval=approval_pb(approval))

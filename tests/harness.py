@@ -570,3 +570,63 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class ConsoleProcess:
+    """`jit-sidecar console` as a separate process, serving the given sidecars' admin sockets."""
+
+    def __init__(self, workdir: Path, sidecars: dict[str, Path], *extra: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.sidecars = sidecars
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "console.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "console",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
+        for name, path in self.sidecars.items():
+            args += ["--sidecar", f"{name}={path}"]
+        return [*args, "--log-format", "json", "--log-level", "debug", *self.extra]
+
+    def start(self) -> ConsoleProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JIT_SIDECAR_")}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), cwd=self.workdir, env=env, stdout=subprocess.DEVNULL, stderr=log
+            )
+        wait_for(self.ready, 20, what="the console to start")
+        return self
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"console exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None

@@ -8,6 +8,7 @@ jit-sidecar task complete TASK_ID
 jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
 jit-sidecar introspect TOKEN
 jit-sidecar audit verify var/audit.jsonl --key var/signing-key.pem --state var/state.db
+jit-sidecar console --sidecar local=var/admin.sock --oidc-issuer URL --oidc-client-id ID
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from .agent import run_agent
+from .console import run_console
 from .audit import run_audit
 from .exits import EXIT_CODES, EXIT_DENIED, EXIT_FAIL, EXIT_OK, EXIT_USAGE, CliError
 from .explain import run_explain
@@ -46,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "console":
+            return run_console(args)
         check_usage(args)
         if args.command == "audit":
             return run_audit(args)

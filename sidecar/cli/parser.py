@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the sidecar", allow_abbrev=False)
     _add_serve_flags(serve)
 
+    from ..console.settings import add_flags as add_console_flags
+
+    console = sub.add_parser(
+        "console", help="operator: the approvals console, a web page (docs/console.md)"
+    )
+    add_console_flags(console)
+    console.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    console.add_argument("--log-format", choices=("json", "text"), default="text")
+
     task = sub.add_parser("task", help="begin, heartbeat or complete a task")
     task_sub = task.add_subparsers(dest="task_command", required=True)
     begin = task_sub.add_parser("begin", help="open a task")

@@ -682,9 +682,14 @@ class Engine:
         task = await self._tasks.own(identity, task_id)
         if task is None:
             raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
+        return await self.task_grants(task.task_id, include_inactive)
+
+    async def task_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
+        """A task's grants as the store has them, with memory's word on which are active
+        (no ownership check: callers check it, or are operators)."""
         now = self.clock.now()
         out = []
-        for grant in await self.store.list_grants(task.task_id, include_inactive):
+        for grant in await self.store.list_grants(task_id, include_inactive):
             if grant.grant_id in self.live.grants:
                 grant.state = GrantState.ACTIVE  # memory is authoritative for live grants
             elif grant.state is GrantState.ACTIVE:
@@ -719,6 +724,15 @@ class Engine:
 
     def active_grants(self) -> Sequence[Grant]:
         return list(self.live.grants.values())
+
+    def active_tasks(self, subject: str = "") -> list[Task]:
+        """Active tasks (of `subject` when given), oldest first: the admin live view."""
+        tasks = [t for t in self.live.tasks.values() if not subject or t.subject == subject]
+        return sorted(tasks, key=lambda t: t.started_at)
+
+    def grants_of(self, task: Task) -> list[Grant]:
+        """`task`'s active grants, oldest first."""
+        return [g for g in (self.live.grants.get(i) for i in task.grant_ids) if g is not None]
 
     def last_exp(self, kid: str) -> float:
         return self.live.last_exp(kid)

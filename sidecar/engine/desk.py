@@ -11,8 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
-from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
+from ..approvals import (
+    Approval,
+    ApprovalState,
+    WebhookNotifier,
+    check_four_eyes,
+    intent_hash,
+    owners_of,
+)
 from ..clock import Clock, rfc3339
 from ..errors import FailedPrecondition, NotFound, Reason, ResourceExhausted
 from ..events import ApprovalDecided, ApprovalExpired, GrantPending
@@ -132,6 +140,7 @@ class ApprovalDesk:
         decision: PolicyDecision,
     ) -> Approval:
         """Hold an intent that needs a human: nothing is issued until someone approves."""
+        decision = replace(decision, owners=owners_of(identity, decision))
         assert decision.tier is not None
         limit = self.max_open_per_task
         if self._open_per_task.get(task.task_id, 0) >= limit:
@@ -188,6 +197,9 @@ class ApprovalDesk:
                 "ttl_seconds": decision.ttl_seconds,
                 "audience": decision.audience,
                 "scope": list(decision.scope),
+                # Only when set, so records of policies without four-eyes keep their shape.
+                **({"four_eyes": True} if decision.four_eyes else {}),
+                **({"owners": list(decision.owners)} if decision.owners else {}),
             }
             # The broker credential the approval yields (a non-secret request: broker,
             # database, privileges), so an approval collected after a restart still gets it.
@@ -235,6 +247,8 @@ class ApprovalDesk:
             raise FailedPrecondition(
                 f"approval {approval_id} is being decided", Reason.APPROVAL_INACTIVE
             )
+        if approve and approval.decision.four_eyes:
+            check_four_eyes(approval, approver)  # before anything is written
         # The approval stays pending (not collectable) until its decision is in the audit
         # log: the decision takes effect when the commit is durable, even if this caller is
         # cancelled meanwhile, and not at all when the log refused it.

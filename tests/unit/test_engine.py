@@ -19,6 +19,7 @@ from sidecar.engine import Engine, EngineMetrics, GrantEndListeners, engine_sett
 from sidecar.errors import (
     FailedPrecondition,
     NotFound,
+    PermissionDenied,
     Reason,
     ResourceExhausted,
     SidecarError,
@@ -673,3 +674,40 @@ def test_a_failing_grant_end_listener_never_stops_a_revocation(tmp_path: Path) -
     grant_id = heard[0][1]
     assert heard[1:] == [(grant_id, "completed"), ("revoked", "1"), ("active", "False")]
     assert "grant_revoked" in rig.audit_path.read_text()
+
+
+def test_four_eyes_refuses_owners_at_the_engine(tmp_path: Path) -> None:
+    """Under the policy's four_eyes the engine refuses an approval by an owner (the
+    decision's, or the identity's `owner` claim, any case) or by nobody: nothing decided,
+    nothing audited; someone else's approval goes through and names them."""
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {
+            "approval_required": True,
+            "four_eyes": True,
+            "owners": ["alice@x"],
+        }
+        owned = Identity(ME.subject, "t", "oidc", claims={"owner": "carol@x"})
+        task = await r.engine.begin_task(owned, task_id="", goal="g", max_duration=300, labels={})
+        out = await r.engine.request_grant(
+            owned, task.task_id, Intent("x.write", "x://1", justification="why"), 60
+        )
+        refused = []
+        for who in ("alice@x", "CAROL@x", ""):
+            with pytest.raises(PermissionDenied) as caught:
+                await r.engine.decide_approval(
+                    out.approval_id, approve=True, approver=who, reason=""
+                )
+            refused.append(caught.value.reason)
+        decided_before = [
+            rec for rec in records_after(r.audit_path, 0) if rec["event"] == "approval_decided"
+        ]
+        approval = await r.engine.decide_approval(
+            out.approval_id, approve=True, approver="bob@x", reason="ok"
+        )
+        assert refused == [Reason.FOUR_EYES] * 3
+        assert decided_before == []
+        assert approval.decided_by == "bob@x"
+        assert approval.decision.owners == ("alice@x", "carol@x")
+
+    run(tmp_path, body)

@@ -123,3 +123,30 @@ def test_malformed_credential_objects_raise(credential: object) -> None:
         parse(ALLOW | {"credential": credential})
     assert caught.value.cause == "shape"
     assert "credential" in caught.value.message
+
+
+def test_four_eyes_and_owners_parse() -> None:
+    """`four_eyes` and `owners` are optional; given, they are kept as the policy said."""
+    plain = parse(ALLOW)
+    assert (plain.four_eyes, plain.owners) == (False, ())
+    d = parse({**ALLOW, "approval_required": True, "four_eyes": True, "owners": ["a@x", "b@x"]})
+    assert (d.four_eyes, d.owners) == (True, ("a@x", "b@x"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"four_eyes": "true"},
+        {"four_eyes": 1},
+        {"four_eyes": None},
+        {"owners": "alice@example.com"},
+        {"owners": [""]},
+        {"owners": [42]},
+        {"owners": ["x"] * 33},
+    ],
+)
+def test_malformed_four_eyes_fields_raise(extra: dict[str, object]) -> None:
+    """A mistyped four-eyes field is an invalid decision (no token), never a silent off."""
+    with pytest.raises(PolicyResultInvalid) as caught:
+        parse({**ALLOW, "approval_required": True, **extra})
+    assert caught.value.reason.value == "policy_result_invalid"

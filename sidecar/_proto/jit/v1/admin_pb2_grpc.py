@@ -54,6 +54,16 @@ class AdminServiceStub:
                 request_serializer=jit_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=jit_dot_v1_dot_admin__pb2.DecideApprovalResponse.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/jit.v1.AdminService/ListTasks',
+                request_serializer=jit_dot_v1_dot_admin__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=jit_dot_v1_dot_admin__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.QueryAudit = channel.unary_unary(
+                '/jit.v1.AdminService/QueryAudit',
+                request_serializer=jit_dot_v1_dot_admin__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=jit_dot_v1_dot_admin__pb2.QueryAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -85,6 +95,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """Active tasks with their active grants (the console's live view). Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Audit records selected by task, subject, grant, event and time, oldest first, with the
+        hash chain's verification status on request. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +132,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DecideApproval,
                     request_deserializer=jit_dot_v1_dot_admin__pb2.DecideApprovalRequest.FromString,
                     response_serializer=jit_dot_v1_dot_admin__pb2.DecideApprovalResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=jit_dot_v1_dot_admin__pb2.ListTasksRequest.FromString,
+                    response_serializer=jit_dot_v1_dot_admin__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=jit_dot_v1_dot_admin__pb2.QueryAuditRequest.FromString,
+                    response_serializer=jit_dot_v1_dot_admin__pb2.QueryAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +252,60 @@ class AdminService:
             '/jit.v1.AdminService/DecideApproval',
             jit_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
             jit_dot_v1_dot_admin__pb2.DecideApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jit.v1.AdminService/ListTasks',
+            jit_dot_v1_dot_admin__pb2.ListTasksRequest.SerializeToString,
+            jit_dot_v1_dot_admin__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jit.v1.AdminService/QueryAudit',
+            jit_dot_v1_dot_admin__pb2.QueryAuditRequest.SerializeToString,
+            jit_dot_v1_dot_admin__pb2.QueryAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
