@@ -26,10 +26,10 @@ from ._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from ._proto.jit.v1 import admin_pb2 as admin_pb
 from ._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from .approvals import ANONYMOUS_APPROVER, Approval, ApprovalState
-from .brokers.base import IssuedCredential, Lease
 from .audit import log_files
 from .audit import verify as verify_audit
 from .audit_query import DEFAULT_LIMIT, MAX_LIMIT, AuditQuery, query_log
+from .brokers.base import IssuedCredential, Lease
 from .dpop import KeyBinding, KeyBindingVerifier
 from .engine import Engine, GrantOutcome
 from .errors import (

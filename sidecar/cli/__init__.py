@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from .agent import run_agent
-from .console import run_console
 from .audit import run_audit
+from .console import run_console
 from .exits import EXIT_CODES, EXIT_DENIED, EXIT_FAIL, EXIT_OK, EXIT_USAGE, CliError
 from .explain import run_explain
 from .operator import run_operator

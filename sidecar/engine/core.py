@@ -687,17 +687,8 @@ class Engine:
     async def task_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
         """A task's grants as the store has them, with memory's word on which are active
         (no ownership check: callers check it, or are operators)."""
-        now = self.clock.now()
-        out = []
-        for grant in await self.store.list_grants(task_id, include_inactive):
-            if grant.grant_id in self.live.grants:
-                grant.state = GrantState.ACTIVE  # memory is authoritative for live grants
-            elif grant.state is GrantState.ACTIVE:
-                # Ended in memory; the store catches up with the journal's next commit.
-                grant.state = GrantState.EXPIRED if grant.expires_at <= now else GrantState.REVOKED
-            if include_inactive or grant.state is GrantState.ACTIVE:
-                out.append(grant)
-        return out
+        stored = await self.store.list_grants(task_id, include_inactive)
+        return self.live.reconcile(stored, self.clock.now(), include_inactive)
 
     async def introspect(self, token: str, *, with_reason: bool = True) -> Introspection:
         """RFC 7662: active only for a token we signed whose grant is active right now."""
@@ -727,12 +718,11 @@ class Engine:
 
     def active_tasks(self, subject: str = "") -> list[Task]:
         """Active tasks (of `subject` when given), oldest first: the admin live view."""
-        tasks = [t for t in self.live.tasks.values() if not subject or t.subject == subject]
-        return sorted(tasks, key=lambda t: t.started_at)
+        return self.live.active_tasks(subject)
 
     def grants_of(self, task: Task) -> list[Grant]:
         """`task`'s active grants, oldest first."""
-        return [g for g in (self.live.grants.get(i) for i in task.grant_ids) if g is not None]
+        return self.live.grants_of(task)
 
     def last_exp(self, kid: str) -> float:
         return self.live.last_exp(kid)

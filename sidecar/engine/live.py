@@ -209,5 +209,28 @@ class LiveState:
                 )
             )
 
+    def reconcile(self, stored: list[Grant], now: float, include_inactive: bool) -> list[Grant]:
+        """Grants read from the store, with memory's word on which are active: memory is
+        authoritative for live grants, and one ended in memory may not be ended in the store
+        yet (it catches up with the journal's next commit)."""
+        out = []
+        for grant in stored:
+            if grant.grant_id in self.grants:
+                grant.state = GrantState.ACTIVE
+            elif grant.state is GrantState.ACTIVE:
+                grant.state = GrantState.EXPIRED if grant.expires_at <= now else GrantState.REVOKED
+            if include_inactive or grant.state is GrantState.ACTIVE:
+                out.append(grant)
+        return out
+
+    def active_tasks(self, subject: str = "") -> list[Task]:
+        """Active tasks (of `subject` when given), oldest first."""
+        tasks = [t for t in self.tasks.values() if not subject or t.subject == subject]
+        return sorted(tasks, key=lambda t: t.started_at)
+
+    def grants_of(self, task: Task) -> list[Grant]:
+        """`task`'s active grants, oldest first."""
+        return [g for g in (self.grants.get(i) for i in task.grant_ids) if g is not None]
+
     def last_exp(self, kid: str) -> float:
         return self.last_exp_by_kid.get(kid, 0.0)
