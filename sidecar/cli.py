@@ -5,7 +5,7 @@ jit-sidecar task begin --goal "refund order 42" --label purpose=refunds --hold
 jit-sidecar grant TASK_ID payments.refund payments://orders/42 --justification "ticket 991"
 jit-sidecar grants TASK_ID --all
 jit-sidecar task complete TASK_ID
-jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
+jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --principal SUB | --all
 jit-sidecar introspect TOKEN
 jit-sidecar audit verify var/audit.jsonl --key var/signing-key.pem --state var/state.db
 """
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--task", dest="task_id")
     which.add_argument("--subject", help="kill switch: every grant of this identity")
     which.add_argument("--all", action="store_true", help="every grant of every agent")
+    which.add_argument(
+        "--principal", help="kill switch: every task acting for this person (sub), by any agent"
+    )
     revoke.add_argument("--reason", default="")
 
     keys = sub.add_parser("keys", help="operator: signing keys (admin socket)")
@@ -446,6 +449,7 @@ def _run_client(args: argparse.Namespace) -> int:
                 subject=args.subject or "",
                 everything=args.all,
                 reason=args.reason,
+                principal=args.principal or "",
             )
         _print(args, {"revoked_grants": count}, f"{count} grant(s) revoked")
         return EXIT_OK

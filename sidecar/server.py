@@ -43,15 +43,19 @@ from .checkpoints import Checkpointer
 from .clock import Clock, SystemClock
 from .config import Config
 from .engine import Engine, EngineMetrics, engine_settings
+from .engine.delegation import TaskPrincipals
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
 from .http import HttpListener, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
 from .metrics import Metrics
+from .oidc import HttpKeyFetcher, OidcKeys
 from .policy import OpaClient, PolicyEngine
+from .principals import PrincipalVerifier, person_rules
 from .service import AccessService, AdminService, CallGuard
 from .store import Store, open_store
+from .token_exchange import TokenExchangeEndpoint
 from .tokens import (
     KeyRing,
     SigningKey,
@@ -358,11 +362,13 @@ def build_app(
     )
     if audit.recovered_torn:
         log.warning("dropped a torn (never acknowledged) record at the end of %s", cfg.audit_log)
+    task_principals = TaskPrincipals()  # the person of each task, stamped on its records
     journal = Journal(
         audit,
         store,
         on_audit_error=metrics.audit_write_errors.inc,
         on_batch=lambda n, seconds: metrics.journal_batch.observe(seconds),
+        stamp=task_principals.stamp,
     )
     journal.replay()
     snapshot = store.load()
@@ -383,6 +389,8 @@ def build_app(
         notifier=notifier,
         fleet=fleet,
         on_policy_unavailable=health.policy_failed,
+        principals=_principal_verifier(cfg, clock),
+        task_principals=task_principals,
     )
     engine.restore(snapshot)
     if fleet is not None:
@@ -419,6 +427,23 @@ def build_app(
             issuer=cfg.issuer,
             clock=clock,
         ),
+    )
+
+
+def _principal_verifier(cfg: Config, clock: Clock) -> PrincipalVerifier | None:
+    """Verifies people's subject tokens from `principal_issuer` (docs/delegation.md)."""
+    if not cfg.principal_issuer:
+        return None
+    fetcher = HttpKeyFetcher(ca_file=cfg.oidc_ca_file, token_file=cfg.oidc_fetch_token_file)
+    keys = OidcKeys(
+        cfg.principal_issuer, fetcher, refresh=cfg.oidc_refresh, max_age=cfg.oidc_keys_max_age
+    )
+    return PrincipalVerifier(
+        keys,
+        person_rules(cfg.principal_audience, cfg.principal_leeway, cfg.issuer),
+        claims=cfg.principal_claims,
+        clock=clock,
+        on_close=fetcher.close,
     )
 
 
@@ -467,6 +492,8 @@ async def start_app(app: App) -> None:
     auth = app.authenticator
     if isinstance(auth, ManagedAuthenticator):
         await auth.start()  # loads trust bundles / issuer keys; starts their refresh
+    if app.engine.principals is not None:
+        await app.engine.principals.start()  # principal issuers' keys (docs/delegation.md)
     await app.checkpoints.start()  # refuses a log shorter than its last checkpoint
     app.journal.start()
     await app.engine.record_key_in_use(app.stored_key)
@@ -560,6 +587,7 @@ def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
             credential=app.http_credential,
             anonymous=cfg.http_allow_anonymous_loopback,
             body_timeout=cfg.http_body_timeout,
+            exchange=TokenExchangeEndpoint(app.engine.exchange_token, app.authenticator).handle,
         ),
         max_connections=cap,
         header_timeout=cfg.http_header_timeout,
@@ -640,6 +668,8 @@ class Sidecar:
             await app.engine.notifier.aclose()
         if isinstance(app.authenticator, ManagedAuthenticator):
             await app.authenticator.close()
+        if app.engine.principals is not None:
+            await app.engine.principals.close()
         # Only the sockets this process bound: a start refused because another sidecar
         # serves on a path must leave that sidecar's socket alone.
         for path, server in (

@@ -97,8 +97,9 @@ class AccessClient(_ClientBase):
         max_duration: int = 0,
         pop_jwk: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        subject_token: str = "",
     ) -> pb.Task:
-        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk)
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk, subject_token)
         return self._send(rpc, timeout)
 
     def request_grant_raw(

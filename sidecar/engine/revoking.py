@@ -116,6 +116,37 @@ class Revoking:
         await self.recorder.revocations(ended)
         return count
 
+    async def principal(self, principal: str, reason: str = "") -> int:
+        """Kill switch by person: end every task acting for `principal` (its `sub`, from any
+        issuer), whichever agent runs it; in a fleet, every sidecar does the same."""
+        triggered = self.clock.now()
+        ended = Ended()
+        if self.fleet is not None:
+            ended.events.append(
+                fleet_orders.order(
+                    triggered,
+                    "principal",
+                    principal,
+                    triggered,
+                    triggered + self.max_ttl,
+                    RevocationReason.KILL_SWITCH,
+                    reason,
+                )
+            )
+        count = 0
+        for task in list(self.live.tasks.values()):
+            if task.principal is not None and task.principal.subject == principal:
+                count += self.live.end_task(
+                    task,
+                    TaskState.FAILED,
+                    RevocationReason.KILL_SWITCH,
+                    triggered,
+                    ended,
+                    detail=reason,
+                )
+        await self.recorder.revocations(ended)
+        return count
+
     async def _order_grant(self, grant_id: str, detail: str) -> Grant:
         """Operator: revoke a grant this sidecar never issued; its issuer, wherever it is,
         ends and audits it, and every sidecar refuses the token meanwhile."""

@@ -34,7 +34,7 @@ from ..events import (
     TaskBegun,
     TaskCompleted,
 )
-from ..model import Grant, GrantState, Intent, Task, TaskState, Tier
+from ..model import Grant, GrantState, Intent, Principal, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
 
@@ -100,6 +100,17 @@ CREATE TABLE IF NOT EXISTS keys (
   jwk TEXT NOT NULL,
   retire_at REAL NOT NULL
 );
+-- Delegation (docs/delegation.md): tables of their own, so that a store written by an older
+-- version needs no migration (CREATE TABLE IF NOT EXISTS adds them).
+CREATE TABLE IF NOT EXISTS task_principals (
+  task_id TEXT PRIMARY KEY,
+  principal TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grant_actors (
+  grant_id TEXT PRIMARY KEY,
+  principal TEXT NOT NULL,
+  act TEXT NOT NULL
+);
 """
 
 GRANT_COLUMNS = (
@@ -154,6 +165,16 @@ def _task(row: Sequence[Any]) -> Task:
         ended_at=row[10],
         end_reason=row[11],
     )
+
+
+_ACTOR_SQL = "SELECT principal, act FROM grant_actors WHERE grant_id = ?"
+
+
+def _with_actor(grant: Grant, rows: Sequence[Any]) -> None:
+    """Attach a delegated grant's person and `act` claim (rows of _ACTOR_SQL)."""
+    if rows:
+        grant.principal = rows[0][0]
+        grant.actor = json.loads(rows[0][1])
 
 
 APPROVAL_COLUMNS = (
@@ -284,6 +305,11 @@ class SqliteStore:
                 e.pop_jkt or "",
             ),
         )
+        if e.principal is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO task_principals VALUES (?, ?)",
+                (e.task_id, json.dumps(e.principal, sort_keys=True)),
+            )
 
     @staticmethod
     def _task_completed(conn: sqlite3.Connection, e: TaskCompleted) -> None:
@@ -318,6 +344,12 @@ class SqliteStore:
         if e.approval_id is not None:
             conn.execute(
                 "UPDATE approvals SET state = 'used' WHERE approval_id = ?", (e.approval_id,)
+            )
+        if e.actor is not None:
+            principal = (e.principal or {}).get("subject", "")
+            conn.execute(
+                "INSERT OR IGNORE INTO grant_actors VALUES (?, ?, ?)",
+                (e.grant_id, principal, json.dumps(e.actor, sort_keys=True)),
             )
 
     @staticmethod
@@ -398,6 +430,21 @@ class SqliteStore:
             task = tasks.get(grant.task_id)
             if task is not None:
                 task.grant_ids.append(grant.grant_id)
+        for task_id, principal in self._w.execute(
+            "SELECT p.task_id, p.principal FROM task_principals p JOIN tasks t "
+            "USING (task_id) WHERE t.state = 'active'"
+        ):
+            tasks[task_id].principal = Principal.from_record(json.loads(principal))
+        delegated = {
+            row[0]: row[1:]
+            for row in self._w.execute(
+                "SELECT a.grant_id, a.principal, a.act FROM grant_actors a JOIN grants g "
+                "USING (grant_id) WHERE g.state = 'active'"
+            )
+        }
+        for grant in snap.grants:
+            found = delegated.get(grant.grant_id)
+            _with_actor(grant, [found] if found else [])
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
@@ -430,13 +477,25 @@ class SqliteStore:
         rows = await asyncio.to_thread(
             self._read, f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
         )
-        return _task(rows[0]) if rows else None
+        if not rows:
+            return None
+        task = _task(rows[0])
+        found = await asyncio.to_thread(
+            self._read, "SELECT principal FROM task_principals WHERE task_id = ?", (task_id,)
+        )
+        if found:
+            task.principal = Principal.from_record(json.loads(found[0][0]))
+        return task
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         rows = await asyncio.to_thread(
             self._read, f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)
         )
-        return _grant(rows[0]) if rows else None
+        if not rows:
+            return None
+        grant = _grant(rows[0])
+        _with_actor(grant, await asyncio.to_thread(self._read, _ACTOR_SQL, (grant_id,)))
+        return grant
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
         sql = f"SELECT {GRANT_COLUMNS} FROM grants WHERE task_id = ?"
