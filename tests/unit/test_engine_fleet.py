@@ -113,6 +113,7 @@ def test_tokens_of_other_sidecars_introspect_from_the_view(tmp_path: Path) -> No
         claims = {
             "iss": r.engine.settings.issuer,
             "sub": OTHER.subject,
+            "client_id": OTHER.subject,
             "aud": "x",
             "iat": now,
             "nbf": now,
