@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,18 @@ def _task(row: Sequence[Any]) -> Task:
 
 
 _ACTOR_SQL = "SELECT principal, act FROM grant_actors WHERE grant_id = ?"
+_ACTORS_SQL = (
+    "SELECT a.grant_id, a.principal, a.act FROM grant_actors a JOIN grants g USING (grant_id) "
+    "WHERE "
+)
+
+
+def _attach_actors(grants: Sequence[Grant], rows: Iterable[Sequence[Any]]) -> None:
+    """Attach each delegated grant's person and `act` (rows of _ACTORS_SQL)."""
+    delegated = {row[0]: row[1:] for row in rows}
+    for grant in grants:
+        found = delegated.get(grant.grant_id)
+        _with_actor(grant, [found] if found else [])
 
 
 def _with_actor(grant: Grant, rows: Sequence[Any]) -> None:
@@ -435,16 +447,7 @@ class SqliteStore:
             "USING (task_id) WHERE t.state = 'active'"
         ):
             tasks[task_id].principal = Principal.from_record(json.loads(principal))
-        delegated = {
-            row[0]: row[1:]
-            for row in self._w.execute(
-                "SELECT a.grant_id, a.principal, a.act FROM grant_actors a JOIN grants g "
-                "USING (grant_id) WHERE g.state = 'active'"
-            )
-        }
-        for grant in snap.grants:
-            found = delegated.get(grant.grant_id)
-            _with_actor(grant, [found] if found else [])
+        _attach_actors(snap.grants, self._w.execute(_ACTORS_SQL + "g.state = 'active'"))
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
@@ -502,7 +505,11 @@ class SqliteStore:
         if not include_inactive:
             sql += " AND state = 'active'"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY issued_at", (task_id,))
-        return [_grant(r) for r in rows]
+        grants = [_grant(r) for r in rows]
+        if grants:
+            sql = _ACTORS_SQL + "g.task_id = ?"
+            _attach_actors(grants, await asyncio.to_thread(self._read, sql, (task_id,)))
+        return grants
 
     async def get_approval(self, approval_id: str) -> Approval | None:
         rows = await asyncio.to_thread(

@@ -527,3 +527,26 @@ def test_kill_switch_by_person_ends_every_task_for_them_by_any_agent(world: Worl
     ]
     assert {r["subject"] for r in ended} == {BILLING, DEV}
     assert {r["reason"] for r in ended} == {"kill_switch"}
+
+
+# ---------------------------------------------------------------------------- restart
+
+
+def test_the_principal_and_act_survive_a_restart(world: World) -> None:
+    """After a restart (state from SQLite), the task still acts for the person: ListGrants
+    shows the actor, introspection the principal, and the kill switch by person finds it."""
+    task, grant = world.delegated_grant(BILLING, world.person("olga", ["support"]))
+    world.sidecar.stop()
+    world.sidecar.start()
+    with world.client(BILLING) as c:
+        listed = c.list_grants(task.task_id)
+        introspected = c.introspect(grant.token)
+    assert [g.actor for g in listed] == [BILLING]
+    assert introspected.active
+    assert (introspected.principal.subject, introspected.principal.issuer) == (
+        "olga",
+        world.people.url,
+    )
+    assert introspected.actor == BILLING
+    with world.sidecar.admin() as admin:
+        assert admin.revoke(principal="olga", reason="left the company") == 1
