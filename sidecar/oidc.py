@@ -174,6 +174,16 @@ class OidcKeys:
         self._current[issuer] = IssuerKeys(dict(keys), self._monotonic(), generation)
         return True
 
+    async def key_for(self, issuer: str, kid: str) -> tuple[IssuerKeys | None, VerifyKey | None]:
+        """The issuer's current keys and the one named `kid`; an unknown kid triggers one
+        (rate-limited) refetch first."""
+        current = self.keys(issuer)
+        key = current.keys.get(kid) if current is not None else None
+        if key is None and await self.refetch_for_unknown_kid(issuer):
+            current = self.keys(issuer)
+            key = current.keys.get(kid) if current is not None else None
+        return current, key
+
     async def refetch_for_unknown_kid(self, issuer: str) -> bool:
         """Refetch because a token named a kid we do not know, unless done < 30 s ago."""
         now = self._monotonic()

@@ -15,8 +15,8 @@ RFC 8693 §2.2.2 names the error codes; each refusal also carries a bounded `cau
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,23 +166,17 @@ class TokenExchange:
     ) -> Exchanged:
         task = self.live.tasks[parent.task_id]
         key = self.keys.current
-        exp = int(now) + ttl
-        grant = Grant(
+        # The parent's task, subject, intent, tier, audience, decision and key binding: only
+        # the scope, the lifetime and the actor change (never wider, longer or dropped).
+        grant = dataclasses.replace(
+            parent,
             grant_id=new_grant_id(),
-            task_id=parent.task_id,
-            subject=parent.subject,
-            action=sys.intern(parent.action),
-            resource=sys.intern(parent.resource),
-            tier=parent.tier,
-            audience=parent.audience,
             scope=scope,
             issued_at=now,
-            expires_at=float(min(exp, int(parent.expires_at))),
+            expires_at=float(min(int(now) + ttl, int(parent.expires_at))),
             kid=key.kid,
-            decision_id=parent.decision_id,
-            cnf_jkt=parent.cnf_jkt,
-            principal=parent.principal,
             actor=dict(actor) if actor else None,
+            justification="",
         )
         self.live.add_grant(task, grant)
         token = key.sign(access_token_claims(grant, self.issuer))

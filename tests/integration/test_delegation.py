@@ -197,13 +197,7 @@ def test_audit_names_the_person_and_the_agent_in_every_record_of_the_task(world:
         task = c.begin_task("audit", subject_token=world.person("erin", ["support"]))
         c.request_grant(task.task_id, *UPDATE, justification=JUSTIFICATION)
         with pytest.raises(AccessDenied):
-            c.request_grant(
-                task.task_id,
-                "payments.refund",
-                "payments://orders/7",
-                justification=JUSTIFICATION,
-                context={"amount": 5},
-            )
+            _refund(c, task.task_id, "payments://orders/7")
         c.complete_task(task.task_id)
     records = _task_records(world, task.task_id)
     kinds = [r["event"] for r in records]
@@ -223,6 +217,13 @@ def test_audit_names_the_person_and_the_agent_in_every_record_of_the_task(world:
 # ---------------------------------------------------------------------------- intersection
 
 
+def _refund(client: Any, task_id: str, resource: str = "payments://orders/42") -> Any:
+    """A refund of 5 (JIT for the billing agent on its own) in the task."""
+    return client.request_grant(
+        task_id, "payments.refund", resource, justification=JUSTIFICATION, context={"amount": 5}
+    )
+
+
 def test_person_allowed_agent_not_is_denied(world: World) -> None:
     """A finance person may refund; the dev agent's domains have no payments: cross_domain."""
     with world.client(DEV) as c:
@@ -230,13 +231,7 @@ def test_person_allowed_agent_not_is_denied(world: World) -> None:
             "refund", subject_token=world.person("carol", ["finance", "engineering"])
         )
         with pytest.raises(AccessDenied) as denied:
-            c.request_grant(
-                task.task_id,
-                "payments.refund",
-                "payments://orders/42",
-                justification=JUSTIFICATION,
-                context={"amount": 5},
-            )
+            _refund(c, task.task_id, "payments://orders/42")
     assert denied.value.reasons[0].startswith("cross_domain:")
 
 
@@ -245,21 +240,9 @@ def test_agent_allowed_person_not_is_denied(world: World) -> None:
     with world.client(BILLING) as c:
         task = c.begin_task("refund", subject_token=world.person("alice", ["support"]))
         with pytest.raises(AccessDenied) as denied:
-            c.request_grant(
-                task.task_id,
-                "payments.refund",
-                "payments://orders/42",
-                justification=JUSTIFICATION,
-                context={"amount": 5},
-            )
+            _refund(c, task.task_id, "payments://orders/42")
         without = c.begin_task("refund alone")
-        alone = c.request_grant(
-            without.task_id,
-            "payments.refund",
-            "payments://orders/42",
-            justification=JUSTIFICATION,
-            context={"amount": 5},
-        )
+        alone = _refund(c, without.task_id, "payments://orders/42")
     assert denied.value.reasons == [
         "principal_not_entitled: payments is not among the principal's domains"
     ]
@@ -270,13 +253,7 @@ def test_both_allowed_is_granted(world: World) -> None:
     """A finance person and the billing agent: the refund is granted, sub = the person."""
     with world.client(BILLING) as c:
         task = c.begin_task("refund", subject_token=world.person("frank", ["finance"]))
-        grant = c.request_grant(
-            task.task_id,
-            "payments.refund",
-            "payments://orders/42",
-            justification=JUSTIFICATION,
-            context={"amount": 5},
-        )
+        grant = _refund(c, task.task_id, "payments://orders/42")
     assert _pyjwt_claims(world, grant.token, grant.audience)["sub"] == "frank"
 
 
