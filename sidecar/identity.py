@@ -432,19 +432,13 @@ class OidcAuthenticator:
         self._subject_rules = subject_rules
         self._clock = clock or SystemClock()
         self.cache = VerifiedCache(cache_size)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._on_close = on_close
 
     async def start(self) -> None:
-        await asyncio.gather(*(self.keys.fetch(i) for i in self.keys.issuers))
-        self._task = asyncio.create_task(self.keys.run(self._stop))
+        await self.keys.start()
 
     async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 10)
+        await self.keys.stop()
         if self._on_close is not None:
             self._on_close()
 

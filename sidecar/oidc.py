@@ -138,6 +138,19 @@ class OidcKeys:
         self._generation = 0
         self._last_forced: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self._stopping = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Fetch every issuer's keys now, then refresh them in the background until `stop`."""
+        await asyncio.gather(*(self.fetch(i) for i in self.issuers))
+        self._runner = asyncio.get_running_loop().create_task(self.run(self._stopping))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._runner, 10)
 
     def keys(self, issuer: str) -> IssuerKeys | None:
         """The issuer's keys while younger than max_age, else None (fail closed)."""

@@ -14,8 +14,6 @@ Every refusal raises `Unauthenticated` with reason `principal_invalid` and a bou
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -83,19 +81,13 @@ class PrincipalVerifier:
         self._rules = rules
         self._claims = tuple(claims)
         self._clock = clock
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._on_close = on_close
 
     async def start(self) -> None:
-        await asyncio.gather(*(self.keys.fetch(i) for i in self.keys.issuers))
-        self._task = asyncio.create_task(self.keys.run(self._stop))
+        await self.keys.start()
 
     async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 10)
+        await self.keys.stop()
         if self._on_close is not None:
             self._on_close()
 
