@@ -214,6 +214,17 @@ def test_audit_names_the_person_and_the_agent_in_every_record_of_the_task(world:
     assert "phone_number" not in json.dumps(records)
 
 
+def test_the_sdk_task_block_takes_a_subject_token(world: World) -> None:
+    """`client.task(..., subject_token=…)`: the block's grants act for the person."""
+    with (
+        world.client(BILLING) as c,
+        c.task("sdk", subject_token=world.person("pia", ["support"])) as t,
+    ):
+        grant = t.grant(*UPDATE, justification=JUSTIFICATION)
+    claims = _pyjwt_claims(world, grant.token)
+    assert (claims["sub"], claims["act"]) == ("pia", {"sub": BILLING})
+
+
 # ---------------------------------------------------------------------------- intersection
 
 
