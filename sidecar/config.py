@@ -736,6 +736,14 @@ class Config:
         for iss in self.principal_issuer:
             if not iss.startswith("https://") and not _loopback_url(iss):
                 problems.append(f"principal_issuer {iss!r} must be an https:// URL")
+        if set(self.principal_issuer) & set(self.oidc_issuer) and (
+            self.principal_audience == self.audience
+        ):
+            # Otherwise an agent's own identity token would pass for a person's.
+            problems.append(
+                "an issuer in both oidc_issuer and principal_issuer needs a principal_audience "
+                "other than audience"
+            )
         return problems
 
     def _fleet_problems(self) -> list[str]:
