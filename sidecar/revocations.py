@@ -184,6 +184,8 @@ class RevocationView:
             if scope == "principal" and "act" not in claims:
                 continue
             target = "" if claim is None else claims.get(claim)
+            if scope == "subject" and "client_id" not in claims:
+                target = claims.get("sub")  # a token of ours always has client_id; fail safe
             if not isinstance(target, str):
                 continue
             cut = self._cuts.get((scope, target))
@@ -253,7 +255,7 @@ def grant_from_claims(claims: Mapping[str, Any]) -> Grant | None:
         grant = Grant(
             grant_id=claims["jti"],
             task_id=claims["txn"],
-            subject=claims["client_id"],
+            subject=claims.get("client_id", claims["sub"]),
             action=details["actions"][0],
             resource=details["locations"][0],
             tier=Tier(claims["tier"]),
