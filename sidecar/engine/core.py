@@ -451,10 +451,10 @@ class Engine:
             kid=key.kid,
             decision_id=decision.decision_id,
             cnf_jkt=task.pop_jkt,
+            # RFC 8693 §4.1: for a task with a principal, sub = the person, act = the agent.
+            principal=task.principal.subject if task.principal is not None else "",
+            actor=actor_claim(identity.subject) if task.principal is not None else None,
         )
-        if task.principal is not None:  # RFC 8693 §4.1: sub = the person, act = the agent
-            grant.principal = task.principal.subject
-            grant.actor = actor_claim(identity.subject)
         self.live.add_grant(task, grant)
         token = key.sign(access_token_claims(grant, self.settings.issuer))
         event = GrantIssued(
