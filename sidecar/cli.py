@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     begin.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     begin.add_argument("-q", "--quiet", action="store_true", help="print only the task id")
     begin.add_argument(
+        "--subject-token-file",
+        type=_token_file,
+        default="",
+        metavar="PATH",
+        help="the person the task acts for: a file holding their token (docs/delegation.md); "
+        "a file, never an argument, so that the token is not in the process list",
+    )
+    begin.add_argument(
         "--hold",
         action="store_true",
         help="keep the task alive until it ends: a background `task hold` sends its heartbeats "
@@ -326,6 +334,19 @@ def _run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _token_file(path: str) -> str:
+    """The token a file holds (surrounding whitespace removed); never echoes its content."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{path} is not text") from err
+    if not token:
+        raise argparse.ArgumentTypeError(f"{path} is empty")
+    return token
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from .client import AccessDenied, AdminClient, ApprovalPending
 
@@ -334,7 +355,11 @@ def _run_client(args: argparse.Namespace) -> int:
             if args.task_command == "begin":
                 labels = dict(item.split("=", 1) for item in args.label if "=" in item)
                 task = client.begin_task(
-                    args.goal, task_id=args.task_id, labels=labels, max_duration=args.max_duration
+                    args.goal,
+                    task_id=args.task_id,
+                    labels=labels,
+                    max_duration=args.max_duration,
+                    subject_token=args.subject_token_file,
                 )
                 holder = _spawn_holder(args, task.task_id) if args.hold else None
                 if args.quiet:

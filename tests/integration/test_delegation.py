@@ -214,6 +214,42 @@ def test_audit_names_the_person_and_the_agent_in_every_record_of_the_task(world:
     assert "phone_number" not in json.dumps(records)
 
 
+def test_the_cli_begins_a_task_for_a_person(world: World, tmp_path: Path) -> None:
+    """`jit-sidecar task begin --subject-token-file`: the task acts for the person."""
+    token_file = tmp_path / "person.jwt"
+    token_file.write_text(world.person("quinn", ["support"]) + "\n")
+    svid_file = tmp_path / "svid.jwt"
+    svid_file.write_text(world.svid(BILLING))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "task",
+            "begin",
+            "--goal",
+            "cli",
+            "--subject-token-file",
+            str(token_file),
+            "--socket",
+            str(world.sidecar.socket),
+            "--identity-token-file",
+            str(svid_file),
+            "--json",
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    task_id = json.loads(done.stdout)["task_id"]
+    begun = next(r for r in world.sidecar.events("task_begun") if r["task_id"] == task_id)
+    assert begun["principal"]["subject"] == "quinn"
+    assert begun["subject"] == BILLING
+
+
 def test_the_sdk_task_block_takes_a_subject_token(world: World) -> None:
     """`client.task(..., subject_token=…)`: the block's grants act for the person."""
     with (
