@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     begin.add_argument(
         "--subject-token-file",
         type=_token_file,
-        default="",
+        default=None,
         metavar="PATH",
         help="the person the task acts for: a file holding their token (docs/delegation.md); "
         "a file, never an argument, so that the token is not in the process list",
@@ -359,7 +359,7 @@ def _run_client(args: argparse.Namespace) -> int:
                     task_id=args.task_id,
                     labels=labels,
                     max_duration=args.max_duration,
-                    subject_token=args.subject_token_file,
+                    subject_token=args.subject_token_file or "",
                 )
                 holder = _spawn_holder(args, task.task_id) if args.hold else None
                 if args.quiet:
