@@ -16,6 +16,7 @@ import pytest
 from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine, EngineMetrics, engine_settings
+from sidecar.engine.delegation import TaskPrincipals
 from sidecar.errors import (
     FailedPrecondition,
     NotFound,
@@ -28,6 +29,7 @@ from sidecar.events import Recorded, TaskBegun, TaskCompleted
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
 from sidecar.model import Identity, Intent, Outcome
+from sidecar.principals import PrincipalVerifier
 from sidecar.revocations import FleetGate
 from sidecar.store.sqlite import SqliteStore
 from sidecar.tokens import KeyRing, SigningKey, generate_private_key
@@ -48,6 +50,7 @@ class Rig:
         keys: KeyRing | None = None,
         clock: ManualClock | None = None,
         fleet: FleetGate | None = None,
+        principals: PrincipalVerifier | None = None,
         **settings: Any,
     ) -> None:
         self.clock = clock or ManualClock(1_800_000_000.0)
@@ -56,7 +59,14 @@ class Rig:
         self.state_path = tmp / "state.db"
         self.store = SqliteStore(self.state_path)
         self.audit_path = audit_path or tmp / "audit.jsonl"
-        self.journal = Journal(AuditFile(self.audit_path, rotate_bytes=rotate_bytes), self.store)
+        # Wired as the composition root wires them: the journal stamps each record with the
+        # person its task acts for, whom the engine's live state knows.
+        task_principals = TaskPrincipals()
+        self.journal = Journal(
+            AuditFile(self.audit_path, rotate_bytes=rotate_bytes),
+            self.store,
+            stamp=task_principals.stamp,
+        )
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
         self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
         self.engine = Engine(
@@ -68,6 +78,8 @@ class Rig:
             metrics=EngineMetrics(self.metrics),
             clock=self.clock,
             fleet=fleet,
+            principals=principals,
+            task_principals=task_principals,
         )
         self.journal.replay()
         self.engine.restore(self.store.load())

@@ -14,16 +14,20 @@ import pytest
 
 from sidecar.approvals import ApprovalState
 from sidecar.errors import Unavailable
+from sidecar.jws import verify_key_from_jwk
 from sidecar.model import Intent
+from sidecar.oidc import OidcKeys
+from sidecar.principals import PrincipalVerifier, person_rules
 from sidecar.revocations import STALE, Revocation
 from sidecar.tokens import SigningKey, generate_private_key
 from tests.fakes import VALID_JIT, ManualClock, ViewGate
+from tests.identity_kit import Key
 from tests.unit.test_engine import ME, OTHER, Rig
 
 
 class FleetRig(Rig):
-    def __init__(self, tmp: Path, **settings: Any) -> None:
-        clock = ManualClock(1_800_000_000.0)
+    def __init__(self, tmp: Path, *, clock: ManualClock | None = None, **settings: Any) -> None:
+        clock = clock or ManualClock(1_800_000_000.0)
         self.gate = ViewGate(clock)
         super().__init__(tmp, clock=clock, fleet=self.gate, **settings)
 
@@ -145,3 +149,78 @@ def test_tokens_of_other_sidecars_introspect_from_the_view(tmp_path: Path) -> No
         assert (expired.active, expired.revocation_reason) == (False, "expired")
 
     fleet_rig(tmp_path, body)
+
+
+PEOPLE = "https://idp.example"
+
+
+def _people_rig(tmp_path: Path, body: Any) -> FleetRig:
+    """A fleet rig whose engine verifies people's tokens signed by `rig.person_key` (keys
+    served to a real PrincipalVerifier by an in-memory fetch)."""
+    person_key = Key.generate("ES256")
+    keys = OidcKeys(
+        [PEOPLE],
+        lambda _issuer: {person_key.kid: verify_key_from_jwk(person_key.public_jwk())},
+        refresh=300,
+        max_age=3600,
+    )
+    clock = ManualClock(1_800_000_000.0)
+    verifier = PrincipalVerifier(
+        keys, person_rules("people", 10, "https://jit"), claims=("groups",), clock=clock
+    )
+    rig = FleetRig(tmp_path, clock=clock, principals=verifier)
+
+    def person(sub: str) -> str:
+        now = int(clock.now())
+        claims = {"iss": PEOPLE, "sub": sub, "aud": "people", "iat": now, "exp": now + 300}
+        return person_key.sign(claims | {"groups": ["support"]})
+
+    async def run() -> None:
+        await keys.fetch(PEOPLE)
+        await body(rig, person)
+
+    try:
+        asyncio.run(run())
+    finally:
+        rig.close()
+    return rig
+
+
+def test_kill_switch_by_person_from_elsewhere_ends_their_tasks_by_any_agent(
+    tmp_path: Path,
+) -> None:
+    """A principal cutoff made on another sidecar ends this sidecar's tasks acting for that
+    person, whichever agent runs them, and leaves another person's task and a task without
+    a principal alone."""
+
+    async def body(r: FleetRig, person: Any) -> None:
+        e = r.engine
+        mine = await e.begin_task(
+            ME, task_id="", goal="g", max_duration=300, labels={}, subject_token=person("alice")
+        )
+        theirs = await e.begin_task(
+            OTHER, task_id="", goal="g", max_duration=300, labels={}, subject_token=person("alice")
+        )
+        bob = await e.begin_task(
+            ME, task_id="", goal="g", max_duration=300, labels={}, subject_token=person("bob")
+        )
+        alone = await e.begin_task(ME, task_id="", goal="g", max_duration=300, labels={})
+        grants = [
+            await e.request_grant(ME, mine.task_id, Intent("x.write", "x://1"), 60),
+            await e.request_grant(OTHER, theirs.task_id, Intent("x.write", "x://1"), 60),
+            await e.request_grant(ME, bob.task_id, Intent("x.write", "x://1"), 60),
+            await e.request_grant(ME, alone.task_id, Intent("x.write", "x://1"), 60),
+        ]
+        cutoff = r.clock.now() + 0.5
+        rev = Revocation("principal", "alice", cutoff, "kill_switch", cutoff + 900, "b", "")
+        r.gate.view.add(rev)
+        assert await e.apply_fleet_revocation(rev) == 2
+        states = [(await e.introspect(g.token)).active for g in grants]
+        assert states == [False, False, True, True]
+
+    rig = _people_rig(tmp_path, body)
+    ended = records(rig, "task_completed")
+    assert {(r["subject"], r["principal"]["subject"]) for r in ended} == {
+        (ME.subject, "alice"),
+        (OTHER.subject, "alice"),
+    }
