@@ -141,6 +141,18 @@ def _pyjwt_claims(world: World, token: str, audience: str = "tickets") -> dict[s
     )
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`jit-sidecar ARGS` as a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", *args],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 # ---------------------------------------------------------------------------- the task
 
 
@@ -220,28 +232,18 @@ def test_the_cli_begins_a_task_for_a_person(world: World, tmp_path: Path) -> Non
     token_file.write_text(world.person("quinn", ["support"]) + "\n")
     svid_file = tmp_path / "svid.jwt"
     svid_file.write_text(world.svid(BILLING))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar.cli",
-            "task",
-            "begin",
-            "--goal",
-            "cli",
-            "--subject-token-file",
-            str(token_file),
-            "--socket",
-            str(world.sidecar.socket),
-            "--identity-token-file",
-            str(svid_file),
-            "--json",
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    done = _cli(
+        "task",
+        "begin",
+        "--goal",
+        "cli",
+        "--subject-token-file",
+        str(token_file),
+        "--socket",
+        str(world.sidecar.socket),
+        "--identity-token-file",
+        str(svid_file),
+        "--json",
     )
     assert done.returncode == 0, done.stderr
     task_id = json.loads(done.stdout)["task_id"]
@@ -507,24 +509,14 @@ def test_kill_switch_by_person_ends_every_task_for_them_by_any_agent(world: Worl
     _, by_billing = world.delegated_grant(BILLING, world.person("mona", ["support"]))
     _, by_dev = world.delegated_grant(DEV, world.person("mona", ["support"]))
     _, other = world.delegated_grant(BILLING, world.person("nora", ["support"]))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar.cli",
-            "revoke",
-            "--principal",
-            "mona",
-            "--reason",
-            "account compromised",
-            "--admin-socket",
-            str(world.sidecar.admin_socket),
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    done = _cli(
+        "revoke",
+        "--principal",
+        "mona",
+        "--reason",
+        "account compromised",
+        "--admin-socket",
+        str(world.sidecar.admin_socket),
     )
     assert done.returncode == 0, done.stderr
     assert "2 grant(s) revoked" in done.stdout
