@@ -5,7 +5,7 @@ jit-sidecar task begin --goal "refund order 42" --label purpose=refunds --hold
 jit-sidecar grant TASK_ID payments.refund payments://orders/42 --justification "ticket 991"
 jit-sidecar grants TASK_ID --all
 jit-sidecar task complete TASK_ID
-jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
+jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --principal SUB | --all
 jit-sidecar introspect TOKEN
 jit-sidecar audit verify var/audit.jsonl --key var/signing-key.pem --state var/state.db
 """
@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     begin.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     begin.add_argument("-q", "--quiet", action="store_true", help="print only the task id")
     begin.add_argument(
+        "--subject-token-file",
+        type=_token_file,
+        default=None,
+        metavar="PATH",
+        help="the person the task acts for: a file holding their token (docs/delegation.md); "
+        "a file, never an argument, so that the token is not in the process list",
+    )
+    begin.add_argument(
         "--hold",
         action="store_true",
         help="keep the task alive until it ends: a background `task hold` sends its heartbeats "
@@ -173,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--task", dest="task_id")
     which.add_argument("--subject", help="kill switch: every grant of this identity")
     which.add_argument("--all", action="store_true", help="every grant of every agent")
+    which.add_argument(
+        "--principal", help="kill switch: every task acting for this person (sub), by any agent"
+    )
     revoke.add_argument("--reason", default="")
 
     keys = sub.add_parser("keys", help="operator: signing keys (admin socket)")
@@ -327,6 +338,19 @@ def _run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _token_file(path: str) -> str:
+    """The token a file holds (surrounding whitespace removed); never echoes its content."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{path} is not text") from err
+    if not token:
+        raise argparse.ArgumentTypeError(f"{path} is empty")
+    return token
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from .client import AccessDenied, AdminClient, ApprovalPending
 
@@ -335,7 +359,11 @@ def _run_client(args: argparse.Namespace) -> int:
             if args.task_command == "begin":
                 labels = dict(item.split("=", 1) for item in args.label if "=" in item)
                 task = client.begin_task(
-                    args.goal, task_id=args.task_id, labels=labels, max_duration=args.max_duration
+                    args.goal,
+                    task_id=args.task_id,
+                    labels=labels,
+                    max_duration=args.max_duration,
+                    subject_token=args.subject_token_file or "",
                 )
                 holder = _spawn_holder(args, task.task_id) if args.hold else None
                 if args.quiet:
@@ -452,6 +480,7 @@ def _run_client(args: argparse.Namespace) -> int:
                 subject=args.subject or "",
                 everything=args.all,
                 reason=args.reason,
+                principal=args.principal or "",
             )
         _print(args, {"revoked_grants": count}, f"{count} grant(s) revoked")
         return EXIT_OK

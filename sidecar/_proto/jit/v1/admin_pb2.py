@@ -26,33 +26,33 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sidecar._proto.jit.v1 import access_pb2 as jit_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12jit/v1/admin.proto\x12\x06jit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13jit/v1/access.proto\"t\n\rRevokeRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07subject\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x0e\n\x06reason\x18\x05 \x01(\tB\n\n\x08selector\"(\n\x0eRevokeResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\r\"3\n\x17RotateSigningKeyRequest\x12\x18\n\x10reload_from_file\x18\x01 \x01(\x08\"v\n\x18RotateSigningKeyResponse\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x14\n\x0cprevious_kid\x18\x02 \x01(\t\x12\x37\n\x13previous_retires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x02\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.jit.v1.ApprovalState\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\t \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\n \x01(\t\x12\x13\n\x0bttl_seconds\x18\x0b \x01(\r\"/\n\x14ListApprovalsRequest\x12\x17\n\x0finclude_decided\x18\x01 \x01(\x08\"<\n\x15ListApprovalsResponse\x12#\n\tapprovals\x18\x01 \x03(\x0b\x32\x10.jit.v1.Approval\"_\n\x15\x44\x65\x63ideApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61pprover\x18\x04 \x01(\t\"<\n\x16\x44\x65\x63ideApprovalResponse\x12\"\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x10.jit.v1.Approval*\xb8\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x17\n\x13\x41PPROVAL_STATE_USED\x10\x05\x32\xbd\x02\n\x0c\x41\x64minService\x12\x37\n\x06Revoke\x12\x15.jit.v1.RevokeRequest\x1a\x16.jit.v1.RevokeResponse\x12U\n\x10RotateSigningKey\x12\x1f.jit.v1.RotateSigningKeyRequest\x1a .jit.v1.RotateSigningKeyResponse\x12L\n\rListApprovals\x12\x1c.jit.v1.ListApprovalsRequest\x1a\x1d.jit.v1.ListApprovalsResponse\x12O\n\x0e\x44\x65\x63ideApproval\x12\x1d.jit.v1.DecideApprovalRequest\x1a\x1e.jit.v1.DecideApprovalResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12jit/v1/admin.proto\x12\x06jit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13jit/v1/access.proto\"\x89\x01\n\rRevokeRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07subject\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x13\n\tprincipal\x18\x06 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x05 \x01(\tB\n\n\x08selector\"(\n\x0eRevokeResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\r\"3\n\x17RotateSigningKeyRequest\x12\x18\n\x10reload_from_file\x18\x01 \x01(\x08\"v\n\x18RotateSigningKeyResponse\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x14\n\x0cprevious_kid\x18\x02 \x01(\t\x12\x37\n\x13previous_retires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x02\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.jit.v1.ApprovalState\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\t \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\n \x01(\t\x12\x13\n\x0bttl_seconds\x18\x0b \x01(\r\"/\n\x14ListApprovalsRequest\x12\x17\n\x0finclude_decided\x18\x01 \x01(\x08\"<\n\x15ListApprovalsResponse\x12#\n\tapprovals\x18\x01 \x03(\x0b\x32\x10.jit.v1.Approval\"_\n\x15\x44\x65\x63ideApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61pprover\x18\x04 \x01(\t\"<\n\x16\x44\x65\x63ideApprovalResponse\x12\"\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x10.jit.v1.Approval*\xb8\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x17\n\x13\x41PPROVAL_STATE_USED\x10\x05\x32\xbd\x02\n\x0c\x41\x64minService\x12\x37\n\x06Revoke\x12\x15.jit.v1.RevokeRequest\x1a\x16.jit.v1.RevokeResponse\x12U\n\x10RotateSigningKey\x12\x1f.jit.v1.RotateSigningKeyRequest\x1a .jit.v1.RotateSigningKeyResponse\x12L\n\rListApprovals\x12\x1c.jit.v1.ListApprovalsRequest\x1a\x1d.jit.v1.ListApprovalsResponse\x12O\n\x0e\x44\x65\x63ideApproval\x12\x1d.jit.v1.DecideApprovalRequest\x1a\x1e.jit.v1.DecideApprovalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jit.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPROVALSTATE']._serialized_start=1005
-  _globals['_APPROVALSTATE']._serialized_end=1189
-  _globals['_REVOKEREQUEST']._serialized_start=84
-  _globals['_REVOKEREQUEST']._serialized_end=200
-  _globals['_REVOKERESPONSE']._serialized_start=202
-  _globals['_REVOKERESPONSE']._serialized_end=242
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=244
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=295
-  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=297
-  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=415
-  _globals['_APPROVAL']._serialized_start=418
-  _globals['_APPROVAL']._serialized_end=732
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=734
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=781
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=783
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=843
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=845
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=940
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=942
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=1002
-  _globals['_ADMINSERVICE']._serialized_start=1192
-  _globals['_ADMINSERVICE']._serialized_end=1509
+  _globals['_APPROVALSTATE']._serialized_start=1027
+  _globals['_APPROVALSTATE']._serialized_end=1211
+  _globals['_REVOKEREQUEST']._serialized_start=85
+  _globals['_REVOKEREQUEST']._serialized_end=222
+  _globals['_REVOKERESPONSE']._serialized_start=224
+  _globals['_REVOKERESPONSE']._serialized_end=264
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=266
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=317
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=319
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=437
+  _globals['_APPROVAL']._serialized_start=440
+  _globals['_APPROVAL']._serialized_end=754
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=756
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=803
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=805
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=865
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=867
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=962
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=964
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=1024
+  _globals['_ADMINSERVICE']._serialized_start=1214
+  _globals['_ADMINSERVICE']._serialized_end=1531
 # @@protoc_insertion_point(module_scope)

@@ -27,18 +27,20 @@ APPROVAL_STATE_EXPIRED: ApprovalState
 APPROVAL_STATE_USED: ApprovalState
 
 class RevokeRequest(_message.Message):
-    __slots__ = ("grant_id", "task_id", "subject", "all", "reason")
+    __slots__ = ("grant_id", "task_id", "subject", "all", "principal", "reason")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     task_id: str
     subject: str
     all: bool
+    principal: str
     reason: str
-    def __init__(self, grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., all: _Optional[bool] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
     __slots__ = ("revoked_grants",)
