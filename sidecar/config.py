@@ -616,6 +616,39 @@ class Config:
             parse=float,
         ),
     )
+    # --- delegation (issue 21, docs/delegation.md)
+    principal_issuer: tuple[str, ...] = field(
+        default=(),
+        metadata=_opt(
+            "Issuers whose OIDC ID or access tokens BeginTask accepts as a subject token (the "
+            "person a task acts for; exact match; comma-separated or repeated). Empty: only "
+            "access tokens this sidecar issued to a task with a principal are accepted.",
+            parse=_list,
+            repeat=True,
+            metavar="URL",
+        ),
+    )
+    principal_audience: str = field(
+        default="jit-sidecar",
+        metadata=_opt("Audience a subject token (a person's token) must be issued for."),
+    )
+    principal_leeway: int = field(
+        default=10,
+        metadata=_opt(
+            "Clock skew in seconds tolerated on subject tokens' exp, nbf and iat (0-60).",
+            parse=int,
+        ),
+    )
+    principal_claims: tuple[str, ...] = field(
+        default=("email", "name", "groups"),
+        metadata=_opt(
+            "Claims of a subject token recorded in the task and shown to the policy as "
+            "input.principal.claims (an allow-list; comma-separated or repeated).",
+            parse=_list,
+            repeat=True,
+            metavar="CLAIM",
+        ),
+    )
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -722,6 +755,7 @@ class Config:
             )
         if serving:
             problems.extend(self._identity_problems())
+        problems.extend(self._principal_problems())
         if serving and not self.http_is_loopback and self.http_token_file is None:
             problems.append(
                 "http_addr is bound beyond loopback: set http_token_file so /introspect and "
@@ -792,6 +826,30 @@ class Config:
                 problems.append(f"{name} must be at least 1")
         if self.broker_retry_max <= 0:
             problems.append("broker_retry_max must be greater than 0")
+        return problems
+
+    def _principal_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not 0 <= self.principal_leeway <= 60:
+            problems.append("principal_leeway must be between 0 and 60 seconds")
+        if self.principal_issuer and not self.principal_audience:
+            problems.append("principal_issuer needs a principal_audience")
+        if self.issuer in self.principal_issuer:
+            problems.append(
+                "principal_issuer must not list this sidecar's own issuer: its tokens are "
+                "accepted as subject tokens without it"
+            )
+        for iss in self.principal_issuer:
+            if not iss.startswith("https://") and not _loopback_url(iss):
+                problems.append(f"principal_issuer {iss!r} must be an https:// URL")
+        if set(self.principal_issuer) & set(self.oidc_issuer) and (
+            self.principal_audience == self.audience
+        ):
+            # Otherwise an agent's own identity token would pass for a person's.
+            problems.append(
+                "an issuer in both oidc_issuer and principal_issuer needs a principal_audience "
+                "other than audience"
+            )
         return problems
 
     def _fleet_problems(self) -> list[str]:

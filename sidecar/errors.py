@@ -43,6 +43,8 @@ class Reason(StrEnum):
     UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
     INVALID_POP_PROOF = "invalid_pop_proof"
+    PRINCIPAL_INVALID = "principal_invalid"
+    MAY_ACT = "may_act"
 
 
 class SidecarError(Exception):

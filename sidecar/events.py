@@ -24,6 +24,10 @@ class Event:
     name: ClassVar[str] = ""
     time: str
     """RFC 3339 UTC, microseconds (sidecar.clock.rfc3339)."""
+    principal: dict[str, Any] | None = None
+    """The person the record's task acts for (docs/delegation.md): `subject` and `issuer`,
+    and on `task_begun` the recorded `claims` too. Set by the journal's stamp, never by the
+    code that makes the event; absent for a task without a principal."""
 
     def record(self) -> dict[str, Any]:
         """The audit record without its chain fields (`seq`, `prev_hash`, `hash`)."""
@@ -86,6 +90,10 @@ class GrantIssued(Event):
     cnf_jkt: str | None = None
     cached: bool | None = None
     approval_id: str | None = None
+    actor: dict[str, Any] | None = None
+    """The token's RFC 8693 `act` claim, when the task has a principal or after exchange."""
+    exchanged_from: str | None = None
+    """The grant whose token was exchanged for this one (RFC 8693 token exchange)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,13 +230,18 @@ class RevocationOrdered(Event):
     subject: str | None = None
     cutoff: str | None = None
     detail: str | None = None
+    person: str | None = None
+    """scope `principal`: the person (a principal's `sub`) whose tasks end, by any agent."""
 
     @property
     def target(self) -> str:
-        """The grant id, task id or subject the order names ("" for everything)."""
-        return {"grant": self.grant_id, "task": self.task_id, "subject": self.subject}.get(
-            self.scope
-        ) or ""
+        """The grant id, task id, subject or person the order names ("" for everything)."""
+        return {
+            "grant": self.grant_id,
+            "task": self.task_id,
+            "subject": self.subject,
+            "principal": self.person,
+        }.get(self.scope) or ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -83,9 +83,11 @@ def create_app(
     body_timeout: float = 10.0,
     authzen: AuthzenService | None = None,
     transmitter: Transmitter | None = None,
+    exchange: Callable[[web.Request, float], Awaitable[web.Response]] | None = None,
 ) -> web.Application:
     """`credential` guards /introspect and /revoke; `anonymous` opens them (loopback only,
-    checked by Config.validate). With neither, they answer 401 to everyone."""
+    checked by Config.validate). With neither, they answer 401 to everyone. `exchange`
+    serves POST /token, RFC 8693 token exchange (sidecar.token_exchange), guarded alike."""
     app = web.Application(client_max_size=MAX_FORM_BYTES)
 
     def authorized(request: web.Request) -> bool:
@@ -182,6 +184,8 @@ def create_app(
         }
         if "cnf" in c:
             body["cnf"] = c["cnf"]
+        if "act" in c:  # RFC 8693 §4.1: the agent acting for `sub` (docs/delegation.md)
+            body["act"] = c["act"]
         return web.json_response(body)
 
     async def revoke(request: web.Request) -> web.Response:
@@ -219,6 +223,12 @@ def create_app(
     if transmitter is not None:
         # Shared Signals: docs/shared-signals.md
         add_ssf_routes(app, transmitter, guarded, body_timeout=body_timeout)
+    if exchange is not None:
+
+        async def token(request: web.Request) -> web.StreamResponse:
+            return await exchange(request, body_timeout)
+
+        app.router.add_post("/token", guarded(token))
     return app
 
 

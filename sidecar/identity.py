@@ -432,19 +432,13 @@ class OidcAuthenticator:
         self._subject_rules = subject_rules
         self._clock = clock or SystemClock()
         self.cache = VerifiedCache(cache_size)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._on_close = on_close
 
     async def start(self) -> None:
-        await asyncio.gather(*(self.keys.fetch(i) for i in self.keys.issuers))
-        self._task = asyncio.create_task(self.keys.run(self._stop))
+        await self.keys.start()
 
     async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 10)
+        await self.keys.stop()
         if self._on_close is not None:
             self._on_close()
 
@@ -469,28 +463,7 @@ class OidcAuthenticator:
         cached = self.cache.get(digest, now, self._stamp)
         if cached is not None:
             return cached
-        try:
-            jws = parse(token)
-        except JwsError as err:
-            raise _rejected(err.cause, err.message) from err
-        alg, kid = check_header_rules(jws, self._rules)
-        iss = jws.claims.get("iss")
-        if not isinstance(iss, str) or iss not in self._issuers:
-            raise _rejected("issuer_not_allowed", "the token's `iss` is not an allowed issuer")
-        current = self.keys.keys(iss)
-        key = current.keys.get(kid) if current is not None else None
-        if key is None and await self.keys.refetch_for_unknown_kid(iss):
-            current = self.keys.keys(iss)
-            key = current.keys.get(kid) if current is not None else None
-        if current is None:
-            raise _rejected("issuer_keys_unavailable", f"no current keys for issuer {iss!r}")
-        if key is None:
-            raise _rejected("kid_unknown", f"kid {kid!r} is not among the keys of {iss!r}")
-        try:
-            verify_signature(jws, alg, key)
-        except JwsError as err:
-            raise _rejected(err.cause, err.message) from err
-        exp = check_claims(jws.claims, self._rules, now)
+        jws, iss, generation, exp = await verify_issued(token, self.keys, self._rules, now)
         sub = jws.claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise _rejected("subject_invalid", "the token has no `sub`")
@@ -508,8 +481,39 @@ class OidcAuthenticator:
             issuer=iss,
             claims=policy_claims(jws.claims),
         )
-        self.cache.put(digest, identity, exp + self._rules.leeway, current.generation)
+        self.cache.put(digest, identity, exp + self._rules.leeway, generation)
         return identity
+
+
+async def verify_issued(
+    token: str,
+    keys: OidcKeys,
+    rules: TokenRules,
+    now: float,
+    *,
+    header: Callable[[Jws, TokenRules], tuple[str, str]] = check_header_rules,
+) -> tuple[Jws, str, int, float]:
+    """A JWT from one of `keys.issuers`, its header (`header`), signature (the issuer's
+    JWKS key named by `kid`) and claims (`rules`) checked: (jws, iss, key generation, exp).
+    Raises Unauthenticated (identity_invalid, with a bounded `cause`)."""
+    try:
+        jws = parse(token)
+    except JwsError as err:
+        raise _rejected(err.cause, err.message) from err
+    alg, kid = header(jws, rules)
+    iss = jws.claims.get("iss")
+    if not isinstance(iss, str) or iss not in keys.issuers:
+        raise _rejected("issuer_not_allowed", "the token's `iss` is not an allowed issuer")
+    current, key = await keys.key_for(iss, kid)
+    if current is None:
+        raise _rejected("issuer_keys_unavailable", f"no current keys for issuer {iss!r}")
+    if key is None:
+        raise _rejected("kid_unknown", f"kid {kid!r} is not among the keys of {iss!r}")
+    try:
+        verify_signature(jws, alg, key)
+    except JwsError as err:
+        raise _rejected(err.cause, err.message) from err
+    return jws, iss, current.generation, check_claims(jws.claims, rules, now)
 
 
 # ---------------------------------------------------------------------------- factory

@@ -73,9 +73,13 @@ class Journal:
         *,
         on_audit_error: Callable[[], None] = lambda: None,
         on_batch: Callable[[int, float], None] = lambda n, seconds: None,
+        stamp: Callable[[Event], Event] | None = None,
     ) -> None:
+        """`stamp` completes each event before it is written (it adds the principal of the
+        event's task: sidecar.engine.delegation.TaskPrincipals)."""
         self._audit = audit
         self._store = store
+        self._stamp = stamp
         self._queue: queue.SimpleQueue[_Entry | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._on_audit_error = on_audit_error
@@ -134,6 +138,8 @@ class Journal:
         Entries are written in the order `commit` is called, so callers that change
         in-memory state synchronously before awaiting get the same order on disk.
         """
+        if self._stamp is not None:
+            events = [self._stamp(e) for e in events]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._queue.put(_Entry(events, list(touches), future, loop))

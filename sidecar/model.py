@@ -180,6 +180,8 @@ class Task:
     end_reason: str = ""
     grant_ids: list[str] = field(default_factory=list)
     """Active grants only, oldest first."""
+    principal: Principal | None = None
+    """The person the task acts for (docs/delegation.md); None when the agent acts alone."""
 
     @property
     def active(self) -> bool:
@@ -225,6 +227,36 @@ class Grant:
     ended_at: float | None = None
     lease: Lease | None = None
     """The downstream credential issued with this grant (docs/brokers.md), if any."""
+    principal: str = ""
+    """The person's `sub` when the task has a principal: the token's `sub` (RFC 8693 §4.1)."""
+    actor: Mapping[str, Any] | None = None
+    """The token's RFC 8693 `act` claim (the agent, nested for chains); None without a
+    principal or exchange."""
 
     def is_active(self, now: float) -> bool:
         return self.state is GrantState.ACTIVE and now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The person a task acts for, from a verified subject token (docs/delegation.md)."""
+
+    subject: str
+    """The subject token's `sub`."""
+    issuer: str
+    """The subject token's `iss` (this sidecar's own issuer for a token exchanged earlier)."""
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    """The claims `principal_claims` allows, as verified."""
+
+    def as_input(self) -> dict[str, Any]:
+        return {"subject": self.subject, "issuer": self.issuer, "claims": dict(self.claims)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Principal:
+        """The principal an audit record or store row holds (`as_input`'s shape)."""
+        claims = record.get("claims")
+        return cls(
+            subject=str(record.get("subject", "")),
+            issuer=str(record.get("issuer", "")),
+            claims=dict(claims) if isinstance(claims, Mapping) else {},
+        )

@@ -138,6 +138,19 @@ class OidcKeys:
         self._generation = 0
         self._last_forced: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self._stopping = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Fetch every issuer's keys now, then refresh them in the background until `stop`."""
+        await asyncio.gather(*(self.fetch(i) for i in self.issuers))
+        self._runner = asyncio.get_running_loop().create_task(self.run(self._stopping))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._runner, 10)
 
     def keys(self, issuer: str) -> IssuerKeys | None:
         """The issuer's keys while younger than max_age, else None (fail closed)."""
@@ -173,6 +186,16 @@ class OidcKeys:
         generation = self._generation
         self._current[issuer] = IssuerKeys(dict(keys), self._monotonic(), generation)
         return True
+
+    async def key_for(self, issuer: str, kid: str) -> tuple[IssuerKeys | None, VerifyKey | None]:
+        """The issuer's current keys and the one named `kid`; an unknown kid triggers one
+        (rate-limited) refetch first."""
+        current = self.keys(issuer)
+        key = current.keys.get(kid) if current is not None else None
+        if key is None and await self.refetch_for_unknown_kid(issuer):
+            current = self.keys(issuer)
+            key = current.keys.get(kid) if current is not None else None
+        return current, key
 
     async def refetch_for_unknown_kid(self, issuer: str) -> bool:
         """Refetch because a token named a kid we do not know, unless done < 30 s ago."""

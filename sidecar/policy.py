@@ -50,6 +50,10 @@ class Transport(Protocol):
 class PolicyEngine(Protocol):
     async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision: ...
 
+    async def may_act(self, policy_input: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
+        """May `input.identity` act for `input.principal`? (allowed, reasons)"""
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def revision(self) -> str: ...
@@ -85,6 +89,8 @@ def build_input(
             ],
         },
         "request": {"ttl_seconds": ttl_seconds, "time": rfc3339(now)},
+        # The person the task acts for, or null: the agent acts on its own (docs/delegation.md).
+        "principal": task.principal.as_input() if task.principal is not None else None,
     }
 
 
@@ -210,6 +216,25 @@ def _credential(value: Any) -> dict[str, Any]:
     return value
 
 
+def parse_may_act(body: bytes) -> tuple[bool, tuple[str, ...]]:
+    """Type-check OPA's `may_act` answer; anything else is a PolicyResultInvalid."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise PolicyResultInvalid("OPA answered something that is not JSON", "bad_json") from err
+    result = document.get("result") if isinstance(document, dict) else None
+    if result is None:
+        raise PolicyResultInvalid(
+            "may_act is undefined: is rego/jit/delegation.rego loaded?", "undefined"
+        )
+    if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
+        raise PolicyResultInvalid("may_act must be an object with a boolean `allow`", "shape")
+    reasons = _strings(
+        result.get("reasons", []), "reasons", limit=MAX_REASONS, max_len=MAX_REASON_LEN
+    )
+    return result["allow"], reasons
+
+
 class OpaClient:
     """PolicyEngine backed by an OPA server's Data API."""
 
@@ -239,6 +264,12 @@ class OpaClient:
         response = await self._post(self._path + query, policy_input)
         decision = parse_decision(response.body, action=policy_input["intent"]["action"])
         return decision, json.loads(response.body)  # parse_decision checked it is an object
+
+    async def may_act(self, policy_input: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
+        """May this agent act for this person? `may_act` next to the decision rule (e.g.
+        /v1/data/jit/may_act): an object with boolean `allow` and optional `reasons`."""
+        path = self._path.rsplit("/", 1)[0] + "/may_act"
+        return parse_may_act((await self._post(path, policy_input)).body)
 
     async def _post(self, path: str, policy_input: dict[str, Any]) -> Response:
         body = json.dumps({"input": policy_input}, separators=(",", ":")).encode()

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from .model import Grant, Tier
 
-SCOPES = ("grant", "task", "subject", "all")
+SCOPES = ("grant", "task", "subject", "all", "principal")
 STALE = "revocation_view_stale"
 """The revocation reason given while the view cannot be trusted (fail closed)."""
 
@@ -102,6 +102,13 @@ class _Cut:
 class RevocationView:
     """In-memory revocations and keys of the fleet; fresh while `mark_synced` keeps up."""
 
+    _BARRING = (
+        ("task", "txn"),
+        ("subject", "client_id"),
+        ("principal", "sub"),
+        ("all", None),
+    )
+
     def __init__(self, stale_after: float, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.stale_after = stale_after
         self._monotonic = monotonic
@@ -171,8 +178,14 @@ class RevocationView:
         iat = claims.get("iat")
         # A token without a usable iat counts as issued before every cutoff (fail closed).
         issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else -1.0
-        for scope, claim in (("task", "txn"), ("subject", "sub"), ("all", None)):
+        # `client_id` is the agent, also when `sub` is the person a delegated token acts for
+        # (RFC 8693 §4.1); a person's kill switch bars the `sub` of delegated tokens only.
+        for scope, claim in self._BARRING:
+            if scope == "principal" and "act" not in claims:
+                continue
             target = "" if claim is None else claims.get(claim)
+            if scope == "subject" and "client_id" not in claims:
+                target = claims.get("sub")  # a token of ours always has client_id; fail safe
             if not isinstance(target, str):
                 continue
             cut = self._cuts.get((scope, target))
@@ -242,7 +255,7 @@ def grant_from_claims(claims: Mapping[str, Any]) -> Grant | None:
         grant = Grant(
             grant_id=claims["jti"],
             task_id=claims["txn"],
-            subject=claims["sub"],
+            subject=claims.get("client_id", claims["sub"]),
             action=details["actions"][0],
             resource=details["locations"][0],
             tier=Tier(claims["tier"]),
@@ -252,6 +265,8 @@ def grant_from_claims(claims: Mapping[str, Any]) -> Grant | None:
             expires_at=float(claims["exp"]),
             kid="",
             cnf_jkt=(claims.get("cnf") or {}).get("jkt", ""),
+            principal=claims["sub"] if "act" in claims else "",
+            actor=claims.get("act") if isinstance(claims.get("act"), dict) else None,
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None

@@ -47,6 +47,7 @@ from .egress import EgressProxy, create_egress, load_egress_settings
 from .endpoints import EngineEndpoints
 from .engine import Engine, EngineMetrics, GrantEndListeners, engine_settings
 from .engine.credentials import Credentials
+from .engine.delegation import TaskPrincipals
 from .errors import ConfigError
 from .fleet import Fleet, FleetHooks
 from .health import PolicyHealth
@@ -55,11 +56,14 @@ from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
 from .keyfile import DEV_KEY_PATH, SigningKeyFile
 from .metrics import Metrics
+from .oidc import HttpKeyFetcher, OidcKeys
 from .policy import OpaClient, PolicyEngine
+from .principals import PrincipalVerifier, person_rules
 from .service import AccessService, AdminService, CallGuard
 from .ssf.queue import EventQueue
 from .ssf.transmitter import Transmitter
 from .store import Store, open_store
+from .token_exchange import TokenExchangeEndpoint
 from .tokens import (
     KeyRing,
     SigningKey,
@@ -198,11 +202,13 @@ def build_app(
     )
     if audit.recovered_torn:
         log.warning("dropped a torn (never acknowledged) record at the end of %s", cfg.audit_log)
+    task_principals = TaskPrincipals()  # the person of each task, stamped on its records
     journal = Journal(
         audit,
         store,
         on_audit_error=metrics.audit_write_errors.inc,
         on_batch=lambda n, seconds: metrics.journal_batch.observe(seconds),
+        stamp=task_principals.stamp,
     )
     journal.replay()
     snapshot = store.load()
@@ -250,6 +256,8 @@ def build_app(
         grant_end=grant_end,
         credentials=credentials,
         on_access_ended=transmitter.access_ended if transmitter is not None else None,
+        principals=_principal_verifier(cfg, clock),
+        task_principals=task_principals,
     )
     engine.restore(snapshot)
     if fleet is not None:
@@ -301,6 +309,23 @@ def build_app(
     )
 
 
+def _principal_verifier(cfg: Config, clock: Clock) -> PrincipalVerifier | None:
+    """Verifies people's subject tokens from `principal_issuer` (docs/delegation.md)."""
+    if not cfg.principal_issuer:
+        return None
+    fetcher = HttpKeyFetcher(ca_file=cfg.oidc_ca_file, token_file=cfg.oidc_fetch_token_file)
+    keys = OidcKeys(
+        cfg.principal_issuer, fetcher, refresh=cfg.oidc_refresh, max_age=cfg.oidc_keys_max_age
+    )
+    return PrincipalVerifier(
+        keys,
+        person_rules(cfg.principal_audience, cfg.principal_leeway, cfg.issuer),
+        claims=cfg.principal_claims,
+        clock=clock,
+        on_close=fetcher.close,
+    )
+
+
 def _signing_key(cfg: Config) -> SigningKey:
     if cfg.signing_key is None and cfg.identity != "dev":
         raise ConfigError("--signing-key is required outside dev mode")
@@ -346,6 +371,8 @@ async def start_app(app: App) -> None:
     auth = app.authenticator
     if isinstance(auth, ManagedAuthenticator):
         await auth.start()  # loads trust bundles / issuer keys; starts their refresh
+    if app.engine.principals is not None:
+        await app.engine.principals.start()  # principal issuers' keys (docs/delegation.md)
     await app.checkpoints.start()  # refuses a log shorter than its last checkpoint
     app.journal.start()
     await app.engine.record_key_in_use(app.stored_key)
@@ -447,6 +474,7 @@ def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
                 app.metrics,
             ),
             transmitter=app.transmitter,
+            exchange=TokenExchangeEndpoint(app.engine.exchange_token, app.authenticator).handle,
         ),
         max_connections=cap,
         header_timeout=cfg.http_header_timeout,
@@ -553,6 +581,8 @@ class Sidecar:
             await app.engine.notifier.aclose()
         if isinstance(app.authenticator, ManagedAuthenticator):
             await app.authenticator.close()
+        if app.engine.principals is not None:
+            await app.engine.principals.close()
         # Only the sockets this process bound: a start refused because another sidecar
         # serves on a path must leave that sidecar's socket alone.
         for path, server in (

@@ -32,6 +32,7 @@ from .audit_query import DEFAULT_LIMIT, MAX_LIMIT, AuditQuery, query_log
 from .brokers.base import IssuedCredential, Lease
 from .dpop import KeyBinding, KeyBindingVerifier
 from .engine import Engine, GrantOutcome
+from .engine.delegation import actor_subject
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -48,7 +49,17 @@ from .errors import (
 )
 from .identity import Authenticator
 from .metrics import Metrics
-from .model import Grant, GrantState, Identity, Intent, Outcome, Task, TaskState, Tier
+from .model import (
+    Grant,
+    GrantState,
+    Identity,
+    Intent,
+    Outcome,
+    Principal,
+    Task,
+    TaskState,
+    Tier,
+)
 from .validation import APPROVAL_ID_RE, check_reason_text
 
 log = logging.getLogger("jit_sidecar.service")
@@ -160,7 +171,14 @@ def task_pb(task: Task) -> pb.Task:
         labels=task.labels,
         pop_jkt=task.pop_jkt,
         ended_at=ts(task.ended_at) if task.ended_at else None,
+        principal=principal_pb(task.principal) if task.principal is not None else None,
     )
+
+
+def principal_pb(principal: Principal) -> pb.Principal:
+    claims = struct_pb2.Struct()
+    claims.update(dict(principal.claims))
+    return pb.Principal(subject=principal.subject, issuer=principal.issuer, claims=claims)
 
 
 def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant:
@@ -185,6 +203,7 @@ def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant
         revocation_reason=grant.end_reason,
         decision_id=grant.decision_id,
         lease=lease_pb(grant.lease, grant.state is GrantState.ACTIVE) if grant.lease else None,
+        actor=actor_subject(grant.actor),
     )
 
 
@@ -263,6 +282,9 @@ def approval_pb(
         task_grants=[grant_pb(g) for g in grants],
         four_eyes=a.decision.four_eyes,
         owners=list(a.decision.owners),
+        principal=principal_pb(task.principal)
+        if task is not None and task.principal is not None
+        else None,
     )
 
 
@@ -398,6 +420,16 @@ class CallGuard:
             child.observe(time.perf_counter() - started)
 
 
+def _token_principal(engine: Engine, grant: Grant) -> pb.Principal | None:
+    """The person a delegated token acts for: its task's principal (subject and issuer)."""
+    if not grant.principal:
+        return None
+    task = engine.task(grant.task_id)
+    if task is not None and task.principal is not None:
+        return principal_pb(task.principal)
+    return pb.Principal(subject=grant.principal)
+
+
 class AccessService(pb_grpc.AccessServiceServicer):
     def __init__(self, engine: Engine, auth: Authenticator, guard: CallGuard) -> None:
         self._engine = engine
@@ -431,6 +463,8 @@ class AccessService(pb_grpc.AccessServiceServicer):
                 max_duration=request.max_duration_seconds,
                 labels=dict(request.labels),
                 pop=pop,
+                subject_token=request.subject_token,
+                subject_token_type=request.subject_token_type,
             )
             return pb.BeginTaskResponse(task=task_pb(task))
 
@@ -517,6 +551,8 @@ class AccessService(pb_grpc.AccessServiceServicer):
                 expires_at=ts(g.expires_at),
                 task_id=g.task_id,
                 lease=lease_pb(g.lease) if g.lease is not None else None,
+                actor=actor_subject(g.actor),
+                principal=_token_principal(self._engine, g),
             )
 
         return await self._guard.run("IntrospectToken", context, body)
@@ -699,10 +735,15 @@ class AdminService(admin_pb_grpc.AdminServiceServicer):
                 if not request.subject:
                     raise InvalidArgument("subject is empty")
                 count = await self._engine.revoke_subject(request.subject, request.reason)
+            elif which == "principal":
+                if not request.principal:
+                    raise InvalidArgument("principal is empty")
+                check_reason_text(request.principal, "principal")
+                count = await self._engine.revoke_principal(request.principal, request.reason)
             elif which == "all" and request.all:
                 count = await self._engine.revoke_subject(None, request.reason)
             else:
-                raise InvalidArgument("choose grant_id, task_id, subject or all")
+                raise InvalidArgument("choose grant_id, task_id, subject, principal or all")
             return admin_pb.RevokeResponse(revoked_grants=count)
 
         return await self._guard.run("Admin.Revoke", context, body)

@@ -319,4 +319,10 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
     }
     if grant.cnf_jkt:
         claims["cnf"] = {"jkt": grant.cnf_jkt}  # RFC 9449 §6.1: bound to the DPoP key
+    if grant.actor:
+        # RFC 8693 §4.1 delegation: `sub` is the person the task acts for (when it has one)
+        # and `act` the agent acting, nested for chains. `client_id` stays the agent that
+        # owns the task, so that it names the same workload as before (docs/delegation.md).
+        claims["sub"] = grant.principal or grant.subject
+        claims["act"] = dict(grant.actor)
     return claims

@@ -89,12 +89,17 @@ REASONS = frozenset(
         "revoked",  # introspection (or the Shared Signals stream) says the grant ended
         "jwks_unavailable",  # keys could not be fetched (fail closed)
         "introspection_unavailable",  # revocation could not be checked (fail closed)
+        "actor_required",  # the server requires a delegated token (RFC 8693 `act`); none
+        "actor_forbidden",  # the server refuses delegated tokens; this one has `act`
     }
 )
-_FORBIDDEN = frozenset({"wrong_action", "wrong_resource"})
+_FORBIDDEN = frozenset({"wrong_action", "wrong_resource", "actor_required", "actor_forbidden"})
 _KEY_REASONS = frozenset(
     {"unknown_kid", "bad_signature", "algorithm_not_allowed", "jwks_unavailable"}
 )
+ACTOR_POLICIES = ("any", "required", "forbidden")
+#: Deepest `act` chain read (agent → sub-agent → ...); deeper is malformed.
+MAX_ACTOR_DEPTH = 8
 _UNAVAILABLE = frozenset({"jwks_unavailable", "introspection_unavailable"})
 
 
@@ -143,7 +148,8 @@ class VerifiedToken:
     claims: Mapping[str, Any] = field(repr=False)
     """Every claim, as signed."""
     subject: str
-    """`sub`: the agent's workload identity."""
+    """`sub`: the person the task acts for when the token is delegated (`actor` is then set),
+    else the agent's workload identity."""
     jti: str
     """= the sidecar's grant id; safe to log."""
     task_id: str
@@ -154,6 +160,13 @@ class VerifiedToken:
     expires_at: datetime
     action: str
     resource: str
+    actor: str = ""
+    """`act.sub` (RFC 8693 §4.1): the agent acting for `subject`, when the token is
+    delegated; '' when the agent acts on its own (then `subject` is the agent)."""
+    actors: tuple[str, ...] = ()
+    """The whole `act` chain, current actor first (agent → sub-agent chains)."""
+    client_id: str = ""
+    """The agent that owns the task (always the workload the sidecar issued the grant to)."""
 
     def authorizes(self, action: str, resource: str) -> bool:
         """Does `authorization_details` name exactly this action on this resource?"""
@@ -206,6 +219,20 @@ def _authorization_problem(claims: Mapping[str, Any], action: str, resource: str
     return "wrong_resource" if action_seen else "wrong_action"
 
 
+def actor_chain(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """The `act` chain of RFC 8693 §4.1, current actor first; raises TokenRejected
+    (malformed) on an `act` that is not an object with a string `sub` at every level."""
+    chain: list[str] = []
+    act = claims.get("act")
+    while act is not None:
+        sub = act.get("sub") if isinstance(act, dict) else None
+        if not isinstance(sub, str) or not sub or len(chain) >= MAX_ACTOR_DEPTH:
+            raise TokenRejected("malformed", "`act` must be an object with a string `sub`")
+        chain.append(sub)
+        act = act.get("act")
+    return tuple(chain)
+
+
 def jwk_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
     """The algorithms a published key may verify (its JWK `alg` pins one; Ed25519 keys answer
     to both EdDSA names), or nothing for keys we never accept."""
@@ -254,7 +281,13 @@ class TokenVerifier:
         dpop_max_age: float = 60.0,
         dpop_replay_cache: ReplayCache | None = None,
         signals: Subscription | None = None,
+        actor: str = "any",
     ) -> None:
+        """`actor`: "required" accepts only delegated tokens (a person's, with `act`),
+        "forbidden" only tokens of agents acting on their own, "any" both."""
+        if actor not in ACTOR_POLICIES:
+            raise ValueError(f"actor must be one of {', '.join(ACTOR_POLICIES)}")
+        self.actor = actor
         unknown = set(algorithms) - set(ALGORITHMS)
         if unknown:
             raise ValueError(f"only {', '.join(ALGORITHMS)} are supported, not {unknown}")
@@ -324,6 +357,11 @@ class TokenVerifier:
         if not isinstance(typ, str) or typ.lower() not in TOKEN_TYPES:
             raise TokenRejected("wrong_type", f"typ {typ!r} is not at+jwt")
         self._check_claims(claims)
+        actors = actor_chain(claims)
+        if self.actor == "required" and not actors:
+            raise TokenRejected("actor_required", "this server serves people's delegated tokens")
+        if self.actor == "forbidden" and actors:
+            raise TokenRejected("actor_forbidden", "this server refuses delegated tokens")
         problem = _authorization_problem(claims, action, resource)
         if problem is not None:
             raise TokenRejected(problem, f"token does not authorize {action} on {resource}")
@@ -345,6 +383,9 @@ class TokenVerifier:
             expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
             action=action,
             resource=resource,
+            actor=actors[0] if actors else "",
+            actors=actors,
+            client_id=str(claims.get("client_id", "")),
         )
 
     def verify_request(

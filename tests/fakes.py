@@ -140,6 +140,12 @@ class ScriptedPolicy:
         body = json.dumps({"result": self.result}).encode()
         return self._parse(body, action=policy_input["intent"]["action"])
 
+    async def may_act(self, policy_input: dict[str, Any]) -> tuple[bool, tuple[str, ...]]:
+        self.inputs.append(policy_input)
+        if self.error is not None:
+            raise self.error
+        return True, ()
+
     async def healthy(self) -> bool:
         return self.error is None
 

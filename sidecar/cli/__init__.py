@@ -5,7 +5,7 @@ jit-sidecar task begin --goal "refund order 42" --label purpose=refunds --hold
 jit-sidecar grant TASK_ID payments.refund payments://orders/42 --justification "ticket 991"
 jit-sidecar grants TASK_ID --all
 jit-sidecar task complete TASK_ID
-jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --all
+jit-sidecar revoke GRANT_ID | --task TASK_ID | --subject SPIFFE_ID | --principal SUB | --all
 jit-sidecar introspect TOKEN
 jit-sidecar audit verify var/audit.jsonl --key var/signing-key.pem --state var/state.db
 jit-sidecar console --sidecar local=var/admin.sock --oidc-issuer URL --oidc-client-id ID

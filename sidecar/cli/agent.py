@@ -30,7 +30,11 @@ def run_agent(args: argparse.Namespace) -> int:
             if args.task_command == "begin":
                 labels = dict(item.split("=", 1) for item in args.label if "=" in item)
                 task = client.begin_task(
-                    args.goal, task_id=args.task_id, labels=labels, max_duration=args.max_duration
+                    args.goal,
+                    task_id=args.task_id,
+                    labels=labels,
+                    max_duration=args.max_duration,
+                    subject_token=args.subject_token_file or "",
                 )
                 holder = spawn_holder(args, task.task_id) if args.hold else None
                 if args.quiet:

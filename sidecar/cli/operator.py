@@ -23,6 +23,7 @@ def run_operator(args: argparse.Namespace) -> int:
                 subject=args.subject or "",
                 everything=args.all,
                 reason=args.reason,
+                principal=args.principal or "",
             )
         show(args, {"revoked_grants": count}, f"{count} grant(s) revoked")
         return EXIT_OK

@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     begin.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     begin.add_argument("-q", "--quiet", action="store_true", help="print only the task id")
     begin.add_argument(
+        "--subject-token-file",
+        type=_token_file,
+        default=None,
+        metavar="PATH",
+        help="the person the task acts for: a file holding their token (docs/delegation.md); "
+        "a file, never an argument, so that the token is not in the process list",
+    )
+    begin.add_argument(
         "--hold",
         action="store_true",
         help="keep the task alive until it ends: a background `task hold` sends its heartbeats "
@@ -137,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--task", dest="task_id")
     which.add_argument("--subject", help="kill switch: every grant of this identity")
     which.add_argument("--all", action="store_true", help="every grant of every agent")
+    which.add_argument(
+        "--principal", help="kill switch: every task acting for this person (sub), by any agent"
+    )
     revoke.add_argument("--reason", default="")
 
     keys = sub.add_parser("keys", help="operator: signing keys (admin socket)")
@@ -271,3 +282,16 @@ def check_usage(args: argparse.Namespace) -> None:
         raise usage_error(f"--ttl must be a whole number of seconds from 1, got {args.ttl}")
     if args.command == "introspect" and not args.token:
         raise usage_error("introspect needs a token (use - to read it from stdin)")
+
+
+def _token_file(path: str) -> str:
+    """The token a file holds (surrounding whitespace removed); never echoes its content."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{path} is not text") from err
+    if not token:
+        raise argparse.ArgumentTypeError(f"{path} is empty")
+    return token

@@ -45,6 +45,7 @@ class AdminClient:
         subject: str = "",
         everything: bool = False,
         reason: str = "",
+        principal: str = "",
     ) -> int:
         if grant_id:
             request = admin_pb.RevokeRequest(grant_id=grant_id, reason=reason)
@@ -52,11 +53,14 @@ class AdminClient:
             request = admin_pb.RevokeRequest(task_id=task_id, reason=reason)
         elif subject:
             request = admin_pb.RevokeRequest(subject=subject, reason=reason)
+        elif principal:
+            request = admin_pb.RevokeRequest(principal=principal, reason=reason)
         elif everything:
             request = admin_pb.RevokeRequest(all=True, reason=reason)
         else:
             raise InvalidRequest.local(
-                "choose grant_id, task_id, subject or everything", Reason.INVALID_ARGUMENT
+                "choose grant_id, task_id, subject, principal or everything",
+                Reason.INVALID_ARGUMENT,
             )
         return int(self._call("Revoke", request).revoked_grants)
 

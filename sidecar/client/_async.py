@@ -75,9 +75,12 @@ class AsyncAccessClient(_ClientBase):
         task_id: str = "",
         pop_jwk: Mapping[str, Any] | None = None,
         heartbeats: bool = True,
+        subject_token: str = "",
     ) -> AsyncTaskHandle:
         """`async with client.task(goal=...) as task:` (see AccessClient.task)."""
-        spec = self._task_spec(goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats)
+        spec = self._task_spec(
+            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token
+        )
         return AsyncTaskHandle(self, spec)
 
     async def begin_task(
@@ -89,8 +92,9 @@ class AsyncAccessClient(_ClientBase):
         max_duration: int = 0,
         pop_jwk: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        subject_token: str = "",
     ) -> pb.Task:
-        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk)
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk, subject_token)
         return await self._send(rpc, timeout)
 
     async def request_grant_raw(

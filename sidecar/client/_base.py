@@ -79,9 +79,12 @@ class _ClientBase:
         task_id: str,
         pop_jwk: Mapping[str, Any] | None,
         heartbeats: bool,
+        subject_token: str = "",
     ) -> _TaskSpec:
         req.uint32(ttl, "ttl", Reason.INVALID_TTL)
-        return _TaskSpec(goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats)
+        return _TaskSpec(
+            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token
+        )
 
 
 class _ApprovalWait:
@@ -146,6 +149,8 @@ class _TaskSpec:
     task_id: str
     pop_jwk: Mapping[str, Any] | None
     heartbeats: bool
+    subject_token: str = ""
+    """The person the task acts for (docs/delegation.md)."""
 
 
 def _task_gone(err: SidecarRpcError) -> bool:
@@ -216,7 +221,9 @@ class _TaskBase:
         if self._raw is not None:
             raise NoActiveTask("a task handle can be opened once")
         s = self._spec
-        return req.begin_task(s.goal, s.task_id, s.labels, s.max_duration, s.pop_jwk)
+        return req.begin_task(
+            s.goal, s.task_id, s.labels, s.max_duration, s.pop_jwk, s.subject_token
+        )
 
     def _complete_rpc(self, outcome: str, detail: str) -> req.Rpc[pb.CompleteTaskResponse]:
         return req.complete_task(self.task_id, outcome, detail)

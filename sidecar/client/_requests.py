@@ -153,12 +153,15 @@ def begin_task(
     labels: Mapping[str, str] | None,
     max_duration: int,
     pop_jwk: Mapping[str, Any] | None,
+    subject_token: str = "",
 ) -> Rpc[pb.Task]:
+    """`subject_token`: the person the task acts for (docs/delegation.md)."""
     request = pb.BeginTaskRequest(
         task_id=text(task_id, "task_id", Reason.INVALID_TASK),
         goal=text(goal, "goal", Reason.INVALID_TASK),
         max_duration_seconds=uint32(max_duration, "max_duration", Reason.INVALID_TASK),
         labels=labels_map(labels),
+        subject_token=text(subject_token, "subject_token", Reason.INVALID_ARGUMENT),
     )
     if pop_jwk and "d" in pop_jwk:
         # RFC 9449 binds a key only with a proof signed by it: the private half signs the

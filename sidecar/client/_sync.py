@@ -77,6 +77,7 @@ class AccessClient(_ClientBase):
         task_id: str = "",
         pop_jwk: Mapping[str, Any] | None = None,
         heartbeats: bool = True,
+        subject_token: str = "",
     ) -> TaskHandle:
         """A task as a context manager: `with client.task(goal=...) as task:`.
 
@@ -84,7 +85,9 @@ class AccessClient(_ClientBase):
         default lifetime asked for each grant. Leaving the block completes the task
         (SUCCEEDED, or ERRORED when an exception escapes) and so revokes its grants.
         """
-        spec = self._task_spec(goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats)
+        spec = self._task_spec(
+            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token
+        )
         return TaskHandle(self, spec)
 
     # ------------------------------------------------------------------ one call per RPC
@@ -97,8 +100,9 @@ class AccessClient(_ClientBase):
         max_duration: int = 0,
         pop_jwk: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        subject_token: str = "",
     ) -> pb.Task:
-        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk)
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk, subject_token)
         return self._send(rpc, timeout)
 
     def request_grant_raw(

@@ -186,6 +186,12 @@ def _grants_table(grants: Sequence[pb.Grant], now: float, caption: str) -> str:
     )
 
 
+def _person(principal: pb.Principal) -> str:
+    """The person a task acts for: their `sub`, and the issuer that vouched for them."""
+    issuer = f' <span class="note">from <code>{e(principal.issuer)}</code></span>'
+    return f"<code>{e(principal.subject)}</code>" + (issuer if principal.issuer else "")
+
+
 def may_approve(user: User, approval: admin_pb.Approval) -> bool:
     """What the page offers; the sidecar decides again (four-eyes) and the server checks
     the role."""
@@ -212,6 +218,8 @@ def approval_card(
         ("Waiting", age(seconds(a.created_at), now)),
         ("Expires", countdown(seconds(a.expires_at), now)),
     ]
+    if a.HasField("principal"):  # issue 23: the person, if the agent acts for one
+        rows.insert(1, ("Person (delegated)", _person(a.principal)))
     if many:
         rows.insert(0, ("Sidecar", e(sidecar)))
     if a.owners:
@@ -351,6 +359,11 @@ def live_page(
                 + _dl(
                     [
                         ("Goal", e(t.goal) or '<span class="none">none given</span>'),
+                        *(
+                            [("Person (delegated)", _person(t.principal))]
+                            if t.HasField("principal")
+                            else []
+                        ),
                         ("Labels", _labels(t.labels)),
                         ("Ends", countdown(seconds(t.deadline), now)),
                     ]

@@ -133,7 +133,8 @@ class EngineGrants:
             or not isinstance(exp, int)
             or not isinstance(nbf, int)
             or not nbf <= now < exp
-            or claims.get("sub") != grant.subject
+            # The agent: `sub` is the person a delegated token acts for (RFC 8693 §4.1).
+            or claims.get("client_id") != grant.subject
             or claims.get("txn") != grant.task_id
         ):
             return None

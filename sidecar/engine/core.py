@@ -49,10 +49,12 @@ from ..model import (
     Intent,
     Outcome,
     PolicyDecision,
+    Principal,
     RevocationReason,
     Task,
 )
 from ..policy import PolicyEngine, build_input
+from ..principals import PrincipalVerifier
 from ..revocations import FleetGate, Revocation
 from ..store import Snapshot, Store
 from ..tokens import KeyRing, SigningKey, access_token_claims, new_grant_id
@@ -66,8 +68,10 @@ from ..validation import (
 from . import fleet as fleet_orders
 from .commits import Ended, Recorder, commit_or_undo
 from .credentials import Credentials
+from .delegation import Delegation, TaskPrincipals, actor_claim
 from .desk import ApprovalDesk
 from .due import DueQueue
+from .exchange import Exchanged, ExchangeRequest, TokenExchange
 from .introspection import Introspection, introspect
 from .keys import KeyRotation
 from .limits import check_grant_room, grant_ttl
@@ -100,6 +104,8 @@ class Engine:
         grant_end: GrantEndListeners | None = None,
         credentials: Credentials | None = None,
         on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
+        principals: PrincipalVerifier | None = None,
+        task_principals: TaskPrincipals | None = None,
     ) -> None:
         """`fleet` is given when state is shared with a fleet (docs/scale-out.md): consulted
         to issue, to introspect other sidecars' tokens, and told of revocations made
@@ -110,7 +116,8 @@ class Engine:
         (docs/brokers.md); without it a decision asking for a credential is invalid.
         `on_access_ended` is told of every end of access (a task, or a grant revoked on its
         own) before it is committed: the Shared Signals transmitter (docs/shared-signals.md);
-        it must not block and must not raise."""
+        it must not block and must not raise. `principals` verifies people's subject tokens
+        (docs/delegation.md); `task_principals` is the journal's audit stamp."""
         self.settings = settings
         self.policy = policy
         self.keys = keys
@@ -122,6 +129,7 @@ class Engine:
         self.notifier = notifier
         self.fleet = fleet
         self.on_policy_unavailable = on_policy_unavailable
+        self.principals = principals
         due = DueQueue()
         self.approvals = ApprovalDesk(
             due=due,
@@ -140,6 +148,7 @@ class Engine:
             clock=clock,
             heartbeat_misses=settings.heartbeat_misses,
             grant_end=grant_end,
+            principals=task_principals,
         )
         self.credentials = credentials
         self.record = Recorder(
@@ -167,6 +176,26 @@ class Engine:
             fleet=fleet,
             max_ttl=settings.max_ttl,
         )
+        self.delegation = Delegation(
+            verifier=principals,
+            may_act=policy,
+            own_issuer=settings.issuer,
+            introspect=lambda token: self.introspect(token, with_reason=False),
+            task_principal=self.live.principals.get,
+        )
+        self._exchange = TokenExchange(
+            self.live,
+            keys=keys,
+            journal=journal,
+            metrics=metrics,
+            clock=clock,
+            issuer=settings.issuer,
+            fleet=fleet,
+            max_grants_per_task=settings.max_grants_per_task,
+            delegation=self.delegation,
+            introspect=lambda token: self.introspect(token, with_reason=False),
+            abort_issue=self._abort_issue,
+        )
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the live state a store loaded at start-up, and the broker revocations
@@ -191,12 +220,21 @@ class Engine:
         max_duration: int,
         labels: Mapping[str, str],
         pop: KeyBinding | None = None,
+        subject_token: str = "",
+        subject_token_type: str = "",
     ) -> Task:
         """Open a task. A caller-chosen `task_id` lives in the caller's own namespace (the
         task's id is `<task_id>@<owner tag>`), so it never collides with, nor reveals,
-        another identity's task (docs/security.md)."""
+        another identity's task (docs/security.md). A `subject_token` names the person the
+        task acts for (docs/delegation.md)."""
         try:
-            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop)
+            principal = None
+            if subject_token or subject_token_type:
+                principal = await self.delegation.principal(subject_token, subject_token_type)
+                await self.delegation.admit(identity, principal)
+            return await self._begin_task(
+                identity, task_id, goal, max_duration, labels, pop, principal
+            )
         except SidecarError as err:
             await self.record.rejection("BeginTask", identity, err, task_id=task_id)
             raise
@@ -209,6 +247,7 @@ class Engine:
         max_duration: int,
         labels: Mapping[str, str],
         pop: KeyBinding | None,
+        principal: Principal | None = None,
     ) -> Task:
         cfg = self.settings
         check_task_fields(goal, labels)
@@ -243,6 +282,7 @@ class Engine:
             heartbeat_interval=cfg.heartbeat_interval,
             last_heartbeat=now,
             pop_jkt=pop_jkt,
+            principal=principal,
         )
         self.live.add_task(task)
         event = TaskBegun(
@@ -355,7 +395,8 @@ class Engine:
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
     ) -> PolicyDecision:
         key = self.cache.key(identity, intent, task.labels)
-        cached = self.cache.get(key)
+        # A delegated decision depends on the person too: never cached (docs/delegation.md).
+        cached = self.cache.get(key) if task.principal is None else None
         if cached is not None:
             self.metrics.cache_hit.inc()
             return cached
@@ -371,7 +412,7 @@ class Engine:
             raise
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
-        if decision.cache_seconds:
+        if decision.cache_seconds and task.principal is None:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
         return decision
@@ -431,6 +472,9 @@ class Engine:
             kid=key.kid,
             decision_id=decision.decision_id,
             cnf_jkt=task.pop_jkt,
+            # RFC 8693 §4.1: for a task with a principal, sub = the person, act = the agent.
+            principal=task.principal.subject if task.principal is not None else "",
+            actor=actor_claim(identity.subject) if task.principal is not None else None,
         )
         # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
         spec = await self._credential_spec(identity, intent, task.task_id, decision, now)
@@ -461,6 +505,7 @@ class Engine:
             cnf_jkt=task.pop_jkt or None,
             cached=decision.cached or None,
             approval_id=approval_id or None,
+            actor=dict(grant.actor) if grant.actor else None,
         )
         events: list[Event] = [event]
         if issued is not None:
@@ -664,6 +709,16 @@ class Engine:
     async def revoke_subject(self, subject: str | None, reason: str = "") -> int:
         """Kill switch: end every task of `subject` (every task when None)."""
         return await self._revoking.subject(subject, reason)
+
+    async def revoke_principal(self, principal: str, reason: str = "") -> int:
+        """Kill switch by person: end every task acting for `principal` (its `sub`), by any
+        agent, and revoke their grants."""
+        return await self._revoking.principal(principal, reason)
+
+    async def exchange_token(self, request: ExchangeRequest) -> Exchanged:
+        """RFC 8693 token exchange: a narrower token from an active token of ours
+        (sidecar.engine.exchange)."""
+        return await self._exchange.exchange(request)
 
     async def sweep(self) -> int:
         """End whatever is due (grants, task deadlines, missed heartbeats, approvals)."""

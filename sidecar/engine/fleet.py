@@ -26,6 +26,8 @@ def fleet_targets(live: LiveState, rev: Revocation) -> tuple[list[Task], list[Gr
     if rev.scope == "task":
         task = live.tasks.get(rev.target)
         return [task] if task is not None else [], []
+    if rev.scope == "principal":  # the kill switch by person (docs/delegation.md)
+        return _acting_for(live, rev)
     everyone = rev.scope == "all"
     tasks = [
         t
@@ -41,6 +43,17 @@ def fleet_targets(live: LiveState, rev: Revocation) -> tuple[list[Task], list[Gr
         and g.task_id not in ending
     ]
     return tasks, grants
+
+
+def _acting_for(live: LiveState, rev: Revocation) -> tuple[list[Task], list[Grant]]:
+    tasks = [
+        t
+        for t in live.tasks.values()
+        if t.principal is not None
+        and t.principal.subject == rev.target
+        and t.started_at <= rev.cutoff
+    ]
+    return tasks, []
 
 
 async def apply_fleet_revocation(
@@ -102,6 +115,7 @@ def order(
         grant_id=target if scope == "grant" else None,
         task_id=target if scope == "task" else None,
         subject=target if scope == "subject" else None,
+        person=target if scope == "principal" else None,
         cutoff=rfc3339(cutoff) if scope != "grant" else None,
         revocation_expires_at=rfc3339(expires_at),
         reason=reason.value,

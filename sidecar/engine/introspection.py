@@ -65,7 +65,7 @@ async def introspect(
         and isinstance(exp, int)
         and isinstance(nbf, int)
         and nbf <= now < exp
-        and claims.get("sub") == grant.subject
+        and claims.get("client_id") == grant.subject  # `sub` is the person when delegated
         and claims.get("txn") == grant.task_id
     ):
         return Introspection(True, claims, grant)

@@ -18,6 +18,7 @@ from ..model import AccessEnded, Grant, GrantState, RevocationReason, Task, Task
 from ..store import Snapshot
 from ..validation import preview
 from .commits import Ended
+from .delegation import TaskPrincipals
 from .desk import ApprovalDesk
 from .due import Due, DueQueue
 from .listeners import GrantEndListeners
@@ -38,7 +39,9 @@ class LiveState:
         clock: Clock,
         heartbeat_misses: int,
         grant_end: GrantEndListeners | None = None,
+        principals: TaskPrincipals | None = None,
     ) -> None:
+        """`principals` learns the person of each task that has one, for the audit stamp."""
         self.due = due
         self.grant_end = grant_end if grant_end is not None else GrantEndListeners()
         self.approvals = approvals
@@ -53,6 +56,7 @@ class LiveState:
         self.tasks_per_subject: dict[str, int] = {}
         self.last_exp_by_kid: dict[str, float] = {}
         """Latest `exp` of any token signed by each key id (when retired keys can leave)."""
+        self.principals = principals if principals is not None else TaskPrincipals()
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the live state a store loaded at start-up."""
@@ -92,6 +96,11 @@ class LiveState:
         self.metrics.active_tasks.set(len(self.tasks))
 
     def _count_task(self, task: Task, delta: int) -> None:
+        if task.principal is not None:  # every task comes and goes through here
+            if delta > 0:
+                self.principals.add(task.task_id, task.principal)
+            else:
+                self.principals.end(task.task_id)
         left = self.tasks_per_subject.get(task.subject, 0) + delta
         if left > 0:
             self.tasks_per_subject[task.subject] = left

@@ -3,6 +3,8 @@ task, and the kill switch. Each ends state in memory first (fail closed), then c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..clock import Clock
 from ..errors import NotFound, Reason
 from ..journal import Journal
@@ -87,16 +89,37 @@ class Revoking:
 
     async def subject(self, subject: str | None, reason: str = "") -> int:
         """Kill switch: end every task of `subject` (every task when None)."""
+        return await self._kill(
+            "all" if subject is None else "subject",
+            subject or "",
+            lambda task: subject is None or task.subject == subject,
+            reason,
+        )
+
+    async def principal(self, principal: str, reason: str = "") -> int:
+        """Kill switch by person: end every task acting for `principal` (its `sub`, from any
+        issuer), whichever agent runs it; in a fleet, every sidecar does the same."""
+        return await self._kill(
+            "principal",
+            principal,
+            lambda task: task.principal is not None and task.principal.subject == principal,
+            reason,
+        )
+
+    async def _kill(
+        self, scope: str, target: str, covers: Callable[[Task], bool], reason: str
+    ) -> int:
+        """End every live task `covers`; in a fleet, every token of the scope's target
+        issued until now is inactive on every sidecar too."""
         triggered = self.clock.now()
         ended = Ended()
         count = 0
         if self.fleet is not None:
-            # Every token of `subject` issued until now is inactive on every sidecar.
             ended.events.append(
                 fleet_orders.order(
                     self.clock.now(),
-                    "all" if subject is None else "subject",
-                    subject or "",
+                    scope,
+                    target,
                     triggered,
                     triggered + self.max_ttl,
                     RevocationReason.KILL_SWITCH,
@@ -104,7 +127,7 @@ class Revoking:
                 )
             )
         for task in list(self.live.tasks.values()):
-            if subject is None or task.subject == subject:
+            if covers(task):
                 count += self.live.end_task(
                     task,
                     TaskState.FAILED,

@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -38,12 +38,12 @@ from ..events import (
     TaskBegun,
     TaskCompleted,
 )
-from ..model import Grant, GrantState, Intent, Task, TaskState, Tier
+from ..model import Grant, GrantState, Intent, Principal, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
 
 log = logging.getLogger("jit_sidecar.store")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -119,6 +119,17 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_by_task ON leases (task_id);
 CREATE INDEX IF NOT EXISTS leases_open ON leases (state) WHERE state != 'revoked';
+-- schema 3: delegation (docs/delegation.md): the person of a task, and the person and `act`
+-- claim of a delegated grant, in tables of their own (CREATE TABLE IF NOT EXISTS adds them).
+CREATE TABLE IF NOT EXISTS task_principals (
+  task_id TEXT PRIMARY KEY,
+  principal TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grant_actors (
+  grant_id TEXT PRIMARY KEY,
+  principal TEXT NOT NULL,
+  act TEXT NOT NULL
+);
 """
 
 GRANT_COLUMNS = (
@@ -187,6 +198,28 @@ def _lease(row: Sequence[Any]) -> Lease:
         details=json.loads(row[5]),
         state=row[6],
     )
+
+
+_ACTOR_SQL = "SELECT principal, act FROM grant_actors WHERE grant_id = ?"
+_ACTORS_SQL = (
+    "SELECT a.grant_id, a.principal, a.act FROM grant_actors a JOIN grants g USING (grant_id) "
+    "WHERE "
+)
+
+
+def _attach_actors(grants: Sequence[Grant], rows: Iterable[Sequence[Any]]) -> None:
+    """Attach each delegated grant's person and `act` (rows of _ACTORS_SQL)."""
+    delegated = {row[0]: row[1:] for row in rows}
+    for grant in grants:
+        found = delegated.get(grant.grant_id)
+        _with_actor(grant, [found] if found else [])
+
+
+def _with_actor(grant: Grant, rows: Sequence[Any]) -> None:
+    """Attach a delegated grant's person and `act` claim (rows of _ACTOR_SQL)."""
+    if rows:
+        grant.principal = rows[0][0]
+        grant.actor = json.loads(rows[0][1])
 
 
 APPROVAL_COLUMNS = (
@@ -325,6 +358,11 @@ class SqliteStore:
                 e.pop_jkt or "",
             ),
         )
+        if e.principal is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO task_principals VALUES (?, ?)",
+                (e.task_id, json.dumps(e.principal, sort_keys=True)),
+            )
 
     @staticmethod
     def _task_completed(conn: sqlite3.Connection, e: TaskCompleted) -> None:
@@ -359,6 +397,12 @@ class SqliteStore:
         if e.approval_id is not None:
             conn.execute(
                 "UPDATE approvals SET state = 'used' WHERE approval_id = ?", (e.approval_id,)
+            )
+        if e.actor is not None:
+            principal = (e.principal or {}).get("subject", "")
+            conn.execute(
+                "INSERT OR IGNORE INTO grant_actors VALUES (?, ?, ?)",
+                (e.grant_id, principal, json.dumps(e.actor, sort_keys=True)),
             )
 
     @staticmethod
@@ -467,6 +511,12 @@ class SqliteStore:
             task = tasks.get(grant.task_id)
             if task is not None:
                 task.grant_ids.append(grant.grant_id)
+        for task_id, principal in self._w.execute(
+            "SELECT p.task_id, p.principal FROM task_principals p JOIN tasks t "
+            "USING (task_id) WHERE t.state = 'active'"
+        ):
+            tasks[task_id].principal = Principal.from_record(json.loads(principal))
+        _attach_actors(snap.grants, self._w.execute(_ACTORS_SQL + "g.state = 'active'"))
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
@@ -509,7 +559,15 @@ class SqliteStore:
         rows = await asyncio.to_thread(
             self._read, f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
         )
-        return _task(rows[0]) if rows else None
+        if not rows:
+            return None
+        task = _task(rows[0])
+        found = await asyncio.to_thread(
+            self._read, "SELECT principal FROM task_principals WHERE task_id = ?", (task_id,)
+        )
+        if found:
+            task.principal = Principal.from_record(json.loads(found[0][0]))
+        return task
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         rows = await asyncio.to_thread(
@@ -522,6 +580,7 @@ class SqliteStore:
             self._read, f"SELECT {LEASE_COLUMNS} FROM leases WHERE grant_id = ?", (grant_id,)
         )
         grant.lease = _lease(leases[0]) if leases else None
+        _with_actor(grant, await asyncio.to_thread(self._read, _ACTOR_SQL, (grant_id,)))
         return grant
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
@@ -537,6 +596,8 @@ class SqliteStore:
             by_grant = {lease.grant_id: lease for lease in map(_lease, leases)}
             for grant in grants:
                 grant.lease = by_grant.get(grant.grant_id)
+            sql = _ACTORS_SQL + "g.task_id = ?"
+            _attach_actors(grants, await asyncio.to_thread(self._read, sql, (task_id,)))
         return grants
 
     async def get_approval(self, approval_id: str) -> Approval | None:

@@ -73,6 +73,8 @@ CODE_OF_REASON = {
     Reason.MESSAGE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.IDENTITY_INVALID: grpc.StatusCode.UNAUTHENTICATED,
     Reason.INVALID_POP_PROOF: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.PRINCIPAL_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.MAY_ACT: grpc.StatusCode.PERMISSION_DENIED,
 }
 ACTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 # docs/api.md, "Resource names": scheme://authority[/segment]..., one spelling; escapes only
@@ -273,6 +275,14 @@ requests_strategy = st.one_of(
         labels,
         st.one_of(st.none(), json_values(6).map(_struct)),
         st.one_of(st.just(""), jwt_like()),
+    ),
+    st.builds(
+        lambda token, kind: (
+            "BeginTask",
+            pb.BeginTaskRequest(goal="fuzz", subject_token=token, subject_token_type=kind),
+        ),
+        st.one_of(st.just(""), jwt_like()),
+        hostile_text(valid=["", "urn:ietf:params:oauth:token-type:id_token"]),
     ),
     st.builds(lambda t: ("Heartbeat", pb.HeartbeatRequest(task_id=t)), task_ids),
     st.builds(

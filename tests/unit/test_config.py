@@ -43,6 +43,20 @@ def test_unknown_file_key_is_an_error(tmp_path: Path) -> None:
         ({"identity": "dev", "max_requested_ttl": "10"}, "max_requested_ttl must be at least"),
         ({"identity": "dev", "state": "mysql://x"}, "state must be sqlite:PATH"),
         ({"identity": "dev", "authzen_decision_path": "/v1/data/x"}, "authzen_decision_path must"),
+        ({"identity": "dev", "principal_leeway": "61"}, "principal_leeway must be between"),
+        (
+            {"identity": "dev", "principal_issuer": "http://idp.example.com"},
+            "principal_issuer 'http://idp.example.com' must be an https:// URL",
+        ),
+        (
+            {
+                "identity": "oidc",
+                "oidc_issuer": "https://k8s.example",
+                "oidc_subject_map": "{a}=spiffe://x/{a}",
+                "principal_issuer": "https://k8s.example",
+            },
+            "needs a principal_audience other than audience",
+        ),
     ],
 )
 def test_invalid_settings_are_refused(overrides: dict[str, str], message: str) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ import pytest
 from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.config import load
 from sidecar.engine import Engine, EngineMetrics, GrantEndListeners, engine_settings
+from sidecar.engine.credentials import Credentials
+from sidecar.engine.delegation import TaskPrincipals
 from sidecar.errors import (
     FailedPrecondition,
     NotFound,
@@ -28,7 +30,8 @@ from sidecar.errors import (
 from sidecar.events import Recorded, TaskBegun, TaskCompleted
 from sidecar.journal import CommitError, Journal
 from sidecar.metrics import Metrics
-from sidecar.model import Identity, Intent, Outcome
+from sidecar.model import AccessEnded, Identity, Intent, Outcome
+from sidecar.principals import PrincipalVerifier
 from sidecar.revocations import FleetGate
 from sidecar.store.sqlite import SqliteStore
 from sidecar.tokens import KeyRing, SigningKey, generate_private_key
@@ -49,18 +52,35 @@ class Rig:
         keys: KeyRing | None = None,
         clock: ManualClock | None = None,
         fleet: FleetGate | None = None,
+        principals: PrincipalVerifier | None = None,
+        on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
+        credentials: bool = False,
         **settings: Any,
     ) -> None:
+        """`on_access_ended` as the Shared Signals transmitter gets it; `credentials` gives the
+        engine a broker revocation queue without brokers (`self.credentials`)."""
         self.clock = clock or ManualClock(1_800_000_000.0)
         self.policy = ScriptedPolicy()
         self.metrics = Metrics()
         self.state_path = tmp / "state.db"
         self.store = SqliteStore(self.state_path)
         self.audit_path = audit_path or tmp / "audit.jsonl"
-        self.journal = Journal(AuditFile(self.audit_path, rotate_bytes=rotate_bytes), self.store)
+        # Wired as the composition root wires them: the journal stamps each record with the
+        # person its task acts for, whom the engine's live state knows.
+        task_principals = TaskPrincipals()
+        self.journal = Journal(
+            AuditFile(self.audit_path, rotate_bytes=rotate_bytes),
+            self.store,
+            stamp=task_principals.stamp,
+        )
         config = load({"identity": "dev", **{k: str(v) for k, v in settings.items()}}, env={})
         self.keys = keys or KeyRing(SigningKey.from_private_key(generate_private_key("EdDSA")))
         self.grant_end = GrantEndListeners()
+        self.credentials = (
+            Credentials({}, journal=self.journal, metrics=self.metrics, clock=self.clock)
+            if credentials
+            else None
+        )
         self.engine = Engine(
             engine_settings(config),
             policy=self.policy,
@@ -71,6 +91,10 @@ class Rig:
             clock=self.clock,
             fleet=fleet,
             grant_end=self.grant_end,
+            credentials=self.credentials,
+            on_access_ended=on_access_ended,
+            principals=principals,
+            task_principals=task_principals,
         )
         self.journal.replay()
         self.engine.restore(self.store.load())

@@ -37,6 +37,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
         ],
     }
     base.update(overrides)
+    base.setdefault("client_id", base["sub"])  # RFC 9068 §2.2: every token of ours has it
     return base
 
 

@@ -83,7 +83,7 @@ class Intent(_message.Message):
     def __init__(self, action: _Optional[str] = ..., resource: _Optional[str] = ..., justification: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "goal", "subject", "state", "started_at", "deadline", "heartbeat_interval_seconds", "labels", "pop_jkt", "ended_at")
+    __slots__ = ("task_id", "goal", "subject", "state", "started_at", "deadline", "heartbeat_interval_seconds", "labels", "pop_jkt", "ended_at", "principal")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class Task(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     POP_JKT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     goal: str
     subject: str
@@ -111,10 +112,21 @@ class Task(_message.Message):
     labels: _containers.ScalarMap[str, str]
     pop_jkt: str
     ended_at: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., subject: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jkt: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    principal: Principal
+    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., subject: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jkt: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ...) -> None: ...
+
+class Principal(_message.Message):
+    __slots__ = ("subject", "issuer", "claims")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    issuer: str
+    claims: _struct_pb2.Struct
+    def __init__(self, subject: _Optional[str] = ..., issuer: _Optional[str] = ..., claims: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("grant_id", "token", "tier", "audience", "scope", "issued_at", "expires_at", "intent", "task_id", "state", "revocation_reason", "decision_id", "lease")
+    __slots__ = ("grant_id", "token", "tier", "audience", "scope", "issued_at", "expires_at", "intent", "task_id", "state", "revocation_reason", "decision_id", "lease", "actor")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +140,7 @@ class Grant(_message.Message):
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     token: str
     tier: Tier
@@ -141,7 +154,8 @@ class Grant(_message.Message):
     revocation_reason: str
     decision_id: str
     lease: Lease
-    def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    actor: str
+    def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("broker", "handle", "expires_at", "state", "details")
@@ -181,7 +195,7 @@ class Credential(_message.Message):
     def __init__(self, broker: _Optional[str] = ..., handle: _Optional[str] = ..., dsn: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BeginTaskRequest(_message.Message):
-    __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk", "pop_proof")
+    __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk", "pop_proof", "subject_token", "subject_token_type")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,13 +209,17 @@ class BeginTaskRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     POP_JWK_FIELD_NUMBER: _ClassVar[int]
     POP_PROOF_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     goal: str
     max_duration_seconds: int
     labels: _containers.ScalarMap[str, str]
     pop_jwk: _struct_pb2.Struct
     pop_proof: str
-    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., max_duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jwk: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., pop_proof: _Optional[str] = ...) -> None: ...
+    subject_token: str
+    subject_token_type: str
+    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., max_duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jwk: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., pop_proof: _Optional[str] = ..., subject_token: _Optional[str] = ..., subject_token_type: _Optional[str] = ...) -> None: ...
 
 class BeginTaskResponse(_message.Message):
     __slots__ = ("task",)
@@ -290,7 +308,7 @@ class IntrospectTokenRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class IntrospectTokenResponse(_message.Message):
-    __slots__ = ("active", "grant_id", "subject", "scope", "audience", "expires_at", "task_id", "revocation_reason", "lease")
+    __slots__ = ("active", "grant_id", "subject", "scope", "audience", "expires_at", "task_id", "revocation_reason", "lease", "actor", "principal")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +318,8 @@ class IntrospectTokenResponse(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     REVOCATION_REASON_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     active: bool
     grant_id: str
     subject: str
@@ -309,7 +329,9 @@ class IntrospectTokenResponse(_message.Message):
     task_id: str
     revocation_reason: str
     lease: Lease
-    def __init__(self, active: _Optional[bool] = ..., grant_id: _Optional[str] = ..., subject: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., audience: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task_id: _Optional[str] = ..., revocation_reason: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    actor: str
+    principal: Principal
+    def __init__(self, active: _Optional[bool] = ..., grant_id: _Optional[str] = ..., subject: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., audience: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task_id: _Optional[str] = ..., revocation_reason: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., actor: _Optional[str] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ...) -> None: ...
 
 class ListGrantsRequest(_message.Message):
     __slots__ = ("task_id", "include_inactive")

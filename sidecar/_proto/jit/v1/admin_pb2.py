@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sidecar._proto.jit.v1 import access_pb2 as jit_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12jit/v1/admin.proto\x12\x06jit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13jit/v1/access.proto\"t\n\rRevokeRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07subject\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x0e\n\x06reason\x18\x05 \x01(\tB\n\n\x08selector\"(\n\x0eRevokeResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\r\"3\n\x17RotateSigningKeyRequest\x12\x18\n\x10reload_from_file\x18\x01 \x01(\x08\"v\n\x18RotateSigningKeyResponse\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x14\n\x0cprevious_kid\x18\x02 \x01(\t\x12\x37\n\x13previous_retires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x04\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.jit.v1.ApprovalState\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\t \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\n \x01(\t\x12\x13\n\x0bttl_seconds\x18\x0b \x01(\r\x12\x11\n\ttask_goal\x18\x0c \x01(\t\x12\x35\n\x0btask_labels\x18\r \x03(\x0b\x32 .jit.v1.Approval.TaskLabelsEntry\x12\x1a\n\x04tier\x18\x0e \x01(\x0e\x32\x0c.jit.v1.Tier\x12\"\n\x0btask_grants\x18\x0f \x03(\x0b\x32\r.jit.v1.Grant\x12\x11\n\tfour_eyes\x18\x10 \x01(\x08\x12\x0e\n\x06owners\x18\x11 \x03(\t\x1a\x31\n\x0fTaskLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x14ListApprovalsRequest\x12\x17\n\x0finclude_decided\x18\x01 \x01(\x08\"<\n\x15ListApprovalsResponse\x12#\n\tapprovals\x18\x01 \x03(\x0b\x32\x10.jit.v1.Approval\"_\n\x15\x44\x65\x63ideApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61pprover\x18\x04 \x01(\t\"<\n\x16\x44\x65\x63ideApprovalResponse\x12\"\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x10.jit.v1.Approval\"#\n\x10ListTasksRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"E\n\x08TaskView\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.jit.v1.Task\x12\x1d\n\x06grants\x18\x02 \x03(\x0b\x32\r.jit.v1.Grant\"4\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.jit.v1.TaskView\"\xcc\x01\n\x11QueryAuditRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x07 \x01(\r\x12\x0e\n\x06verify\x18\x08 \x01(\x08\"\x9c\x01\n\x10\x41uditChainStatus\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x11\n\tlast_hash\x18\x05 \x01(\t\x12\x0f\n\x07problem\x18\x06 \x01(\t\x12\x10\n\x08\x62\x61\x64_file\x18\x07 \x01(\t\x12\x10\n\x08\x62\x61\x64_line\x18\x08 \x01(\x04\"z\n\x12QueryAuditResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\'\n\x05\x63hain\x18\x03 \x01(\x0b\x32\x18.jit.v1.AuditChainStatus*\xb8\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x17\n\x13\x41PPROVAL_STATE_USED\x10\x05\x32\xc4\x03\n\x0c\x41\x64minService\x12\x37\n\x06Revoke\x12\x15.jit.v1.RevokeRequest\x1a\x16.jit.v1.RevokeResponse\x12U\n\x10RotateSigningKey\x12\x1f.jit.v1.RotateSigningKeyRequest\x1a .jit.v1.RotateSigningKeyResponse\x12L\n\rListApprovals\x12\x1c.jit.v1.ListApprovalsRequest\x1a\x1d.jit.v1.ListApprovalsResponse\x12O\n\x0e\x44\x65\x63ideApproval\x12\x1d.jit.v1.DecideApprovalRequest\x1a\x1e.jit.v1.DecideApprovalResponse\x12@\n\tListTasks\x12\x18.jit.v1.ListTasksRequest\x1a\x19.jit.v1.ListTasksResponse\x12\x43\n\nQueryAudit\x12\x19.jit.v1.QueryAuditRequest\x1a\x1a.jit.v1.QueryAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12jit/v1/admin.proto\x12\x06jit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13jit/v1/access.proto\"\x89\x01\n\rRevokeRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07subject\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x13\n\tprincipal\x18\x06 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x05 \x01(\tB\n\n\x08selector\"(\n\x0eRevokeResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\r\"3\n\x17RotateSigningKeyRequest\x12\x18\n\x10reload_from_file\x18\x01 \x01(\x08\"v\n\x18RotateSigningKeyResponse\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x14\n\x0cprevious_kid\x18\x02 \x01(\t\x12\x37\n\x13previous_retires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x04\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.jit.v1.ApprovalState\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x1e\n\x06intent\x18\x05 \x01(\x0b\x32\x0e.jit.v1.Intent\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\t \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\n \x01(\t\x12\x13\n\x0bttl_seconds\x18\x0b \x01(\r\x12\x11\n\ttask_goal\x18\x0c \x01(\t\x12\x35\n\x0btask_labels\x18\r \x03(\x0b\x32 .jit.v1.Approval.TaskLabelsEntry\x12\x1a\n\x04tier\x18\x0e \x01(\x0e\x32\x0c.jit.v1.Tier\x12\"\n\x0btask_grants\x18\x0f \x03(\x0b\x32\r.jit.v1.Grant\x12\x11\n\tfour_eyes\x18\x10 \x01(\x08\x12\x0e\n\x06owners\x18\x11 \x03(\t\x12$\n\tprincipal\x18\x12 \x01(\x0b\x32\x11.jit.v1.Principal\x1a\x31\n\x0fTaskLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x14ListApprovalsRequest\x12\x17\n\x0finclude_decided\x18\x01 \x01(\x08\"<\n\x15ListApprovalsResponse\x12#\n\tapprovals\x18\x01 \x03(\x0b\x32\x10.jit.v1.Approval\"_\n\x15\x44\x65\x63ideApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61pprover\x18\x04 \x01(\t\"<\n\x16\x44\x65\x63ideApprovalResponse\x12\"\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x10.jit.v1.Approval\"#\n\x10ListTasksRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\"E\n\x08TaskView\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.jit.v1.Task\x12\x1d\n\x06grants\x18\x02 \x03(\x0b\x32\r.jit.v1.Grant\"4\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.jit.v1.TaskView\"\xcc\x01\n\x11QueryAuditRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x07 \x01(\r\x12\x0e\n\x06verify\x18\x08 \x01(\x08\"\x9c\x01\n\x10\x41uditChainStatus\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x11\n\tfirst_seq\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x11\n\tlast_hash\x18\x05 \x01(\t\x12\x0f\n\x07problem\x18\x06 \x01(\t\x12\x10\n\x08\x62\x61\x64_file\x18\x07 \x01(\t\x12\x10\n\x08\x62\x61\x64_line\x18\x08 \x01(\x04\"z\n\x12QueryAuditResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\'\n\x05\x63hain\x18\x03 \x01(\x0b\x32\x18.jit.v1.AuditChainStatus*\xb8\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x17\n\x13\x41PPROVAL_STATE_USED\x10\x05\x32\xc4\x03\n\x0c\x41\x64minService\x12\x37\n\x06Revoke\x12\x15.jit.v1.RevokeRequest\x1a\x16.jit.v1.RevokeResponse\x12U\n\x10RotateSigningKey\x12\x1f.jit.v1.RotateSigningKeyRequest\x1a .jit.v1.RotateSigningKeyResponse\x12L\n\rListApprovals\x12\x1c.jit.v1.ListApprovalsRequest\x1a\x1d.jit.v1.ListApprovalsResponse\x12O\n\x0e\x44\x65\x63ideApproval\x12\x1d.jit.v1.DecideApprovalRequest\x1a\x1e.jit.v1.DecideApprovalResponse\x12@\n\tListTasks\x12\x18.jit.v1.ListTasksRequest\x1a\x19.jit.v1.ListTasksResponse\x12\x43\n\nQueryAudit\x12\x19.jit.v1.QueryAuditRequest\x1a\x1a.jit.v1.QueryAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,40 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPROVAL_TASKLABELSENTRY']._loaded_options = None
   _globals['_APPROVAL_TASKLABELSENTRY']._serialized_options = b'8\001'
-  _globals['_APPROVALSTATE']._serialized_start=1911
-  _globals['_APPROVALSTATE']._serialized_end=2095
-  _globals['_REVOKEREQUEST']._serialized_start=114
-  _globals['_REVOKEREQUEST']._serialized_end=230
-  _globals['_REVOKERESPONSE']._serialized_start=232
-  _globals['_REVOKERESPONSE']._serialized_end=272
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=274
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=325
-  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=327
-  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=445
-  _globals['_APPROVAL']._serialized_start=448
-  _globals['_APPROVAL']._serialized_end=986
-  _globals['_APPROVAL_TASKLABELSENTRY']._serialized_start=937
-  _globals['_APPROVAL_TASKLABELSENTRY']._serialized_end=986
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=988
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=1035
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=1037
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1097
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=1099
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=1194
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=1196
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=1256
-  _globals['_LISTTASKSREQUEST']._serialized_start=1258
-  _globals['_LISTTASKSREQUEST']._serialized_end=1293
-  _globals['_TASKVIEW']._serialized_start=1295
-  _globals['_TASKVIEW']._serialized_end=1364
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1366
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1418
-  _globals['_QUERYAUDITREQUEST']._serialized_start=1421
-  _globals['_QUERYAUDITREQUEST']._serialized_end=1625
-  _globals['_AUDITCHAINSTATUS']._serialized_start=1628
-  _globals['_AUDITCHAINSTATUS']._serialized_end=1784
-  _globals['_QUERYAUDITRESPONSE']._serialized_start=1786
-  _globals['_QUERYAUDITRESPONSE']._serialized_end=1908
-  _globals['_ADMINSERVICE']._serialized_start=2098
-  _globals['_ADMINSERVICE']._serialized_end=2550
+  _globals['_APPROVALSTATE']._serialized_start=1971
+  _globals['_APPROVALSTATE']._serialized_end=2155
+  _globals['_REVOKEREQUEST']._serialized_start=115
+  _globals['_REVOKEREQUEST']._serialized_end=252
+  _globals['_REVOKERESPONSE']._serialized_start=254
+  _globals['_REVOKERESPONSE']._serialized_end=294
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=296
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=347
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=349
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=467
+  _globals['_APPROVAL']._serialized_start=470
+  _globals['_APPROVAL']._serialized_end=1046
+  _globals['_APPROVAL_TASKLABELSENTRY']._serialized_start=997
+  _globals['_APPROVAL_TASKLABELSENTRY']._serialized_end=1046
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=1048
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=1095
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=1097
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1157
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=1159
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=1254
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=1256
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=1316
+  _globals['_LISTTASKSREQUEST']._serialized_start=1318
+  _globals['_LISTTASKSREQUEST']._serialized_end=1353
+  _globals['_TASKVIEW']._serialized_start=1355
+  _globals['_TASKVIEW']._serialized_end=1424
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1426
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1478
+  _globals['_QUERYAUDITREQUEST']._serialized_start=1481
+  _globals['_QUERYAUDITREQUEST']._serialized_end=1685
+  _globals['_AUDITCHAINSTATUS']._serialized_start=1688
+  _globals['_AUDITCHAINSTATUS']._serialized_end=1844
+  _globals['_QUERYAUDITRESPONSE']._serialized_start=1846
+  _globals['_QUERYAUDITRESPONSE']._serialized_end=1968
+  _globals['_ADMINSERVICE']._serialized_start=2158
+  _globals['_ADMINSERVICE']._serialized_end=2610
 # @@protoc_insertion_point(module_scope)

@@ -28,18 +28,20 @@ APPROVAL_STATE_EXPIRED: ApprovalState
 APPROVAL_STATE_USED: ApprovalState
 
 class RevokeRequest(_message.Message):
-    __slots__ = ("grant_id", "task_id", "subject", "all", "reason")
+    __slots__ = ("grant_id", "task_id", "subject", "all", "principal", "reason")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     task_id: str
     subject: str
     all: bool
+    principal: str
     reason: str
-    def __init__(self, grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, grant_id: _Optional[str] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., all: _Optional[bool] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
     __slots__ = ("revoked_grants",)
@@ -64,7 +66,7 @@ class RotateSigningKeyResponse(_message.Message):
     def __init__(self, kid: _Optional[str] = ..., previous_kid: _Optional[str] = ..., previous_retires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Approval(_message.Message):
-    __slots__ = ("approval_id", "state", "task_id", "subject", "intent", "reasons", "created_at", "expires_at", "decided_by", "decision_reason", "ttl_seconds", "task_goal", "task_labels", "tier", "task_grants", "four_eyes", "owners")
+    __slots__ = ("approval_id", "state", "task_id", "subject", "intent", "reasons", "created_at", "expires_at", "decided_by", "decision_reason", "ttl_seconds", "task_goal", "task_labels", "tier", "task_grants", "four_eyes", "owners", "principal")
     class TaskLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +91,7 @@ class Approval(_message.Message):
     TASK_GRANTS_FIELD_NUMBER: _ClassVar[int]
     FOUR_EYES_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     approval_id: str
     state: ApprovalState
     task_id: str
@@ -106,7 +109,8 @@ class Approval(_message.Message):
     task_grants: _containers.RepeatedCompositeFieldContainer[_access_pb2.Grant]
     four_eyes: bool
     owners: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, approval_id: _Optional[str] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., intent: _Optional[_Union[_access_pb2.Intent, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., task_goal: _Optional[str] = ..., task_labels: _Optional[_Mapping[str, str]] = ..., tier: _Optional[_Union[_access_pb2.Tier, str]] = ..., task_grants: _Optional[_Iterable[_Union[_access_pb2.Grant, _Mapping]]] = ..., four_eyes: _Optional[bool] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
+    principal: _access_pb2.Principal
+    def __init__(self, approval_id: _Optional[str] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., task_id: _Optional[str] = ..., subject: _Optional[str] = ..., intent: _Optional[_Union[_access_pb2.Intent, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., task_goal: _Optional[str] = ..., task_labels: _Optional[_Mapping[str, str]] = ..., tier: _Optional[_Union[_access_pb2.Tier, str]] = ..., task_grants: _Optional[_Iterable[_Union[_access_pb2.Grant, _Mapping]]] = ..., four_eyes: _Optional[bool] = ..., owners: _Optional[_Iterable[str]] = ..., principal: _Optional[_Union[_access_pb2.Principal, _Mapping]] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
     __slots__ = ("include_decided",)
