@@ -34,6 +34,15 @@ from sidecar.model import Intent, Outcome
 from tests.unit.test_engine import ME, Rig, run
 
 
+def _forged(token: str) -> str:
+    """The token with one signature byte changed: always a different, invalid signature
+    (changing the last base64url characters may only touch padding bits)."""
+    head, payload, signature = token.split(".")
+    i = len(signature) // 2
+    flipped = "B" if signature[i] == "A" else "A"
+    return f"{head}.{payload}.{signature[:i]}{flipped}{signature[i + 1 :]}"
+
+
 def _headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict(pairs))
 
@@ -305,7 +314,7 @@ def test_engine_grants_are_active_from_memory_and_their_end_is_announced(tmp_pat
         now = r.clock.now()
         active = grants.active(first.token, now)
         seen["active"] = active
-        seen["forged"] = grants.active(first.token[:-2] + "AA", now)
+        seen["forged"] = grants.active(_forged(first.token), now)
         r.clock.advance(20)
         await r.engine.heartbeat(ME, task.task_id)
         r.clock.advance(11)
@@ -315,7 +324,7 @@ def test_engine_grants_are_active_from_memory_and_their_end_is_announced(tmp_pat
         await r.engine.complete_task(ME, task.task_id, Outcome.SUCCEEDED, "")
         seen["completed"] = grants.active(second.token, r.clock.now())
         seen["why_completed"] = grants.why_inactive(second.token, r.clock.now())
-        seen["why_forged"] = grants.why_inactive(second.token[:-2] + "AA", r.clock.now())
+        seen["why_forged"] = grants.why_inactive(_forged(second.token), r.clock.now())
         seen["ids"] = (first.grant.grant_id, second.grant.grant_id)  # type: ignore[union-attr]
 
     run(tmp_path, body)
