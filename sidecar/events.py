@@ -48,6 +48,8 @@ class TaskBegun(Event):
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     pop_jkt: str | None = None
     identity_method: str | None = None
+    plan: list[dict[str, Any]] | None = None
+    """The declared plan (intents), when BeginTask carried one (sidecar.flows)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +88,10 @@ class GrantIssued(Event):
     cnf_jkt: str | None = None
     cached: bool | None = None
     approval_id: str | None = None
+    flow_class: str | None = None
+    """The intent's risk class, from the policy's flow report."""
+    flow_labels: list[str] | None = None
+    """The intent's flow labels, from the policy's flow report: the task accumulates them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +252,23 @@ class Recorded:
     event: Event
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowFlagged(Event):
+    """A flow rule fired on an intent, or the intent left the task's declared plan
+    (sidecar.flows): the labels the task held and the rules that escalated or denied it.
+    The outcome (grant_issued, grant_pending, grant_denied) follows in its own record."""
+
+    name: ClassVar[str] = "flow_flagged"
+    task_id: str
+    subject: str
+    intent: dict[str, Any]
+    task_flow_labels: list[str]
+    intent_flow_labels: list[str]
+    rules: list[str]
+    plan_deviation: bool
+    decision_id: str | None = None
+
+
 KINDS: Mapping[str, type[Event]] = {
     cls.name: cls
     for cls in (
@@ -262,6 +285,7 @@ KINDS: Mapping[str, type[Event]] = {
         RequestRejected,
         KeyRotated,
         RevocationOrdered,
+        FlowFlagged,
     )
 }
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .flows import FlowReport, TaskFlow
+
 
 class Tier(StrEnum):
     STANDING = "standing"
@@ -121,6 +123,8 @@ class PolicyDecision:
     decision_id: str = ""
     cached: bool = False
     """True when served from the standing-decision cache rather than OPA."""
+    flow: FlowReport | None = None
+    """The policy's flow report (sidecar.flows), when it gave one."""
 
 
 _WHY_ENDED = {
@@ -150,6 +154,8 @@ class Task:
     end_reason: str = ""
     grant_ids: list[str] = field(default_factory=list)
     """Active grants only, oldest first."""
+    flow: TaskFlow = field(default_factory=TaskFlow)
+    """History, flow labels, recent denials and declared plan (sidecar.flows)."""
 
     @property
     def active(self) -> bool:
@@ -193,6 +199,10 @@ class Grant:
     state: GrantState = GrantState.ACTIVE
     end_reason: str = ""
     ended_at: float | None = None
+    flow_class: str = ""
+    """The risk class the policy reported (its flow report), '' when it reported none."""
+    flow_labels: tuple[str, ...] = ()
+    """The flow labels the policy gave this grant's intent."""
 
     def is_active(self, now: float) -> bool:
         return self.state is GrantState.ACTIVE and now < self.expires_at

@@ -41,6 +41,7 @@ from .errors import (
     Unavailable,
     Unimplemented,
 )
+from .flows import PlanEvaluation
 from .identity import Authenticator
 from .metrics import Metrics
 from .model import Grant, GrantState, Identity, Intent, Outcome, Task, TaskState, Tier
@@ -151,6 +152,7 @@ def task_pb(task: Task) -> pb.Task:
         labels=task.labels,
         pop_jkt=task.pop_jkt,
         ended_at=ts(task.ended_at) if task.ended_at else None,
+        flow_labels=sorted(task.flow.labels),
     )
 
 
@@ -175,6 +177,7 @@ def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant
         state=_GRANT_STATE[grant.state],
         revocation_reason=grant.end_reason,
         decision_id=grant.decision_id,
+        flow_labels=list(grant.flow_labels),
     )
 
 
@@ -185,6 +188,50 @@ def outcome_pb(outcome: GrantOutcome, justification: str = "") -> pb.RequestGran
         reasons=list(outcome.reasons),
         decision_id=outcome.decision_id,
         approval_id=outcome.approval_id,
+    )
+
+
+def plan_pb(evaluation: PlanEvaluation) -> pb.PlanEvaluation:
+    steps = []
+    for step in evaluation.steps:
+        d = step.decision
+        decision = "granted" if d.allow else "denied"
+        if d.allow and d.approval_required:
+            decision = "pending_approval"
+        steps.append(
+            pb.PlanStep(
+                index=step.index,
+                intent=intent_pb(step.intent),
+                decision=_DECISION[decision],
+                tier=_TIER[d.tier] if d.tier is not None else pb.TIER_UNSPECIFIED,
+                reasons=list(d.reasons),
+                approval_id=step.approval_id,
+            )
+        )
+    decision_id = next((s.decision.decision_id for s in evaluation.steps), "")
+    return pb.PlanEvaluation(
+        allowed=evaluation.allowed,
+        steps=steps,
+        approval_steps=evaluation.approval_steps,
+        decision_id=decision_id,
+    )
+
+
+def intent_pb(intent: Intent) -> pb.Intent:
+    out = pb.Intent(
+        action=intent.action, resource=intent.resource, justification=intent.justification
+    )
+    if intent.context:
+        out.context.update(dict(intent.context))
+    return out
+
+
+def intent_from_pb(i: pb.Intent) -> Intent:
+    return Intent(
+        action=i.action,
+        resource=i.resource,
+        justification=i.justification,
+        context=struct_to_dict(i.context) if i.HasField("context") else {},
     )
 
 
@@ -383,8 +430,12 @@ class AccessService(pb_grpc.AccessServiceServicer):
                 max_duration=request.max_duration_seconds,
                 labels=dict(request.labels),
                 pop=pop,
+                plan=[intent_from_pb(i) for i in request.plan],
             )
-            return pb.BeginTaskResponse(task=task_pb(task))
+            evaluation = task.flow.evaluation
+            return pb.BeginTaskResponse(
+                task=task_pb(task), plan=plan_pb(evaluation) if evaluation else None
+            )
 
         return await self._guard.run("BeginTask", context, body)
 
@@ -393,13 +444,7 @@ class AccessService(pb_grpc.AccessServiceServicer):
     ) -> pb.RequestGrantResponse:
         async def body() -> pb.RequestGrantResponse:
             identity = await self._identity(context)
-            i = request.intent
-            intent = Intent(
-                action=i.action,
-                resource=i.resource,
-                justification=i.justification,
-                context=struct_to_dict(i.context) if i.HasField("context") else {},
-            )
+            intent = intent_from_pb(request.intent)
             outcome = await self._engine.request_grant(
                 identity, request.task_id, intent, request.ttl_seconds
             )
@@ -500,6 +545,18 @@ class AccessService(pb_grpc.AccessServiceServicer):
             return pb.AwaitApprovalResponse(result=outcome_pb(outcome))
 
         return await self._guard.run("AwaitApproval", context, body, long_poll=True)
+
+    async def EvaluatePlan(
+        self, request: pb.EvaluatePlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EvaluatePlanResponse:
+        async def body() -> pb.EvaluatePlanResponse:
+            identity = await self._identity(context)
+            evaluation = await self._engine.evaluate_plan(
+                identity, request.task_id, request_approvals=request.request_approvals
+            )
+            return pb.EvaluatePlanResponse(plan=plan_pb(evaluation))
+
+        return await self._guard.run("EvaluatePlan", context, body)
 
 
 class AdminService(admin_pb_grpc.AdminServiceServicer):

@@ -37,6 +37,7 @@ from ..errors import (
     SidecarError,
 )
 from ..events import GrantDenied, GrantIssued, GrantRevoked, TaskBegun
+from ..flows import PlanEvaluation
 from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
@@ -62,6 +63,7 @@ from ..validation import (
     preview,
 )
 from . import fleet as fleet_orders
+from . import flows
 from .commits import Ended, Recorder, commit_or_undo
 from .desk import ApprovalDesk
 from .due import DueQueue
@@ -160,12 +162,14 @@ class Engine:
         max_duration: int,
         labels: Mapping[str, str],
         pop: KeyBinding | None = None,
+        plan: Sequence[Intent] = (),
     ) -> Task:
         """Open a task. A caller-chosen `task_id` lives in the caller's own namespace (the
         task's id is `<task_id>@<owner tag>`), so it never collides with, nor reveals,
-        another identity's task (docs/security.md)."""
+        another identity's task (docs/security.md). A declared `plan` is evaluated first
+        (one OPA query; the answer is `task.flow.evaluation`): without one, no task."""
         try:
-            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop)
+            return await self._begin_task(identity, task_id, goal, max_duration, labels, pop, plan)
         except SidecarError as err:
             await self.record.rejection("BeginTask", identity, err, task_id=task_id)
             raise
@@ -178,9 +182,11 @@ class Engine:
         max_duration: int,
         labels: Mapping[str, str],
         pop: KeyBinding | None,
+        plan: Sequence[Intent],
     ) -> Task:
         cfg = self.settings
         check_task_fields(goal, labels)
+        declared = flows.check_plan(plan)
         pop_jkt = pop.jkt(self.clock.now()) if pop is not None else ""
         if max_duration > cfg.max_task_duration:
             raise InvalidArgument(
@@ -194,13 +200,6 @@ class Engine:
                 raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
         else:
             task_id = "t-" + new_grant_id()
-        if task_id in self.live.tasks:  # a concurrent BeginTask with the same id won the race
-            raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
-        if self.live.tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
-            raise ResourceExhausted(
-                f"this identity already has {cfg.max_tasks_per_identity} active tasks",
-                Reason.TOO_MANY_TASKS,
-            )
         now = self.clock.now()
         task = Task(
             task_id=task_id,
@@ -213,6 +212,20 @@ class Engine:
             last_heartbeat=now,
             pop_jkt=pop_jkt,
         )
+        task.flow.plan = declared
+        if declared:
+            try:
+                task.flow.evaluation = await flows.evaluate_plan(self.policy, identity, task, now)
+            except PolicyError as err:
+                await self.record.policy_failure(err, identity, declared[0], task_id, now)
+                raise
+        if task_id in self.live.tasks:  # a concurrent BeginTask with the same id won the race
+            raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
+        if self.live.tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
+            raise ResourceExhausted(
+                f"this identity already has {cfg.max_tasks_per_identity} active tasks",
+                Reason.TOO_MANY_TASKS,
+            )
         self.live.add_task(task)
         event = TaskBegun(
             time=rfc3339(now),
@@ -224,6 +237,7 @@ class Engine:
             heartbeat_interval_seconds=task.heartbeat_interval,
             pop_jkt=pop_jkt or None,
             identity_method=identity.method,
+            plan=[i.as_input() for i in declared] or None,
         )
         # nothing recorded: the task must not exist
         await commit_or_undo(self.journal, event, lambda: self.live.drop_task(task))
@@ -308,6 +322,7 @@ class Engine:
                 return settled
 
         decision = await self._decide(identity, intent, task, ttl_seconds, now)
+        await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
 
         if not decision.allow:
             return await self._deny(
@@ -321,7 +336,7 @@ class Engine:
     async def _decide(
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
     ) -> PolicyDecision:
-        key = self.cache.key(identity, intent, task.labels)
+        key = self.cache.key(identity, intent, task.labels, task.flow.cache_key())
         cached = self.cache.get(key)
         if cached is not None:
             self.metrics.cache_hit.inc()
@@ -410,6 +425,8 @@ class Engine:
             kid=key.kid,
             decision_id=decision.decision_id,
             cnf_jkt=task.pop_jkt,
+            flow_class=decision.flow.cls if decision.flow else "",
+            flow_labels=decision.flow.labels if decision.flow else (),
         )
         self.live.add_grant(task, grant)
         token = key.sign(access_token_claims(grant, self.settings.issuer))
@@ -431,12 +448,15 @@ class Engine:
             cnf_jkt=task.pop_jkt or None,
             cached=decision.cached or None,
             approval_id=approval_id or None,
+            flow_class=grant.flow_class or None,
+            flow_labels=list(grant.flow_labels) or None,
         )
         try:
             await self.journal.commit([event])
         except CommitError as err:
             await self._abort_issue(grant, err)
             raise
+        task.flow.record_grant(grant)  # ended grants stay in the history
         if grant.state is not GrantState.ACTIVE:
             # Revoked (task completed or operator) while the commit was in flight.
             raise FailedPrecondition(
@@ -517,6 +537,9 @@ class Engine:
             reasons=list(reasons),
         )
         await self.journal.commit([event])
+        task = self.live.tasks.get(task_id)
+        if task is not None:
+            task.flow.record_denial(now)  # the probing rule counts them
         return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
 
     # ================================================================== approvals
@@ -542,6 +565,30 @@ class Engine:
         return await self._deny(
             identity, task_id, intent, now, reasons, approval_id=mismatch.approval_id
         )
+
+    async def evaluate_plan(
+        self, identity: Identity, task_id: str, *, request_approvals: bool = False
+    ) -> PlanEvaluation:
+        """The policy's answer on the task's declared plan, given what the task did so far;
+        with `request_approvals`, an approval request is parked for every step needing one."""
+        try:
+            task = await self._tasks.active(identity, task_id)
+            if not task.flow.plan:
+                raise InvalidArgument(
+                    f"task {task.task_id} declared no plan", Reason.INVALID_ARGUMENT
+                )
+        except SidecarError as err:
+            await self.record.rejection("EvaluatePlan", identity, err, task_id=task_id)
+            raise
+        now = self.clock.now()
+        try:
+            evaluation = await flows.evaluate_plan(self.policy, identity, task, now)
+        except PolicyError as err:
+            await self.record.policy_failure(err, identity, task.flow.plan[0], task.task_id, now)
+            raise
+        if request_approvals:
+            evaluation = await flows.request_approvals(self.approvals, identity, task, evaluation)
+        return evaluation
 
     def open_approvals(self) -> list[Approval]:
         return self.approvals.listed()

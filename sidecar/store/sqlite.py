@@ -37,9 +37,12 @@ from ..events import (
 from ..model import Grant, GrantState, Intent, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
+from . import flows as flow_store
 
 log = logging.getLogger("jit_sidecar.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATIONS = {1: flow_store.MIGRATION}
+"""The SQL that takes a store from each version to the next (SCHEMA is version 1)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -106,6 +109,8 @@ GRANT_COLUMNS = (
     "grant_id, task_id, subject, action, resource, justification, tier, audience, scope, "
     "issued_at, expires_at, kid, decision_id, cnf_jkt, state, end_reason, ended_at"
 )
+GRANT_WIDTH = len(GRANT_COLUMNS.split(","))
+GRANT_READ_COLUMNS = f"{GRANT_COLUMNS}, {flow_store.FLOW_COLUMNS}"
 TASK_COLUMNS = (
     "task_id, subject, goal, labels, started_at, deadline, heartbeat_interval, state, "
     "last_heartbeat, pop_jkt, ended_at, end_reason"
@@ -118,6 +123,8 @@ def ts(value: str) -> float:
 
 
 def _grant(row: Sequence[Any]) -> Grant:
+    if len(row) > GRANT_WIDTH:  # read with GRANT_READ_COLUMNS
+        return flow_store.set_flow(_grant(row[:GRANT_WIDTH]), *row[GRANT_WIDTH:])
     return Grant(
         grant_id=row[0],
         task_id=row[1],
@@ -202,12 +209,10 @@ class SqliteStore:
         self._w.executescript(SCHEMA)
         version = self._w.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is None:
-            self._w.execute(
-                "INSERT INTO meta VALUES ('schema_version', ?), ('applied_seq', '0')",
-                (str(SCHEMA_VERSION),),
-            )
+            self._w.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('applied_seq', '0')")
         elif int(version[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer jit-sidecar (schema {version[0]})")
+        self._migrate(int(version[0]) if version else 1)
         path.chmod(0o600)
         self._r = _connect(path)
         self._r_lock = threading.Lock()
@@ -222,6 +227,24 @@ class SqliteStore:
             ApprovalDecided: self._approval_decided,
             ApprovalExpired: self._approval_expired,
         }
+
+    def _migrate(self, version: int) -> None:
+        """Bring the schema to SCHEMA_VERSION, one version per transaction."""
+        while version < SCHEMA_VERSION:
+            self._w.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self._w.execute(statement)
+                version += 1
+                self._w.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+                )
+                self._w.execute("COMMIT")
+            except BaseException:
+                if self._w.in_transaction:
+                    self._w.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------------ write side
     def applied_seq(self) -> int:
@@ -249,6 +272,7 @@ class SqliteStore:
                 handler = self._handlers.get(type(record.event))
                 if handler is not None:
                     handler(conn, record.event)
+                flow_store.apply_flow(conn, record.event, ts)
             if touches:
                 conn.executemany(
                     "UPDATE tasks SET last_heartbeat = ? WHERE task_id = ? AND state = 'active'",
@@ -398,6 +422,8 @@ class SqliteStore:
             task = tasks.get(grant.task_id)
             if task is not None:
                 task.grant_ids.append(grant.grant_id)
+        live = {g.grant_id: g for g in snap.grants}
+        flow_store.load_flows(self._w, tasks, live, _grant, GRANT_COLUMNS)
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
@@ -434,12 +460,12 @@ class SqliteStore:
 
     async def get_grant(self, grant_id: str) -> Grant | None:
         rows = await asyncio.to_thread(
-            self._read, f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)
+            self._read, f"SELECT {GRANT_READ_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)
         )
         return _grant(rows[0]) if rows else None
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
-        sql = f"SELECT {GRANT_COLUMNS} FROM grants WHERE task_id = ?"
+        sql = f"SELECT {GRANT_READ_COLUMNS} FROM grants WHERE task_id = ?"
         if not include_inactive:
             sql += " AND state = 'active'"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY issued_at", (task_id,))

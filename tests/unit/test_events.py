@@ -59,6 +59,12 @@ LEGACY: list[dict[str, Any]] = [
     {"event": "revocation_ordered", "time": T0, "scope": "subject", "subject": SUBJECT,
      "cutoff": T0, "revocation_expires_at": "2027-01-15T08:15:00.000000Z",
      "reason": "kill_switch"},
+    {"event": "flow_flagged", "time": T0, "task_id": "t-1", "subject": SUBJECT,
+     "intent": {"action": "email.send", "resource": "email://customer/c-42",
+                "justification": "reply", "context": {}},
+     "task_flow_labels": ["private_data", "untrusted_input"],
+     "intent_flow_labels": ["external_egress"], "rules": ["flow_trifecta"],
+     "plan_deviation": False, "decision_id": "d-1"},
 ]  # fmt: skip
 
 
