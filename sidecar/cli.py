@@ -225,7 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ACTION=RESOURCE",
-        help="grants the task already holds (for per-task limits)",
+        help="grants the task already holds (for per-task limits); also in its history",
+    )
+    explain.add_argument(
+        "--history",
+        action="append",
+        default=[],
+        metavar="ACTION=RESOURCE",
+        help="grants the task was issued that have ended (input.task.history, for flow rules)",
+    )
+    explain.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="ACTION=RESOURCE",
+        help="a step of the task's declared plan (input.task.plan)",
+    )
+    explain.add_argument(
+        "--denials", type=int, default=0, help="denials the task had in the last minute"
     )
     explain.add_argument(
         "--remaining", type=int, default=300, help="seconds left in the task (default 300)"
@@ -587,7 +604,7 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
 
     from .errors import InvalidArgument, PolicyError
     from .identity import trust_domain_of
-    from .model import Grant, Identity, Intent, Task, Tier
+    from .model import Grant, GrantState, Identity, Intent, Task, Tier
     from .policy import OpaClient, build_input
 
     def pairs(items: list[str]) -> list[tuple[str, str]]:
@@ -609,9 +626,20 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
         Grant("", task.task_id, args.subject, a, r, Tier.JIT, "", (), now, now, "")
         for a, r in pairs(args.grant)
     ]
+    ended = [
+        Grant("", task.task_id, args.subject, a, r, Tier.JIT, "", (), now, now, "")
+        for a, r in pairs(args.history)
+    ]
+    for grant in ended:
+        grant.state, grant.end_reason = GrantState.EXPIRED, "expired"
+    for grant in ended + held:
+        task.flow.record_grant(grant)
+    for _ in range(args.denials):
+        task.flow.record_denial(now - 1)
     intent = Intent(args.action, args.resource, args.justification, context)
     try:
         # As the sidecar would: a non-canonical resource never reaches the policy.
+        task.flow.plan = tuple(Intent(a, r) for a, r in pairs(args.plan))
         policy_input = build_input(identity, intent, task, held, args.ttl, now)
     except InvalidArgument as err:
         print(f"jit-sidecar: {err} (refused before the policy is asked)", file=sys.stderr)
@@ -658,6 +686,14 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
             print(f"  {key}: {raw[key]}")
     for reason in decision.reasons:
         print(f"  - {reason}")
+    flow = decision.flow
+    if flow is not None:  # which labels the task had, and which flow rule escalated it
+        print(f"  flow: class {flow.cls or '-'}, labels {', '.join(flow.labels) or '-'}")
+        print(f"  flow: the task held {', '.join(flow.task_labels) or 'no labels'}")
+        if flow.rules:
+            print(f"  flow: rules fired: {', '.join(flow.rules)}")
+        if flow.plan_deviation:
+            print("  flow: outside the declared plan")
     if decision.decision_id:
         print(f"  decision_id: {decision.decision_id}")
     eval_ns = body.get("metrics", {}).get("timer_rego_query_eval_ns")

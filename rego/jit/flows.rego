@@ -57,14 +57,18 @@ default _intent_flow_labels := set()
 
 _intent_flow_labels := _labels_of(input.intent.action, input.intent.resource)
 
-# Labels accumulate: every label the sidecar recorded for the task, and those of every grant
-# in its history (ended ones included), as data labels them now.
+# Labels accumulate: every label the sidecar recorded for the task (it never drops one, even
+# when the grant that brought it left the history window), and the labels of each history
+# entry (ended grants included). The labels an entry carries are those the policy gave its
+# intent when it was granted; they are not looked up in data again: that lookup per entry was
+# most of the cost of a long history (docs/performance.md).
 _task_flow_labels := {label |
 	some label in object.get(input, ["task", "flow_labels"], [])
 	is_string(label)
 } | {label |
 	some entry in object.get(input, ["task", "history"], [])
-	some label in _labels_of(entry.action, entry.resource)
+	some label in entry.labels
+	is_string(label)
 }
 
 _all_flow_labels := _task_flow_labels | _intent_flow_labels

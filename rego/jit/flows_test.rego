@@ -15,11 +15,29 @@ _email := {"action": "email.send", "resource": "email://customer/c-42", "justifi
 
 _docs_read := {"action": "docs.read", "resource": "docs://handbook/intro"}
 
-# A history entry as the sidecar sends it (sidecar/engine/flows.py).
+# A history entry as the sidecar sends it (sidecar/flows.py): with the labels the policy gave
+# the intent when it was granted, i.e. its decision's flow.labels.
 _entry(intent, state) := {
 	"action": intent.action, "resource": intent.resource, "class": "read", "tier": "standing",
-	"labels": [], "time": "2026-11-29T09:58:00Z", "state": state,
+	"labels": _labels_given(intent), "time": "2026-11-29T09:58:00Z", "state": state,
 	"end_reason": {"active": "", "expired": "expired", "revoked": "revoked_by_agent"}[state],
+}
+
+_labels_given(intent) := object.get(_given, intent.action, [])
+
+# What data.json labels these intents; test_the_labels_given_are_those_of_the_policy checks it.
+_given := {
+	"tickets.read": ["untrusted_input"],
+	"customers.read": ["private_data"],
+	"email.send": ["external_egress"],
+	"vault.read": ["private_data", "secret:infra"],
+}
+
+test_the_labels_given_are_those_of_the_policy if {
+	every intent in [_ticket_read, _customer_read, _email, _secret_read, _docs_read] {
+		decision := jit.decision with input as _flow_input(_ops, intent, [])
+		decision.flow.labels == _labels_given(intent)
+	}
 }
 
 _flow_task(history) := {"history": history, "history_dropped": 0, "flow_labels": [], "denials": [], "plan": []}
@@ -102,10 +120,17 @@ test_labels_the_sidecar_kept_count_without_history if {
 	decision == _email_approval(["private_data", "untrusted_input"])
 }
 
-test_one_step_carrying_both_labels_then_egress_needs_approval if {
-	decision := jit.decision with input as _flow_input(_support, _email, [_entry(_customer_read, "expired")])
-		with jit.domains.customers.flow_labels.read as ["private_data", "untrusted_input"]
+test_one_earlier_grant_carrying_both_labels_then_egress_needs_approval if {
+	entry := object.union(_entry(_customer_read, "expired"), {"labels": ["private_data", "untrusted_input"]})
+	decision := jit.decision with input as _flow_input(_support, _email, [entry])
 	decision == _email_approval(["private_data", "untrusted_input"])
+}
+
+test_an_email_carrying_both_labels_itself_needs_approval if {
+	decision := jit.decision with input as _flow_input(_support, _email, [])
+		with jit.catalog["email.send"].flow_labels as ["external_egress", "private_data", "untrusted_input"]
+	decision.approval_required == true
+	decision.flow.rules == ["flow_trifecta"]
 }
 
 test_mcp_send_email_is_external_egress if {

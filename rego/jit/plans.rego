@@ -2,7 +2,8 @@
 # intents it expects to need (input.task.plan). `plan_evaluation` answers in one query whether
 # the whole plan would be allowed and which steps need approval, so that approvals can be
 # asked for before work starts. Each step is decided as if the steps before it had been
-# granted: their flow labels are in the step's history, so a plan that reads a ticket, then a
+# granted: their flow labels (from data, as the policy would give them) are in the step's
+# history, so a plan that reads a ticket, then a
 # customer record, then sends email shows the trifecta on its last step.
 package jit
 
@@ -36,7 +37,7 @@ _planned_entry(step) := {
 	"resource": step.resource,
 	"class": "",
 	"tier": "",
-	"labels": [],
+	"labels": _labels_of(step.action, step.resource),
 	"time": input.request.time,
 	"state": "planned",
 	"end_reason": "",
