@@ -412,3 +412,18 @@ test_without_history_the_decision_has_no_flow_report if {
 	not decision.flow
 	decision.allow == true
 }
+
+# docs/policy-authoring.md, "Labelling a new tool".
+test_a_new_tool_is_labelled_in_its_catalog_entry if {
+	decision := jit.decision with input as _flow_input(
+		_dev, {
+			"action": "mcp.chat.post_message", "resource": "mcp://chat/tools/post_message",
+			"justification": "post the release note",
+		},
+		[],
+	)
+		with jit.mcp_servers.chat as {"audience": "https://chat.example.com/mcp"}
+		with jit.catalog["*.post_message"] as {"class": "write", "flow_labels": ["external_egress"]}
+	decision.flow.labels == ["external_egress"]
+	decision.allow == true
+}
