@@ -632,8 +632,6 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
     ]
     for grant in ended:
         grant.state, grant.end_reason = GrantState.EXPIRED, "expired"
-    for grant in ended + held:
-        task.flow.record_grant(grant)
     for _ in range(args.denials):
         task.flow.record_denial(now - 1)
     intent = Intent(args.action, args.resource, args.justification, context)
@@ -649,6 +647,15 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
     async def ask() -> tuple[Any, dict[str, Any]]:
         client = OpaClient(url, args.decision_path, 10.0)
         try:
+            # As the sidecar would have: each earlier grant carries the labels the policy
+            # gave its intent, and the task holds them all.
+            for grant in ended + held:
+                alone = Task("t-explain", args.subject, "", {}, now, now + 60, 0)
+                earlier = Intent(grant.action, grant.resource)
+                given = await client.decide(build_input(identity, earlier, alone, [], 0, now))
+                grant.flow_labels = given.flow.labels if given.flow else ()
+                task.flow.record_grant(grant)
+            policy_input["task"] |= task.flow.as_input()
             return await client.explain(policy_input, trace=args.trace)
         finally:
             await client.aclose()
@@ -661,6 +668,9 @@ def _run_policy_explain(args: argparse.Namespace) -> int:
     except PolicyError as err:
         print(f"jit-sidecar: no usable decision from OPA at {url}: {err}", file=sys.stderr)
         return EXIT_FAIL
+    except InvalidArgument as err:  # a --grant or --history resource
+        print(f"jit-sidecar: {err} (refused before the policy is asked)", file=sys.stderr)
+        return EXIT_USAGE
     verdict = EXIT_OK if decision.allow else EXIT_DENIED
     raw = body["result"]
     if args.json:

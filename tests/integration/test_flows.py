@@ -5,6 +5,8 @@ what it may do next, survives kill -9, and a declared plan is evaluated up front
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from sidecar.client import socket_target
-from tests.harness import OpaServer, SidecarProcess
+from tests.harness import OpaServer, SidecarProcess, clean_env
 
 SUPPORT = "spiffe://jit.local/agent/support"
 TICKET = pb.Intent(action="tickets.read", resource="tickets://t-1001")
@@ -247,3 +249,23 @@ def test_a_plan_with_a_bad_step_is_refused(support: SidecarProcess) -> None:
     assert no_plan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [r["task_id"] for r in support.events("task_begun")] == [task_id]
     assert [r["rpc"] for r in support.events("request_rejected")] == ["BeginTask", "EvaluatePlan"]
+
+
+def test_policy_explain_shows_the_flow(opa: OpaServer) -> None:
+    """`jit-sidecar policy explain` with a history shows the labels the task held and the
+    flow rule that escalated the intent, and exits 0 (allowed after approval)."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "sidecar.cli", "policy", "explain",
+            "email.send", "email://customer/c-42",
+            "--subject", SUPPORT, "--justification", "reply to the customer",
+            "--history", "tickets.read=tickets://t-1001",
+            "--grant", "customers.read=customers://c-42",
+            "--opa-url", opa.url,
+        ],
+        capture_output=True, text=True, timeout=60, env=clean_env(), check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"  - {TRIFECTA}" in result.stdout
+    assert "  flow: the task held private_data, untrusted_input" in result.stdout
+    assert "  flow: rules fired: flow_trifecta" in result.stdout
