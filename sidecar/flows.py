@@ -6,9 +6,10 @@ bounded by `HISTORY_CAP` with a count of the older ones), the flow labels its gr
 its declared plan. `TaskFlow.as_input` is that state as `input.task.{history,
 history_dropped, flow_labels, denials, plan}` (docs/policy-authoring.md, "Flows").
 
-The policy answers with a flow report (`flow` in the decision): the intent's risk class and
-labels, the labels the task held, the flow rules that fired and whether the intent left the
-plan. `parse_flow` type-checks it as strictly as the rest of the decision.
+The policy answers with a flow report (`flow` in the decision, `FlowReport`): the intent's
+risk class and labels, the labels the task held, the flow rules that fired and whether the
+intent left the plan; `sidecar.policy` type-checks it as strictly as the rest of the
+decision.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
-from .errors import PolicyResultInvalid
 from .resources import parse_resource
 
 if TYPE_CHECKING:  # model.py holds a TaskFlow in each Task
@@ -120,7 +120,7 @@ class TaskFlow:
             "history_dropped": self.dropped,
             "flow_labels": sorted(self.labels),
             "denials": [rfc3339(t) for t in self.denials],
-            "plan": [plan_step(i) for i in self.plan],
+            "plan": [intent_input(i) for i in self.plan],
         }
 
     def cache_key(self) -> str:
@@ -132,7 +132,7 @@ class TaskFlow:
             return ""
         digest = hashlib.sha256()
         digest.update(json.dumps(sorted(self.labels)).encode())
-        digest.update(json.dumps([plan_step(i) for i in self.plan], sort_keys=True).encode())
+        digest.update(json.dumps([intent_input(i) for i in self.plan], sort_keys=True).encode())
         digest.update(str(self.denial_count).encode())
         return digest.hexdigest()
 
@@ -151,38 +151,7 @@ def history_entry(grant: Grant) -> dict[str, Any]:
     }
 
 
-def plan_step(intent: Intent) -> dict[str, Any]:
-    """One step of `input.task.plan`: an intent with its parsed resource."""
+def intent_input(intent: Intent) -> dict[str, Any]:
+    """An intent as the policy gets it (`input.intent`, each step of `input.task.plan`): with
+    its parsed resource, so that policies compare segments, never string prefixes."""
     return intent.as_input() | {"resource_parts": parse_resource(intent.resource).as_input()}
-
-
-def _labels(value: Any, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) > MAX_LABELS:
-        raise PolicyResultInvalid(f"`flow.{name}` must be a list of at most {MAX_LABELS}", "shape")
-    for item in value:
-        if not isinstance(item, str) or not item or len(item) > MAX_LABEL_LEN:
-            raise PolicyResultInvalid(f"`flow.{name}` must hold short non-empty strings", "shape")
-    return tuple(value)
-
-
-def parse_flow(result: dict[str, Any]) -> FlowReport | None:
-    """The decision's `flow`, type-checked; None when the policy sent none (a policy
-    written before flows, or an input without history)."""
-    if "flow" not in result:
-        return None
-    flow = result["flow"]
-    if not isinstance(flow, dict):
-        raise PolicyResultInvalid("`flow` must be an object", "shape")
-    cls = flow.get("class", "")
-    if not isinstance(cls, str) or len(cls) > MAX_LABEL_LEN:
-        raise PolicyResultInvalid("`flow.class` must be a short string", "shape")
-    deviation = flow.get("plan_deviation", False)
-    if not isinstance(deviation, bool):
-        raise PolicyResultInvalid("`flow.plan_deviation` must be a boolean", "shape")
-    return FlowReport(
-        cls=cls,
-        labels=_labels(flow.get("labels", []), "labels"),
-        task_labels=_labels(flow.get("task_labels", []), "task_labels"),
-        rules=_labels(flow.get("rules", []), "rules"),
-        plan_deviation=deviation,
-    )

@@ -21,9 +21,8 @@ from typing import Any, Protocol
 
 from ._http1 import Http1Pool, HttpError, Response
 from .errors import PolicyResultInvalid, PolicyUnavailable, Reason
-from .flows import MAX_PLAN_STEPS, parse_flow
+from .flows import MAX_LABEL_LEN, MAX_LABELS, MAX_PLAN_STEPS, FlowReport, intent_input
 from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
-from .resources import parse_resource
 
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
@@ -71,10 +70,7 @@ def build_input(
 
     return {
         "identity": identity.as_input(),
-        # The parsed form too, so that policies compare segments, never string prefixes.
-        "intent": (
-            intent.as_input() | {"resource_parts": parse_resource(intent.resource).as_input()}
-        ),
+        "intent": intent_input(intent),
         "task": {
             "id": task.task_id,
             "goal": task.goal,
@@ -120,6 +116,33 @@ def _document(body: bytes, rule: str) -> tuple[Any, str]:
         )
     decision_id = document.get("decision_id", "")
     return document["result"], decision_id if isinstance(decision_id, str) else ""
+
+
+def parse_flow(result: dict[str, Any]) -> FlowReport | None:
+    """The decision's `flow` (sidecar.flows), type-checked; None when the policy sent none
+    (a policy written before flows, or an input without history)."""
+    if "flow" not in result:
+        return None
+    flow = result["flow"]
+    if not isinstance(flow, dict):
+        raise PolicyResultInvalid("`flow` must be an object", "shape")
+    cls = flow.get("class", "")
+    if not isinstance(cls, str) or len(cls) > MAX_LABEL_LEN:
+        raise PolicyResultInvalid("`flow.class` must be a short string", "shape")
+    deviation = flow.get("plan_deviation", False)
+    if not isinstance(deviation, bool):
+        raise PolicyResultInvalid("`flow.plan_deviation` must be a boolean", "shape")
+
+    def labels(name: str) -> tuple[str, ...]:
+        return _strings(flow.get(name, []), f"flow.{name}", limit=MAX_LABELS, max_len=MAX_LABEL_LEN)
+
+    return FlowReport(
+        cls=cls,
+        labels=labels("labels"),
+        task_labels=labels("task_labels"),
+        rules=labels("rules"),
+        plan_deviation=deviation,
+    )
 
 
 def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
