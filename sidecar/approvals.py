@@ -23,6 +23,7 @@ import aiohttp
 import stamina
 
 from .clock import Clock, SystemClock
+from .flows import FlowReport
 from .model import Identity, Intent, PolicyDecision
 
 log = logging.getLogger("jit_sidecar.approvals")
@@ -88,7 +89,21 @@ def decision_from_record(record: Mapping[str, Any]) -> PolicyDecision:
         reasons=tuple(record.get("reasons", ())),
         cache_seconds=0,
         decision_id=str(record.get("decision_id", "")),
+        flow=flow_from_record(d),
     )
+
+
+def flow_fields(flow: FlowReport | None) -> dict[str, Any]:
+    """What a pending approval's record keeps of the flow report (sidecar.flows)."""
+    if flow is None:
+        return {}
+    return {"flow_class": flow.cls, "flow_labels": list(flow.labels)}
+
+
+def flow_from_record(d: Mapping[str, Any]) -> FlowReport | None:
+    if "flow_labels" not in d:
+        return None
+    return FlowReport(str(d.get("flow_class", "")), tuple(d["flow_labels"]), (), (), False)
 
 
 def webhook_body(approval: Approval, identity: Identity | None = None) -> bytes:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
-from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
+from ..approvals import Approval, ApprovalState, WebhookNotifier, flow_fields, intent_hash
 from ..clock import Clock, rfc3339
 from ..errors import FailedPrecondition, NotFound, Reason, ResourceExhausted
 from ..events import ApprovalDecided, ApprovalExpired, GrantPending
@@ -167,6 +167,8 @@ class ApprovalDesk:
                 "ttl_seconds": decision.ttl_seconds,
                 "audience": decision.audience,
                 "scope": list(decision.scope),
+                # the labels the grant will carry once approved, across a restart too
+                **flow_fields(decision.flow),
             },
             ttl_seconds=requested_ttl,
             expires_at=rfc3339(approval.expires_at),

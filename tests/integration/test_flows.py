@@ -99,7 +99,8 @@ def test_without_the_ticket_read_email_is_jit(support: SidecarProcess) -> None:
 
 def test_history_survives_kill_9_and_restart(support: SidecarProcess) -> None:
     """After kill -9 and a restart, the task still holds its labels (from the SQLite store),
-    so email.send is still PENDING_APPROVAL with the flow reason."""
+    so email.send is still PENDING_APPROVAL with the flow reason; an approval asked for
+    before a second kill -9 yields, once approved, a grant with the intent's labels."""
     channel, stub = _stub(support)
     with channel:
         task = stub.BeginTask(pb.BeginTaskRequest(goal="answer ticket t-1001"), timeout=10).task
@@ -112,9 +113,19 @@ def test_history_survives_kill_9_and_restart(support: SidecarProcess) -> None:
     with channel:
         heartbeat = stub.Heartbeat(pb.HeartbeatRequest(task_id=task.task_id), timeout=10)
         answer = _ask(stub, task.task_id, EMAIL)
+    support.kill()
+    support.start()
+    support.admin().decide_approval(answer.approval_id, approve=True, reason="ok", approver="x")
+    channel, stub = _stub(support)
+    with channel:
+        approved = _ask(stub, task.task_id, EMAIL)
+        after = stub.Heartbeat(pb.HeartbeatRequest(task_id=task.task_id), timeout=10)
     assert list(heartbeat.task.flow_labels) == ["private_data", "untrusted_input"]
     assert answer.decision == pb.DECISION_PENDING_APPROVAL
     assert TRIFECTA in answer.reasons
+    assert approved.decision == pb.DECISION_GRANTED
+    assert list(approved.grant.flow_labels) == ["external_egress"]
+    assert list(after.task.flow_labels) == ["external_egress", "private_data", "untrusted_input"]
     conn = sqlite3.connect(support.state)
     try:
         rows = conn.execute(
@@ -128,6 +139,7 @@ def test_history_survives_kill_9_and_restart(support: SidecarProcess) -> None:
     assert rows == [
         ("tickets.read", "read", "untrusted_input", "revoked"),
         ("customers.read", "read", "private_data", "active"),
+        ("email.send", "write", "external_egress", "active"),
     ]
     assert version == ("2",)
 
