@@ -88,9 +88,12 @@ class AsyncAccessClient(_ClientBase):
         labels: Mapping[str, str] | None = None,
         max_duration: int = 0,
         pop_jwk: Mapping[str, Any] | None = None,
+        plan: Sequence[Mapping[str, Any]] = (),
         timeout: float | None = None,
     ) -> pb.Task:
-        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk)
+        """`plan`: the intents the task expects to need (`{"action", "resource",
+        "justification"?, "context"?}`); `evaluate_plan` tells which need approval."""
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk, plan)
         return await self._send(rpc, timeout)
 
     async def request_grant_raw(
@@ -161,6 +164,13 @@ class AsyncAccessClient(_ClientBase):
         self, task_id: str, include_inactive: bool = False, *, timeout: float | None = None
     ) -> list[pb.Grant]:
         return await self._send(req.list_grants(task_id, include_inactive), timeout)
+
+    async def evaluate_plan(
+        self, task_id: str, *, request_approvals: bool = False, timeout: float | None = None
+    ) -> pb.PlanEvaluation:
+        """The policy's answer on the task's declared plan: `allowed`, each step's decision
+        and `approval_steps`; with `request_approvals`, each such step's `approval_id`."""
+        return await self._send(req.evaluate_plan(task_id, request_approvals), timeout)
 
 
 class AsyncTaskHandle(_TaskBase):

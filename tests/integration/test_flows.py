@@ -16,7 +16,7 @@ import pytest
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
-from sidecar.client import socket_target
+from sidecar.client import SidecarRpcError, socket_target
 from tests.harness import OpaServer, SidecarProcess, clean_env
 
 SUPPORT = "spiffe://jit.local/agent/support"
@@ -281,3 +281,23 @@ def test_policy_explain_shows_the_flow(opa: OpaServer) -> None:
     assert f"  - {TRIFECTA}" in result.stdout
     assert "  flow: the task held private_data, untrusted_input" in result.stdout
     assert "  flow: rules fired: flow_trifecta" in result.stdout
+
+
+def test_the_sdk_declares_and_evaluates_a_plan(support: SidecarProcess) -> None:
+    """AccessClient.begin_task(plan=...) declares the plan and evaluate_plan lists the step
+    needing approval; a step that is not a mapping of strings is refused before sending."""
+    steps = [
+        {"action": "tickets.read", "resource": "tickets://t-1001"},
+        {"action": "customers.read", "resource": "customers://c-42"},
+        {"action": "email.send", "resource": "email://customer/c-42", "justification": "x" * 24},
+    ]
+    with support.client() as client:
+        task = client.begin_task("answer ticket t-1001", plan=steps)
+        plan = client.evaluate_plan(task.task_id)
+        with pytest.raises(SidecarRpcError) as bad:
+            client.begin_task("g", plan=[{"action": 7, "resource": "tickets://t-1"}])
+    assert plan.allowed is True
+    assert list(plan.approval_steps) == [2]
+    assert [s.intent.action for s in plan.steps] == ["tickets.read", "customers.read", "email.send"]
+    assert bad.value.reason == "invalid_intent"
+    assert len(support.events("task_begun")) == 1
