@@ -55,7 +55,23 @@ _secret_labels(action, resource) := {sprintf("secret:%s", [_authority_of(resourc
 
 default _intent_flow_labels := set()
 
-_intent_flow_labels := _labels_of(input.intent.action, input.intent.resource)
+# The same as _labels_of for the intent, from the facts already derived (a function call per
+# label source cost a noticeable share of every decision).
+_intent_flow_labels := (_intent_action_labels | _intent_domain_labels) | _intent_secret_labels
+
+_intent_action_labels contains label if {
+	some label in object.get(_entry, "flow_labels", [])
+	is_string(label)
+}
+
+_intent_domain_labels contains label if {
+	some label in object.get(_domain_spec, ["flow_labels", _class], [])
+	is_string(label)
+}
+
+_intent_secret_labels contains sprintf("secret:%s", [input.intent.resource_parts.authority]) if {
+	input.intent.action in object.get(_flows, ["secret_domain", "actions"], [])
+}
 
 # Labels accumulate: every label the sidecar recorded for the task (it never drops one, even
 # when the grant that brought it left the history window), and the labels of each history
@@ -107,12 +123,11 @@ _escalations contains _escalation(rego.metadata.rule(), tier, msg) if {
 # custom:
 #   reason_code: flow_secret_domain
 _escalations contains _escalation(rego.metadata.rule(), tier, msg) if {
+	count(_secrets_read) > 0
 	not _domain in _secret_store_domains
 	rule := _flows.secret_domain
 	tier := _flow_tier(rule)
-	some label in _all_flow_labels
-	startswith(label, "secret:")
-	secret_domain := substring(label, count("secret:"), -1)
+	some secret_domain in _secrets_read
 	_domain != secret_domain
 	msg := sprintf(
 		"the task read a secret of %s; acting on %s, outside that domain, needs %s and a justification",
@@ -130,6 +145,7 @@ _escalations contains _escalation(rego.metadata.rule(), tier, msg) if {
 #   reason_code: flow_probing
 _escalations contains _escalation(rego.metadata.rule(), tier, msg) if {
 	rule := _flows.probing
+	count(_denial_times) >= rule.escalate_after
 	_recent_denials >= rule.escalate_after
 	tier := object.get(rule, "escalate_to", "approval")
 	tier in {"jit", "approval"}
@@ -166,6 +182,7 @@ _escalations contains _escalation(rego.metadata.rule(), tier, msg) if {
 #   stage: 2
 _denials contains _denial(rego.metadata.rule(), msg) if {
 	rule := _flows.probing
+	count(_denial_times) >= rule.freeze_after
 	_recent_denials >= rule.freeze_after
 	msg := sprintf(
 		"the task was denied %d times in the last %v s and is frozen: end it and start another",
@@ -194,19 +211,34 @@ _denials contains _denial(rego.metadata.rule(), "data.jit.flows is malformed") i
 #   reason_code: input_invalid
 #   stage: 1
 _denials contains _denial(rego.metadata.rule(), msg) if {
+	not _flow_input_well_formed
 	some field in {"history", "flow_labels", "denials", "plan"}
 	not is_array(object.get(input, ["task", field], []))
 	msg := sprintf("input.task.%s is missing or malformed: want an array, when present", [field])
 }
 
+_flow_input_well_formed if {
+	is_array(object.get(input, ["task", "history"], []))
+	is_array(object.get(input, ["task", "flow_labels"], []))
+	is_array(object.get(input, ["task", "denials"], []))
+	is_array(object.get(input, ["task", "plan"], []))
+}
+
+_denial_times := object.get(input, ["task", "denials"], [])
+
 # Denials since request.time - window. The sidecar sends the task's most recent denials.
 _recent_denials := count([t |
-	some t in object.get(input, ["task", "denials"], [])
+	some t in _denial_times
 	time.parse_rfc3339_ns(t) > time.parse_rfc3339_ns(input.request.time) - (_flows.probing.window_seconds * 1000000000)
 ])
 
 # The domains of the secret-reading actions themselves (vault): reading another secret stays
 # inside the secret store.
+_secrets_read contains substring(label, count("secret:"), -1) if {
+	some label in _all_flow_labels
+	startswith(label, "secret:")
+}
+
 _secret_store_domains contains split(action, ".")[0] if some action in _flows.secret_domain.actions
 
 _flow_tier(rule) := tier if {
@@ -225,13 +257,19 @@ _plan_deviation if {
 	not _in_plan
 }
 
+# Rules, not a function per rule: this runs for every decision.
 _flows_valid if {
-	every name, rule in _flows {
-		_flow_rule_valid(name, rule)
-	}
+	object.keys(_flows) - {"trifecta", "secret_domain", "probing", "plan_deviation"} == set()
+	_trifecta_valid
+	_secret_domain_valid
+	_probing_valid
+	is_boolean(object.get(_flows, ["plan_deviation", "enabled"], true))
 }
 
-_flow_rule_valid("trifecta", rule) if {
+_trifecta_valid if not _flows.trifecta
+
+_trifecta_valid if {
+	rule := _flows.trifecta
 	is_string(rule.on)
 	is_array(rule.requires)
 	every label in rule.requires {
@@ -240,20 +278,23 @@ _flow_rule_valid("trifecta", rule) if {
 	_flow_tier(rule)
 }
 
-_flow_rule_valid("secret_domain", rule) if {
-	is_array(rule.actions)
-	_flow_tier(rule)
+_secret_domain_valid if not _flows.secret_domain
+
+_secret_domain_valid if {
+	is_array(_flows.secret_domain.actions)
+	_flow_tier(_flows.secret_domain)
 }
 
-_flow_rule_valid("probing", rule) if {
+_probing_valid if not _flows.probing
+
+_probing_valid if {
+	rule := _flows.probing
 	every key in ["window_seconds", "escalate_after", "freeze_after"] {
 		is_number(rule[key])
 		rule[key] > 0
 	}
 	object.get(rule, "escalate_to", "approval") in {"jit", "approval"}
 }
-
-_flow_rule_valid("plan_deviation", rule) if is_boolean(object.get(rule, "enabled", true))
 
 # ------------------------------------------------------------------ the flow report
 
