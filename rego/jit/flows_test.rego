@@ -242,39 +242,38 @@ _probe(times, justification) := _input(
 	_denied_at(times),
 )
 
-test_two_recent_denials_change_nothing if {
-	decision := jit.decision with input as _probe(["2026-11-29T09:59:00Z", "2026-11-29T09:58:00Z"], "")
+# n denials, one a second, the last one second before request.time (10:00:00)
+_recent(n) := [sprintf("2026-11-29T09:59:%02dZ", [59 - i]) | some i in numbers.range(0, n - 1)]
+
+test_four_recent_denials_change_nothing if {
+	decision := jit.decision with input as _probe(_recent(4), "")
 	decision == _with_flow(
 		_standing("docs", "docs.read", [_standing_reason("docs.read", "read", "docs", 900)]),
 		"read", [], [], [], false,
 	)
 }
 
-test_three_recent_denials_escalate_to_approval if {
-	decision := jit.decision with input as _probe(
-		["2026-11-29T09:59:00Z", "2026-11-29T09:58:00Z", "2026-11-29T09:51:00Z"],
-		"reading the handbook again",
-	)
+test_five_recent_denials_escalate_to_approval if {
+	decision := jit.decision with input as _probe(_recent(5), "reading the handbook again")
 	decision == _with_flow(
 		_approval("docs", "docs.read", [
 			_approval_reason("docs.read", "read"),
-			"flow_probing: the task was denied 3 times in the last 600 s, so every request needs approval",
+			"flow_probing: the task was denied 5 times in the last 600 s, so every request needs approval",
 		]),
 		"read", [], [], ["flow_probing"], false,
 	)
 }
 
-test_six_recent_denials_freeze_the_task if {
-	times := [sprintf("2026-11-29T09:5%d:00Z", [i]) | some i in numbers.range(1, 6)]
-	decision := jit.decision with input as _probe(times, "")
+test_ten_recent_denials_freeze_the_task if {
+	decision := jit.decision with input as _probe(_recent(10), "")
 	decision == _with_flow(
-		_denied(["flow_frozen: the task was denied 6 times in the last 600 s and is frozen: end it and start another"]),
+		_denied(["flow_frozen: the task was denied 10 times in the last 600 s and is frozen: end it and start another"]),
 		"read", [], [], ["flow_frozen", "flow_probing"], false,
 	)
 }
 
 test_old_denials_are_forgotten if {
-	times := [sprintf("2026-11-29T09:0%d:00Z", [i]) | some i in numbers.range(1, 6)]
+	times := [sprintf("2026-11-29T09:0%d:00Z", [i]) | some i in numbers.range(0, 9)]
 	decision := jit.decision with input as _probe(times, "")
 	decision.allow == true
 	decision.flow.rules == []

@@ -218,25 +218,25 @@ def test_an_intent_outside_the_plan_is_escalated_and_audited(support: SidecarPro
 
 
 def test_a_probing_agent_is_escalated_then_frozen(support: SidecarProcess) -> None:
-    """Denials accumulate on the task: after 3 a standing read needs approval, after 6
+    """Denials accumulate on the task: after 5 a standing read needs approval, after 10
     every request is denied flow_frozen."""
     refund = pb.Intent(action="payments.refund", resource="payments://orders/1")
     read = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
     channel, stub = _stub(support)
     with channel:
         task_id = stub.BeginTask(pb.BeginTaskRequest(goal="probe"), timeout=10).task.task_id
-        for _ in range(3):
+        for _ in range(5):
             assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
         escalated = _ask(stub, task_id, read)
-        for _ in range(3):
+        for _ in range(5):
             assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
         # another intent: the escalated one is parked, and an open approval answers for itself
         frozen = _ask(stub, task_id, pb.Intent(action="docs.read", resource="docs://handbook/y"))
     assert escalated.decision == pb.DECISION_PENDING_APPROVAL
-    assert any(r.startswith("flow_probing: the task was denied 3 times") for r in escalated.reasons)
+    assert any(r.startswith("flow_probing: the task was denied 5 times") for r in escalated.reasons)
     assert frozen.decision == pb.DECISION_DENIED
     assert frozen.reasons == [
-        "flow_frozen: the task was denied 6 times in the last 600 s and is frozen: "
+        "flow_frozen: the task was denied 10 times in the last 600 s and is frozen: "
         "end it and start another"
     ]
 
