@@ -426,3 +426,30 @@ test_a_new_tool_is_labelled_in_its_catalog_entry if {
 	decision.flow.labels == ["external_egress"]
 	decision.allow == true
 }
+
+test_a_rule_left_out_of_flows_is_off if {
+	history := [_entry(_ticket_read, "active"), _entry(_customer_read, "active")]
+	decision := jit.decision with input as _flow_input(_support, _email, history)
+		with jit.flows as {"plan_deviation": {"enabled": true}}
+	decision == _email_jit(["private_data", "untrusted_input"])
+}
+
+test_a_planned_secret_read_escalates_the_steps_after_it if {
+	steps := [
+		object.union(_secret_read, {"context": {}, "resource_parts": _parts(_secret_read.resource)}),
+		object.union(_docs_read, {
+			"justification": "runbook for the rotation", "context": {},
+			"resource_parts": _parts(_docs_read.resource),
+		}),
+	]
+	evaluation := jit.plan_evaluation with input as _input(_ops, _docs_read, object.union(_flow_task([]), {"plan": steps}))
+	[step.tier | some step in evaluation.steps] == ["jit", "jit"]
+	evaluation.steps[1].flow.rules == ["flow_secret_domain"]
+	evaluation.steps[1].flow.task_labels == ["private_data", "secret:infra"]
+}
+
+test_malformed_input_with_a_history_still_reports_a_flow if {
+	decision := jit.decision with input as json.remove(_flow_input(_support, _ticket_read, []), ["intent/action"])
+	decision.allow == false
+	decision.flow == {"class": "", "labels": [], "task_labels": [], "rules": [], "plan_deviation": false}
+}
