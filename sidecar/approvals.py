@@ -23,7 +23,7 @@ import aiohttp
 import stamina
 
 from .clock import Clock, SystemClock
-from .model import Identity, Intent, PolicyDecision
+from .model import FlowReport, Identity, Intent, PolicyDecision
 
 log = logging.getLogger("jit_sidecar.approvals")
 #: The approver recorded when the admin caller names nobody (DecideApproval `approver` empty).
@@ -93,7 +93,21 @@ def decision_from_record(record: Mapping[str, Any]) -> PolicyDecision:
         credential=d.get("credential"),
         four_eyes=d.get("four_eyes") is True,
         owners=tuple(str(o) for o in d.get("owners", ())),
+        flow=flow_from_record(d),
     )
+
+
+def flow_fields(flow: FlowReport | None) -> dict[str, Any]:
+    """What a pending approval's record keeps of the flow report (model.FlowReport)."""
+    if flow is None:
+        return {}
+    return {"flow_class": flow.cls, "flow_labels": list(flow.labels)}
+
+
+def flow_from_record(d: Mapping[str, Any]) -> FlowReport | None:
+    if "flow_labels" not in d:
+        return None
+    return FlowReport(str(d.get("flow_class", "")), tuple(d["flow_labels"]), (), (), False)
 
 
 def webhook_body(approval: Approval, identity: Identity | None = None) -> bytes:

@@ -1,7 +1,8 @@
 """Cache of standing-tier decisions (never JIT or approval decisions).
 
 A standing decision with `cache_seconds > 0` is reused for the same identity, action,
-resource, task labels and intent context, for at most `cache_seconds`, bounded in size (LRU),
+resource, task labels, intent context and task flow (`TaskFlow.cache_key`: the flow labels the
+task holds, its plan, its number of denials), for at most `cache_seconds`, bounded in size (LRU),
 and dropped whenever OPA's policy revision changes. A cached reuse still gets its own audit
 record and a fresh token: only the OPA round trip is saved.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from .model import Identity, Intent, PolicyDecision, Tier
 
-CacheKey = tuple[str, str, str, str, str, str]
+CacheKey = tuple[str, str, str, str, str, str, str]
 
 
 class DecisionCache:
@@ -30,7 +31,10 @@ class DecisionCache:
         self.revision = ""
 
     @staticmethod
-    def key(identity: Identity, intent: Intent, labels: Mapping[str, str]) -> CacheKey:
+    def key(
+        identity: Identity, intent: Intent, labels: Mapping[str, str], flow: str = ""
+    ) -> CacheKey:
+        """`flow` is the task's `TaskFlow.cache_key()`."""
         context = json.dumps(intent.context, sort_keys=True) if intent.context else ""
         label_key = json.dumps(labels, sort_keys=True) if labels else ""
         return (
@@ -40,6 +44,7 @@ class DecisionCache:
             intent.resource,
             label_key,
             context,
+            flow,
         )
 
     def get(self, key: CacheKey) -> PolicyDecision | None:

@@ -52,6 +52,8 @@ class TaskBegun(Event):
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     pop_jkt: str | None = None
     identity_method: str | None = None
+    plan: list[dict[str, Any]] | None = None
+    """The declared plan (intents), when BeginTask carried one (model.TaskFlow)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +96,10 @@ class GrantIssued(Event):
     """The token's RFC 8693 `act` claim, when the task has a principal or after exchange."""
     exchanged_from: str | None = None
     """The grant whose token was exchanged for this one (RFC 8693 token exchange)."""
+    flow_class: str | None = None
+    """The intent's risk class, from the policy's flow report."""
+    flow_labels: list[str] | None = None
+    """The intent's flow labels, from the policy's flow report: the task accumulates them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,6 +338,23 @@ class CredentialRevoked(Event):
     """Broker calls it took (retries after the downstream system was unreachable)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowFlagged(Event):
+    """A flow rule fired on an intent, or the intent left the task's declared plan
+    (model.TaskFlow): the labels the task held and the rules that escalated or denied it.
+    The outcome (grant_issued, grant_pending, grant_denied) follows in its own record."""
+
+    name: ClassVar[str] = "flow_flagged"
+    task_id: str
+    subject: str
+    intent: dict[str, Any]
+    task_flow_labels: list[str]
+    intent_flow_labels: list[str]
+    rules: list[str]
+    plan_deviation: bool
+    decision_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """An event as the audit log holds it: with its sequence number (`seq`)."""
@@ -361,6 +384,7 @@ KINDS: Mapping[str, type[Event]] = {
         CredentialIssued,
         CredentialRevoked,
         SsfStreamChanged,
+        FlowFlagged,
     )
 }
 

@@ -22,8 +22,19 @@ from typing import Any, Protocol
 
 from ._http1 import Http1Pool, HttpError, Response
 from .errors import PolicyResultInvalid, PolicyUnavailable, Reason
-from .model import Grant, Identity, Intent, PolicyDecision, Task, Tier
-from .resources import parse_resource
+from .model import (
+    MAX_LABEL_LEN,
+    MAX_LABELS,
+    MAX_PLAN_STEPS,
+    FlowReport,
+    Grant,
+    Identity,
+    Intent,
+    PolicyDecision,
+    Task,
+    Tier,
+    intent_input,
+)
 
 MAX_REASONS = 32
 MAX_REASON_LEN = 512
@@ -54,6 +65,10 @@ class PolicyEngine(Protocol):
         """May `input.identity` act for `input.principal`? (allowed, reasons)"""
         ...
 
+    async def evaluate_plan(self, policy_input: dict[str, Any]) -> list[PolicyDecision]:
+        """The decision of each step of `input.task.plan`, in one query."""
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def revision(self) -> str: ...
@@ -74,10 +89,7 @@ def build_input(
 
     return {
         "identity": identity.as_input(),
-        # The parsed form too, so that policies compare segments, never string prefixes.
-        "intent": (
-            intent.as_input() | {"resource_parts": parse_resource(intent.resource).as_input()}
-        ),
+        "intent": intent_input(intent),
         "task": {
             "id": task.task_id,
             "goal": task.goal,
@@ -87,6 +99,8 @@ def build_input(
             "grants": [
                 {"action": g.action, "resource": g.resource, "tier": g.tier.value} for g in grants
             ],
+            # history, history_dropped, flow_labels, denials, plan (model.TaskFlow)
+            **task.flow.as_input(),
         },
         "request": {"ttl_seconds": ttl_seconds, "time": rfc3339(now)},
         # The person the task acts for, or null: the agent acts on its own (docs/delegation.md).
@@ -107,8 +121,8 @@ def _strings(value: Any, field: str, *, limit: int, max_len: int) -> tuple[str, 
     return tuple(value)
 
 
-def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
-    """Type-check OPA's answer. `action` is the default scope when the policy names none."""
+def _document(body: bytes, rule: str) -> tuple[Any, str]:
+    """OPA's `result` and `decision_id`."""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
@@ -118,13 +132,60 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
         raise PolicyResultInvalid("OPA's answer is not a JSON object", "shape")
     if "result" not in document:
         raise PolicyResultInvalid(
-            "the decision is undefined: is `package jit` with a `decision` rule loaded?",
+            f"the {rule} is undefined: is `package jit` with a `{rule}` rule loaded?",
             "undefined",
         )
-    result = document["result"]
     decision_id = document.get("decision_id", "")
-    if not isinstance(decision_id, str):
-        decision_id = ""
+    return document["result"], decision_id if isinstance(decision_id, str) else ""
+
+
+def parse_flow(result: dict[str, Any]) -> FlowReport | None:
+    """The decision's `flow` (model.FlowReport), type-checked; None when the policy sent none
+    (a policy written before flows, or an input without history)."""
+    if "flow" not in result:
+        return None
+    flow = result["flow"]
+    if not isinstance(flow, dict):
+        raise PolicyResultInvalid("`flow` must be an object", "shape")
+    cls = flow.get("class", "")
+    if not isinstance(cls, str) or len(cls) > MAX_LABEL_LEN:
+        raise PolicyResultInvalid("`flow.class` must be a short string", "shape")
+    deviation = flow.get("plan_deviation", False)
+    if not isinstance(deviation, bool):
+        raise PolicyResultInvalid("`flow.plan_deviation` must be a boolean", "shape")
+
+    def labels(name: str) -> tuple[str, ...]:
+        return _strings(flow.get(name, []), f"flow.{name}", limit=MAX_LABELS, max_len=MAX_LABEL_LEN)
+
+    return FlowReport(
+        cls=cls,
+        labels=labels("labels"),
+        task_labels=labels("task_labels"),
+        rules=labels("rules"),
+        plan_deviation=deviation,
+    )
+
+
+def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
+    """Type-check OPA's answer. `action` is the default scope when the policy names none."""
+    result, decision_id = _document(body, "decision")
+    return decision_from_result(result, action=action, decision_id=decision_id)
+
+
+def parse_plan(body: bytes, *, actions: list[str]) -> list[PolicyDecision]:
+    """Type-check OPA's `plan_evaluation`: one decision per step of the plan, in order."""
+    result, decision_id = _document(body, "plan_evaluation")
+    steps = result.get("steps") if isinstance(result, dict) else None
+    if not isinstance(steps, list) or len(steps) != len(actions):
+        raise PolicyResultInvalid("`steps` must hold one decision per step of the plan", "shape")
+    return [
+        decision_from_result(step, action=action, decision_id=decision_id)
+        for step, action in zip(steps, actions, strict=True)
+    ]
+
+
+def decision_from_result(result: Any, *, action: str, decision_id: str = "") -> PolicyDecision:
+    """Type-check one decision object (docs/policy-authoring.md, "The decision contract")."""
     if not isinstance(result, dict):
         raise PolicyResultInvalid("the decision is not an object", "shape")
     allow = result.get("allow")
@@ -147,6 +208,7 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
             reasons=reasons,
             cache_seconds=0,
             decision_id=decision_id,
+            flow=parse_flow(result),
         )
     try:
         tier = Tier(str(result.get("tier")))
@@ -190,6 +252,7 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
         credential=credential,
         four_eyes=four_eyes,
         owners=owners,
+        flow=parse_flow(result),
     )
 
 
@@ -254,6 +317,14 @@ class OpaClient:
     async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision:
         response = await self._post(self._path, policy_input)
         return parse_decision(response.body, action=policy_input["intent"]["action"])
+
+    async def evaluate_plan(self, policy_input: dict[str, Any]) -> list[PolicyDecision]:
+        """`plan_evaluation`, next to the decision in its package (plans.rego)."""
+        plan = policy_input["task"]["plan"]
+        if len(plan) > MAX_PLAN_STEPS:
+            raise PolicyResultInvalid("the plan has too many steps", "shape")
+        response = await self._post(self._path.rsplit("/", 1)[0] + "/plan_evaluation", policy_input)
+        return parse_plan(response.body, actions=[step["action"] for step in plan])
 
     async def explain(
         self, policy_input: dict[str, Any], *, trace: bool = False

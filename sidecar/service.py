@@ -55,6 +55,7 @@ from .model import (
     Identity,
     Intent,
     Outcome,
+    PlanEvaluation,
     Principal,
     Task,
     TaskState,
@@ -172,6 +173,7 @@ def task_pb(task: Task) -> pb.Task:
         pop_jkt=task.pop_jkt,
         ended_at=ts(task.ended_at) if task.ended_at else None,
         principal=principal_pb(task.principal) if task.principal is not None else None,
+        flow_labels=sorted(task.flow.labels),
     )
 
 
@@ -204,6 +206,7 @@ def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant
         decision_id=grant.decision_id,
         lease=lease_pb(grant.lease, grant.state is GrantState.ACTIVE) if grant.lease else None,
         actor=actor_subject(grant.actor),
+        flow_labels=list(grant.flow_labels),
     )
 
 
@@ -246,6 +249,50 @@ def outcome_pb(outcome: GrantOutcome, justification: str = "") -> pb.RequestGran
     )
 
 
+def plan_pb(evaluation: PlanEvaluation) -> pb.PlanEvaluation:
+    steps = []
+    for step in evaluation.steps:
+        d = step.decision
+        decision = "granted" if d.allow else "denied"
+        if d.allow and d.approval_required:
+            decision = "pending_approval"
+        steps.append(
+            pb.PlanStep(
+                index=step.index,
+                intent=intent_pb(step.intent),
+                decision=_DECISION[decision],
+                tier=_TIER[d.tier] if d.tier is not None else pb.TIER_UNSPECIFIED,
+                reasons=list(d.reasons),
+                approval_id=step.approval_id,
+            )
+        )
+    decision_id = next((s.decision.decision_id for s in evaluation.steps), "")
+    return pb.PlanEvaluation(
+        allowed=evaluation.allowed,
+        steps=steps,
+        approval_steps=evaluation.approval_steps,
+        decision_id=decision_id,
+    )
+
+
+def intent_pb(intent: Intent) -> pb.Intent:
+    out = pb.Intent(
+        action=intent.action, resource=intent.resource, justification=intent.justification
+    )
+    if intent.context:
+        out.context.update(dict(intent.context))
+    return out
+
+
+def intent_from_pb(i: pb.Intent) -> Intent:
+    return Intent(
+        action=i.action,
+        resource=i.resource,
+        justification=i.justification,
+        context=struct_to_dict(i.context) if i.HasField("context") else {},
+    )
+
+
 _APPROVAL_STATE = {
     ApprovalState.PENDING: admin_pb.APPROVAL_STATE_PENDING,
     ApprovalState.APPROVED: admin_pb.APPROVAL_STATE_APPROVED,
@@ -259,11 +306,7 @@ def approval_pb(
     a: Approval, task: Task | None = None, grants: Sequence[Grant] = ()
 ) -> admin_pb.Approval:
     """`task` and `grants` (the task's so far) fill the approver's view when given."""
-    intent = pb.Intent(
-        action=a.intent.action, resource=a.intent.resource, justification=a.intent.justification
-    )
-    if a.intent.context:
-        json_format.ParseDict(dict(a.intent.context), intent.context)
+    intent = intent_pb(a.intent)
     return admin_pb.Approval(
         approval_id=a.approval_id,
         state=_APPROVAL_STATE[a.state],
@@ -465,8 +508,12 @@ class AccessService(pb_grpc.AccessServiceServicer):
                 pop=pop,
                 subject_token=request.subject_token,
                 subject_token_type=request.subject_token_type,
+                plan=[intent_from_pb(i) for i in request.plan],
             )
-            return pb.BeginTaskResponse(task=task_pb(task))
+            evaluation = task.flow.evaluation
+            return pb.BeginTaskResponse(
+                task=task_pb(task), plan=plan_pb(evaluation) if evaluation else None
+            )
 
         return await self._guard.run("BeginTask", context, body)
 
@@ -475,13 +522,7 @@ class AccessService(pb_grpc.AccessServiceServicer):
     ) -> pb.RequestGrantResponse:
         async def body() -> pb.RequestGrantResponse:
             identity = await self._identity(context)
-            i = request.intent
-            intent = Intent(
-                action=i.action,
-                resource=i.resource,
-                justification=i.justification,
-                context=struct_to_dict(i.context) if i.HasField("context") else {},
-            )
+            intent = intent_from_pb(request.intent)
             outcome = await self._engine.request_grant(
                 identity, request.task_id, intent, request.ttl_seconds
             )
@@ -585,6 +626,18 @@ class AccessService(pb_grpc.AccessServiceServicer):
             return pb.AwaitApprovalResponse(result=outcome_pb(outcome))
 
         return await self._guard.run("AwaitApproval", context, body, long_poll=True)
+
+    async def EvaluatePlan(
+        self, request: pb.EvaluatePlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EvaluatePlanResponse:
+        async def body() -> pb.EvaluatePlanResponse:
+            identity = await self._identity(context)
+            evaluation = await self._engine.evaluate_plan(
+                identity, request.task_id, request_approvals=request.request_approvals
+            )
+            return pb.EvaluatePlanResponse(plan=plan_pb(evaluation))
+
+        return await self._guard.run("EvaluatePlan", context, body)
 
 
 class AdminService(admin_pb_grpc.AdminServiceServicer):

@@ -6,7 +6,8 @@
 #   classes, tiers, domains, agents, task purposes and limits. See docs/policy-authoring.md.
 #
 #   Files: decision.rego (this entrypoint), checks.rego (every reason to deny, in stages),
-#   tiers.rego (which tier an allowed intent gets, and why), facts.rego (what the input says).
+#   tiers.rego (which tier an allowed intent gets, and why), facts.rego (what the input says),
+#   flows.rego (what the task already did), plans.rego (a declared plan, evaluated up front).
 package jit
 
 # METADATA
@@ -32,9 +33,10 @@ default decision := {
 	"cache_seconds": 0,
 }
 
-decision := _denied if _denials != set()
+# With a flow report (`flow`, flows.rego) when the input carries the task's history.
+decision := _with_flow(_denied) if _denials != set()
 
-decision := _granted if _denials == set()
+decision := _with_flow(_granted) if _denials == set()
 
 _denied := {
 	"allow": false,

@@ -204,7 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ACTION=RESOURCE",
-        help="grants the task already holds (for per-task limits)",
+        help="grants the task already holds (for per-task limits); also in its history",
+    )
+    explain.add_argument(
+        "--history",
+        action="append",
+        default=[],
+        metavar="ACTION=RESOURCE",
+        help="grants the task was issued that have ended (input.task.history, for flow rules)",
+    )
+    explain.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="ACTION=RESOURCE",
+        help="a step of the task's declared plan (input.task.plan)",
+    )
+    explain.add_argument(
+        "--denials", type=int, default=0, help="denials the task had in the last minute"
     )
     explain.add_argument(
         "--remaining", type=int, default=300, help="seconds left in the task (default 300)"

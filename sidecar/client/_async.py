@@ -93,8 +93,11 @@ class AsyncAccessClient(_ClientBase):
         pop_jwk: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         subject_token: str = "",
+        plan: Sequence[Mapping[str, Any]] = (),
     ) -> pb.Task:
-        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk, subject_token)
+        """`plan`: the intents the task expects to need (`{"action", "resource",
+        "justification"?, "context"?}`); `evaluate_plan` tells which need approval."""
+        rpc = req.begin_task(goal, task_id, labels, max_duration, pop_jwk, subject_token, plan)
         return await self._send(rpc, timeout)
 
     async def request_grant_raw(
@@ -165,6 +168,13 @@ class AsyncAccessClient(_ClientBase):
         self, task_id: str, include_inactive: bool = False, *, timeout: float | None = None
     ) -> list[pb.Grant]:
         return await self._send(req.list_grants(task_id, include_inactive), timeout)
+
+    async def evaluate_plan(
+        self, task_id: str, *, request_approvals: bool = False, timeout: float | None = None
+    ) -> pb.PlanEvaluation:
+        """The policy's answer on the task's declared plan: `allowed`, each step's decision
+        and `approval_steps`; with `request_approvals`, each such step's `approval_id`."""
+        return await self._send(req.evaluate_plan(task_id, request_approvals), timeout)
 
 
 class AsyncTaskHandle(_TaskBase):

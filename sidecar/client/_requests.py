@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -154,6 +154,7 @@ def begin_task(
     max_duration: int,
     pop_jwk: Mapping[str, Any] | None,
     subject_token: str = "",
+    plan: Sequence[Mapping[str, Any]] = (),
 ) -> Rpc[pb.Task]:
     """`subject_token`: the person the task acts for (docs/delegation.md)."""
     request = pb.BeginTaskRequest(
@@ -162,6 +163,7 @@ def begin_task(
         max_duration_seconds=uint32(max_duration, "max_duration", Reason.INVALID_TASK),
         labels=labels_map(labels),
         subject_token=text(subject_token, "subject_token", Reason.INVALID_ARGUMENT),
+        plan=[plan_intent(step) for step in plan],
     )
     if pop_jwk and "d" in pop_jwk:
         # RFC 9449 binds a key only with a proof signed by it: the private half signs the
@@ -170,6 +172,26 @@ def begin_task(
     elif pop_jwk:
         request.pop_jwk.CopyFrom(dict_to_struct(pop_jwk))
     return Rpc("BeginTask", request, lambda response: response.task)
+
+
+def plan_intent(step: Mapping[str, Any]) -> pb.Intent:
+    """A step of a declared plan: `{"action", "resource", "justification"?, "context"?}`."""
+    return pb.Intent(
+        action=text(step.get("action"), "plan.action", Reason.INVALID_INTENT),
+        resource=text(step.get("resource"), "plan.resource", Reason.INVALID_INTENT),
+        justification=text(
+            step.get("justification", ""), "plan.justification", Reason.INVALID_INTENT
+        ),
+        context=context_struct(step.get("context")),
+    )
+
+
+def evaluate_plan(task_id: str, request_approvals: bool) -> Rpc[pb.PlanEvaluation]:
+    request = pb.EvaluatePlanRequest(
+        task_id=text(task_id, "task_id", Reason.INVALID_TASK),
+        request_approvals=bool(request_approvals),
+    )
+    return Rpc("EvaluatePlan", request, lambda response: response.plan)
 
 
 def request_grant(

@@ -53,13 +53,16 @@ class Recorder:
         on_access_ended: Callable[[Sequence[AccessEnded]], None] | None = None,
         *,
         leases_ended: Callable[[Sequence[tuple[Lease, str, str]]], None] | None = None,
+        denied: Callable[[str, float], None] | None = None,
     ) -> None:
         """`leases_ended` takes the broker leases of ended grants once their end has been
-        committed (or the commit failed: the credential goes anyway, fail closed)."""
+        committed (or the commit failed: the credential goes anyway, fail closed). `denied`
+        is told (task id, time) of each committed denial (the task's flow counts them)."""
         self.journal = journal
         self.metrics = metrics
         self.clock = clock
         self._leases_ended = leases_ended
+        self._denied = denied
         self.on_access_ended = on_access_ended
         """Told of every end of access before it is committed (the Shared Signals
         transmitter, docs/shared-signals.md); it must not block and must not raise."""
@@ -197,6 +200,8 @@ class Recorder:
             reasons=list(reasons),
         )
         await self.journal.commit([event])
+        if self._denied is not None:
+            self._denied(task_id, now)
         return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
 
     async def rejection(

@@ -48,6 +48,7 @@ from ..model import (
     Identity,
     Intent,
     Outcome,
+    PlanEvaluation,
     PolicyDecision,
     Principal,
     RevocationReason,
@@ -66,6 +67,7 @@ from ..validation import (
     preview,
 )
 from . import fleet as fleet_orders
+from . import flows
 from .commits import Ended, Recorder, commit_or_undo
 from .credentials import Credentials
 from .delegation import Delegation, TaskPrincipals, actor_claim
@@ -157,6 +159,7 @@ class Engine:
             clock,
             on_access_ended,
             leases_ended=credentials.revoke_soon if credentials is not None else None,
+            denied=lambda task_id, at: flows.denied(self.live, task_id, at),
         )
         self.sweeper = Sweeper(
             self.live,
@@ -167,6 +170,14 @@ class Engine:
         )
         self._keys = KeyRotation(keys, self.live, journal, clock)
         self._tasks = TaskLookup(self.live, store)
+        self.plans = flows.Plans(
+            policy=policy,
+            tasks=self._tasks,
+            approvals=self.approvals,
+            recorder=self.record,
+            clock=clock,
+            on_policy_unavailable=on_policy_unavailable,
+        )
         self._revoking = Revoking(
             self.live,
             store=store,
@@ -222,18 +233,20 @@ class Engine:
         pop: KeyBinding | None = None,
         subject_token: str = "",
         subject_token_type: str = "",
+        plan: Sequence[Intent] = (),
     ) -> Task:
         """Open a task. A caller-chosen `task_id` lives in the caller's own namespace (the
         task's id is `<task_id>@<owner tag>`), so it never collides with, nor reveals,
         another identity's task (docs/security.md). A `subject_token` names the person the
-        task acts for (docs/delegation.md)."""
+        task acts for (docs/delegation.md). A declared `plan` is evaluated first (one OPA
+        query; the answer is `task.flow.evaluation`): without an answer, no task."""
         try:
             principal = None
             if subject_token or subject_token_type:
                 principal = await self.delegation.principal(subject_token, subject_token_type)
                 await self.delegation.admit(identity, principal)
             return await self._begin_task(
-                identity, task_id, goal, max_duration, labels, pop, principal
+                identity, task_id, goal, max_duration, labels, pop, principal, plan
             )
         except SidecarError as err:
             await self.record.rejection("BeginTask", identity, err, task_id=task_id)
@@ -248,9 +261,11 @@ class Engine:
         labels: Mapping[str, str],
         pop: KeyBinding | None,
         principal: Principal | None = None,
+        plan: Sequence[Intent] = (),
     ) -> Task:
         cfg = self.settings
         check_task_fields(goal, labels)
+        declared = flows.check_plan(plan)
         pop_jkt = pop.jkt(self.clock.now()) if pop is not None else ""
         if max_duration > cfg.max_task_duration:
             raise InvalidArgument(
@@ -264,13 +279,6 @@ class Engine:
                 raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
         else:
             task_id = "t-" + new_grant_id()
-        if task_id in self.live.tasks:  # a concurrent BeginTask with the same id won the race
-            raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
-        if self.live.tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
-            raise ResourceExhausted(
-                f"this identity already has {cfg.max_tasks_per_identity} active tasks",
-                Reason.TOO_MANY_TASKS,
-            )
         now = self.clock.now()
         task = Task(
             task_id=task_id,
@@ -284,6 +292,15 @@ class Engine:
             pop_jkt=pop_jkt,
             principal=principal,
         )
+        task.flow.plan = declared
+        await self.plans.declare(identity, task, now)
+        if task_id in self.live.tasks:  # a concurrent BeginTask with the same id won the race
+            raise AlreadyExists(f"task {chosen} already exists", Reason.TASK_EXISTS)
+        if self.live.tasks_per_subject.get(identity.subject, 0) >= cfg.max_tasks_per_identity:
+            raise ResourceExhausted(
+                f"this identity already has {cfg.max_tasks_per_identity} active tasks",
+                Reason.TOO_MANY_TASKS,
+            )
         self.live.add_task(task)
         event = TaskBegun(
             time=rfc3339(now),
@@ -295,6 +312,7 @@ class Engine:
             heartbeat_interval_seconds=task.heartbeat_interval,
             pop_jkt=pop_jkt or None,
             identity_method=identity.method,
+            plan=[i.as_input() for i in declared] or None,
         )
         # nothing recorded: the task must not exist
         await commit_or_undo(self.journal, event, lambda: self.live.drop_task(task))
@@ -379,6 +397,7 @@ class Engine:
                 return settled
 
         decision = await self._decide(identity, intent, task, ttl_seconds, now)
+        await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
 
         if not decision.allow:
             return await self.record.denial(
@@ -394,7 +413,7 @@ class Engine:
     async def _decide(
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
     ) -> PolicyDecision:
-        key = self.cache.key(identity, intent, task.labels)
+        key = self.cache.key(identity, intent, task.labels, task.flow.cache_key())
         # A delegated decision depends on the person too: never cached (docs/delegation.md).
         cached = self.cache.get(key) if task.principal is None else None
         if cached is not None:
@@ -475,6 +494,8 @@ class Engine:
             # RFC 8693 §4.1: for a task with a principal, sub = the person, act = the agent.
             principal=task.principal.subject if task.principal is not None else "",
             actor=actor_claim(identity.subject) if task.principal is not None else None,
+            flow_class=decision.flow.cls if decision.flow else "",
+            flow_labels=decision.flow.labels if decision.flow else (),
         )
         # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
         spec = await self._credential_spec(identity, intent, task.task_id, decision, now)
@@ -506,6 +527,8 @@ class Engine:
             cached=decision.cached or None,
             approval_id=approval_id or None,
             actor=dict(grant.actor) if grant.actor else None,
+            flow_class=grant.flow_class or None,
+            flow_labels=list(grant.flow_labels) or None,
         )
         events: list[Event] = [event]
         if issued is not None:
@@ -516,6 +539,7 @@ class Engine:
         except CommitError as err:
             await self._abort_issue(grant, err)
             raise
+        task.flow.record_grant(grant)  # ended grants stay in the history
         if grant.state is not GrantState.ACTIVE:
             # Revoked (task completed or operator) while the commit was in flight.
             raise FailedPrecondition(
@@ -610,6 +634,12 @@ class Engine:
         return await self.record.denial(
             identity, task_id, intent, now, reasons, approval_id=mismatch.approval_id
         )
+
+    async def evaluate_plan(
+        self, identity: Identity, task_id: str, *, request_approvals: bool = False
+    ) -> PlanEvaluation:
+        """See Plans.evaluate (sidecar/engine/flows.py)."""
+        return await self.plans.evaluate(identity, task_id, request_approvals=request_approvals)
 
     def open_approvals(self) -> list[Approval]:
         return self.approvals.listed()

@@ -18,6 +18,7 @@ from ..approvals import (
     ApprovalState,
     WebhookNotifier,
     check_four_eyes,
+    flow_fields,
     intent_hash,
     owners_of,
 )
@@ -200,6 +201,8 @@ class ApprovalDesk:
                 # Only when set, so records of policies without four-eyes keep their shape.
                 **({"four_eyes": True} if decision.four_eyes else {}),
                 **({"owners": list(decision.owners)} if decision.owners else {}),
+                # the labels the grant will carry once approved, across a restart too
+                **flow_fields(decision.flow),
             }
             # The broker credential the approval yields (a non-secret request: broker,
             # database, privileges), so an approval collected after a restart still gets it.

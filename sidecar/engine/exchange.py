@@ -201,12 +201,15 @@ class TokenExchange:
             cnf_jkt=grant.cnf_jkt or None,
             actor=dict(grant.actor) if grant.actor else None,
             exchanged_from=parent.grant_id,
+            flow_class=grant.flow_class or None,
+            flow_labels=list(grant.flow_labels) or None,
         )
         try:
             await self.journal.commit([event])
         except CommitError as err:
             await self._abort_issue(grant, err)
             raise
+        task.flow.record_grant(grant)  # a grant of the task like any other (its history)
         if grant.state is not GrantState.ACTIVE:
             raise ExchangeRefused(
                 "invalid_request", "subject_token_inactive", "the task ended meanwhile"

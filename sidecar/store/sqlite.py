@@ -41,9 +41,10 @@ from ..events import (
 from ..model import Grant, GrantState, Intent, Principal, Task, TaskState, Tier
 from ..tokens import PublishedKey
 from . import Snapshot
+from . import flows as flow_store
 
 log = logging.getLogger("jit_sidecar.store")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -130,12 +131,30 @@ CREATE TABLE IF NOT EXISTS grant_actors (
   principal TEXT NOT NULL,
   act TEXT NOT NULL
 );
+-- schema 4: flows (docs/policy-authoring.md, "Flows"; sidecar/store/flows.py): the risk class
+-- and flow labels the policy gave a grant, a task's declared plan and its denials, in tables
+-- of their own like schema 3's, so that CREATE TABLE IF NOT EXISTS adds them.
+CREATE TABLE IF NOT EXISTS grant_flows (
+  grant_id TEXT PRIMARY KEY,
+  flow_class TEXT NOT NULL,
+  flow_labels TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_plans (
+  task_id TEXT PRIMARY KEY,
+  plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_denials (task_id TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS task_denials_by_task ON task_denials (task_id, at);
 """
 
 GRANT_COLUMNS = (
     "grant_id, task_id, subject, action, resource, justification, tier, audience, scope, "
     "issued_at, expires_at, kid, decision_id, cnf_jkt, state, end_reason, ended_at"
 )
+GRANT_WIDTH = len(GRANT_COLUMNS.split(","))
+GRANT_READ_COLUMNS = f"{GRANT_COLUMNS}, {flow_store.FLOW_COLUMNS}"
+"""A grant with its flow (schema 4): `SELECT {GRANT_READ_COLUMNS} FROM {GRANTS_WITH_FLOWS}`."""
+GRANTS_WITH_FLOWS = flow_store.GRANTS_WITH_FLOWS
 TASK_COLUMNS = (
     "task_id, subject, goal, labels, started_at, deadline, heartbeat_interval, state, "
     "last_heartbeat, pop_jkt, ended_at, end_reason"
@@ -148,6 +167,8 @@ def ts(value: str) -> float:
 
 
 def _grant(row: Sequence[Any]) -> Grant:
+    if len(row) > GRANT_WIDTH:  # read with GRANT_READ_COLUMNS
+        return flow_store.set_flow(_grant(row[:GRANT_WIDTH]), *row[GRANT_WIDTH:])
     return Grant(
         grant_id=row[0],
         task_id=row[1],
@@ -323,6 +344,7 @@ class SqliteStore:
                 handler = self._handlers.get(type(record.event))
                 if handler is not None:
                     handler(conn, record.event)
+                flow_store.apply_flow(conn, record.event, ts)
             if touches:
                 conn.executemany(
                     "UPDATE tasks SET last_heartbeat = ? WHERE task_id = ? AND state = 'active'",
@@ -517,6 +539,8 @@ class SqliteStore:
         ):
             tasks[task_id].principal = Principal.from_record(json.loads(principal))
         _attach_actors(snap.grants, self._w.execute(_ACTORS_SQL + "g.state = 'active'"))
+        live = {g.grant_id: g for g in snap.grants}
+        flow_store.load_flows(self._w, tasks, live, _grant, GRANT_READ_COLUMNS)
         snap.tasks = list(tasks.values())
         for _kid, jwk, retire_at in self._w.execute("SELECT kid, jwk, retire_at FROM keys"):
             snap.retired_keys.append(PublishedKey(json.loads(jwk), retire_at))
@@ -570,9 +594,8 @@ class SqliteStore:
         return task
 
     async def get_grant(self, grant_id: str) -> Grant | None:
-        rows = await asyncio.to_thread(
-            self._read, f"SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)
-        )
+        sql = f"SELECT {GRANT_READ_COLUMNS} FROM {GRANTS_WITH_FLOWS} WHERE grant_id = ?"
+        rows = await asyncio.to_thread(self._read, sql, (grant_id,))
         if not rows:
             return None
         grant = _grant(rows[0])
@@ -584,7 +607,7 @@ class SqliteStore:
         return grant
 
     async def list_grants(self, task_id: str, include_inactive: bool) -> list[Grant]:
-        sql = f"SELECT {GRANT_COLUMNS} FROM grants WHERE task_id = ?"
+        sql = f"SELECT {GRANT_READ_COLUMNS} FROM {GRANTS_WITH_FLOWS} WHERE task_id = ?"
         if not include_inactive:
             sql += " AND state = 'active'"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY issued_at", (task_id,))

@@ -75,6 +75,12 @@ LEGACY: list[dict[str, Any]] = [
      "aud": "https://rs.example/", "delivery_method": "urn:ietf:rfc:8935",
      "endpoint_url": "https://rs.example/ssf/push", "status": "enabled",
      "events_delivered": ["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]},
+    {"event": "flow_flagged", "time": T0, "task_id": "t-1", "subject": SUBJECT,
+     "intent": {"action": "email.send", "resource": "email://customer/c-42",
+                "justification": "reply", "context": {}},
+     "task_flow_labels": ["private_data", "untrusted_input"],
+     "intent_flow_labels": ["external_egress"], "rules": ["flow_trifecta"],
+     "plan_deviation": False, "decision_id": "d-1"},
 ]  # fmt: skip
 
 

@@ -12,7 +12,9 @@ SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 BOTTOM = {
     "errors": set(),
     "clock": set(),
-    "model": {"brokers"},  # the Lease value object (brokers/base.py), for annotations only
+    # brokers: the Lease value object (brokers/base.py), for annotations only; clock and
+    # resources (themselves at the bottom): a task's flow as the policy gets it (TaskFlow)
+    "model": {"brokers", "clock", "resources"},
     "events": set(),
     "resources": {"errors"},
 }

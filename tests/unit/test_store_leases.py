@@ -101,4 +101,4 @@ def test_a_state_file_of_schema_1_gains_the_leases_table(tmp_path: Path) -> None
     (value,) = version.fetchone()
     store.close()
     assert "leases" in tables
-    assert int(value) == SCHEMA_VERSION == 3
+    assert int(value) == SCHEMA_VERSION == 4

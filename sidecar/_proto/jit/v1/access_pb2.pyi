@@ -83,7 +83,7 @@ class Intent(_message.Message):
     def __init__(self, action: _Optional[str] = ..., resource: _Optional[str] = ..., justification: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "goal", "subject", "state", "started_at", "deadline", "heartbeat_interval_seconds", "labels", "pop_jkt", "ended_at", "principal")
+    __slots__ = ("task_id", "goal", "subject", "state", "started_at", "deadline", "heartbeat_interval_seconds", "labels", "pop_jkt", "ended_at", "principal", "flow_labels")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class Task(_message.Message):
     POP_JKT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    FLOW_LABELS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     goal: str
     subject: str
@@ -113,7 +114,8 @@ class Task(_message.Message):
     pop_jkt: str
     ended_at: _timestamp_pb2.Timestamp
     principal: Principal
-    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., subject: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jkt: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ...) -> None: ...
+    flow_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., subject: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jkt: _Optional[str] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[_Union[Principal, _Mapping]] = ..., flow_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Principal(_message.Message):
     __slots__ = ("subject", "issuer", "claims")
@@ -126,7 +128,7 @@ class Principal(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., issuer: _Optional[str] = ..., claims: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("grant_id", "token", "tier", "audience", "scope", "issued_at", "expires_at", "intent", "task_id", "state", "revocation_reason", "decision_id", "lease", "actor")
+    __slots__ = ("grant_id", "token", "tier", "audience", "scope", "issued_at", "expires_at", "intent", "task_id", "state", "revocation_reason", "decision_id", "lease", "actor", "flow_labels")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,7 @@ class Grant(_message.Message):
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    FLOW_LABELS_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     token: str
     tier: Tier
@@ -155,7 +158,8 @@ class Grant(_message.Message):
     decision_id: str
     lease: Lease
     actor: str
-    def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., actor: _Optional[str] = ...) -> None: ...
+    flow_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, grant_id: _Optional[str] = ..., token: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., audience: _Optional[str] = ..., scope: _Optional[_Iterable[str]] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., revocation_reason: _Optional[str] = ..., decision_id: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., actor: _Optional[str] = ..., flow_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("broker", "handle", "expires_at", "state", "details")
@@ -195,7 +199,7 @@ class Credential(_message.Message):
     def __init__(self, broker: _Optional[str] = ..., handle: _Optional[str] = ..., dsn: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BeginTaskRequest(_message.Message):
-    __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk", "pop_proof", "subject_token", "subject_token_type")
+    __slots__ = ("task_id", "goal", "max_duration_seconds", "labels", "pop_jwk", "pop_proof", "subject_token", "subject_token_type", "plan")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +215,7 @@ class BeginTaskRequest(_message.Message):
     POP_PROOF_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     goal: str
     max_duration_seconds: int
@@ -219,13 +224,16 @@ class BeginTaskRequest(_message.Message):
     pop_proof: str
     subject_token: str
     subject_token_type: str
-    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., max_duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jwk: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., pop_proof: _Optional[str] = ..., subject_token: _Optional[str] = ..., subject_token_type: _Optional[str] = ...) -> None: ...
+    plan: _containers.RepeatedCompositeFieldContainer[Intent]
+    def __init__(self, task_id: _Optional[str] = ..., goal: _Optional[str] = ..., max_duration_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pop_jwk: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., pop_proof: _Optional[str] = ..., subject_token: _Optional[str] = ..., subject_token_type: _Optional[str] = ..., plan: _Optional[_Iterable[_Union[Intent, _Mapping]]] = ...) -> None: ...
 
 class BeginTaskResponse(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "plan")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     task: Task
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+    plan: PlanEvaluation
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., plan: _Optional[_Union[PlanEvaluation, _Mapping]] = ...) -> None: ...
 
 class RequestGrantRequest(_message.Message):
     __slots__ = ("task_id", "intent", "ttl_seconds")
@@ -358,3 +366,45 @@ class AwaitApprovalResponse(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     result: RequestGrantResponse
     def __init__(self, result: _Optional[_Union[RequestGrantResponse, _Mapping]] = ...) -> None: ...
+
+class PlanStep(_message.Message):
+    __slots__ = ("index", "intent", "decision", "tier", "reasons", "approval_id")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    intent: Intent
+    decision: Decision
+    tier: Tier
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    approval_id: str
+    def __init__(self, index: _Optional[int] = ..., intent: _Optional[_Union[Intent, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., tier: _Optional[_Union[Tier, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., approval_id: _Optional[str] = ...) -> None: ...
+
+class PlanEvaluation(_message.Message):
+    __slots__ = ("allowed", "steps", "approval_steps", "decision_id")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    steps: _containers.RepeatedCompositeFieldContainer[PlanStep]
+    approval_steps: _containers.RepeatedScalarFieldContainer[int]
+    decision_id: str
+    def __init__(self, allowed: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[PlanStep, _Mapping]]] = ..., approval_steps: _Optional[_Iterable[int]] = ..., decision_id: _Optional[str] = ...) -> None: ...
+
+class EvaluatePlanRequest(_message.Message):
+    __slots__ = ("task_id", "request_approvals")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    request_approvals: bool
+    def __init__(self, task_id: _Optional[str] = ..., request_approvals: _Optional[bool] = ...) -> None: ...
+
+class EvaluatePlanResponse(_message.Message):
+    __slots__ = ("plan",)
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    plan: PlanEvaluation
+    def __init__(self, plan: _Optional[_Union[PlanEvaluation, _Mapping]] = ...) -> None: ...

@@ -74,6 +74,11 @@ class AccessServiceStub:
                 request_serializer=jit_dot_v1_dot_access__pb2.AwaitApprovalRequest.SerializeToString,
                 response_deserializer=jit_dot_v1_dot_access__pb2.AwaitApprovalResponse.FromString,
                 _registered_method=True)
+        self.EvaluatePlan = channel.unary_unary(
+                '/jit.v1.AccessService/EvaluatePlan',
+                request_serializer=jit_dot_v1_dot_access__pb2.EvaluatePlanRequest.SerializeToString,
+                response_deserializer=jit_dot_v1_dot_access__pb2.EvaluatePlanResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
@@ -135,6 +140,14 @@ class AccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluatePlan(self, request, context):
+        """Evaluates the task's declared plan in one call: would every step be allowed, and which
+        steps need approval? Optionally asks for those approvals before work starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +190,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.AwaitApproval,
                     request_deserializer=jit_dot_v1_dot_access__pb2.AwaitApprovalRequest.FromString,
                     response_serializer=jit_dot_v1_dot_access__pb2.AwaitApprovalResponse.SerializeToString,
+            ),
+            'EvaluatePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluatePlan,
+                    request_deserializer=jit_dot_v1_dot_access__pb2.EvaluatePlanRequest.FromString,
+                    response_serializer=jit_dot_v1_dot_access__pb2.EvaluatePlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +413,33 @@ class AccessService:
             '/jit.v1.AccessService/AwaitApproval',
             jit_dot_v1_dot_access__pb2.AwaitApprovalRequest.SerializeToString,
             jit_dot_v1_dot_access__pb2.AwaitApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluatePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jit.v1.AccessService/EvaluatePlan',
+            jit_dot_v1_dot_access__pb2.EvaluatePlanRequest.SerializeToString,
+            jit_dot_v1_dot_access__pb2.EvaluatePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,62 @@
+-- The SQLite store's schema at version 1, verbatim from sidecar/store/sqlite.py of
+-- the line flows branched from (3bda034): migration tests open a real
+-- state file of that version. Never edit: it is what older sidecars wrote.
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+  task_id TEXT PRIMARY KEY,
+  subject TEXT NOT NULL,
+  goal TEXT NOT NULL,
+  labels TEXT NOT NULL,
+  started_at REAL NOT NULL,
+  deadline REAL NOT NULL,
+  heartbeat_interval INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  last_heartbeat REAL NOT NULL,
+  pop_jkt TEXT NOT NULL DEFAULT '',
+  ended_at REAL,
+  end_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks (subject) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS grants (
+  grant_id TEXT PRIMARY KEY,
+  task_id TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  action TEXT NOT NULL,
+  resource TEXT NOT NULL,
+  justification TEXT NOT NULL,
+  tier TEXT NOT NULL,
+  audience TEXT NOT NULL,
+  scope TEXT NOT NULL,
+  issued_at REAL NOT NULL,
+  expires_at REAL NOT NULL,
+  kid TEXT NOT NULL,
+  decision_id TEXT NOT NULL,
+  cnf_jkt TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL,
+  end_reason TEXT NOT NULL DEFAULT '',
+  ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS grants_by_task ON grants (task_id);
+CREATE INDEX IF NOT EXISTS grants_active ON grants (expires_at) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS grants_by_kid ON grants (kid, expires_at);
+CREATE TABLE IF NOT EXISTS approvals (
+  approval_id TEXT PRIMARY KEY,
+  task_id TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  intent TEXT NOT NULL,
+  intent_hash TEXT NOT NULL,
+  requested_ttl INTEGER NOT NULL,
+  record TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  expires_at REAL NOT NULL,
+  state TEXT NOT NULL,
+  decided_by TEXT NOT NULL DEFAULT '',
+  decision_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS approvals_open ON approvals (expires_at)
+  WHERE state IN ('pending', 'approved');
+CREATE TABLE IF NOT EXISTS keys (
+  kid TEXT PRIMARY KEY,
+  jwk TEXT NOT NULL,
+  retire_at REAL NOT NULL
+);
