@@ -1,7 +1,8 @@
 # Delegation (delegation.rego): may_act, and the intersection of what the agent and the
 # person may do. data.jit.delegation in data.json: support → tickets, docs; finance →
-# payments, tickets, docs; the dev agent acts for support and engineering, billing for
-# finance and support.
+# payments, tickets, docs; customer_care → tickets, customers, email, docs; the dev agent
+# acts for support and engineering, billing for finance and support, the support agent for
+# customer_care (flows_test.rego: the trifecta of a delegated task).
 package jit_test
 
 import data.jit

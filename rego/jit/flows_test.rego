@@ -71,6 +71,14 @@ test_ticket_then_customer_then_email_needs_approval if {
 	decision == _email_approval(["private_data", "untrusted_input"])
 }
 
+# A task acting for a person (delegation.rego) meets the trifecta too: its history is the
+# task's, whoever it acts for; a customer_care person is entitled to tickets, customers, email.
+test_a_delegated_task_meets_the_trifecta if {
+	history := [_entry(_ticket_read, "active"), _entry(_customer_read, "active")]
+	decision := jit.decision with input as _for(_flow_input(_support, _email, history), _person(["customer_care"]))
+	decision == _email_approval(["private_data", "untrusted_input"])
+}
+
 test_without_the_ticket_read_email_is_jit if {
 	decision := jit.decision with input as _flow_input(_support, _email, [_entry(_customer_read, "active")])
 	decision == _email_jit(["private_data"])

@@ -40,6 +40,7 @@ PEOPLE_AUDIENCE = "jit-sidecar-people"
 ISSUER = "https://jit-sidecar.local"
 BILLING = "spiffe://jit.local/agent/billing"
 DEV = "spiffe://jit.local/agent/dev"
+SUPPORT = "spiffe://jit.local/agent/support"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -353,6 +354,36 @@ def test_the_console_shows_the_person_of_a_delegated_approval_and_task(world: Wo
     assert world.people.url in card
     assert live.count("Person (delegated)") == 1
     assert "<code>grace</code>" in live
+
+
+def test_a_delegated_task_gathers_flow_labels_and_meets_the_trifecta(world: World) -> None:
+    """Flows hold for a task acting for a person (issue 22): the support agent, for a
+    customer-care person, reads a ticket and a customer record; its grants carry their flow
+    labels, the task holds both, and email.send is PENDING_APPROVAL with the flow reason;
+    the flow_flagged record names the person as every record of the task does."""
+    with world.client(SUPPORT) as c:
+        task = c.begin_task(
+            "answer ticket t-1001", subject_token=world.person("carol", ["customer_care"])
+        )
+        ticket = c.request_grant(task.task_id, "tickets.read", "tickets://t-1001")
+        customer = c.request_grant(task.task_id, "customers.read", "customers://c-42")
+        held = c.heartbeat(task.task_id).task
+        with pytest.raises(ApprovalPending) as pending:
+            c.request_grant(
+                task.task_id,
+                "email.send",
+                "email://customer/c-42",
+                justification="reply to the customer about ticket t-1001",
+            )
+    assert task.principal.subject == "carol"
+    assert (ticket.actor, list(ticket.flow_labels)) == (SUPPORT, ["untrusted_input"])
+    assert (customer.actor, list(customer.flow_labels)) == (SUPPORT, ["private_data"])
+    assert list(held.flow_labels) == ["private_data", "untrusted_input"]
+    assert any(r.startswith("flow_trifecta: ") for r in pending.value.reasons)
+    [flagged] = [r for r in _task_records(world, task.task_id) if r["event"] == "flow_flagged"]
+    assert flagged["rules"] == ["flow_trifecta"]
+    assert flagged["task_flow_labels"] == ["private_data", "untrusted_input"]
+    assert flagged["principal"]["subject"] == "carol"
 
 
 # ---------------------------------------------------------------------------- bad input
