@@ -81,3 +81,24 @@ test_non_canonical_resources_are_denied if {
 		d.decision == false
 	}
 }
+
+# Flows (flows.rego) need the task's history, which only the sidecar keeps for its own tasks:
+# an AuthZEN request maps none (no history, flow labels, denials or plan), so it is decided as
+# a task with no past, and a history the gateway sends in context.task is not read.
+test_flows_see_no_history_through_authzen if {
+	d := authzen.decision with input as _request(
+		"spiffe://jit.local/agent/support", "email.send", "email://customer/c-42",
+		{"justification": "reply to the customer about ticket t-1001", "task": {"history": [
+			{"action": "tickets.read", "resource": "tickets://t-1001", "labels": ["untrusted_input"]},
+			{"action": "customers.read", "resource": "customers://c-42", "labels": ["private_data"]},
+		]}},
+	)
+	d.decision == true
+	d.context.tier == "jit"
+	not _mentions_flow(d.context.reasons)
+}
+
+_mentions_flow(reasons) if {
+	some reason in reasons
+	startswith(reason, "flow_")
+}
