@@ -6,6 +6,7 @@ or reads the sidecar's own audit log, store and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sys
@@ -246,6 +247,47 @@ def test_postgres_down_at_issue_means_no_grant_and_no_role(
     assert rows == []
     assert [r["reason"] for r in rejected] == ["broker_unavailable"]
     assert brokered_roles(own_postgres) == []
+
+
+def decision_inputs(opa: OpaServer) -> dict[str, dict[str, Any]]:
+    """The input of each decision OPA's console decision log shows, by decision_id."""
+    inputs = {}
+    for line in opa.log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("msg") == "Decision Log" and "input" in entry:
+                inputs[entry["decision_id"]] = entry["input"]
+    return inputs
+
+
+def test_a_brokered_grant_ends_in_the_history_as_its_grant_did(
+    pg_sidecar: SidecarProcess, postgres: PostgresServer, opa: OpaServer
+) -> None:
+    """A grant with a downstream credential enters the task's history (issue 22) like any
+    other; once the agent revokes it and the broker drops its login, the next decision's
+    input shows how the grant ended (revoked, revoked_by_agent), and so does the history
+    restored from the store after kill -9."""
+    with pg_sidecar.client() as client:
+        task = client.begin_task("read tickets", max_duration=600)
+        grant = read_grant(client, task.task_id)
+        assert grant.lease is not None
+        client.revoke_grant(grant.grant_id)
+        wait_gone(postgres, grant.lease.handle)
+        wait_for(lambda: pg_sidecar.events("credential_revoked"), 10, what="credential_revoked")
+        after = client.request_grant_raw(task.task_id, "docs.read", "docs://handbook/intro")
+    pg_sidecar.kill()
+    pg_sidecar.start()
+    with pg_sidecar.client() as client:
+        restarted = client.request_grant_raw(task.task_id, "tickets.read", "tickets://t-1001")
+    inputs = decision_inputs(opa)
+    for answer in (after, restarted):
+        first = inputs[answer.decision_id]["task"]["history"][0]
+        ended = (first["action"], first["resource"], first["state"], first["end_reason"])
+        assert ended == ("postgres.read", TABLE, "revoked", "revoked_by_agent")
+    assert [e["action"] for e in inputs[restarted.decision_id]["task"]["history"]] == [
+        "postgres.read",
+        "docs.read",
+    ]
 
 
 def test_postgres_down_during_revocation_then_up(
