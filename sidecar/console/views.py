@@ -365,6 +365,16 @@ def live_page(
                             else []
                         ),
                         ("Labels", _labels(t.labels)),
+                        *(  # issue 22: what the task's grants carried, for the flow rules
+                            [
+                                (
+                                    "Flow labels",
+                                    ", ".join(f"<code>{e(x)}</code>" for x in t.flow_labels),
+                                )
+                            ]
+                            if t.flow_labels
+                            else []
+                        ),
                         ("Ends", countdown(seconds(t.deadline), now)),
                     ]
                 )

@@ -16,7 +16,11 @@ import pytest
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
+from sidecar._proto.jit.v1 import admin_pb2 as admin_pb
+from sidecar._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from sidecar.client import SidecarRpcError, socket_target
+from sidecar.console.auth import User
+from sidecar.console.views import live_page
 from tests.harness import OpaServer, SidecarProcess, clean_env
 
 SUPPORT = "spiffe://jit.local/agent/support"
@@ -95,6 +99,28 @@ def test_without_the_ticket_read_email_is_jit(support: SidecarProcess) -> None:
     assert list(answer.grant.flow_labels) == ["external_egress"]
     assert answer.reasons == ["tier_jit: email.send (class write): JIT grant of at most 120 s"]
     assert support.events("flow_flagged") == []
+
+
+def test_the_console_shows_the_flow_labels_of_a_task(support: SidecarProcess) -> None:
+    """The console's live page shows the flow labels a task holds (from the admin socket's
+    ListTasks), and none for a task that holds none."""
+    channel, stub = _stub(support)
+    with channel:
+        task = stub.BeginTask(pb.BeginTaskRequest(goal="answer ticket t-1001"), timeout=10).task
+        _ask(stub, task.task_id, TICKET)
+        _ask(stub, task.task_id, CUSTOMER)
+        quiet = stub.BeginTask(pb.BeginTaskRequest(goal="nothing yet"), timeout=10).task
+    with grpc.insecure_channel(socket_target(support.admin_socket)) as channel:
+        admin = admin_pb_grpc.AdminServiceStub(channel)
+        views = admin.ListTasks(admin_pb.ListTasksRequest(subject=SUPPORT), timeout=10).tasks
+    by_id = {v.task.task_id: v for v in views}
+    viewer = User("viewer@example.com", frozenset({"viewer"}), "dev")
+    page = live_page([("local", by_id[task.task_id])], [], [], viewer, many=False)
+    empty = live_page([("local", by_id[quiet.task_id])], [], [], viewer, many=False)
+    assert list(by_id[task.task_id].task.flow_labels) == ["private_data", "untrusted_input"]
+    assert "Flow labels" in page
+    assert "<code>private_data</code>, <code>untrusted_input</code>" in page
+    assert "Flow labels" not in empty
 
 
 def test_history_survives_kill_9_and_restart(support: SidecarProcess) -> None:
