@@ -136,9 +136,12 @@ FAR = 4102444800.0  # 2100-01-01: the task and its grant are still active when t
 
 
 def old_store(path: Path, version: int) -> sqlite3.Connection:
-    """A state file as a sidecar of `version` wrote it (its schema, verbatim)."""
+    """A state file as a sidecar of `version` (1 or 3) wrote it (its schema, verbatim)."""
     conn = sqlite3.connect(path)
-    conn.executescript((SCHEMAS / f"sqlite-v{version}.sql").read_text())
+    schema = (SCHEMAS / "sqlite-v3.sql").read_text()
+    if version == 1:  # before brokers' and delegation's tables (see the file's comment)
+        schema = schema.split("-- schema 2:")[0]
+    conn.executescript(schema)
     conn.execute(
         "INSERT INTO meta VALUES ('schema_version', ?), ('applied_seq', '7')", (str(version),)
     )
@@ -158,6 +161,14 @@ def old_store(path: Path, version: int) -> sqlite3.Connection:
     return conn
 
 
+def schema_of(store: SqliteStore) -> tuple[str, set[str]]:
+    """The schema version a store records, and the names of its tables and indexes."""
+    (version,) = store.writer.execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'"
+    ).fetchone()
+    return version, {r[0] for r in store.writer.execute("SELECT name FROM sqlite_master")}
+
+
 def test_a_schema_3_store_is_migrated_to_4_with_its_rows(tmp_path: Path) -> None:
     """A real schema-3 state file (leases, delegation) opens as schema 4: its rows, lease and
     principal are kept, the flow tables exist, and the task's history holds its ended and
@@ -174,15 +185,12 @@ def test_a_schema_3_store_is_migrated_to_4_with_its_rows(tmp_path: Path) -> None
     conn.close()
     store = SqliteStore(path)
     try:
-        version = store.writer.execute(
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        ).fetchone()
-        tables = {r[0] for r in store.writer.execute("SELECT name FROM sqlite_master")}
+        version, tables = schema_of(store)
         snap = store.load()
         applied = store.applied_seq()
     finally:
         store.close()
-    assert version == (str(SCHEMA_VERSION),)
+    assert version == str(SCHEMA_VERSION)
     assert SCHEMA_VERSION == 4
     assert {"grant_flows", "task_plans", "task_denials", "leases", "task_principals"} <= tables
     assert applied == 7
@@ -198,8 +206,7 @@ def test_a_schema_3_store_is_migrated_to_4_with_its_rows(tmp_path: Path) -> None
     assert task.flow.plan == ()
     reopened = SqliteStore(path)  # opening again changes nothing
     try:
-        again = reopened.writer.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        assert again.fetchone() == (str(SCHEMA_VERSION),)
+        assert schema_of(reopened) == (version, tables)
     finally:
         reopened.close()
 
@@ -213,16 +220,13 @@ def test_a_schema_1_store_is_migrated_all_the_way(tmp_path: Path) -> None:
     conn.close()
     store = SqliteStore(path)
     try:
-        version = store.writer.execute(
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        ).fetchone()
-        tables = {r[0] for r in store.writer.execute("SELECT name FROM sqlite_master")}
+        version, tables = schema_of(store)
         row = store.writer.execute(
             "SELECT action, state FROM grants WHERE grant_id = 'g1'"
         ).fetchone()
     finally:
         store.close()
-    assert version == (str(SCHEMA_VERSION),)
+    assert version == str(SCHEMA_VERSION)
     assert {"leases", "task_principals", "grant_actors", "grant_flows", "task_plans",
             "task_denials"} <= tables  # fmt: skip
     assert row == ("docs.read", "expired")

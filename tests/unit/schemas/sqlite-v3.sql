@@ -1,6 +1,7 @@
 -- The SQLite store's schema at version 3, verbatim from sidecar/store/sqlite.py of
 -- main before flows (schema 3: leases and delegation): migration tests open a real
--- state file of that version. Never edit: it is what older sidecars wrote.
+-- state file of that version. Never edit: it is what older sidecars wrote. Version 1 is
+-- everything before the comment that starts schema 2 (versions 2 and 3 only added tables).
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
   task_id TEXT PRIMARY KEY,
