@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
-from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
 from ..cache import DecisionCache
 from ..clock import Clock, rfc3339
 from ..dpop import KeyBinding
@@ -69,7 +68,7 @@ from ..validation import (
 from . import fleet as fleet_orders
 from . import flows
 from .commits import Ended, Recorder, commit_or_undo
-from .credentials import Credentials
+from .credentials import Credentials, CredentialStep
 from .delegation import Delegation, TaskPrincipals, actor_claim
 from .desk import ApprovalDesk
 from .due import DueQueue
@@ -170,6 +169,12 @@ class Engine:
         )
         self._keys = KeyRotation(keys, self.live, journal, clock)
         self._tasks = TaskLookup(self.live, store)
+        self._step6 = CredentialStep(
+            credentials,
+            recorder=self.record,
+            tasks=self._tasks,
+            max_grants_per_task=settings.max_grants_per_task,
+        )
         self.plans = flows.Plans(
             policy=policy,
             tasks=self._tasks,
@@ -404,7 +409,7 @@ class Engine:
                 identity, task.task_id, intent, now, decision.reasons, decision.decision_id
             )
         # Before parking an approval too: a malformed credential object is refused now.
-        await self._credential_spec(identity, intent, task.task_id, decision, now)
+        await self._step6.spec(identity, intent, task.task_id, decision, now)
         if decision.approval_required:
             approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
             return pending(approval)
@@ -435,21 +440,6 @@ class Engine:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
         return decision
-
-    async def _credential_spec(
-        self, identity: Identity, intent: Intent, task_id: str, decision: PolicyDecision, now: float
-    ) -> CredentialSpec | None:
-        """The decision's `credential` object as its broker validated it (None when there is
-        none); a malformed one, or one naming no configured broker, is a policy error."""
-        if decision.credential is None:
-            return None
-        try:
-            if self.credentials is None:
-                raise CredentialSpecInvalid("no broker is configured on this sidecar")
-            return self.credentials.spec(decision, intent)
-        except PolicyError as err:
-            await self.record.policy_failure(err, identity, intent, task_id, now)
-            raise
 
     async def _issue(
         self,
@@ -498,10 +488,10 @@ class Engine:
             flow_labels=decision.flow.labels if decision.flow else (),
         )
         # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
-        spec = await self._credential_spec(identity, intent, task.task_id, decision, now)
+        spec = await self._step6.spec(identity, intent, task.task_id, decision, now)
         issued = None
         if spec is not None:
-            issued = await self._issue_credential(task, grant, spec)
+            issued = await self._step6.issue(task, grant, spec)
             # A rotation while the broker worked: sign with the key current now, whose
             # retirement accounts for this grant (add_grant records its exp per kid).
             key = self.keys.current
@@ -570,24 +560,6 @@ class Engine:
             justification=intent.justification,
             credential=issued,
         )
-
-    async def _issue_credential(
-        self, task: Task, grant: Grant, spec: CredentialSpec
-    ) -> IssuedCredential:
-        """Have the broker make the credential; `grant.lease` holds it afterwards. The
-        checks made before the broker was awaited are made again: the task may have ended,
-        or concurrent requests filled it, meanwhile (and then the credential goes at once)."""
-        assert self.credentials is not None
-        issued = await self.credentials.issue(grant, spec)
-        grant.lease = issued.lease
-        try:
-            if not task.active:
-                raise self._tasks.ended(task)
-            check_grant_room(task, self.settings.max_grants_per_task)
-        except SidecarError:
-            self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
-            raise
-        return issued
 
     async def _abort_issue(self, grant: Grant, err: CommitError) -> None:
         """Undo an issuance whose commit failed; the token is never returned, and a broker
