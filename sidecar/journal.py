@@ -58,13 +58,24 @@ class _Entry:
     future: asyncio.Future[None] | None
     loop: asyncio.AbstractEventLoop | None
     enqueued: float = field(default_factory=time.perf_counter)
+    records: list[dict[str, Any]] | None = None
+    """The sealed records once appended to the log (by the loop thread or the writer)."""
+    epoch: int = 0
+    """The audit file's epoch when they were appended (sidecar.audit.AuditFile.epoch)."""
+    early: bool = False
+    """The waiter asked only for the records to be in the OS (`Journal.record`), not synced."""
 
 
 _STOP = object()
+SYNC_WINDOW = 0.005
+"""How long after a record's append `Journal.record` leaves its fsync to gather others, at
+most (a commit that waits for its fsync ends the window early: they share it)."""
 
 
 class Journal:
-    """Owns the audit file and the store's write side; one thread does all the writing."""
+    """Owns the audit file and the store's write side. One thread syncs and applies; records
+    are appended to the log by the event loop's thread when the writer is idle (no hop to the
+    writer thread and back), by the writer thread otherwise, always in `commit` order."""
 
     def __init__(
         self,
@@ -86,6 +97,13 @@ class Journal:
         self._on_batch = on_batch
         self._backlog: list[Recorded] = []
         """Audited events the store failed to apply; retried before the next batch."""
+        self._queued = 0
+        """Entries the event loop queued for the writer to append (changed by the loop only)."""
+        self._appended = 0
+        """Of those, how many the writer has appended (changed by the writer only, under the
+        audit file's lock): while they differ, the loop must not append ahead of them."""
+        self._busy = False
+        """The writer is handling a batch (not waiting for entries)."""
         self.store_healthy = True
         self.audit_healthy = True
 
@@ -138,12 +156,62 @@ class Journal:
         Entries are written in the order `commit` is called, so callers that change
         in-memory state synchronously before awaiting get the same order on disk.
         """
+        await self._submit(events, touches, early=False)
+
+    async def record(self, events: Sequence[Event]) -> None:
+        """Put `events` in the audit log, in the chain, before returning (a crash of this
+        process loses nothing); their fsync follows within SYNC_WINDOW, grouped with others
+        (a power loss within it can lose them). For answers that give no access: AuthZEN
+        decisions (docs/authzen.md, "Audit"). Raises CommitError while the log is failing;
+        then every call is a full `commit`, so the first one that succeeds ends the outage."""
+        if not self.audit_healthy:
+            await self.commit(events)
+            return
+        await self._submit(events, (), early=True)
+
+    async def _submit(
+        self, events: Sequence[Event], touches: Sequence[tuple[str, float]], *, early: bool
+    ) -> None:
         if self._stamp is not None:
             events = [self._stamp(e) for e in events]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Entry(events, list(touches), future, loop))
+        entry = _Entry(events, list(touches), future, loop, early=early)
+        if events and self._append_here(entry):
+            if early:
+                entry.future = entry.loop = None
+                self._queue.put(entry)
+                return
+        elif events:
+            self._queued += 1
+        self._queue.put(entry)
         await future
+
+    def _append_here(self, entry: _Entry) -> bool:
+        """Append `entry` on the calling (event loop) thread when the writer is idle: a short
+        write() on the open descriptor, never an fsync, so the loop is not blocked on the
+        disk. False when the writer is busy or entries queued before are not appended yet."""
+        audit = self._audit
+        if not entry.early and self._busy:
+            # A commit waits for the writer's next fsync anyway: appending it here would
+            # save no hop, and it would reach the log before a fault the writer is about to
+            # meet, out of step with the commits that hopped.
+            return False
+        if self._queued != self._appended or not audit.lock.acquire(blocking=False):
+            return False
+        try:
+            if self._queued != self._appended:
+                return False
+            records = [e.record() for e in entry.events]
+            try:
+                audit.append(records)
+            except AuditWriteError as err:
+                self._audit_failed(err)
+                raise _unwritten() from err
+            entry.records, entry.epoch = records, audit.epoch
+            return True
+        finally:
+            audit.lock.release()
 
     def touch(self, task_id: str, at: float) -> None:
         """Persist a heartbeat without waiting (no audit record, no fsync)."""
@@ -164,42 +232,90 @@ class Journal:
             if first is _STOP:
                 return
             batch: list[_Entry] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._write(batch)
+            stop = self._gather(batch, None)
+            if not stop and all(e.future is None for e in batch):
+                # Nobody waits: leave the fsync of records appended by `record` to gather
+                # others for a while (SYNC_WINDOW), or until a commit needs one.
+                appended = [e.enqueued for e in batch if e.records is not None]
+                if appended:
+                    stop = self._gather(batch, min(appended) + SYNC_WINDOW)
+            self._busy = True
+            try:
+                self._write(batch)
+            finally:
+                self._busy = False
             if stop:
                 return
 
+    def _gather(self, batch: list[_Entry], until: float | None) -> bool:
+        """Add queued entries to `batch`: those already there (`until` None), or those that
+        come before `until` or before one that waits. True when asked to stop."""
+        while len(batch) < MAX_BATCH:
+            try:
+                if until is None:
+                    item = self._queue.get_nowait()
+                else:
+                    remaining = until - time.perf_counter()
+                    if remaining <= 0:
+                        return False
+                    item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            batch.append(item)  # type: ignore[arg-type]
+            if until is not None and item.future is not None:  # type: ignore[attr-defined]
+                return self._gather(batch, None)
+        return False
+
     def _write(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
+        audit = self._audit
+        fresh = [entry for entry in batch if entry.records is None and entry.events]
+        records: list[dict[str, Any]] = []
+        if fresh:
+            with audit.lock:
+                records = [e.record() for entry in fresh for e in entry.events]
+                try:
+                    audit.append(records)  # seals each record: adds its seq
+                except AuditWriteError as err:
+                    self._audit_failed(err)
+                    records = []
+                self._appended += len(fresh)
+                at = 0
+                for entry in fresh:
+                    if records:
+                        entry.records = records[at : at + len(entry.events)]
+                        entry.epoch = audit.epoch
+                    at += len(entry.events)
+            if not records:
+                self._resolve(fresh, _unwritten())
+                batch = [entry for entry in batch if entry not in fresh]
+            # `record` answers once its records are in the OS, before the fsync.
+            self._resolve([entry for entry in batch if entry.early], None)
+        # Records appended before an fsync failed were cut out of the log with it.
+        stale = [e for e in batch if e.records is not None and e.epoch != audit.epoch]
+        if stale:
+            self._resolve(stale, _unwritten())
+            batch = [entry for entry in batch if entry not in stale]
+        try:
+            audit.sync()
+        except AuditWriteError as err:
+            self._audit_failed(err)
+            self._resolve(batch, _unwritten())
+            return
+        if any(entry.records is not None for entry in batch):
+            self.audit_healthy = True
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
-        records = [e.record() for e in events]
-        try:
-            self._audit.write(records)  # seals each record: adds its seq
-            self.audit_healthy = True
-        except AuditWriteError as err:
-            self.audit_healthy = False
-            self._on_audit_error()
-            log.error("audit write failed: %s", err, extra={"reason": "audit_unavailable"})
-            failure = CommitError(
-                "the audit log cannot be written", Reason.AUDIT_UNAVAILABLE, durable=False
-            )
-            self._resolve(batch, failure)
-            return
         pending = self._backlog + [
-            Recorded(r["seq"], e) for r, e in zip(records, events, strict=True)
+            Recorded(r["seq"], e)
+            for entry in batch
+            if entry.records is not None
+            for r, e in zip(entry.records, entry.events, strict=True)
         ]
         try:
-            self._store.apply(pending, touches, self._audit.seq)
+            self._store.apply(pending, touches, audit.seq)
             self._backlog = []
             self.store_healthy = True
             error: CommitError | None = None
@@ -211,7 +327,12 @@ class Journal:
                 "the state store cannot be written", Reason.STORE_UNAVAILABLE, durable=True
             )
         self._on_batch(len(events), time.perf_counter() - started)
-        self._resolve(batch, error)
+        self._resolve([entry for entry in batch if not entry.early], error)
+
+    def _audit_failed(self, err: AuditWriteError) -> None:
+        self.audit_healthy = False
+        self._on_audit_error()
+        log.error("audit write failed: %s", err, extra={"reason": "audit_unavailable"})
 
     @staticmethod
     def _resolve(batch: list[_Entry], error: Exception | None) -> None:
@@ -223,6 +344,10 @@ class Journal:
                 futures.setdefault(entry.loop, []).append(entry.future)
         for loop, waiting in futures.items():
             loop.call_soon_threadsafe(_settle, waiting, error)
+
+
+def _unwritten() -> CommitError:
+    return CommitError("the audit log cannot be written", Reason.AUDIT_UNAVAILABLE, durable=False)
 
 
 def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
