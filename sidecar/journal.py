@@ -104,6 +104,10 @@ class Journal:
         audit file's lock): while they differ, the loop must not append ahead of them."""
         self._busy = False
         """The writer is handling a batch (not waiting for entries)."""
+        self._deferred: list[_Entry] = []
+        """Answered `record`s appended by the loop, waiting for the writer's fsync (guarded
+        by the audit file's lock)."""
+        self._deferred_since = 0.0
         self.store_healthy = True
         self.audit_healthy = True
 
@@ -179,9 +183,7 @@ class Journal:
         entry = _Entry(events, list(touches), future, loop, early=early)
         if events and self._append_here(entry):
             if early:
-                entry.future = entry.loop = None
-                self._queue.put(entry)
-                return
+                return  # the writer syncs it with the deferred ones (`_defer`)
         elif events:
             self._queued += 1
         self._queue.put(entry)
@@ -209,9 +211,20 @@ class Journal:
                 self._audit_failed(err)
                 raise _unwritten() from err
             entry.records, entry.epoch = records, audit.epoch
+            if entry.early:
+                self._defer(entry)
             return True
         finally:
             audit.lock.release()
+
+    def _defer(self, entry: _Entry) -> None:
+        """Leave the fsync of an answered `record` to the writer; the first one of a window
+        wakes it (with an empty entry), the others ride along without a wake-up each."""
+        entry.future = entry.loop = None
+        self._deferred.append(entry)
+        if len(self._deferred) == 1:
+            self._deferred_since = entry.enqueued
+            self._queue.put(_Entry([], [], None, None))
 
     def touch(self, task_id: str, at: float) -> None:
         """Persist a heartbeat without waiting (no audit record, no fsync)."""
@@ -229,16 +242,15 @@ class Journal:
     def _run(self) -> None:
         while True:
             first = self._queue.get()
-            if first is _STOP:
-                return
-            batch: list[_Entry] = [first]  # type: ignore[list-item]
-            stop = self._gather(batch, None)
-            if not stop and all(e.future is None for e in batch):
-                # Nobody waits: leave the fsync of records appended by `record` to gather
-                # others for a while (SYNC_WINDOW), or until a commit needs one.
-                appended = [e.enqueued for e in batch if e.records is not None]
-                if appended:
-                    stop = self._gather(batch, min(appended) + SYNC_WINDOW)
+            batch: list[_Entry] = []
+            stop = first is _STOP
+            if not stop:
+                batch.append(first)  # type: ignore[arg-type]
+                stop = self._gather(batch, None)
+            if not stop and self._deferred and all(e.future is None for e in batch):
+                # Nobody waits: leave the fsync of answered `record`s to gather others for
+                # a while (SYNC_WINDOW), or until a commit needs one.
+                stop = self._gather(batch, self._deferred_since + SYNC_WINDOW)
             self._busy = True
             try:
                 self._write(batch)
@@ -273,6 +285,9 @@ class Journal:
         audit = self._audit
         fresh = [entry for entry in batch if entry.records is None and entry.events]
         records: list[dict[str, Any]] = []
+        with audit.lock:
+            batch = self._deferred + batch
+            self._deferred = []
         if fresh:
             with audit.lock:
                 records = [e.record() for entry in fresh for e in entry.events]
@@ -308,12 +323,14 @@ class Journal:
             self.audit_healthy = True
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
-        pending = self._backlog + [
+        recorded = [
             Recorded(r["seq"], e)
             for entry in batch
             if entry.records is not None
             for r, e in zip(entry.records, entry.events, strict=True)
         ]
+        # Appended by two threads, so in seq order only once sorted.
+        pending = self._backlog + sorted(recorded, key=lambda r: r.seq)
         try:
             self._store.apply(pending, touches, audit.seq)
             self._backlog = []
