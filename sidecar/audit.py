@@ -43,8 +43,12 @@ class AuditWriteError(OSError):
     """The audit log could not be written; nothing in the failed batch counts as recorded."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+"""json.dumps with these options, without building an encoder per call."""
+
+
 def canonical_json(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL(record).encode()
 
 
 def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:

@@ -13,7 +13,14 @@ from ..metrics import Metrics
 from .access_requests import AccessRequests
 from .decider import OpaDecider
 from .desk import AuthzenDesk
-from .documents import canonical, parse_evaluation, parse_evaluations, read_json, request_id
+from .documents import (
+    canonical,
+    compact,
+    parse_evaluation,
+    parse_evaluations,
+    read_json,
+    request_id,
+)
 from .errors import PROBLEM, Problem, Refused
 from .evaluation import Evaluator
 
@@ -91,7 +98,13 @@ class AuthzenService:
                 )
             if location:
                 headers["Location"] = location
-            return web.json_response(body, status=status, headers=headers)
+            # The body as bytes: json_response would encode a str again, with a charset.
+            return web.Response(
+                body=compact(body).encode(),
+                status=status,
+                content_type="application/json",
+                headers=headers,
+            )
 
         return wrapper
 
