@@ -9,6 +9,10 @@ what was issued and revoked.
 
 Heartbeats ("touches") ride along in the same transaction but are not audited (they would
 flood the log) and need no fsync.
+
+AuthZEN decisions give no access, and take a lighter path (`record`): the event loop's
+thread appends them to the log itself, in the chain, and answers; the writer fsyncs them
+within SYNC_WINDOW, grouped with whatever else is due, then applies them like the rest.
 """
 
 from __future__ import annotations
@@ -73,9 +77,9 @@ most (a commit that waits for its fsync ends the window early: they share it).""
 
 
 class Journal:
-    """Owns the audit file and the store's write side. One thread syncs and applies; records
-    are appended to the log by the event loop's thread when the writer is idle (no hop to the
-    writer thread and back), by the writer thread otherwise, always in `commit` order."""
+    """Owns the audit file and the store's write side; one thread does the writing, except
+    that `record` appends on the event loop's thread when it can (no hop to the writer and
+    back), always in call order."""
 
     def __init__(
         self,
@@ -102,8 +106,6 @@ class Journal:
         self._appended = 0
         """Of those, how many the writer has appended (changed by the writer only, under the
         audit file's lock): while they differ, the loop must not append ahead of them."""
-        self._busy = False
-        """The writer is handling a batch (not waiting for entries)."""
         self._deferred: list[_Entry] = []
         """Answered `record`s appended by the loop, waiting for the writer's fsync (guarded
         by the audit file's lock)."""
@@ -181,24 +183,22 @@ class Journal:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         entry = _Entry(events, list(touches), future, loop, early=early)
-        if events and self._append_here(entry):
-            if early:
-                return  # the writer syncs it with the deferred ones (`_defer`)
-        elif events:
+        if early and self._append_here(entry):
+            return  # the writer syncs it with the other deferred ones (`_defer`)
+        if events:
             self._queued += 1
         self._queue.put(entry)
         await future
 
     def _append_here(self, entry: _Entry) -> bool:
-        """Append `entry` on the calling (event loop) thread when the writer is idle: a short
-        write() on the open descriptor, never an fsync, so the loop is not blocked on the
-        disk. False when the writer is busy or entries queued before are not appended yet."""
+        """Append an answered `record`'s entry on the calling (event loop) thread: a short
+        write() on the open descriptor under the file's lock, never an fsync, so the loop
+        is not blocked on the disk and the answer needs no hop to the writer thread and
+        back. False when the writer holds the lock or entries queued before are not
+        appended yet (the chain keeps `commit` order). Commits always hop: they wait for
+        the writer's fsync anyway, and appending them here did not pay (bench.ab, in
+        docs/performance.md "AuthZEN")."""
         audit = self._audit
-        if not entry.early and self._busy:
-            # A commit waits for the writer's next fsync anyway: appending it here would
-            # save no hop, and it would reach the log before a fault the writer is about to
-            # meet, out of step with the commits that hopped.
-            return False
         if self._queued != self._appended or not audit.lock.acquire(blocking=False):
             return False
         try:
@@ -211,8 +211,7 @@ class Journal:
                 self._audit_failed(err)
                 raise _unwritten() from err
             entry.records, entry.epoch = records, audit.epoch
-            if entry.early:
-                self._defer(entry)
+            self._defer(entry)
             return True
         finally:
             audit.lock.release()
@@ -251,11 +250,7 @@ class Journal:
                 # Nobody waits: leave the fsync of answered `record`s to gather others for
                 # a while (SYNC_WINDOW), or until a commit needs one.
                 stop = self._gather(batch, self._deferred_since + SYNC_WINDOW)
-            self._busy = True
-            try:
-                self._write(batch)
-            finally:
-                self._busy = False
+            self._write(batch)
             if stop:
                 return
 
@@ -288,6 +283,8 @@ class Journal:
         with audit.lock:
             batch = self._deferred + batch
             self._deferred = []
+        if not any(e.events or e.touches or e.future is not None for e in batch):
+            return  # only the wake-up of a window whose records a commit already took
         if fresh:
             with audit.lock:
                 records = [e.record() for entry in fresh for e in entry.events]
