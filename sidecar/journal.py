@@ -110,6 +110,8 @@ class Journal:
         """Answered `record`s appended by the loop, waiting for the writer's fsync (guarded
         by the audit file's lock)."""
         self._deferred_since = 0.0
+        self._applied_through = 0
+        """The last audit seq the store was told it applied (set by the writer thread)."""
         self.store_healthy = True
         self.audit_healthy = True
 
@@ -239,6 +241,7 @@ class Journal:
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
+        self._applied_through = self._store.applied_seq()
         while True:
             first = self._queue.get()
             batch: list[_Entry] = []
@@ -281,12 +284,11 @@ class Journal:
         fresh = [entry for entry in batch if entry.records is None and entry.events]
         records: list[dict[str, Any]] = []
         with audit.lock:
+            # Under one hold of the lock: every record before this batch's last one is in
+            # this batch or an earlier one, so the store can be told it applied them all.
             batch = self._deferred + batch
             self._deferred = []
-        if not any(e.events or e.touches or e.future is not None for e in batch):
-            return  # only the wake-up of a window whose records a commit already took
-        if fresh:
-            with audit.lock:
+            if fresh:
                 records = [e.record() for entry in fresh for e in entry.events]
                 try:
                     audit.append(records)  # seals each record: adds its seq
@@ -300,6 +302,9 @@ class Journal:
                         entry.records = records[at : at + len(entry.events)]
                         entry.epoch = audit.epoch
                     at += len(entry.events)
+        if not any(e.events or e.touches or e.future is not None for e in batch):
+            return  # only the wake-up of a window whose records a commit already took
+        if fresh:
             if not records:
                 self._resolve(fresh, _unwritten())
                 batch = [entry for entry in batch if entry not in fresh]
@@ -328,8 +333,11 @@ class Journal:
         ]
         # Appended by two threads, so in seq order only once sorted.
         pending = self._backlog + sorted(recorded, key=lambda r: r.seq)
+        # Not audit.seq: the loop may have appended records since, not synced nor applied.
+        through = max(self._applied_through, pending[-1].seq if pending else 0)
         try:
-            self._store.apply(pending, touches, audit.seq)
+            self._store.apply(pending, touches, through)
+            self._applied_through = through
             self._backlog = []
             self.store_healthy = True
             error: CommitError | None = None

@@ -159,3 +159,47 @@ def test_a_failed_fsync_cuts_unsynced_records_out_and_refuses_until_it_recovers(
     assert final == ["r-0", "r-2"]
     assert rig.journal.audit_healthy
     assert verify([rig.path]).ok
+
+
+def test_the_store_is_never_told_it_applied_a_record_it_was_not_given(
+    rig: _Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the loop appends while the writer syncs an earlier one is not in that batch:
+    the batch tells the store it applied up to its own last record, not up to the end of the
+    log (a crash would otherwise leave that record unapplied on replay, and a power loss
+    would leave the store ahead of the log)."""
+    calls: list[tuple[list[int], int]] = []
+    apply = rig.store.apply
+
+    def seen(records: Any, touches: Any, seq: int) -> None:
+        calls.append(([r.seq for r in records], seq))
+        apply(records, touches, seq)
+
+    rig.store.apply = seen  # type: ignore[method-assign]
+    syncing, release = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not syncing.is_set():
+            syncing.set()
+            release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def body() -> None:
+        await rig.journal.record([decided("r-1")])
+        assert await asyncio.to_thread(syncing.wait, 10)  # the writer syncs r-1
+        await rig.journal.record([decided("r-2")])  # appended meanwhile
+        release.set()
+        await asyncio.to_thread(wait_for, lambda: rig.store.applied_seq() == 2, 10)
+
+    try:
+        asyncio.run(body())
+    finally:
+        release.set()
+    applied: list[int] = []
+    for records, through in calls:
+        applied += records
+        assert through <= max(applied, default=0)
+    assert applied == [1, 2]
