@@ -106,6 +106,10 @@ def main() -> int:
             str(token),
             "--durability",
             args.durability,
+            # As bench.run: on 2 shared cores a batch's OPA query can queue past the
+            # production default (250 ms), and a timed-out decision is a denial.
+            "--opa-timeout",
+            "2",
         )
         try:
             with running(sidecar):
