@@ -19,6 +19,7 @@ from sidecar.audit import AuditFile, records_after, verify
 from sidecar.events import AuthzenDecided, Event
 from sidecar.journal import CommitError, Journal
 from sidecar.store.sqlite import SqliteStore
+from tests.fakes import hold_applies
 from tests.harness import wait_for
 
 
@@ -44,15 +45,7 @@ class _Rig:
 
     def hold_store_writes(self) -> tuple[threading.Event, threading.Event]:
         """The writer blocks in its next store write until `release` is set (it is busy)."""
-        entered, release = threading.Event(), threading.Event()
-        apply = self.store.apply
-
-        def held(*args: Any) -> Any:
-            entered.set()
-            release.wait(10)
-            return apply(*args)
-
-        self.store.apply = held  # type: ignore[method-assign]
+        entered, release, _ = hold_applies(self.store)
         return entered, release
 
 
