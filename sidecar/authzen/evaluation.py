@@ -67,7 +67,10 @@ class Evaluator:
         try:
             await self._audit(items, decisions, causes, rid, now)
         except (CommitError, SidecarError) as err:
-            log.error("AuthZEN decisions could not be audited: none answered")
+            log.error(
+                "AuthZEN decisions could not be audited: none answered",
+                extra={"reason": "audit_unavailable"},
+            )
             self._counted["error"].inc(len(decisions))
             raise Unavailable(
                 "audit_unavailable", "the audit log cannot record the decision"
