@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.audit import AuditFile, records_after, verify
+from sidecar.audit import AuditFile, log_files, records_after, verify
 from sidecar.events import AuthzenDecided, Event
 from sidecar.journal import CommitError, Journal
 from sidecar.store.sqlite import SqliteStore
@@ -196,3 +196,30 @@ def test_the_store_is_never_told_it_applied_a_record_it_was_not_given(
         applied += records
         assert through <= max(applied, default=0)
     assert applied == [1, 2]
+
+
+def test_records_appended_by_the_loop_rotate_with_the_log(tmp_path: Path) -> None:
+    """Records `record` appends on the loop, mixed with commits, rotate with the log (the
+    writer rotates after a sync, under the file's lock) and the files verify as one chain."""
+    path = tmp_path / "audit.jsonl"
+    store = SqliteStore(tmp_path / "state.db")
+    journal = Journal(AuditFile(path, rotate_bytes=2000), store)
+    journal.start()
+
+    async def body() -> None:
+        for i in range(40):
+            if i % 5 == 0:
+                await journal.commit([decided(f"c-{i}")])
+            else:
+                await journal.record([decided(f"r-{i}")])
+
+    try:
+        asyncio.run(body())
+    finally:
+        journal.close()
+        store.close()
+    files = log_files(path)
+    ids = [r.get("request_id") for f in files for r in records_after(f, 0) if "request_id" in r]
+    assert len(files) > 3
+    assert ids == [f"{'c' if i % 5 == 0 else 'r'}-{i}" for i in range(40)]
+    assert verify(files).ok
