@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,12 @@ class AuditWriteError(OSError):
     """The audit log could not be written; nothing in the failed batch counts as recorded."""
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+"""json.dumps with these options, without building an encoder per call."""
+
+
 def canonical_json(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL(record).encode()
 
 
 def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
@@ -161,9 +166,20 @@ class Head:
     hash: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A point of the file: its size, the chain's head there, and the rotated file a still
+    empty file continues."""
+
+    size: int
+    head: Head
+    continues: str | None
+
+
 class AuditFile:
-    """The active log file. Not thread-safe: one writer thread owns it (sidecar.journal);
-    other threads may read `head`."""
+    """The active log file. `append` puts records in the OS (in the chain) and `sync` makes
+    them durable; `write` does both. Any thread may `append` (a lock orders the chain);
+    one thread (sidecar.journal's writer) calls `sync`, `write`, `rotate` and `close`."""
 
     def __init__(self, path: Path, *, fsync: bool = True, rotate_bytes: int = 0) -> None:
         self.path = path
@@ -192,6 +208,14 @@ class AuditFile:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._size = tail.size
         self._rotation_failing = False
+        self.lock = threading.Lock()
+        """Held while records are sealed and appended, and while the file is cut back or
+        rotated: the chain has one order whichever thread appends."""
+        self._synced = self._mark()
+        """Where the file was last made durable: a failed fsync cuts it back to here."""
+        self.epoch = 0
+        """Counts fsync failures: records appended in an earlier epoch and not synced then
+        were cut out of the log."""
 
     @property
     def seq(self) -> int:
@@ -201,12 +225,25 @@ class AuditFile:
     def last_hash(self) -> str:
         return self.head.hash
 
+    def _mark(self) -> _Mark:
+        return _Mark(self._size, self.head, self._continues)
+
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Seal and append records as one write, then fsync (when configured).
 
         On failure the file is cut back to where it was and the chain state is unchanged, so
         a later batch continues the chain as if the failed one had never been tried.
         """
+        if not records:
+            return
+        with self.lock:
+            self.append(records)
+        self.sync()
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Seal `records` (adds seq, prev_hash, hash) and hand them to the OS in one write,
+        without fsync: they survive a crash of this process, not a power loss, until `sync`.
+        The caller holds `lock`. On failure the file is cut back and the chain is unchanged."""
         if not records:
             return
         seq, prev = self.seq, self.last_hash
@@ -222,35 +259,60 @@ class AuditFile:
             written = os.write(self._fd, data)
             if written != len(data):
                 raise AuditWriteError(f"short write to {self.path} ({written}/{len(data)} bytes)")
-            if self._fsync:
-                os.fsync(self._fd)
         except OSError as err:
-            self._cut_back()
+            self._cut_back(self._size)
             if isinstance(err, AuditWriteError):
                 raise
             raise AuditWriteError(f"cannot write audit log {self.path}: {err.strerror}") from err
         self.head = Head(seq, prev)
         self._continues = None
         self._size += len(data)
-        if self._rotate_bytes and self._size >= self._rotate_bytes:
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (fsync, when configured), then rotate if
+        the file is due. Appends may go on meanwhile; the fsync runs without the lock.
+
+        A failed fsync leaves the kernel's copy of the unsynced pages unknown (it may have
+        dropped them: "fsyncgate", PostgreSQL 2018), so the file is cut back to the last
+        durable point and `epoch` moves on: what was appended since counts as never written.
+        """
+        with self.lock:
+            mark = self._mark()
+        if mark.size == self._synced.size and mark.head == self._synced.head:
+            return
+        if self._fsync:
             try:
-                self.rotate()
+                os.fsync(self._fd)
             except OSError as err:
-                # The batch is written and synced: it counts. The log grows past its size
-                # until a later write's rotation succeeds (logged once per outage).
+                with self.lock:
+                    self._cut_back(self._synced.size)
+                    self._size = self._synced.size
+                    self.head = self._synced.head
+                    self._continues = self._synced.continues
+                    self.epoch += 1
+                raise AuditWriteError(f"cannot sync audit log {self.path}: {err.strerror}") from err
+        self._synced = mark
+        if self._rotate_bytes and mark.size >= self._rotate_bytes:
+            try:
+                with self.lock:
+                    self.rotate()
+            except OSError as err:
+                # The records are written and synced: they count. The log grows past its
+                # size until a later sync's rotation succeeds (logged once per outage).
                 if not self._rotation_failing:
                     log.error("cannot rotate audit log %s: %s (retrying)", self.path, err)
                 self._rotation_failing = True
             else:
                 self._rotation_failing = False
 
-    def _cut_back(self) -> None:
+    def _cut_back(self, size: int) -> None:
         # If even this fails, the torn tail is repaired on the next start-up.
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, self._size)
+            os.ftruncate(self._fd, size)
 
     def rotate(self) -> Path:
-        """Close the active file under a name carrying its first seq; start a new one."""
+        """Close the active file under a name carrying its first seq; start a new one. The
+        caller holds `lock`."""
         first = self._first_seq()
         rotated = self.path.with_name(f"{self.path.name}.{first:012d}")
         os.fsync(self._fd)
@@ -266,6 +328,7 @@ class AuditFile:
         self._fd = fd
         self._size = 0
         self._continues = rotated.name
+        self._synced = self._mark()  # the old file was synced above; the new one is empty
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -9,6 +9,10 @@ what was issued and revoked.
 
 Heartbeats ("touches") ride along in the same transaction but are not audited (they would
 flood the log) and need no fsync.
+
+AuthZEN decisions give no access, and take a lighter path (`record`): the event loop's
+thread appends them to the log itself, in the chain, and answers; the writer fsyncs them
+within SYNC_WINDOW, grouped with whatever else is due, then applies them like the rest.
 """
 
 from __future__ import annotations
@@ -58,13 +62,24 @@ class _Entry:
     future: asyncio.Future[None] | None
     loop: asyncio.AbstractEventLoop | None
     enqueued: float = field(default_factory=time.perf_counter)
+    records: list[dict[str, Any]] | None = None
+    """The sealed records once appended to the log (by the loop thread or the writer)."""
+    epoch: int = 0
+    """The audit file's epoch when they were appended (sidecar.audit.AuditFile.epoch)."""
+    early: bool = False
+    """The waiter asked only for the records to be in the OS (`Journal.record`), not synced."""
 
 
 _STOP = object()
+SYNC_WINDOW = 0.005
+"""How long after a record's append `Journal.record` leaves its fsync to gather others, at
+most (a commit that waits for its fsync ends the window early: they share it)."""
 
 
 class Journal:
-    """Owns the audit file and the store's write side; one thread does all the writing."""
+    """Owns the audit file and the store's write side; one thread does the writing, except
+    that `record` appends on the event loop's thread when it can (no hop to the writer and
+    back), always in call order."""
 
     def __init__(
         self,
@@ -86,6 +101,17 @@ class Journal:
         self._on_batch = on_batch
         self._backlog: list[Recorded] = []
         """Audited events the store failed to apply; retried before the next batch."""
+        self._queued = 0
+        """Entries the event loop queued for the writer to append (changed by the loop only)."""
+        self._appended = 0
+        """Of those, how many the writer has appended (changed by the writer only, under the
+        audit file's lock): while they differ, the loop must not append ahead of them."""
+        self._deferred: list[_Entry] = []
+        """Answered `record`s appended by the loop, waiting for the writer's fsync (guarded
+        by the audit file's lock)."""
+        self._deferred_since = 0.0
+        self._applied_through = 0
+        """The last audit seq the store was told it applied (set by the writer thread)."""
         self.store_healthy = True
         self.audit_healthy = True
 
@@ -138,12 +164,68 @@ class Journal:
         Entries are written in the order `commit` is called, so callers that change
         in-memory state synchronously before awaiting get the same order on disk.
         """
+        await self._submit(events, touches, early=False)
+
+    async def record(self, events: Sequence[Event]) -> None:
+        """Put `events` in the audit log, in the chain, before returning (a crash of this
+        process loses nothing); their fsync follows within SYNC_WINDOW, grouped with others
+        (a power loss within it can lose them). For answers that give no access: AuthZEN
+        decisions (docs/authzen.md, "Audit"). Raises CommitError while the log is failing;
+        then every call is a full `commit`, so the first one that succeeds ends the outage."""
+        if not self.audit_healthy:
+            await self.commit(events)
+            return
+        await self._submit(events, (), early=True)
+
+    async def _submit(
+        self, events: Sequence[Event], touches: Sequence[tuple[str, float]], *, early: bool
+    ) -> None:
         if self._stamp is not None:
             events = [self._stamp(e) for e in events]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Entry(events, list(touches), future, loop))
+        entry = _Entry(events, list(touches), future, loop, early=early)
+        if early and self._append_here(entry):
+            return  # the writer syncs it with the other deferred ones (`_defer`)
+        if events:
+            self._queued += 1
+        self._queue.put(entry)
         await future
+
+    def _append_here(self, entry: _Entry) -> bool:
+        """Append an answered `record`'s entry on the calling (event loop) thread: a short
+        write() on the open descriptor under the file's lock, never an fsync, so the loop
+        is not blocked on the disk and the answer needs no hop to the writer thread and
+        back. False when the writer holds the lock or entries queued before are not
+        appended yet (the chain keeps `commit` order). Commits always hop: they wait for
+        the writer's fsync anyway, and appending them here did not pay (bench.ab, in
+        docs/performance.md "AuthZEN")."""
+        audit = self._audit
+        if self._queued != self._appended or not audit.lock.acquire(blocking=False):
+            return False
+        try:
+            if self._queued != self._appended:
+                return False
+            records = [e.record() for e in entry.events]
+            try:
+                audit.append(records)
+            except AuditWriteError as err:
+                self._audit_failed(err)
+                raise _unwritten() from err
+            entry.records, entry.epoch = records, audit.epoch
+            self._defer(entry)
+            return True
+        finally:
+            audit.lock.release()
+
+    def _defer(self, entry: _Entry) -> None:
+        """Leave the fsync of an answered `record` to the writer; the first one of a window
+        wakes it (with an empty entry), the others ride along without a wake-up each."""
+        entry.future = entry.loop = None
+        self._deferred.append(entry)
+        if len(self._deferred) == 1:
+            self._deferred_since = entry.enqueued
+            self._queue.put(_Entry([], [], None, None))
 
     def touch(self, task_id: str, at: float) -> None:
         """Persist a heartbeat without waiting (no audit record, no fsync)."""
@@ -159,47 +241,103 @@ class Journal:
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
+        self._applied_through = self._store.applied_seq()
         while True:
             first = self._queue.get()
-            if first is _STOP:
-                return
-            batch: list[_Entry] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
+            batch: list[_Entry] = []
+            stop = first is _STOP
+            if not stop:
+                batch.append(first)  # type: ignore[arg-type]
+                stop = self._gather(batch, None)
+            if not stop and self._deferred and all(e.future is None for e in batch):
+                # Nobody waits: leave the fsync of answered `record`s to gather others for
+                # a while (SYNC_WINDOW), or until a commit needs one.
+                stop = self._gather(batch, self._deferred_since + SYNC_WINDOW)
             self._write(batch)
             if stop:
                 return
 
+    def _gather(self, batch: list[_Entry], until: float | None) -> bool:
+        """Add queued entries to `batch`: those already there (`until` None), or those that
+        come before `until` or before one that waits. True when asked to stop."""
+        while len(batch) < MAX_BATCH:
+            try:
+                if until is None:
+                    item = self._queue.get_nowait()
+                else:
+                    remaining = until - time.perf_counter()
+                    if remaining <= 0:
+                        return False
+                    item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            batch.append(item)  # type: ignore[arg-type]
+            if until is not None and item.future is not None:  # type: ignore[attr-defined]
+                return self._gather(batch, None)
+        return False
+
     def _write(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
+        audit = self._audit
+        fresh = [entry for entry in batch if entry.records is None and entry.events]
+        records: list[dict[str, Any]] = []
+        with audit.lock:
+            # Under one hold of the lock: every record before this batch's last one is in
+            # this batch or an earlier one, so the store can be told it applied them all.
+            batch = self._deferred + batch
+            self._deferred = []
+            if fresh:
+                records = [e.record() for entry in fresh for e in entry.events]
+                try:
+                    audit.append(records)  # seals each record: adds its seq
+                except AuditWriteError as err:
+                    self._audit_failed(err)
+                    records = []
+                self._appended += len(fresh)
+                at = 0
+                for entry in fresh:
+                    if records:
+                        entry.records = records[at : at + len(entry.events)]
+                        entry.epoch = audit.epoch
+                    at += len(entry.events)
+        if not any(e.events or e.touches or e.future is not None for e in batch):
+            return  # only the wake-up of a window whose records a commit already took
+        if fresh:
+            if not records:
+                self._resolve(fresh, _unwritten())
+                batch = [entry for entry in batch if entry not in fresh]
+            # `record` answers once its records are in the OS, before the fsync.
+            self._resolve([entry for entry in batch if entry.early], None)
+        # Records appended before an fsync failed were cut out of the log with it.
+        stale = [e for e in batch if e.records is not None and e.epoch != audit.epoch]
+        if stale:
+            self._resolve(stale, _unwritten())
+            batch = [entry for entry in batch if entry not in stale]
+        try:
+            audit.sync()
+        except AuditWriteError as err:
+            self._audit_failed(err)
+            self._resolve(batch, _unwritten())
+            return
+        if any(entry.records is not None for entry in batch):
+            self.audit_healthy = True
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
-        records = [e.record() for e in events]
-        try:
-            self._audit.write(records)  # seals each record: adds its seq
-            self.audit_healthy = True
-        except AuditWriteError as err:
-            self.audit_healthy = False
-            self._on_audit_error()
-            log.error("audit write failed: %s", err, extra={"reason": "audit_unavailable"})
-            failure = CommitError(
-                "the audit log cannot be written", Reason.AUDIT_UNAVAILABLE, durable=False
-            )
-            self._resolve(batch, failure)
-            return
-        pending = self._backlog + [
-            Recorded(r["seq"], e) for r, e in zip(records, events, strict=True)
+        recorded = [
+            Recorded(r["seq"], e)
+            for entry in batch
+            if entry.records is not None
+            for r, e in zip(entry.records, entry.events, strict=True)
         ]
+        # Appended by two threads, so in seq order only once sorted.
+        pending = self._backlog + sorted(recorded, key=lambda r: r.seq)
+        # Not audit.seq: the loop may have appended records since, not synced nor applied.
+        through = max(self._applied_through, pending[-1].seq if pending else 0)
         try:
-            self._store.apply(pending, touches, self._audit.seq)
+            self._store.apply(pending, touches, through)
+            self._applied_through = through
             self._backlog = []
             self.store_healthy = True
             error: CommitError | None = None
@@ -211,7 +349,12 @@ class Journal:
                 "the state store cannot be written", Reason.STORE_UNAVAILABLE, durable=True
             )
         self._on_batch(len(events), time.perf_counter() - started)
-        self._resolve(batch, error)
+        self._resolve([entry for entry in batch if not entry.early], error)
+
+    def _audit_failed(self, err: AuditWriteError) -> None:
+        self.audit_healthy = False
+        self._on_audit_error()
+        log.error("audit write failed: %s", err, extra={"reason": "audit_unavailable"})
 
     @staticmethod
     def _resolve(batch: list[_Entry], error: Exception | None) -> None:
@@ -223,6 +366,10 @@ class Journal:
                 futures.setdefault(entry.loop, []).append(entry.future)
         for loop, waiting in futures.items():
             loop.call_soon_threadsafe(_settle, waiting, error)
+
+
+def _unwritten() -> CommitError:
+    return CommitError("the audit log cannot be written", Reason.AUDIT_UNAVAILABLE, durable=False)
 
 
 def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:

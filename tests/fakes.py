@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,6 +107,25 @@ class FakeOpa:
 
     def answer(self, body: Any, status: int = 200, delay: float = 0.0) -> None:
         self.body, self.status, self.delay = body, status, delay
+
+
+def hold_applies(store: Any) -> tuple[threading.Event, threading.Event, Callable[[], None]]:
+    """Make the journal's writer block in its next `store.apply` until `release` is set (a
+    writer busy for as long as a test needs); `entered` is set once it blocks. Returns
+    (entered, release, undo)."""
+    entered, release = threading.Event(), threading.Event()
+    apply = store.apply
+
+    def held(*args: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        return apply(*args)
+
+    def undo() -> None:
+        store.apply = apply
+
+    store.apply = held
+    return entered, release, undo
 
 
 class ManualClock:

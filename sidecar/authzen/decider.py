@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from .._http1 import Http1Pool, HttpError
+from .documents import compact
 
 
 class OpaDecider:
@@ -23,7 +24,7 @@ class OpaDecider:
         self._timeout = timeout
 
     async def _post(self, path: str, document: Any) -> tuple[int, Any]:
-        body = json.dumps(document, separators=(",", ":")).encode()
+        body = compact(document).encode()
         async with asyncio.timeout(self._timeout):
             response = await self._pool.request("POST", path, body)
         try:

@@ -16,6 +16,9 @@ from ..model import Intent, PolicyDecision
 class Journal(Protocol):
     async def commit(self, events: Sequence[Event]) -> None: ...
 
+    async def record(self, events: Sequence[Event]) -> None:
+        """In the audit log before returning, synced shortly after (sidecar.journal)."""
+
 
 class AuthzenDesk(Protocol):
     """What the endpoints need from the sidecar; the engine provides all of it."""

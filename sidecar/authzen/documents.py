@@ -128,9 +128,14 @@ def request_id(request: web.Request) -> str | None:
     return value
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+compact = json.JSONEncoder(separators=(",", ":")).encode
+"""`json.dumps(value, separators=(",", ":"))` without building an encoder per call."""
+
+
 def canonical(value: Any) -> bytes:
     """`value` as compact, key-sorted ASCII JSON: what digests and MACs cover."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL(value).encode()
 
 
 def clip(value: str, limit: int = 256) -> str:

@@ -1,19 +1,35 @@
-"""The two ways an AuthZEN endpoint refuses: a 400 for a request it will not evaluate
-(AuthZEN §10.1.2), and an ARAP problem document (RFC 9457) for an access request. The
-handlers turn both into responses (`service.py`); neither ever becomes a 500."""
+"""The ways an AuthZEN endpoint refuses: a 400 for a request it will not evaluate (AuthZEN
+§10.1.2), a 503 while decisions cannot be audited, and an ARAP problem document (RFC 9457)
+for an access request. The handlers turn them into responses (`service.py`); none ever
+becomes a 500."""
 
 from __future__ import annotations
 
 PROBLEM = "urn:openid:authzen:access-request:error:"
 
 
-class BadRequest(Exception):
-    """A request the sidecar will not evaluate: HTTP 400 with a reason code."""
+class Refused(Exception):
+    """An evaluation the sidecar does not answer: an HTTP error with a reason code."""
+
+    status = 400
+    error = "invalid_request"
 
     def __init__(self, reason: str, description: str) -> None:
         super().__init__(description)
         self.reason = reason
         self.description = description
+
+
+class BadRequest(Refused):
+    """A request the sidecar will not evaluate: HTTP 400 with a reason code."""
+
+
+class Unavailable(Refused):
+    """Decisions cannot be audited (reason `audit_unavailable`): HTTP 503 until the audit
+    log can be written again; no decision is answered unaudited."""
+
+    status = 503
+    error = "temporarily_unavailable"
 
 
 class Problem(Exception):

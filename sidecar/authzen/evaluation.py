@@ -1,7 +1,8 @@
 """Answering Access Evaluation requests (AuthZEN §6, §7): OPA decides, the batch semantic
 short-circuits (§7.1.2.1), ARAP adds what a requestable denial or a presented approval
 needs, and every answer is audited (`authzen_decision`) and counted
-(`jit_authzen_evaluations_total{decision}`). A decision that cannot be audited is a denial."""
+(`jit_authzen_evaluations_total{decision}`). A decision that cannot be audited is not
+answered (503, `audit_unavailable`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .access_requests import AccessRequests
 from .decider import OpaDecider, check_decision
 from .desk import AuthzenDesk
 from .documents import clip
+from .errors import Unavailable
 
 log = logging.getLogger("jit_sidecar.authzen")
 
@@ -64,12 +66,15 @@ class Evaluator:
                 last.update(code="200", reason="deny_on_first_deny")
         try:
             await self._audit(items, decisions, causes, rid, now)
-        except (CommitError, SidecarError):
-            log.error("AuthZEN decisions could not be audited: all denied")
-            decisions = [
-                {"decision": False, "context": {"reason": "audit_unavailable"}} for _ in decisions
-            ]
-            causes = ["audit_unavailable"] * len(decisions)
+        except (CommitError, SidecarError) as err:
+            log.error(
+                "AuthZEN decisions could not be audited: none answered",
+                extra={"reason": "audit_unavailable"},
+            )
+            self._counted["error"].inc(len(decisions))
+            raise Unavailable(
+                "audit_unavailable", "the audit log cannot record the decision"
+            ) from err
         for decision, failed in zip(decisions, causes, strict=True):
             label = "error" if failed else ("permit" if decision["decision"] else "deny")
             self._counted[label].inc()
@@ -107,4 +112,6 @@ class Evaluator:
                     approval_id=approval_id,
                 )
             )
-        await self._desk.journal.commit(events)
+        # In the log before the answer, synced within journal.SYNC_WINDOW after it
+        # (docs/authzen.md, "Audit"): an answer gives no access, unlike a grant.
+        await self._desk.journal.record(events)

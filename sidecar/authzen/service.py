@@ -13,8 +13,15 @@ from ..metrics import Metrics
 from .access_requests import AccessRequests
 from .decider import OpaDecider
 from .desk import AuthzenDesk
-from .documents import canonical, parse_evaluation, parse_evaluations, read_json, request_id
-from .errors import PROBLEM, BadRequest, Problem
+from .documents import (
+    canonical,
+    compact,
+    parse_evaluation,
+    parse_evaluations,
+    read_json,
+    request_id,
+)
+from .errors import PROBLEM, Problem, Refused
 from .evaluation import Evaluator
 
 ACCESS_REQUEST_CAPABILITY = "urn:openid:authzen:capability:access-request"
@@ -60,7 +67,7 @@ class AuthzenService:
     def _json(
         self, handler: Callable[[web.Request, str | None], Awaitable[tuple[int, Any, str]]]
     ) -> Handler:
-        """Errors become 400 (AuthZEN §10.1.2) or problem documents (ARAP "Error
+        """Errors become 400 (AuthZEN §10.1.2), 503 (no audit) or problem documents (ARAP "Error
         Responses"), never a 500 with a traceback; X-Request-ID is echoed on every answer
         (§10.1.3)."""
 
@@ -71,14 +78,14 @@ class AuthzenService:
                 if rid is not None:
                     headers["X-Request-ID"] = rid
                 status, body, location = await handler(request, rid)
-            except BadRequest as err:
+            except Refused as err:
                 return web.json_response(
                     {
-                        "error": "invalid_request",
+                        "error": err.error,
                         "reason": err.reason,
                         "error_description": err.description,
                     },
-                    status=400,
+                    status=err.status,
                     headers=headers,
                 )
             except Problem as err:
@@ -91,7 +98,13 @@ class AuthzenService:
                 )
             if location:
                 headers["Location"] = location
-            return web.json_response(body, status=status, headers=headers)
+            # The body as bytes: json_response would encode a str again, with a charset.
+            return web.Response(
+                body=compact(body).encode(),
+                status=status,
+                content_type="application/json",
+                headers=headers,
+            )
 
         return wrapper
 

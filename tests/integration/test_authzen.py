@@ -12,6 +12,8 @@ import pytest
 import requests
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
+from sidecar.audit import log_files, verify
+from tests.faults import immutable
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 from tests.integration.test_approvals_and_cache import cli
 
@@ -682,3 +684,62 @@ def test_todo_interop_evaluations(todo: SidecarProcess) -> None:
     }
     response = post(todo, "/access/v1/evaluations", body)
     assert response.json() == {"evaluations": [{"decision": False}, {"decision": True}]}
+
+
+def test_the_decision_is_in_the_audit_log_when_the_answer_arrives(
+    tmp_path: Any, opa: OpaServer
+) -> None:
+    """The decision's record is in the audit file, in the chain, when its answer arrives
+    (its fsync follows), so a kill -9 right after the answer loses nothing: the restarted
+    sidecar replays it and the chain verifies."""
+    sidecar = _start(tmp_path, opa.url)
+    with running(sidecar):
+        response = post(
+            sidecar,
+            "/access/v1/evaluation",
+            ask(DEV, "docs.read", "docs://handbook/crash"),
+            headers={"X-Request-ID": "req-crash-1"},
+        )
+        at_answer = [e.get("request_id") for e in sidecar.events("authzen_decision")]
+        sidecar.kill()
+        sidecar.start()
+        again = evaluate(sidecar, ask(DEV, "docs.read", "docs://handbook/crash"))
+        after_restart = [e.get("request_id") for e in sidecar.events("authzen_decision")]
+    assert response.status_code == 200
+    assert response.json()["decision"] is True
+    assert at_answer == ["req-crash-1"]
+    assert again["decision"] is True
+    assert after_restart == ["req-crash-1", None]
+    assert verify(log_files(sidecar.audit)).ok
+
+
+def test_a_decision_the_audit_log_cannot_take_is_not_answered(
+    tmp_path: Any, opa: OpaServer
+) -> None:
+    """While the audit log cannot be written (chattr +i: every write fails), single and batch
+    evaluations get 503 `audit_unavailable` with an error body, never a decision, and nothing
+    unaudited is counted as answered; once it can be written again, answers resume."""
+    sidecar = _start(tmp_path, opa.url)
+    request = ask(DEV, "docs.read", "docs://handbook/disk")
+    batch = {**request, "evaluations": [{}, {"action": {"name": "docs.list"}}]}
+    with running(sidecar):
+        evaluate(sidecar, request)  # the log exists and has a record
+        permits = sidecar.metric("jit_authzen_evaluations_total", decision="permit")
+        with immutable(sidecar.audit):
+            single = post(sidecar, "/access/v1/evaluation", request, headers={"X-Request-ID": "d"})
+            batched = post(sidecar, "/access/v1/evaluations", batch)
+        permits_during = sidecar.metric("jit_authzen_evaluations_total", decision="permit")
+        errors = sidecar.metric("jit_authzen_evaluations_total", decision="error")
+        recovered = evaluate(sidecar, request)
+        audited = len(sidecar.events("authzen_decision"))
+    for refused in (single, batched):
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "temporarily_unavailable"
+        assert refused.json()["reason"] == "audit_unavailable"
+        assert "decision" not in refused.json()
+    assert single.headers["X-Request-ID"] == "d"
+    assert permits_during == permits
+    assert errors == 3
+    assert recovered["decision"] is True
+    assert audited == 2
+    assert verify(log_files(sidecar.audit)).ok

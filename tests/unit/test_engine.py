@@ -35,7 +35,7 @@ from sidecar.principals import PrincipalVerifier
 from sidecar.revocations import FleetGate
 from sidecar.store.sqlite import SqliteStore
 from sidecar.tokens import KeyRing, SigningKey, generate_private_key
-from tests.fakes import VALID_JIT, ManualClock, ScriptedPolicy
+from tests.fakes import VALID_JIT, ManualClock, ScriptedPolicy, hold_applies
 from tests.faults import immutable
 
 ME = Identity("spiffe://t/agent/me", "t", "dev")
@@ -103,19 +103,8 @@ class Rig:
     def hold_store_writes(self) -> tuple[threading.Event, threading.Event]:
         """Make the journal's writer block in its next store write until `release` is set;
         `entered` is set once it blocks. Returns (entered, release)."""
-        entered, release = threading.Event(), threading.Event()
-        apply = self._real_apply = self.store.apply
-
-        def held(*args: Any) -> Any:
-            entered.set()
-            release.wait(10)
-            return apply(*args)
-
-        self.store.apply = held  # type: ignore[method-assign]
+        entered, release, self.unhold_store_writes = hold_applies(self.store)
         return entered, release
-
-    def unhold_store_writes(self) -> None:
-        self.store.apply = self._real_apply  # type: ignore[method-assign]
 
     def close(self) -> None:
         self.journal.close()

@@ -1,0 +1,225 @@
+"""The journal on a real audit file and a real SQLite store: `record` (AuthZEN decisions) is
+in the log before it returns and synced after; commits keep their order and full durability.
+A failing fsync is the one fault injected here (the kernel cannot be made to fail one on
+demand): `os.fsync` raises EIO while the test says so."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.audit import AuditFile, log_files, records_after, verify
+from sidecar.events import AuthzenDecided, Event
+from sidecar.journal import CommitError, Journal
+from sidecar.store.sqlite import SqliteStore
+from tests.fakes import hold_applies
+from tests.harness import wait_for
+
+
+def decided(request_id: str) -> Event:
+    return AuthzenDecided(
+        time="2026-11-30T12:00:00Z",
+        subject="spiffe://jit.local/agent/dev",
+        authzen={"subject_type": "agent", "action": "docs.read", "resource_type": "uri"},
+        decision=True,
+        request_id=request_id,
+    )
+
+
+class _Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp / "audit.jsonl"
+        self.store = SqliteStore(tmp / "state.db")
+        self.journal = Journal(AuditFile(self.path), self.store)
+        self.journal.start()
+
+    def request_ids(self) -> list[str]:
+        return [r.get("request_id", r["event"]) for r in records_after(self.path, 0)]
+
+    def hold_store_writes(self) -> tuple[threading.Event, threading.Event]:
+        """The writer blocks in its next store write until `release` is set (it is busy)."""
+        entered, release, _ = hold_applies(self.store)
+        return entered, release
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[_Rig]:
+    r = _Rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.journal.close()
+        r.store.close()
+
+
+@pytest.fixture
+def failing_fsync(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """While the returned event is set, fsync fails with EIO."""
+    failing = threading.Event()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if failing.is_set():
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return failing
+
+
+def test_a_record_is_in_the_log_when_it_returns_and_applied_after_its_fsync(rig: _Rig) -> None:
+    """`record` returns with its record in the file (in the chain), before the writer has
+    synced and applied it; the writer then does both without anyone waiting."""
+    entered, release = rig.hold_store_writes()
+
+    async def body() -> list[str]:
+        rig.journal.touch("t-1", 1.0)  # the writer is now busy, in a store write
+        assert await asyncio.to_thread(entered.wait, 5)
+        await rig.journal.record([decided("r-1")])
+        return rig.request_ids()
+
+    try:
+        in_file = asyncio.run(body())
+        applied_before = rig.store.applied_seq()
+    finally:
+        release.set()
+    assert in_file == ["r-1"]
+    assert applied_before == 0
+    assert wait_for(lambda: rig.store.applied_seq() == 1, 10, what="the record applied")
+    assert verify([rig.path]).ok
+
+
+def test_a_record_never_overtakes_a_commit_queued_before_it(rig: _Rig) -> None:
+    """A commit that had to queue for the busy writer comes before a later `record` in the
+    chain: the loop appends only when nothing queued before is still unwritten."""
+    entered, release = rig.hold_store_writes()
+
+    async def body() -> list[str]:
+        rig.journal.touch("t-1", 1.0)
+        assert await asyncio.to_thread(entered.wait, 5)
+        committing = asyncio.ensure_future(rig.journal.commit([decided("c-1")]))
+        await asyncio.sleep(0)  # the commit is queued behind the busy writer
+        recording = asyncio.ensure_future(rig.journal.record([decided("r-1")]))
+        await asyncio.sleep(0.05)
+        release.set()
+        await recording
+        await committing
+        return rig.request_ids()
+
+    try:
+        ids = asyncio.run(body())
+    finally:
+        release.set()
+    assert ids == ["c-1", "r-1"]
+    assert verify([rig.path]).ok
+
+
+def test_a_failed_fsync_cuts_unsynced_records_out_and_refuses_until_it_recovers(
+    rig: _Rig, failing_fsync: threading.Event
+) -> None:
+    """A record whose fsync fails is cut out of the log (fsyncgate: its pages may be gone),
+    the journal turns unhealthy and `record` raises until a sync succeeds again; the chain
+    stays whole."""
+
+    async def body() -> tuple[list[str], str, list[str]]:
+        await rig.journal.record([decided("r-0")])
+        await asyncio.to_thread(wait_for, lambda: rig.store.applied_seq() == 1, 10)
+        failing_fsync.set()
+        await rig.journal.record([decided("r-lost")])  # answered: it is in the OS
+        await asyncio.to_thread(
+            wait_for, lambda: not rig.journal.audit_healthy, 10, what="the failed sync"
+        )
+        after_failure = rig.request_ids()
+        try:
+            await rig.journal.record([decided("r-refused")])
+            refused = "answered"
+        except CommitError as err:
+            refused = f"{err.reason.value} durable={err.durable}"
+        failing_fsync.clear()
+        await rig.journal.record([decided("r-2")])  # a full commit: healthy again
+        return after_failure, refused, rig.request_ids()
+
+    after_failure, refused, final = asyncio.run(body())
+    assert after_failure == ["r-0"]
+    assert refused == "audit_unavailable durable=False"
+    assert final == ["r-0", "r-2"]
+    assert rig.journal.audit_healthy
+    assert verify([rig.path]).ok
+
+
+def test_the_store_is_never_told_it_applied_a_record_it_was_not_given(
+    rig: _Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the loop appends while the writer syncs an earlier one is not in that batch:
+    the batch tells the store it applied up to its own last record, not up to the end of the
+    log (a crash would otherwise leave that record unapplied on replay, and a power loss
+    would leave the store ahead of the log)."""
+    calls: list[tuple[list[int], int]] = []
+    apply = rig.store.apply
+
+    def seen(records: Any, touches: Any, seq: int) -> None:
+        calls.append(([r.seq for r in records], seq))
+        apply(records, touches, seq)
+
+    rig.store.apply = seen  # type: ignore[method-assign]
+    syncing, release = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not syncing.is_set():
+            syncing.set()
+            release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def body() -> None:
+        await rig.journal.record([decided("r-1")])
+        assert await asyncio.to_thread(syncing.wait, 10)  # the writer syncs r-1
+        await rig.journal.record([decided("r-2")])  # appended meanwhile
+        release.set()
+        await asyncio.to_thread(wait_for, lambda: rig.store.applied_seq() == 2, 10)
+
+    try:
+        asyncio.run(body())
+    finally:
+        release.set()
+    applied: list[int] = []
+    for records, through in calls:
+        applied += records
+        assert through <= max(applied, default=0)
+    assert applied == [1, 2]
+
+
+def test_records_appended_by_the_loop_rotate_with_the_log(tmp_path: Path) -> None:
+    """Records `record` appends on the loop, mixed with commits, rotate with the log (the
+    writer rotates after a sync, under the file's lock) and the files verify as one chain."""
+    path = tmp_path / "audit.jsonl"
+    store = SqliteStore(tmp_path / "state.db")
+    journal = Journal(AuditFile(path, rotate_bytes=2000), store)
+    journal.start()
+
+    async def body() -> None:
+        for i in range(40):
+            if i % 5 == 0:
+                await journal.commit([decided(f"c-{i}")])
+            else:
+                await journal.record([decided(f"r-{i}")])
+
+    try:
+        asyncio.run(body())
+    finally:
+        journal.close()
+        store.close()
+    files = log_files(path)
+    ids = [r.get("request_id") for f in files for r in records_after(f, 0) if "request_id" in r]
+    assert len(files) > 3
+    assert ids == [f"{'c' if i % 5 == 0 else 'r'}-{i}" for i in range(40)]
+    assert verify(files).ok
