@@ -19,7 +19,7 @@ One module per concept (docs/architecture.md, "AuthZEN"):
 
 - `service`: `AuthzenService`, the routes and aiohttp handlers;
 - `documents`: reading the body and checking AuthZEN requests;
-- `errors`: `BadRequest` (400), `Unavailable` (503, no audit) and `Problem` (an ARAP problem
+- `errors`: `BadRequest` (400) and `Problem` (an ARAP problem
   document);
 - `decider`: `OpaDecider`, OPA's answers, single and batched, and `check_decision`;
 - `evaluation`: the batch semantics, auditing and counting of decisions;

@@ -1,5 +1,5 @@
 """The ways an AuthZEN endpoint refuses: a 400 for a request it will not evaluate (AuthZEN
-§10.1.2), a 503 while decisions cannot be audited, and an ARAP problem document (RFC 9457)
+§10.1.2), and an ARAP problem document (RFC 9457)
 for an access request. The handlers turn them into responses (`service.py`); none ever
 becomes a 500."""
 
@@ -22,14 +22,6 @@ class Refused(Exception):
 
 class BadRequest(Refused):
     """A request the sidecar will not evaluate: HTTP 400 with a reason code."""
-
-
-class Unavailable(Refused):
-    """Decisions cannot be audited (reason `audit_unavailable`): HTTP 503 until the audit
-    log can be written again; no decision is answered unaudited."""
-
-    status = 503
-    error = "temporarily_unavailable"
 
 
 class Problem(Exception):

@@ -1,8 +1,8 @@
 """Answering Access Evaluation requests (AuthZEN §6, §7): OPA decides, the batch semantic
 short-circuits (§7.1.2.1), ARAP adds what a requestable denial or a presented approval
 needs, and every answer is audited (`authzen_decision`) and counted
-(`jit_authzen_evaluations_total{decision}`). A decision that cannot be audited is not
-answered (503, `audit_unavailable`)."""
+(`jit_authzen_evaluations_total{decision}`). A decision that cannot be audited is
+answered as a deny (`audit_unavailable`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from .access_requests import AccessRequests
 from .decider import OpaDecider, check_decision
 from .desk import AuthzenDesk
 from .documents import clip
-from .errors import Unavailable
 
 log = logging.getLogger("jit_sidecar.authzen")
 
@@ -66,15 +65,18 @@ class Evaluator:
                 last.update(code="200", reason="deny_on_first_deny")
         try:
             await self._audit(items, decisions, causes, rid, now)
-        except (CommitError, SidecarError) as err:
+        except (CommitError, SidecarError):
+            # A decision the log cannot record is a deny, not an HTTP error: a gateway set to
+            # fail open when its PDP errs (Envoy ext_authz `failure_mode_allow`, for one) must
+            # still refuse (AuthZEN §10.1: an error status leaves the outcome to the PEP).
             log.error(
-                "AuthZEN decisions could not be audited: none answered",
+                "AuthZEN decisions could not be audited: all denied",
                 extra={"reason": "audit_unavailable"},
             )
-            self._counted["error"].inc(len(decisions))
-            raise Unavailable(
-                "audit_unavailable", "the audit log cannot record the decision"
-            ) from err
+            decisions = [
+                {"decision": False, "context": {"reason": "audit_unavailable"}} for _ in decisions
+            ]
+            causes = ["audit_unavailable"] * len(decisions)
         for decision, failed in zip(decisions, causes, strict=True):
             label = "error" if failed else ("permit" if decision["decision"] else "deny")
             self._counted[label].inc()

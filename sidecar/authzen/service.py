@@ -67,9 +67,8 @@ class AuthzenService:
     def _json(
         self, handler: Callable[[web.Request, str | None], Awaitable[tuple[int, Any, str]]]
     ) -> Handler:
-        """Errors become 400 (AuthZEN §10.1.2), 503 (no audit) or problem documents (ARAP "Error
-        Responses"), never a 500 with a traceback; X-Request-ID is echoed on every answer
-        (§10.1.3)."""
+        """Errors become 400 (AuthZEN §10.1.2) or problem documents (ARAP "Error Responses"),
+        never a 500 with a traceback; X-Request-ID is echoed on every answer (§10.1.3)."""
 
         async def wrapper(request: web.Request) -> web.StreamResponse:
             headers: dict[str, str] = {}

@@ -713,12 +713,11 @@ def test_the_decision_is_in_the_audit_log_when_the_answer_arrives(
     assert verify(log_files(sidecar.audit)).ok
 
 
-def test_a_decision_the_audit_log_cannot_take_is_not_answered(
-    tmp_path: Any, opa: OpaServer
-) -> None:
-    """While the audit log cannot be written (chattr +i: every write fails), single and batch
-    evaluations get 503 `audit_unavailable` with an error body, never a decision, and nothing
-    unaudited is counted as answered; once it can be written again, answers resume."""
+def test_a_decision_the_audit_log_cannot_take_is_a_deny(tmp_path: Any, opa: OpaServer) -> None:
+    """While the audit log cannot be written (chattr +i: every write fails), every item of
+    single and batch evaluations is denied with reason `audit_unavailable` (a 200, so a
+    fail-open gateway still refuses), no permit is counted; once it can be written again,
+    answers resume."""
     sidecar = _start(tmp_path, opa.url)
     request = ask(DEV, "docs.read", "docs://handbook/disk")
     batch = {**request, "evaluations": [{}, {"action": {"name": "docs.list"}}]}
@@ -732,11 +731,13 @@ def test_a_decision_the_audit_log_cannot_take_is_not_answered(
         errors = sidecar.metric("jit_authzen_evaluations_total", decision="error")
         recovered = evaluate(sidecar, request)
         audited = len(sidecar.events("authzen_decision"))
-    for refused in (single, batched):
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"] == "temporarily_unavailable"
-        assert refused.json()["reason"] == "audit_unavailable"
-        assert "decision" not in refused.json()
+    assert single.status_code == 200, single.text
+    assert single.json() == {"decision": False, "context": {"reason": "audit_unavailable"}}
+    assert batched.status_code == 200, batched.text
+    assert (
+        batched.json()["evaluations"]
+        == [{"decision": False, "context": {"reason": "audit_unavailable"}}] * 2
+    )
     assert single.headers["X-Request-ID"] == "d"
     assert permits_during == permits
     assert errors == 3
