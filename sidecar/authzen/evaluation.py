@@ -68,7 +68,7 @@ class Evaluator:
         except (CommitError, SidecarError):
             # A decision the log cannot record is a deny, not an HTTP error: a gateway set to
             # fail open when its PDP errs (Envoy ext_authz `failure_mode_allow`, for one) must
-            # still refuse (AuthZEN §10.1: an error status leaves the outcome to the PEP).
+            # still refuse: an HTTP error leaves the outcome to the PEP's configuration.
             log.error(
                 "AuthZEN decisions could not be audited: all denied",
                 extra={"reason": "audit_unavailable"},
