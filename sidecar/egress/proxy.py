@@ -128,7 +128,7 @@ class _InFlight:
 
     __slots__ = ("cut_reason", "request", "task")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
         self.task = asyncio.current_task()
         self.cut_reason = ""
@@ -193,10 +193,6 @@ class EgressProxy:
         grants.on_end(self._grant_ended)
 
     # ------------------------------------------------------------------ lifecycle
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
 
     async def start(self) -> None:
         for upstream in self._upstreams.values():
@@ -210,8 +206,11 @@ class EgressProxy:
                 auto_decompress=True,
                 cookie_jar=aiohttp.DummyCookieJar(),  # agents' cookies are theirs, not shared
             )
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, logger=_server_log
+        # aiohttp's low-level server: every request goes to one handler, so an Application's
+        # router, middlewares and request factory would be per-request cost for nothing.
+        self._runner = web.ServerRunner(
+            web.Server(self._handle, access_log=None, logger=_server_log),
+            handle_signals=False,
         )
         await self._runner.setup()
         path = self.settings.unix_path
@@ -299,7 +298,7 @@ class EgressProxy:
             )
 
     # ------------------------------------------------------------------ requests
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         upstream_name = ""
         grant: ActiveGrant | None = None
@@ -352,7 +351,7 @@ class EgressProxy:
             if upstream_name:
                 self._latency[upstream_name].observe(time.perf_counter() - started)
 
-    def _authenticate(self, request: web.Request) -> ActiveGrant:
+    def _authenticate(self, request: web.BaseRequest) -> ActiveGrant:
         values = request.headers.getall("Authorization", ())
         if len(values) != 1:
             raise _Refusal(
@@ -429,7 +428,7 @@ class EgressProxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: _Upstream,
         segments: tuple[str, ...],
         query: str,
@@ -557,7 +556,7 @@ class EgressProxy:
                 extra={"upstream": upstream, "grant_id": grant.grant_id},
             )
 
-    async def _body(self, request: web.Request, usage: _Usage) -> AsyncIterator[bytes]:
+    async def _body(self, request: web.BaseRequest, usage: _Usage) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(CHUNK):
             usage.bytes_sent += len(chunk)
             yield chunk
@@ -586,7 +585,7 @@ class EgressProxy:
             usage = self._usage[grant.grant_id] = _Usage(grant.task_id, grant.subject, upstream)
         return usage
 
-    def _refuse(self, request: web.Request, refusal: _Refusal, upstream: str) -> web.Response:
+    def _refuse(self, request: web.BaseRequest, refusal: _Refusal, upstream: str) -> web.Response:
         self._counted[upstream, refusal.outcome].inc()
         body: dict[str, Any] = {"error": refusal.reason, "error_description": refusal.message}
         grant = refusal.grant
