@@ -182,7 +182,7 @@ class EgressProxy:
         """Recently ended grants (bounded): a route looked up while its grant ended is not
         cached."""
         self._records: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self.port: int | None = None
         self._counted = {
             (u, o): metrics.egress_requests.labels(upstream=u, outcome=o)
