@@ -148,7 +148,18 @@ class _Upstream:
     broker: Broker
     base: str
     """The base URL without a trailing slash."""
+    spec: CredentialSpec
     session: aiohttp.ClientSession | None = None
+    _secret: str = ""
+    _inject: tuple[str, str] = ("", "")
+
+    def inject(self, secret: str) -> tuple[str, str]:
+        """The header carrying `secret`, made once per secret value (it rotates rarely)."""
+        if secret != self._secret:
+            s = self.settings
+            self._inject = (s.header, s.format.replace("{secret}", secret))
+            self._secret = secret
+        return self._inject
 
 
 class EgressProxy:
@@ -172,7 +183,7 @@ class EgressProxy:
         self._clock = clock
         self._replay = replay_cache if replay_cache is not None else ReplayCache()
         self._upstreams = {
-            name: _Upstream(s, brokers[name], s.url.rstrip("/"))
+            name: _Upstream(s, brokers[name], s.url.rstrip("/"), CredentialSpec(brokers[name].name))
             for name, s in settings.upstreams.items()
         }
         self._route_cache: dict[str, Route | None] = {}
@@ -447,7 +458,7 @@ class EgressProxy:
                     resource=grant.resource,
                     expires_at=grant.expires_at,
                 ),
-                CredentialSpec(upstream.broker.name),
+                upstream.spec,
             )
         except BrokerUnavailable as err:
             log.warning("egress credential unavailable: %s", err.message, extra={"upstream": name})
@@ -459,10 +470,7 @@ class EgressProxy:
                 grant=grant,
             ) from err
         secret = credential.secret["value"]
-        s = upstream.settings
-        headers = upstream_request_headers(
-            request.headers, (s.header, s.format.replace("{secret}", secret))
-        )
+        headers = upstream_request_headers(request.headers, upstream.inject(secret))
         url = URL(
             upstream.base + "/" + "/".join(segments) + ("?" + query if query else ""),
             encoded=True,
