@@ -13,7 +13,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -555,6 +555,12 @@ class Config:
             parse=_optional_path,
         ),
     )
+    egress_env: Mapping[str, str] = field(
+        default_factory=dict, repr=False, compare=False, metadata={"internal": True}
+    )
+    """Not a setting: the environment variables the egress file names as secret sources
+    (`secret_env`, `client_secret_env`), taken by `load` from the environment it reads, so
+    that nothing else reads it."""
     # --- logging
     log_level: str = field(default="info", metadata=_opt("Log level.", choices=LOG_LEVELS))
     log_format: str = field(
@@ -896,7 +902,14 @@ def _loopback_url(url: str) -> bool:
 
 REDIS_SCHEMES = ("redis://", "rediss://")
 REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
-_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def setting_fields() -> tuple[Field[Any], ...]:
+    """The fields of Config that are settings (flags, environment variables, file keys)."""
+    return tuple(f for f in fields(Config) if not f.metadata.get("internal"))
+
+
+_FIELDS = {f.name: f for f in setting_fields()}
 #: Standard variable of the SPIFFE Workload API; honoured below JIT_SIDECAR_SPIFFE_ENDPOINT_SOCKET.
 SPIFFE_ENDPOINT_SOCKET = "SPIFFE_ENDPOINT_SOCKET"
 
@@ -962,7 +975,27 @@ def load(
         if _FIELDS[name].metadata["env_only"]:
             raise ConfigError(f"{name} is a secret: set {env_name(name)}, never a flag")
         values[name] = _parse(name, raw, flag_name(name))
+    egress_config = values.get("egress_config")
+    if egress_config is not None:
+        values["egress_env"] = _egress_env(egress_config, env)
     return replace(Config(), **values).validate(serving=serving)
+
+
+def _egress_env(path: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of `env` that the egress file names as secret sources. The file itself
+    is checked when the proxy is built (sidecar/egress/settings.py): one it cannot read here
+    names nothing, and its loader reports it."""
+    try:
+        upstreams = tomllib.loads(path.read_text()).get("upstreams")
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    names = {
+        spec.get(key)
+        for spec in (upstreams.values() if isinstance(upstreams, dict) else ())
+        if isinstance(spec, dict)
+        for key in ("secret_env", "client_secret_env")
+    }
+    return {name: env[name] for name in names if isinstance(name, str) and name in env}
 
 
 def markdown_reference() -> str:
@@ -980,7 +1013,7 @@ def markdown_reference() -> str:
         "| flag | environment | default | meaning |",
         "|---|---|---|---|",
     ]
-    for f in fields(Config):
+    for f in setting_fields():
         if f.default is not MISSING:
             default: Any = f.default
         else:

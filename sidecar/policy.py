@@ -384,7 +384,10 @@ class OpaClient:
                     document = json.loads(response.body).get("result")
                     if path == "/v1/policies" and isinstance(document, list):
                         # OPA lists modules in map order, which changes from call to call.
-                        document = sorted(document, key=lambda m: str(m.get("id")))
+                        # A module's source decides its AST: hashing the AST as well (most
+                        # of the ~0.7 MB answer) was CPU on the event loop every few
+                        # seconds, taken from requests (docs/performance.md).
+                        document = sorted((str(m.get("id")), str(m.get("raw"))) for m in document)
                     digest.update(json.dumps(document, sort_keys=True).encode())
         except (TimeoutError, HttpError, ValueError, AttributeError):
             return ""

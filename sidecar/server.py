@@ -301,7 +301,7 @@ def build_app(
             opa_url=cfg.opa_url,
             metrics=metrics,
             clock=clock,
-            env=os.environ,  # secret_env names: read once, here, like the config's
+            env=cfg.egress_env,
         )
         if cfg.egress_config is not None
         else None,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import Config, flag_name
+from ..config import flag_name, setting_fields
 from .exits import EXIT_CODES, usage_error
 
 #: The first paragraph of the command's help.
@@ -18,7 +17,7 @@ MAX_UINT32 = 2**32 - 1
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with settings (see docs).")
-    for f in fields(Config):
+    for f in setting_fields():
         meta = f.metadata
         if meta["env_only"]:
             continue  # a secret: never a flag (docs/configuration.md)

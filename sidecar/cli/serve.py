@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from dataclasses import fields
 
-from ..config import Config, load
+from ..config import load, setting_fields
 from .exits import EXIT_OK
 
 
@@ -16,7 +15,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .. import logs
     from ..server import serve
 
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(Config)}  # env-only: None
+    overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}  # env-only: None
     config = load(overrides, env=os.environ, config_file=args.config)
     logs.setup(config.log_level, config.log_format)
     if config.event_loop == "uvloop":

@@ -54,6 +54,10 @@ def smuggling_problem(
     return None
 
 
+_REQUEST_DROP = HOP_BY_HOP | AGENT_CREDENTIALS | REQUEST_OWN
+_RESPONSE_DROP = HOP_BY_HOP | RESPONSE_OWN
+
+
 def connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1): hop-by-hop too."""
     named: set[str] = set()
@@ -62,15 +66,22 @@ def connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     return named
 
 
+def _dropped(base: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    # The common case (no Connection field) allocates no set per request.
+    return base | connection_named(headers) if "connection" in headers else base
+
+
 def upstream_request_headers(
     headers: CIMultiDictProxy[str], inject: tuple[str, str]
 ) -> CIMultiDict[str]:
     """The agent's headers minus hop-by-hop fields and its credential, plus the upstream
     credential (replacing any field of that name the agent sent)."""
-    drop = HOP_BY_HOP | AGENT_CREDENTIALS | REQUEST_OWN | connection_named(headers)
     name, value = inject
-    drop = drop | {name.lower()}
-    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    drop = _dropped(_REQUEST_DROP, headers)
+    lowered = name.lower()
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in headers.items() if (low := k.lower()) not in drop and low != lowered
+    )
     out[name] = value
     return out
 
@@ -78,7 +89,7 @@ def upstream_request_headers(
 def agent_response_headers(headers: CIMultiDictProxy[str], secret: str) -> CIMultiDict[str]:
     """The upstream's headers minus hop-by-hop fields; a field whose value contains the
     injected secret is dropped (the agent must never see it)."""
-    drop = HOP_BY_HOP | RESPONSE_OWN | connection_named(headers)
+    drop = _dropped(_RESPONSE_DROP, headers)
     return CIMultiDict(
         (k, v) for k, v in headers.items() if k.lower() not in drop and secret not in v
     )

@@ -128,7 +128,7 @@ class _InFlight:
 
     __slots__ = ("cut_reason", "request", "task")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
         self.task = asyncio.current_task()
         self.cut_reason = ""
@@ -148,7 +148,18 @@ class _Upstream:
     broker: Broker
     base: str
     """The base URL without a trailing slash."""
+    spec: CredentialSpec
     session: aiohttp.ClientSession | None = None
+    _secret: str = ""
+    _inject: tuple[str, str] = ("", "")
+
+    def inject(self, secret: str) -> tuple[str, str]:
+        """The header carrying `secret`, made once per secret value (it rotates rarely)."""
+        if secret != self._secret:
+            s = self.settings
+            self._inject = (s.header, s.format.replace("{secret}", secret))
+            self._secret = secret
+        return self._inject
 
 
 class EgressProxy:
@@ -172,7 +183,7 @@ class EgressProxy:
         self._clock = clock
         self._replay = replay_cache if replay_cache is not None else ReplayCache()
         self._upstreams = {
-            name: _Upstream(s, brokers[name], s.url.rstrip("/"))
+            name: _Upstream(s, brokers[name], s.url.rstrip("/"), CredentialSpec(brokers[name].name))
             for name, s in settings.upstreams.items()
         }
         self._route_cache: dict[str, Route | None] = {}
@@ -182,7 +193,7 @@ class EgressProxy:
         """Recently ended grants (bounded): a route looked up while its grant ended is not
         cached."""
         self._records: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self.port: int | None = None
         self._counted = {
             (u, o): metrics.egress_requests.labels(upstream=u, outcome=o)
@@ -193,10 +204,6 @@ class EgressProxy:
         grants.on_end(self._grant_ended)
 
     # ------------------------------------------------------------------ lifecycle
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        return app
 
     async def start(self) -> None:
         for upstream in self._upstreams.values():
@@ -210,8 +217,11 @@ class EgressProxy:
                 auto_decompress=True,
                 cookie_jar=aiohttp.DummyCookieJar(),  # agents' cookies are theirs, not shared
             )
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, logger=_server_log
+        # aiohttp's low-level server: every request goes to one handler, so an Application's
+        # router, middlewares and request factory would be per-request cost for nothing.
+        self._runner = web.ServerRunner(
+            web.Server(self._handle, access_log=None, logger=_server_log),
+            handle_signals=False,
         )
         await self._runner.setup()
         path = self.settings.unix_path
@@ -299,7 +309,7 @@ class EgressProxy:
             )
 
     # ------------------------------------------------------------------ requests
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         upstream_name = ""
         grant: ActiveGrant | None = None
@@ -352,7 +362,7 @@ class EgressProxy:
             if upstream_name:
                 self._latency[upstream_name].observe(time.perf_counter() - started)
 
-    def _authenticate(self, request: web.Request) -> ActiveGrant:
+    def _authenticate(self, request: web.BaseRequest) -> ActiveGrant:
         values = request.headers.getall("Authorization", ())
         if len(values) != 1:
             raise _Refusal(
@@ -429,7 +439,7 @@ class EgressProxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: _Upstream,
         segments: tuple[str, ...],
         query: str,
@@ -448,7 +458,7 @@ class EgressProxy:
                     resource=grant.resource,
                     expires_at=grant.expires_at,
                 ),
-                CredentialSpec(upstream.broker.name),
+                upstream.spec,
             )
         except BrokerUnavailable as err:
             log.warning("egress credential unavailable: %s", err.message, extra={"upstream": name})
@@ -460,10 +470,7 @@ class EgressProxy:
                 grant=grant,
             ) from err
         secret = credential.secret["value"]
-        s = upstream.settings
-        headers = upstream_request_headers(
-            request.headers, (s.header, s.format.replace("{secret}", secret))
-        )
+        headers = upstream_request_headers(request.headers, upstream.inject(secret))
         url = URL(
             upstream.base + "/" + "/".join(segments) + ("?" + query if query else ""),
             encoded=True,
@@ -557,7 +564,7 @@ class EgressProxy:
                 extra={"upstream": upstream, "grant_id": grant.grant_id},
             )
 
-    async def _body(self, request: web.Request, usage: _Usage) -> AsyncIterator[bytes]:
+    async def _body(self, request: web.BaseRequest, usage: _Usage) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(CHUNK):
             usage.bytes_sent += len(chunk)
             yield chunk
@@ -586,7 +593,7 @@ class EgressProxy:
             usage = self._usage[grant.grant_id] = _Usage(grant.task_id, grant.subject, upstream)
         return usage
 
-    def _refuse(self, request: web.Request, refusal: _Refusal, upstream: str) -> web.Response:
+    def _refuse(self, request: web.BaseRequest, refusal: _Refusal, upstream: str) -> web.Response:
         self._counted[upstream, refusal.outcome].inc()
         body: dict[str, Any] = {"error": refusal.reason, "error_description": refusal.message}
         grant = refusal.grant

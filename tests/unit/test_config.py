@@ -112,3 +112,29 @@ def test_api_docs_list_every_reason_code() -> None:
     text = (ROOT / "docs/api.md").read_text()
     missing = [r.value for r in Reason if f"`{r.value}`" not in text]
     assert missing == []
+
+
+def test_egress_secret_variables_are_read_with_the_config(tmp_path: Path) -> None:
+    """The config takes exactly the variables the egress file names as secret sources (so
+    the proxy never reads the environment itself), and never shows them in its repr."""
+    egress = tmp_path / "egress.toml"
+    egress.write_text(
+        'listen = "127.0.0.1:9480"\n'
+        '[upstreams.a]\nurl = "https://a.example"\ninject = "header"\nsecret_env = "A_KEY"\n'
+        '[upstreams.b]\nurl = "https://b.example"\ninject = "oauth2"\n'
+        'token_url = "https://idp.example/token"\nclient_id = "c"\n'
+        'client_secret_env = "B_SECRET"\n'
+    )
+    env = {
+        "JIT_SIDECAR_IDENTITY": "dev",
+        "JIT_SIDECAR_EGRESS_CONFIG": str(egress),
+        "A_KEY": "a-value-123",
+        "B_SECRET": "b-value-456",
+        "UNRELATED": "x",
+    }
+    config = load({}, env=env)
+    assert dict(config.egress_env) == {"A_KEY": "a-value-123", "B_SECRET": "b-value-456"}
+    assert "a-value-123" not in repr(config)
+    assert "b-value-456" not in repr(config)
+    assert load({}, env={"JIT_SIDECAR_IDENTITY": "dev"}).egress_env == {}
+    assert "egress-env" not in markdown_reference()
