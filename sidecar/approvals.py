@@ -48,9 +48,12 @@ def intent_hash(subject: str, task_id: str, intent: Intent) -> str:
         "justification": intent.justification,
         "context": dict(intent.context),
     }
-    return hashlib.sha256(
-        json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(material).encode()).hexdigest()
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+"""Built once (`json.dumps` with arguments builds an encoder per call, and every
+RequestGrant hashes its intent while approvals are open)."""
 
 
 @dataclass(slots=True)

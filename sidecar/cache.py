@@ -21,6 +21,9 @@ from typing import Any
 from .model import Identity, Intent, PolicyDecision, Tier
 
 CacheKey = tuple[str, str, str, str, str, str, str]
+_SORTED = json.JSONEncoder(sort_keys=True)
+"""Built once (`json.dumps` with arguments builds an encoder per call): a task's labels and
+an intent's context, in the key of every decision looked up."""
 
 
 class DecisionCache:
@@ -37,8 +40,8 @@ class DecisionCache:
         identity: Identity, intent: Intent, labels: Mapping[str, str], flow: str = ""
     ) -> CacheKey:
         """`flow` is the task's `TaskFlow.cache_key()`."""
-        context = json.dumps(intent.context, sort_keys=True) if intent.context else ""
-        label_key = json.dumps(labels, sort_keys=True) if labels else ""
+        context = _SORTED.encode(intent.context) if intent.context else ""
+        label_key = _SORTED.encode(labels) if labels else ""
         return (
             identity.subject,
             identity.issuer,

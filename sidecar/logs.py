@@ -30,11 +30,25 @@ FIELDS = (
 )
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+"""Built once: `json.dumps` with arguments builds an encoder per call (a line per grant)."""
+
+
 class JsonFormatter(logging.Formatter):
+    _second: tuple[int, str] = (-1, "")
+    """The last second formatted, and its text: most lines fall in the same second as the
+    one before (one tuple, so threads logging at once read a consistent pair)."""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+            )
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{cached[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -45,7 +59,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _JSON.encode(out)
 
 
 class TextFormatter(logging.Formatter):

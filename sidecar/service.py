@@ -131,6 +131,13 @@ def ts(value: float | None) -> timestamp_pb2.Timestamp:
     return out
 
 
+def _ts_fields(value: float) -> dict[str, int]:
+    """`ts(value)` as constructor arguments: a message field given as a dict is built in
+    place, where a message object given is built, then copied."""
+    seconds, nanos = divmod(int(value * 1e9), 1_000_000_000)
+    return {"seconds": seconds, "nanos": nanos}
+
+
 def struct_to_dict(
     value: struct_pb2.Struct, field: str = "context", reason: Reason = Reason.INVALID_INTENT
 ) -> dict[str, Any]:
@@ -187,19 +194,25 @@ def grant_pb(grant: Grant, token: str = "", justification: str = "") -> pb.Grant
     """`justification` is the intent's, from a caller that has it at hand: a grant held in
     memory does not keep its justification (only the store does), yet RequestGrant's answer
     and ListGrants must show the same intent."""
-    return pb.Grant(
+    return pb.Grant(**_grant_fields(grant, token, justification))
+
+
+def _grant_fields(grant: Grant, token: str, justification: str) -> dict[str, Any]:
+    # Nested messages as dicts: upb builds them in place inside their parent, where a message
+    # object given is built, then copied (the answer to every RequestGrant).
+    return dict(
         grant_id=grant.grant_id,
         token=token,
         tier=_TIER[grant.tier],
         audience=grant.audience,
-        scope=list(grant.scope),
-        issued_at=ts(grant.issued_at),
-        expires_at=ts(grant.expires_at),
-        intent=pb.Intent(
-            action=grant.action,
-            resource=grant.resource,
-            justification=justification or grant.justification,
-        ),
+        scope=grant.scope,
+        issued_at=_ts_fields(grant.issued_at),
+        expires_at=_ts_fields(grant.expires_at),
+        intent={
+            "action": grant.action,
+            "resource": grant.resource,
+            "justification": justification or grant.justification,
+        },
         task_id=grant.task_id,
         state=_GRANT_STATE[grant.state],
         revocation_reason=grant.end_reason,
@@ -239,10 +252,10 @@ def credential_pb(issued: IssuedCredential) -> pb.Credential:
 def outcome_pb(outcome: GrantOutcome, justification: str = "") -> pb.RequestGrantResponse:
     return pb.RequestGrantResponse(
         decision=_DECISION[outcome.decision],
-        grant=grant_pb(outcome.grant, outcome.token, justification or outcome.justification)
+        grant=_grant_fields(outcome.grant, outcome.token, justification or outcome.justification)
         if outcome.grant
         else None,
-        reasons=list(outcome.reasons),
+        reasons=outcome.reasons,
         decision_id=outcome.decision_id,
         approval_id=outcome.approval_id,
         credential=credential_pb(outcome.credential) if outcome.credential else None,

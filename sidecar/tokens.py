@@ -34,6 +34,10 @@ from .jws import (
 )
 from .model import Grant
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""Built once: `json.dumps(claims, separators=…)` builds an encoder per call, which costs
+more than encoding a token's claims."""
+
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 #: Longest access token we read back (introspection, fleet): ours stay far below it.
@@ -108,7 +112,7 @@ class SigningKey:
         return self._sign(b64url_bytes(header.encode()), claims)
 
     def _sign(self, header_b64: bytes, claims: Mapping[str, Any]) -> str:
-        payload = b64url_bytes(json.dumps(claims, separators=(",", ":")).encode())
+        payload = b64url_bytes(_COMPACT.encode(claims).encode())
         signing_input = header_b64 + b"." + payload
         if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
             signature = self.private_key.sign(signing_input)

@@ -8,6 +8,7 @@ namespace (`<name>@<tag>`), so nobody can take it first (docs/api.md "Task ids")
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, Reason
@@ -27,8 +28,11 @@ class TaskLookup:
         identity's task is None too: unknown and foreign ids get the same answer, so a task
         id is no oracle (docs/security.md)."""
         check_task_ref(task_id)
+        task = self.live.tasks.get(task_id)  # the usual case: a live task by its full id
+        if task is not None and task.subject == identity.subject:
+            return task
         names = [task_id] if "@" in task_id else [task_id, owned_task_id(identity.subject, task_id)]
-        for name in names:
+        for name in names[1:]:
             task = self.live.tasks.get(name)
             if task is not None and task.subject == identity.subject:
                 return task
@@ -61,8 +65,14 @@ class TaskLookup:
 def owned_task_id(subject: str, chosen: str) -> str:
     """The id of the task a caller named `chosen`: `<chosen>@<tag>`, where the tag (16
     base32 characters of SHA-256 of the subject) puts it in the caller's own namespace."""
+    return f"{chosen}@{_owner_tag(subject)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _owner_tag(subject: str) -> str:
+    # Cached: a busy agent names its chosen task on every request; subjects are few.
     digest = hashlib.sha256(subject.encode()).digest()[:10]
-    return f"{chosen}@{base64.b32encode(digest).decode('ascii').lower()}"
+    return base64.b32encode(digest).decode("ascii").lower()
 
 
 def check_task_ref(task_id: str) -> None:

@@ -22,3 +22,15 @@ def test_rfc3339_matches_datetime_formatting() -> None:
     # Consecutive calls in and across seconds exercise the cached date part both ways.
     mismatches = [ts for ts in samples if rfc3339(ts) != reference(ts)]
     assert mismatches == []
+
+
+def test_rfc3339_alternating_days_and_seconds() -> None:
+    """Times alternating between seconds and across midnight (an issue time and its expiry)
+    format as datetime does, whichever day the cache last held."""
+    midnight = 1_795_046_400  # 2026-11-19T00:00:00Z
+    samples = []
+    for k in range(-3000, 3000, 7):
+        issued = midnight + k + 0.25
+        samples += [issued, issued + 300, issued + 86_399.999_999_6, issued - 1]
+    mismatches = [ts for ts in samples if rfc3339(ts) != reference(ts)]
+    assert mismatches == []

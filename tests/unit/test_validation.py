@@ -60,6 +60,17 @@ def test_preview_escapes_controls_and_bounds_length() -> None:
     assert preview("x" * 300, 10) == "x" * 10 + "…"
 
 
+def test_preview_escapes_every_ascii_control() -> None:
+    """Each ASCII control (0x00-0x1f, 0x7f) is escaped, alone or beside printable text, and
+    printable ASCII passes unchanged (the fast path and the slow one agree)."""
+    controls = [chr(c) for c in (*range(0x20), 0x7F)]
+    printable = "".join(chr(c) for c in range(0x20, 0x7F))
+    assert preview(printable, 200) == printable
+    for ch in controls:
+        assert preview(f"ok{ch}ok") == f"ok\\u{ord(ch):04x}ok"
+        assert preview(f"ok{ch}" + "x" * 20, 3) == f"ok\\u{ord(ch):04x}…"
+
+
 # One spelling per resource (docs/api.md, "Resource names"): each refused spelling with the
 # part of the reason that names the rule it breaks.
 REFUSED_RESOURCES = [
