@@ -523,6 +523,14 @@ class Config:
             "json: one object per line on stderr; text: for people.", choices=LOG_FORMATS
         ),
     )
+    # --- streaming (GrantStream, issue 24)
+    opa_batch_path: str = field(
+        default="/v1/data/jit/batch_decisions",
+        metadata=_opt(
+            "OPA Data API path deciding several intents in one evaluation (GrantStream); "
+            "empty, or a policy without it, decides them one call each."
+        ),
+    )
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -607,6 +615,8 @@ class Config:
             problems.append("opa_url must start with http://, https:// or unix://")
         if not self.opa_decision_path.startswith("/v1/data/"):
             problems.append("opa_decision_path must be an OPA Data API path (/v1/data/...)")
+        if self.opa_batch_path and not self.opa_batch_path.startswith("/v1/data/"):
+            problems.append("opa_batch_path must be empty or an OPA Data API path (/v1/data/...)")
         try:
             self.http_host_port  # noqa: B018
         except ConfigError as err:
