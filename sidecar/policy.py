@@ -204,9 +204,7 @@ class OpaClient:
         response = await self._post(self._path, policy_input)
         return parse_decision(response.body, action=policy_input["intent"]["action"])
 
-    async def decide_many(
-        self, inputs: Sequence[dict[str, Any]]
-    ) -> list[PolicyDecision] | None:
+    async def decide_many(self, inputs: Sequence[dict[str, Any]]) -> list[PolicyDecision] | None:
         """One evaluation deciding every input, in order; None when the policy offers no
         batch entrypoint (no `batch_path`, or its document is undefined), so the caller asks
         once per input. Any other bad answer is a PolicyError for the whole batch."""
@@ -216,7 +214,9 @@ class OpaClient:
         try:
             document = json.loads(response.body)
         except (ValueError, UnicodeDecodeError, RecursionError) as err:
-            raise PolicyResultInvalid("OPA answered something that is not JSON", "bad_json") from err
+            raise PolicyResultInvalid(
+                "OPA answered something that is not JSON", "bad_json"
+            ) from err
         if not isinstance(document, dict):
             raise PolicyResultInvalid("OPA's answer is not a JSON object", "shape")
         if "result" not in document:

@@ -45,6 +45,7 @@ from .config import Config
 from .engine import Engine, EngineMetrics, engine_settings
 from .errors import ConfigError, FailedPrecondition, PolicyError, Reason
 from .fleet import Fleet, FleetHooks
+from .grant_stream import GrantStreamHandler
 from .http import HttpListener, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
 from .journal import Journal
@@ -343,7 +344,9 @@ def build_app(
     cfg = config
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
-    policy = policy or OpaClient(cfg.opa_url, cfg.opa_decision_path, cfg.opa_timeout)
+    policy = policy or OpaClient(
+        cfg.opa_url, cfg.opa_decision_path, cfg.opa_timeout, batch_path=cfg.opa_batch_path
+    )
     key = _signing_key(cfg)
     http_credential = _http_credential(cfg)
     notifier = _approval_notifier(cfg, clock)
@@ -503,8 +506,11 @@ async def start_agent_listener(app: App) -> grpc.aio.Server:
         maximum_concurrent_rpcs=app.config.max_concurrent_rpcs * 2,
         interceptors=[app.admission],
     )
+    grant_stream = GrantStreamHandler(
+        app.engine, app.authenticator, app.guard, app.metrics, app.config.max_message_bytes
+    )
     access_pb2_grpc.add_AccessServiceServicer_to_server(
-        AccessService(app.engine, app.authenticator, app.guard), server
+        AccessService(app.engine, app.authenticator, app.guard, grant_stream), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(app.health.servicer, server)
     reflection.enable(

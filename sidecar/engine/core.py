@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
-from ..cache import DecisionCache
+from ..cache import CacheKey, DecisionCache
 from ..clock import Clock, rfc3339
 from ..dpop import KeyBinding
 from ..errors import (
@@ -61,6 +61,7 @@ from ..validation import (
     check_ttl,
     preview,
 )
+from . import batch
 from . import fleet as fleet_orders
 from .commits import Ended, Recorder, commit_or_undo
 from .desk import ApprovalDesk
@@ -71,6 +72,7 @@ from .live import LiveState
 from .outcome import GrantOutcome, pending, reason_code, settled
 from .revoking import Revoking
 from .settings import EngineMetrics, EngineSettings
+from .streams import StreamWatch
 from .sweeper import Sweeper
 from .tasks import TaskLookup, check_task_ref, owned_task_id
 
@@ -145,6 +147,7 @@ class Engine:
             fleet=fleet,
             max_ttl=settings.max_ttl,
         )
+        self.streams = StreamWatch(self.live, self.record, journal, clock)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the live state a store loaded at start-up."""
@@ -326,22 +329,38 @@ class Engine:
         if cached is not None:
             self.metrics.cache_hit.inc()
             return cached
-        grants = [self.live.grants[g] for g in task.grant_ids if g in self.live.grants]
-        policy_input = build_input(identity, intent, task, grants, ttl, now)
+        policy_input = build_input(identity, intent, task, self._held(task), ttl, now)
         started = time.perf_counter()
         try:
             decision = await self.policy.decide(policy_input)
         except PolicyError as err:
-            if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
-                self.on_policy_unavailable(err)
-            await self.record.policy_failure(err, identity, intent, task.task_id, now)
+            await self._policy_failed(err, identity, [intent], task.task_id, now)
             raise
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
+        self._remember(key, decision)
+        return decision
+
+    def _held(self, task: Task) -> list[Grant]:
+        return [self.live.grants[g] for g in task.grant_ids if g in self.live.grants]
+
+    def _remember(self, key: CacheKey, decision: PolicyDecision) -> None:
         if decision.cache_seconds:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
-        return decision
+
+    async def _policy_failed(
+        self,
+        err: PolicyError,
+        identity: Identity,
+        intents: Sequence[Intent],
+        task_id: str,
+        now: float,
+    ) -> None:
+        if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
+            self.on_policy_unavailable(err)
+        for intent in intents:
+            await self.record.policy_failure(err, identity, intent, task_id, now)
 
     def _check_grant_room(self, task: Task) -> None:
         """Refuse another grant in a task already holding `max_grants_per_task`. Checked on
@@ -379,6 +398,28 @@ class Engine:
         decision: PolicyDecision,
         approval_id: str = "",
     ) -> GrantOutcome:
+        grant, token, event = self._prepare_issue(
+            identity, task, intent, requested_ttl, decision, approval_id
+        )
+        try:
+            await self.journal.commit([event])
+        except CommitError as err:
+            await self._abort_issue(grant, err)
+            raise
+        return self._issued(grant, token, event, intent, decision)
+
+    def _prepare_issue(
+        self,
+        identity: Identity,
+        task: Task,
+        intent: Intent,
+        requested_ttl: int,
+        decision: PolicyDecision,
+        approval_id: str = "",
+    ) -> tuple[Grant, str, GrantIssued]:
+        """Everything of an issuance before its commit: the live grant, its token (not
+        returned until the commit) and its audit event. No await: checks and the addition
+        hold together."""
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise self._tasks.ended(task)
@@ -432,11 +473,19 @@ class Engine:
             cached=decision.cached or None,
             approval_id=approval_id or None,
         )
-        try:
-            await self.journal.commit([event])
-        except CommitError as err:
-            await self._abort_issue(grant, err)
-            raise
+        return grant, token, event
+
+    def _issued(
+        self,
+        grant: Grant,
+        token: str,
+        event: GrantIssued,
+        intent: Intent,
+        decision: PolicyDecision,
+    ) -> GrantOutcome:
+        """After the commit: the answer, unless the grant ended meanwhile."""
+        assert decision.tier is not None
+        ttl = event.ttl_seconds or 0
         if grant.state is not GrantState.ACTIVE:
             # Revoked (task completed or operator) while the commit was in flight.
             raise FailedPrecondition(
@@ -451,11 +500,11 @@ class Engine:
             preview(intent.resource, 128),
             ttl,
             extra={
-                "task_id": task.task_id,
+                "task_id": grant.task_id,
                 "grant_id": grant.grant_id,
                 "decision_id": decision.decision_id or None,
                 "tier": decision.tier.value,
-                "kid": key.kid,
+                "kid": grant.kid,
             },
         )
         return GrantOutcome(
@@ -496,6 +545,23 @@ class Engine:
         approval_id: str = "",
     ) -> GrantOutcome:
         """A denial is an answer, not an error: counted, logged and audited."""
+        event, outcome = self._denial(
+            identity, task_id, intent, now, reasons, decision_id, approval_id
+        )
+        await self.journal.commit([event])
+        return outcome
+
+    def _denial(
+        self,
+        identity: Identity,
+        task_id: str,
+        intent: Intent,
+        now: float,
+        reasons: tuple[str, ...],
+        decision_id: str = "",
+        approval_id: str = "",
+    ) -> tuple[GrantDenied, GrantOutcome]:
+        """A denial counted and logged; its event still to be committed."""
         self.metrics.denied()
         log.info(
             "grant denied: %s %s",
@@ -516,8 +582,25 @@ class Engine:
             approval_id=approval_id or None,
             reasons=list(reasons),
         )
-        await self.journal.commit([event])
-        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
+        return event, GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
+
+    # ================================================================== GrantStream
+    async def open_stream(self, identity: Identity, task_id: str) -> Task:
+        """A GrantStream opens for one of the caller's active tasks: from now on the open
+        stream keeps it alive, and its close without CompleteTask crashes it (streams.py)."""
+        try:
+            task = await self._tasks.active(identity, task_id)
+        except SidecarError as err:
+            await self.record.rejection("GrantStream", identity, err, task_id=task_id)
+            raise
+        self.streams.opened(task)
+        return task
+
+    async def request_grants(
+        self, identity: Identity, task_id: str, items: Sequence[batch.BatchItem]
+    ) -> list[batch.Result]:
+        """Several intents at once, each answered as RequestGrant would (batch.py)."""
+        return await batch.request_grants(self, identity, task_id, items)
 
     # ================================================================== approvals
     async def _approval_shortcut(

@@ -1,0 +1,243 @@
+"""Several intents of one task decided together (GrantStream, docs/api.md).
+
+Each intent follows the order of a grant (core.py) and gets its own answer or its own
+error, exactly as RequestGrant would give it; only the I/O is shared: the intents the
+decision cache does not answer go to the policy in one evaluation when it offers batch
+evaluation (`rego/jit/batch.rego`), and every grant and denial of the message is made
+durable by one journal commit (one audit append, one fsync, one store transaction). Tokens
+leave only after that commit, as always.
+
+In a batch, each intent is decided against the task's grants as they were before the
+message; the sidecar's own per-task grant limit still counts every grant as it is added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import Internal, PolicyError, SidecarError
+from ..events import Event, GrantIssued
+from ..journal import CommitError
+from ..model import Grant, Identity, Intent, PolicyDecision, Task
+from ..policy import build_input
+from ..validation import check_intent, check_ttl
+from .outcome import GrantOutcome, pending
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+#: The answer to one intent: what RequestGrant returns, or the error it raises.
+Result = GrantOutcome | SidecarError
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One intent of a GrantStream message."""
+
+    intent: Intent
+    ttl_seconds: int
+    """As RequestGrant's: 0 asks for the longest lifetime the bounds allow."""
+
+
+class BatchPolicy(Protocol):
+    """A policy engine that can decide several inputs in one evaluation."""
+
+    async def decide_many(self, inputs: Sequence[dict[str, Any]]) -> list[PolicyDecision] | None:
+        """The decisions in order, or None when the policy offers no batch evaluation."""
+
+
+@dataclass(slots=True)
+class _Issuing:
+    index: int
+    grant: Grant
+    token: str
+    event: GrantIssued
+    decision: PolicyDecision
+
+
+async def request_grants(
+    engine: Engine, identity: Identity, task_id: str, items: Sequence[BatchItem]
+) -> list[Result]:
+    """The answers to `items`, in order. Never raises a SidecarError: each intent's error
+    is its result (counted and audited as RequestGrant's would be)."""
+    if len(items) == 1:
+        # One intent: exactly RequestGrant's path (and its own error bookkeeping).
+        item = items[0]
+        try:
+            return [await engine.request_grant(identity, task_id, item.intent, item.ttl_seconds)]
+        except SidecarError as err:
+            return [err]
+    results: list[Result | None] = [None] * len(items)
+    await _decide_and_issue(engine, identity, task_id, items, results)
+    answers = [r if r is not None else Internal("the intent got no answer") for r in results]
+    for i, answer in enumerate(answers):
+        if isinstance(answer, SidecarError):
+            engine.metrics.errored()
+            if not isinstance(answer, PolicyError):  # audited as policy_error already
+                await engine.record.rejection(
+                    "GrantStream", identity, answer, task_id=task_id, intent=items[i].intent
+                )
+    return answers
+
+
+async def _decide_and_issue(
+    engine: Engine,
+    identity: Identity,
+    task_id: str,
+    items: Sequence[BatchItem],
+    results: list[Result | None],
+) -> None:
+    for i, item in enumerate(items):
+        try:
+            i_ = item.intent
+            check_intent(i_.action, i_.resource, i_.justification, i_.context)
+            check_ttl(item.ttl_seconds, engine.settings.max_requested_ttl)
+        except SidecarError as err:
+            results[i] = err
+    todo = [i for i, r in enumerate(results) if r is None]
+    if not todo:
+        return
+    try:
+        task = await engine._tasks.active(identity, task_id)
+        now = engine.clock.now()
+        if now >= task.deadline:
+            await engine._end_overdue(task)
+    except SidecarError as err:
+        for i in todo:
+            results[i] = err
+        return
+
+    decisions: dict[int, PolicyDecision] = {}
+    ask: list[int] = []
+    for i in todo:
+        intent = items[i].intent
+        try:
+            engine._check_grant_room(task)
+            if engine.approvals:
+                shortcut = await engine._approval_shortcut(identity, task.task_id, intent, now)
+                if shortcut is not None:
+                    results[i] = shortcut
+                    continue
+        except SidecarError as err:
+            results[i] = err
+            continue
+        cached = engine.cache.get(engine.cache.key(identity, intent, task.labels))
+        if cached is not None:
+            engine.metrics.cache_hit.inc()
+            decisions[i] = cached
+        else:
+            ask.append(i)
+    if ask:
+        decisions.update(await _evaluate(engine, identity, task, items, ask, results, now))
+    await _issue_all(engine, identity, task, items, decisions, results, now)
+
+
+async def _evaluate(
+    engine: Engine,
+    identity: Identity,
+    task: Task,
+    items: Sequence[BatchItem],
+    ask: list[int],
+    results: list[Result | None],
+    now: float,
+) -> dict[int, PolicyDecision]:
+    """One policy evaluation for every intent in `ask` (one call each when the policy
+    offers no batch evaluation); a policy error is the error of each intent it left
+    undecided."""
+    held = engine._held(task)
+    inputs = [
+        build_input(identity, items[i].intent, task, held, items[i].ttl_seconds, now) for i in ask
+    ]
+    decide_many = getattr(engine.policy, "decide_many", None)
+    started = time.perf_counter()
+    found: list[PolicyDecision | BaseException]
+    try:
+        batch = await decide_many(inputs) if decide_many is not None and len(ask) > 1 else None
+        if batch is not None:
+            found = list(batch)
+        else:
+            found = list(
+                await asyncio.gather(
+                    *(engine.policy.decide(x) for x in inputs), return_exceptions=True
+                )
+            )
+    except PolicyError as err:
+        found = [err] * len(ask)
+    finally:
+        engine.metrics.policy_eval.observe(time.perf_counter() - started)
+    decisions: dict[int, PolicyDecision] = {}
+    failed: dict[int, PolicyError] = {}
+    for i, answer in zip(ask, found, strict=True):
+        if isinstance(answer, PolicyError):
+            failed[i] = answer
+        elif isinstance(answer, BaseException):
+            raise answer  # a bug, not a policy answer
+        else:
+            engine._remember(engine.cache.key(identity, items[i].intent, task.labels), answer)
+            decisions[i] = answer
+    for i, failure in failed.items():
+        await engine._policy_failed(failure, identity, [items[i].intent], task.task_id, now)
+        results[i] = failure
+    return decisions
+
+
+async def _issue_all(
+    engine: Engine,
+    identity: Identity,
+    task: Task,
+    items: Sequence[BatchItem],
+    decisions: dict[int, PolicyDecision],
+    results: list[Result | None],
+    now: float,
+) -> None:
+    """Grants and denials of the message, made durable by one commit."""
+    events: list[Event] = []
+    issuing: list[_Issuing] = []
+    denied: dict[int, GrantOutcome] = {}
+    for i in sorted(decisions):
+        decision = decisions[i]
+        intent = items[i].intent
+        try:
+            if not decision.allow:
+                event, outcome = engine._denial(
+                    identity, task.task_id, intent, now, decision.reasons, decision.decision_id
+                )
+                events.append(event)
+                denied[i] = outcome
+            elif decision.approval_required:
+                approval = await engine.approvals.park(
+                    identity, task, intent, items[i].ttl_seconds, decision
+                )
+                results[i] = pending(approval)
+            else:
+                grant, token, issued = engine._prepare_issue(
+                    identity, task, intent, items[i].ttl_seconds, decision
+                )
+                events.append(issued)
+                issuing.append(_Issuing(i, grant, token, issued, decision))
+        except SidecarError as err:
+            results[i] = err
+    if not events:
+        return
+    try:
+        await engine.journal.commit(events)
+    except CommitError as err:
+        for item in issuing:
+            await engine._abort_issue(item.grant, err)
+            results[item.index] = err
+        for i in denied:
+            results[i] = err
+        return
+    for i, outcome in denied.items():
+        results[i] = outcome
+    for item in issuing:
+        try:
+            results[item.index] = engine._issued(
+                item.grant, item.token, item.event, items[item.index].intent, item.decision
+            )
+        except SidecarError as err:
+            results[item.index] = err
