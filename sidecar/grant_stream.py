@@ -159,6 +159,7 @@ class GrantStreamHandler:
         self._engine.streams.alive(task)
         self._check(task, request)
         if not request.intents:  # a heartbeat: the task as it is now
+            self._observe("OK", started)
             return pb.GrantStreamResponse(request_id=request.request_id, task=task_pb(task))
         results: list[Result | None] = []
         items: list[BatchItem] = []

@@ -137,7 +137,6 @@ class Engine:
             interval=settings.sweep_interval,
         )
         self._keys = KeyRotation(keys, self.live, journal, clock)
-        self._tasks = TaskLookup(self.live, store)
         self._revoking = Revoking(
             self.live,
             store=store,
@@ -148,6 +147,7 @@ class Engine:
             max_ttl=settings.max_ttl,
         )
         self.streams = StreamWatch(self.live, self.record, journal, clock)
+        self._tasks = TaskLookup(self.live, store, self.streams.lost)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the live state a store loaded at start-up."""

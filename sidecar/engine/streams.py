@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from ..clock import Clock
 from ..journal import Journal
@@ -21,6 +22,7 @@ from .live import LiveState
 
 log = logging.getLogger("jit_sidecar.engine")
 LOST_DETAIL = "the agent's GrantStream closed before CompleteTask"
+RECENTLY_LOST = 4096
 
 
 class StreamWatch:
@@ -31,6 +33,9 @@ class StreamWatch:
         self._clock = clock
         self.open: dict[str, int] = {}
         """Open streams per task id."""
+        self.lost: OrderedDict[str, str] = OrderedDict()
+        """Tasks recently ended by a closed stream (why), newest last: the store keeps
+        only `crashed`/`agent_lost`, which reads as missed heartbeats."""
 
     def opened(self, task: Task) -> None:
         self.open[task.task_id] = self.open.get(task.task_id, 0) + 1
@@ -60,6 +65,9 @@ class StreamWatch:
             return None
         ended = Ended()
         task.end_detail = LOST_DETAIL
+        self.lost[task.task_id] = LOST_DETAIL
+        if len(self.lost) > RECENTLY_LOST:
+            self.lost.popitem(last=False)
         count = self._live.end_task(
             task,
             TaskState.CRASHED,
