@@ -123,7 +123,7 @@ class GrantStreamHandler:
         interval = max(1.0, task.heartbeat_interval / 2)
         while task.active:
             await asyncio.sleep(interval)
-            self._engine.streams.alive(task)
+            self._engine.streams.alive(task, durable=True)
 
     def _close(self, task: Task) -> None:
         if self._guard.draining:

@@ -39,14 +39,17 @@ class StreamWatch:
 
     def opened(self, task: Task) -> None:
         self.open[task.task_id] = self.open.get(task.task_id, 0) + 1
-        self.alive(task)
+        self.alive(task, durable=True)
 
-    def alive(self, task: Task) -> None:
-        """The stream is open: as good as a heartbeat (not audited, no fsync)."""
+    def alive(self, task: Task, *, durable: bool = False) -> None:
+        """The stream is open: as good as a heartbeat (not audited, no fsync). Memory is
+        what the sweeper reads; `durable` also writes it to the store (for a restart),
+        which the stream does once per half heartbeat interval, not on every message."""
         if task.active:
             now = self._clock.now()
             task.last_heartbeat = now
-            self._journal.touch(task.task_id, now)
+            if durable:
+                self._journal.touch(task.task_id, now)
 
     def forget(self, task: Task) -> None:
         """A stream of `task` ended and says nothing about its agent (shutdown)."""
