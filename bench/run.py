@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from bench import floor, stream_crash  # noqa: E402
 from bench.load import LoadPool, Target  # noqa: E402
-from tests.harness import OpaServer, SidecarProcess, opa_binary  # noqa: E402
+from tests.harness import OpaServer, SidecarProcess, opa_binary, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ROTATE_EVERY = 20
@@ -133,9 +133,12 @@ class Bench:
         self.opa_url = (
             f"unix://{self.workdir / 'opa.sock'}" if a.opa_transport == "unix" else self.opa.url
         )
-        self.sidecar = SidecarProcess(
-            self.workdir / "sidecar", self.opa_url, *SIDECAR_FLAGS
-        ).start()
+        self.sidecar = SidecarProcess(self.workdir / "sidecar", self.opa_url, *SIDECAR_FLAGS)
+        # Assigned before it starts, so that stop() ends it whatever happens; started with
+        # patience: under a load of 20+ on 2 cores, Python alone may take longer than the
+        # tests' 20 s to import.
+        self.sidecar.start(wait=False)
+        wait_for(self.sidecar.ready_to_serve, 180, what="the sidecar to start")
         assert self.sidecar.proc is not None
         self.pid = self.sidecar.proc.pid
         self.socket = str(self.sidecar.socket.resolve())
@@ -330,7 +333,7 @@ class Bench:
         assert self.pool is not None
         out.mkdir(parents=True, exist_ok=True)
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        for kind in ("jit", "standing"):
+        for kind in ("jit", "standing", "stream_jit", "stream_standing"):
             self.step(f"profiling the sidecar during a c=1 {kind} run (py-spy)")
             raw = out / f"{kind}.folded"
             proc = subprocess.Popen(

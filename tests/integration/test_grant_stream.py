@@ -348,3 +348,28 @@ def test_a_task_ending_under_an_open_stream_is_reported_on_it(
     assert _reason(late.error) == "task_inactive"
     threading.Event().wait(0.5)
     assert [r["reason"] for r in quiet_sidecar.events("task_completed")] == ["revoked_by_operator"]
+
+
+def test_without_batch_evaluation_each_intent_is_decided_alone(
+    tmp_path: Path, opa: OpaServer
+) -> None:
+    """With batch evaluation off (`--opa-batch-path ""`, as for a policy without the rule)
+    a message's intents get one OPA decision each, and are still committed together."""
+    sidecar = SidecarProcess(tmp_path / "sidecar", opa.url, "--opa-batch-path", "").start()
+    try:
+        task_id = _begin(sidecar)
+        stream = RawStream(sidecar)
+        writes = [
+            _intent("tickets.update", f"tickets://t-{n}", "update the ticket the user named")
+            for n in range(3)
+        ]
+        stream.send(task_id=task_id, intents=writes)
+        answer = stream.read()
+        stream.close()
+        records = sidecar.events("grant_issued")
+    finally:
+        sidecar.stop(timeout=15)
+    assert [r.response.decision for r in answer.results] == [pb.DECISION_GRANTED] * 3
+    assert len({r["decision_id"] for r in records}) == 3
+    seqs = [r["seq"] for r in records]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
