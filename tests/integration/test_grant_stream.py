@@ -212,7 +212,7 @@ def test_killed_agent_loses_its_grants_through_the_stream(quiet_sidecar: Sidecar
         agent.wait(10)
         assert agent.stdout is not None
         agent.stdout.close()
-        wait_for(lambda: not c.list_grants(held["task_id"]), 10, what="the grants to end")
+        wait_for(lambda: not c.list_grants(held["task_id"]), 30, what="the grants to end")
         ended = c.list_grants(held["task_id"], include_inactive=True)
     assert sorted(g.grant_id for g in ended) == sorted(held["grant_ids"])
     assert {g.revocation_reason for g in ended} == {"agent_lost"}
