@@ -14,7 +14,7 @@ directory, free ports), and measures in one run:
 - the sidecar's resident memory with 100k active grants, and `Engine.sweep()` at that size;
 - GrantStream (issue 24): B_stream (p50 of an empty message's round trip on an open stream),
   JIT and standing grants over the stream at c=1 (interleaved with the above), 8 and 32
-  streams, a batch of 8 JIT intents per message, and the time from an agent process being
+  streams, batches of 8 JIT intents per message (c=1 and 8 streams), and the time from an agent process being
   killed to its grants being inactive (bench/stream_crash.py).
 
 Prints a table with the ratio of each figure to its target and writes
@@ -253,15 +253,19 @@ class Bench:
             self.step(f"GrantStream with {c} streams")
             self.throughput("stream_jit", "stream_jit", c)
             self.throughput("stream_standing", "stream_standing", c)
-        self.step(f"GrantStream batches of {BATCH} JIT intents, c=1 and c=32")
+        self.step(f"GrantStream batches of {BATCH} JIT intents, c=1 and c=8")
         assert self.pool is not None
-        r = self.pool.run(
-            self.target("stream_jit", batch=BATCH, rotate_every=ROTATE_EVERY // BATCH),
-            1,
-            max_calls=max(50, a.calls // (4 * BATCH)),
-        )
-        f["batch_jit_c1_per_grant_ms"] = pct(r.latencies, 50) * 1e3 / BATCH
-        self.throughput("batch_jit", "stream_jit", 32, batch=BATCH)
+        try:
+            r = self.pool.run(
+                self.target("stream_jit", batch=BATCH, rotate_every=ROTATE_EVERY // BATCH),
+                1,
+                max_calls=max(50, a.calls // (4 * BATCH)),
+            )
+            f["batch_jit_c1_per_grant_ms"] = pct(r.latencies, 50) * 1e3 / BATCH
+            self.throughput("batch_jit", "stream_jit", 8, batch=BATCH)
+        except RuntimeError as err:
+            # An extra figure: a busy machine (OPA past --opa-timeout) must not cost the run.
+            self.notes["batch"] = f"batch figures not measured: {err}"
         self.step(f"crash detection through stream close ({a.crash_trials} agents killed)")
         crash = [s * 1e3 for s in stream_crash.measure(Path(self.socket), a.crash_trials)]
         f["crash_p50_ms"] = pct(crash, 50)

@@ -24,7 +24,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from ._proto.jit.v1 import access_pb2 as pb
 from .engine import Engine
 from .engine.batch import BatchItem, Result
-from .errors import InvalidArgument, Reason, ResourceExhausted, SidecarError, Unavailable
+from .errors import (
+    Internal,
+    InvalidArgument,
+    Reason,
+    ResourceExhausted,
+    SidecarError,
+    Unavailable,
+)
 from .identity import Authenticator
 from .metrics import Metrics
 from .model import Identity, Intent, Task
@@ -96,6 +103,11 @@ class GrantStreamHandler:
         except SidecarError as err:
             self._refused(err, "message")
             await context.abort_with_status(error_status(err))
+        except Exception:
+            if context.code() is not None:  # an abort already in progress
+                raise
+            log.exception("%s failed", METHOD, extra={"reason": "internal", "rpc": METHOD})
+            await context.abort_with_status(error_status(Internal("internal error")))
         finally:
             keeper.cancel()
             self._close(task)
