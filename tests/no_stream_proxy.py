@@ -10,18 +10,14 @@ from typing import Any
 
 import grpc
 
+from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 
-UNARY = (
-    "BeginTask",
-    "RequestGrant",
-    "Heartbeat",
-    "CompleteTask",
-    "RevokeGrant",
-    "IntrospectToken",
-    "ListGrants",
-    "AwaitApproval",
-)
+UNARY = [
+    m.name
+    for m in pb.DESCRIPTOR.services_by_name["AccessService"].methods
+    if not (m.client_streaming or m.server_streaming)
+]
 
 
 class NoStreamProxy:

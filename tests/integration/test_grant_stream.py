@@ -83,6 +83,20 @@ def _begin(sidecar: SidecarProcess) -> str:
         return str(c.begin_task("stream test").task_id)
 
 
+def _write_burst(sidecar: SidecarProcess, count: int) -> Any:
+    """One message of `count` JIT intents (never cached: each needs the policy)."""
+    task_id = _begin(sidecar)
+    stream = RawStream(sidecar)
+    writes = [
+        _intent("tickets.update", f"tickets://t-{n}", "update the ticket the user named")
+        for n in range(count)
+    ]
+    stream.send(task_id=task_id, intents=writes)
+    answer = stream.read()
+    stream.close()
+    return answer
+
+
 def test_answers_come_in_request_order_with_their_ids(quiet_sidecar: SidecarProcess) -> None:
     """Pipelined messages are answered one for one, in order, each echoing its request_id,
     and the audit log records the grants in that order."""
@@ -149,15 +163,7 @@ def test_per_intent_errors_carry_the_unary_status_and_reason(quiet_sidecar: Side
 def test_a_batch_is_decided_in_one_policy_evaluation(quiet_sidecar: SidecarProcess) -> None:
     """Several intents in one message that the cache cannot answer share one OPA decision
     (one evaluation of data.jit.batch_decisions): their audit records carry one decision_id."""
-    task_id = _begin(quiet_sidecar)
-    stream = RawStream(quiet_sidecar)
-    writes = [
-        _intent("tickets.update", f"tickets://t-{n}", "update the ticket the user named")
-        for n in range(5)
-    ]
-    stream.send(task_id=task_id, intents=writes)
-    answer = stream.read()
-    stream.close()
+    answer = _write_burst(quiet_sidecar, 5)
     assert [r.response.decision for r in answer.results] == [pb.DECISION_GRANTED] * 5
     records = quiet_sidecar.events("grant_issued")
     assert len(records) == 5
@@ -357,15 +363,7 @@ def test_without_batch_evaluation_each_intent_is_decided_alone(
     a message's intents get one OPA decision each, and are still committed together."""
     sidecar = SidecarProcess(tmp_path / "sidecar", opa.url, "--opa-batch-path", "").start()
     try:
-        task_id = _begin(sidecar)
-        stream = RawStream(sidecar)
-        writes = [
-            _intent("tickets.update", f"tickets://t-{n}", "update the ticket the user named")
-            for n in range(3)
-        ]
-        stream.send(task_id=task_id, intents=writes)
-        answer = stream.read()
-        stream.close()
+        answer = _write_burst(sidecar, 3)
         records = sidecar.events("grant_issued")
     finally:
         sidecar.stop(timeout=15)
