@@ -81,9 +81,26 @@ class GrantStreamHandler:
         self._metrics = metrics
         self._max_bytes = max_message_bytes
         self._recording: set[asyncio.Task[None]] = set()
+        self._serving: set[asyncio.Task[Any]] = set()
+
+    def end_all(self) -> None:
+        """Shutdown: end every open stream now (no crash: the guard is draining), so that
+        the server's grace period is not spent waiting for streams that never end."""
+        for serving in list(self._serving):
+            serving.cancel()
 
     async def serve(self, context: grpc.aio.ServicerContext) -> None:
         """Run one stream to its end."""
+        current = asyncio.current_task()
+        if current is not None:
+            self._serving.add(current)
+        try:
+            await self._serve(context)
+        finally:
+            if current is not None:
+                self._serving.discard(current)
+
+    async def _serve(self, context: grpc.aio.ServicerContext) -> None:
         try:
             identity, task, first = await self._open(context)
         except SidecarError as err:

@@ -327,6 +327,8 @@ class App:
     http_credential: str | None
     checkpoints: Checkpointer
     """Signs the audit log's head at intervals and at shutdown (docs/security.md)."""
+    grant_stream: GrantStreamHandler
+    """Serves AccessService.GrantStream (issue 24); ends open streams at shutdown."""
 
 
 def build_app(
@@ -422,6 +424,9 @@ def build_app(
             issuer=cfg.issuer,
             clock=clock,
         ),
+        grant_stream=GrantStreamHandler(
+            engine, authenticator, guard, metrics, cfg.max_message_bytes
+        ),
     )
 
 
@@ -506,11 +511,8 @@ async def start_agent_listener(app: App) -> grpc.aio.Server:
         maximum_concurrent_rpcs=app.config.max_concurrent_rpcs * 2,
         interceptors=[app.admission],
     )
-    grant_stream = GrantStreamHandler(
-        app.engine, app.authenticator, app.guard, app.metrics, app.config.max_message_bytes
-    )
     access_pb2_grpc.add_AccessServiceServicer_to_server(
-        AccessService(app.engine, app.authenticator, app.guard, grant_stream), server
+        AccessService(app.engine, app.authenticator, app.guard, app.grant_stream), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(app.health.servicer, server)
     reflection.enable(
@@ -625,6 +627,7 @@ class Sidecar:
         app = self.app
         grace = app.config.shutdown_grace if grace is None else grace
         app.guard.draining = True
+        app.grant_stream.end_all()  # streams never end on their own: not a crash, a drain
         await app.health.servicer.enter_graceful_shutdown()
         servers = [s for s in (self._grpc, self._admin) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))

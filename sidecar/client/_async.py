@@ -33,7 +33,6 @@ from ._base import (
 from ._errors import (
     SidecarClientError,
     SidecarRpcError,
-    SidecarUnavailable,
     TaskEnded,
     translate_error,
 )
@@ -273,7 +272,7 @@ class AsyncTaskHandle(_TaskBase):
         if stream is not None:
             try:
                 return _stream_answer(await stream.ask(_stream_request(rpc)))
-            except SidecarUnavailable:
+            except SidecarRpcError:
                 if not stream.broken:
                     raise
                 self._stream = None

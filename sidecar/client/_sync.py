@@ -33,7 +33,6 @@ from ._base import (
 from ._errors import (
     SidecarClientError,
     SidecarRpcError,
-    SidecarUnavailable,
     TaskEnded,
     translate_error,
 )
@@ -299,7 +298,7 @@ class TaskHandle(_TaskBase):
         if stream is not None:
             try:
                 return _stream_answer(stream.ask(_stream_request(rpc)))
-            except SidecarUnavailable:
+            except SidecarRpcError:
                 if not stream.broken:
                     raise  # the intent's own answer (e.g. policy_unavailable)
                 self._stream = None
