@@ -730,8 +730,12 @@ class Engine:
         now = self.clock.now()
         out = []
         for grant in await self.store.list_grants(task.task_id, include_inactive):
+            ended = self.live.recently_ended.get(grant.grant_id)
             if grant.grant_id in self.live.grants:
                 grant.state = GrantState.ACTIVE  # memory is authoritative for live grants
+            elif grant.state is GrantState.ACTIVE and ended is not None:
+                # Ended in memory, the store not caught up yet: memory says how it ended.
+                grant.state, grant.end_reason = ended.state, ended.end_reason
             elif grant.state is GrantState.ACTIVE:
                 # Ended in memory; the store catches up with the journal's next commit.
                 grant.state = GrantState.EXPIRED if grant.expires_at <= now else GrantState.REVOKED
