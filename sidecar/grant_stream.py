@@ -107,8 +107,6 @@ class GrantStreamHandler:
             self._refused(err, "open")
             await context.abort_with_status(error_status(err))
             return
-        if first is None:
-            return
         keeper = asyncio.ensure_future(self._keep_alive(task))
         try:
             request: Any = first
@@ -131,7 +129,7 @@ class GrantStreamHandler:
 
     async def _open(
         self, context: grpc.aio.ServicerContext
-    ) -> tuple[Identity, Task, pb.GrantStreamRequest | None]:
+    ) -> tuple[Identity, Task, pb.GrantStreamRequest]:
         if self._guard.draining:
             raise Unavailable("the sidecar is shutting down", Reason.SHUTTING_DOWN)
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}

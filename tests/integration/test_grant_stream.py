@@ -21,6 +21,7 @@ from google.rpc import code_pb2, error_details_pb2
 from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from sidecar.client import AccessClient, AsyncAccessClient, TaskEnded
+from sidecar.client._errors import translate_error
 from tests.harness import OpaServer, SidecarProcess, clean_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,8 +188,6 @@ def test_stream_must_name_an_owned_task(quiet_sidecar: SidecarProcess) -> None:
             stream.read()
         stream.close()
         assert refused.value.code() == code
-        from sidecar.client._errors import translate_error
-
         assert translate_error(refused.value).reason == reason
 
 
@@ -371,3 +370,24 @@ def test_without_batch_evaluation_each_intent_is_decided_alone(
     assert len({r["decision_id"] for r in records}) == 3
     seqs = [r["seq"] for r in records]
     assert seqs == list(range(seqs[0], seqs[0] + 3))
+
+
+def test_a_malformed_message_ends_the_stream_with_its_status(
+    quiet_sidecar: SidecarProcess,
+) -> None:
+    """More than 64 intents in one message: the stream ends with INVALID_ARGUMENT
+    invalid_argument, nothing of the message is issued, and the stream's end crashes the
+    task (fail closed) like any close before CompleteTask."""
+    task_id = _begin(quiet_sidecar)
+    stream = RawStream(quiet_sidecar)
+    stream.send(task_id=task_id)
+    stream.read()
+    stream.send(intents=[_intent(*READ)] * 65)
+    with pytest.raises(grpc.RpcError) as refused:
+        stream.read()
+    stream.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert translate_error(refused.value).reason == "invalid_argument"
+    assert quiet_sidecar.events("grant_issued") == []
+    wait_for(lambda: quiet_sidecar.events("task_completed"), 30, what="the crash record")
+    assert [r["state"] for r in quiet_sidecar.events("task_completed")] == ["crashed"]
