@@ -376,22 +376,28 @@ class Bench:
                 }
             )
 
-        floor_jit = f["B_rpc_ms"] + f["B_opa_ms"] + f["B_sign_ms"] + f["B_sync_ms"]
-        floor_standing = f["B_rpc_ms"] + f["B_sign_ms"] + f["B_sync_ms"]
-        f["floor_jit_ms"] = floor_jit
-        f["floor_standing_ms"] = floor_standing
-        at_most(
-            "JIT p50 c=1 (ms)",
-            f["jit_p50_ms"],
-            1.5 * floor_jit,
-            "<= 1.5 x (B_rpc + B_opa + B_sign + B_sync)",
-        )
-        at_most(
-            "standing p50 c=1 (ms)",
-            f["standing_p50_ms"],
-            1.3 * floor_standing,
-            "<= 1.3 x (B_rpc + B_sign + B_sync)",
-        )
+        def c1_targets(prefix: str, transport: str, jit_factor: float) -> None:
+            """The c=1 p50 targets of unary calls (B_rpc) or the stream (B_stream)."""
+            b = f[f"{transport}_ms"]
+            floor_jit = b + f["B_opa_ms"] + f["B_sign_ms"] + f["B_sync_ms"]
+            floor_standing = b + f["B_sign_ms"] + f["B_sync_ms"]
+            f[f"floor_{prefix}jit_ms"] = floor_jit
+            f[f"floor_{prefix}standing_ms"] = floor_standing
+            label = prefix.replace("_", " ")
+            at_most(
+                f"{label}JIT p50 c=1 (ms)",
+                f[f"{prefix}jit_p50_ms"],
+                jit_factor * floor_jit,
+                f"<= {jit_factor:g} x ({transport} + B_opa + B_sign + B_sync)",
+            )
+            at_most(
+                f"{label}standing p50 c=1 (ms)",
+                f[f"{prefix}standing_p50_ms"],
+                1.3 * floor_standing,
+                f"<= 1.3 x ({transport} + B_sign + B_sync)",
+            )
+
+        c1_targets("", "B_rpc", 1.5)
         base = min(f["health_c32_per_s"], f["opa_c32_per_s"])
 
         def at_least(name: str, value: float, share: float) -> None:
@@ -418,22 +424,7 @@ class Bench:
         if "rss_mb" in f:
             at_most("RSS, 100k grants (MB)", f["rss_mb"], 150.0, "<= 150 MB")
         # GrantStream (issue 24): floors built from B_stream instead of B_rpc.
-        stream_jit = f["B_stream_ms"] + f["B_opa_ms"] + f["B_sign_ms"] + f["B_sync_ms"]
-        stream_standing = f["B_stream_ms"] + f["B_sign_ms"] + f["B_sync_ms"]
-        f["floor_stream_jit_ms"] = stream_jit
-        f["floor_stream_standing_ms"] = stream_standing
-        at_most(
-            "stream JIT p50 c=1 (ms)",
-            f["stream_jit_p50_ms"],
-            1.3 * stream_jit,
-            "<= 1.3 x (B_stream + B_opa + B_sign + B_sync)",
-        )
-        at_most(
-            "stream standing p50 c=1 (ms)",
-            f["stream_standing_p50_ms"],
-            1.3 * stream_standing,
-            "<= 1.3 x (B_stream + B_sign + B_sync)",
-        )
+        c1_targets("stream_", "B_stream", 1.3)
         for kind, share in (("stream_jit", 0.7), ("stream_standing", 1.0)):
             at_least(f"{kind} throughput, 32 streams (/s)", f[f"{kind}_c32_per_s"], share)
         for kind in ("stream_jit", "stream_standing"):
