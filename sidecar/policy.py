@@ -121,10 +121,15 @@ def parse_decision(body: bytes, *, action: str) -> PolicyDecision:
             "the decision is undefined: is `package jit` with a `decision` rule loaded?",
             "undefined",
         )
-    result = document["result"]
     decision_id = document.get("decision_id", "")
     if not isinstance(decision_id, str):
         decision_id = ""
+    return decision_from_result(document["result"], decision_id, action=action)
+
+
+def decision_from_result(result: Any, decision_id: str, *, action: str) -> PolicyDecision:
+    """Type-check one decision object (the `result` of a decision, or one element of a
+    batch's)."""
     if not isinstance(result, dict):
         raise PolicyResultInvalid("the decision is not an object", "shape")
     allow = result.get("allow")
@@ -245,15 +250,48 @@ class OpaClient:
         timeout: float,
         *,
         transport: Transport | None = None,
+        batch_path: str = "",
     ) -> None:
+        """`batch_path`: the Data API path deciding a list of inputs at once (rego/jit/
+        batch.rego); empty when the policy offers none."""
         self._transport: Transport = transport if transport is not None else Http1Pool(url)
         self._path = decision_path
+        self._batch_path = batch_path
         self._timeout = timeout
         self.last_latency = 0.0
 
     async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision:
         response = await self._post(self._path, policy_input)
         return parse_decision(response.body, action=policy_input["intent"]["action"])
+
+    async def decide_many(self, inputs: Sequence[dict[str, Any]]) -> list[PolicyDecision] | None:
+        """One evaluation deciding every input, in order; None when the policy offers no
+        batch entrypoint (no `batch_path`, or its document is undefined), so the caller asks
+        once per input. Any other bad answer is a PolicyError for the whole batch."""
+        if not self._batch_path:
+            return None
+        response = await self._post(self._batch_path, {"batch": list(inputs)})
+        try:
+            document = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise PolicyResultInvalid(
+                "OPA answered something that is not JSON", "bad_json"
+            ) from err
+        if not isinstance(document, dict):
+            raise PolicyResultInvalid("OPA's answer is not a JSON object", "shape")
+        if "result" not in document:
+            self._batch_path = ""  # this policy has no batch entrypoint: stop asking
+            return None
+        results = document["result"]
+        if not isinstance(results, list) or len(results) != len(inputs):
+            raise PolicyResultInvalid("the batch decision is not one object per input", "shape")
+        decision_id = document.get("decision_id", "")
+        if not isinstance(decision_id, str):
+            decision_id = ""
+        return [
+            decision_from_result(r, decision_id, action=i["intent"]["action"])
+            for r, i in zip(results, inputs, strict=True)
+        ]
 
     async def explain(
         self, policy_input: dict[str, Any], *, trace: bool = False

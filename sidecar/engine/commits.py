@@ -176,6 +176,24 @@ class Recorder:
         approval_id: str = "",
     ) -> GrantOutcome:
         """A denial is an answer, not an error: counted, logged and audited."""
+        event, outcome = self.denied(
+            identity, task_id, intent, now, reasons, decision_id, approval_id
+        )
+        await self.journal.commit([event])
+        return outcome
+
+    def denied(
+        self,
+        identity: Identity,
+        task_id: str,
+        intent: Intent,
+        now: float,
+        reasons: tuple[str, ...],
+        decision_id: str = "",
+        approval_id: str = "",
+    ) -> tuple[GrantDenied, GrantOutcome]:
+        """A denial counted and logged; its event still to be committed (a GrantStream
+        batch commits it with the batch's other records)."""
         self.metrics.denied()
         log.info(
             "grant denied: %s %s",
@@ -196,8 +214,7 @@ class Recorder:
             approval_id=approval_id or None,
             reasons=list(reasons),
         )
-        await self.journal.commit([event])
-        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
+        return event, GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
 
     async def rejection(
         self,

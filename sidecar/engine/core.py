@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
 from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
-from ..cache import DecisionCache
+from ..cache import CacheKey, DecisionCache
 from ..clock import Clock, rfc3339
 from ..dpop import KeyBinding
 from ..errors import (
@@ -65,6 +65,7 @@ from ..validation import (
     check_ttl,
     preview,
 )
+from . import batch
 from . import fleet as fleet_orders
 from .commits import Ended, Recorder, commit_or_undo
 from .credentials import Credentials
@@ -77,9 +78,10 @@ from .keys import KeyRotation
 from .limits import check_grant_room, grant_ttl
 from .listeners import GrantEndListeners
 from .live import LiveState
-from .outcome import GrantOutcome, pending, settled
+from .outcome import GrantOutcome, Prepared, pending, settled
 from .revoking import Revoking
 from .settings import EngineMetrics, EngineSettings
+from .streams import StreamWatch
 from .sweeper import Sweeper
 from .tasks import TaskLookup, check_task_ref, owned_task_id
 
@@ -166,7 +168,6 @@ class Engine:
             interval=settings.sweep_interval,
         )
         self._keys = KeyRotation(keys, self.live, journal, clock)
-        self._tasks = TaskLookup(self.live, store)
         self._revoking = Revoking(
             self.live,
             store=store,
@@ -196,6 +197,8 @@ class Engine:
             introspect=lambda token: self.introspect(token, with_reason=False),
             abort_issue=self._abort_issue,
         )
+        self.streams = StreamWatch(self.live, self.record, journal, clock)
+        self._tasks = TaskLookup(self.live, store, self.streams.lost)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the live state a store loaded at start-up, and the broker revocations
@@ -400,22 +403,35 @@ class Engine:
         if cached is not None:
             self.metrics.cache_hit.inc()
             return cached
-        grants = [self.live.grants[g] for g in task.grant_ids if g in self.live.grants]
-        policy_input = build_input(identity, intent, task, grants, ttl, now)
+        policy_input = build_input(identity, intent, task, self.live.grants_of(task), ttl, now)
         started = time.perf_counter()
         try:
             decision = await self.policy.decide(policy_input)
         except PolicyError as err:
-            if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
-                self.on_policy_unavailable(err)
-            await self.record.policy_failure(err, identity, intent, task.task_id, now)
+            await self._policy_failed(err, identity, [intent], task.task_id, now)
             raise
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
+        self._remember(key, decision, task)
+        return decision
+
+    def _remember(self, key: CacheKey, decision: PolicyDecision, task: Task) -> None:
         if decision.cache_seconds and task.principal is None:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
-        return decision
+
+    async def _policy_failed(
+        self,
+        err: PolicyError,
+        identity: Identity,
+        intents: Sequence[Intent],
+        task_id: str,
+        now: float,
+    ) -> None:
+        if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
+            self.on_policy_unavailable(err)
+        for intent in intents:
+            await self.record.policy_failure(err, identity, intent, task_id, now)
 
     async def _credential_spec(
         self, identity: Identity, intent: Intent, task_id: str, decision: PolicyDecision, now: float
@@ -441,6 +457,28 @@ class Engine:
         decision: PolicyDecision,
         approval_id: str = "",
     ) -> GrantOutcome:
+        prepared = await self._prepare_issue(
+            identity, task, intent, requested_ttl, decision, approval_id
+        )
+        try:
+            await self.journal.commit(prepared.events)
+        except CommitError as err:
+            await self._abort_issue(prepared.grant, err)
+            raise
+        return self._issued(prepared)
+
+    async def _prepare_issue(
+        self,
+        identity: Identity,
+        task: Task,
+        intent: Intent,
+        requested_ttl: int,
+        decision: PolicyDecision,
+        approval_id: str = "",
+    ) -> Prepared:
+        """Everything of an issuance before its commit (steps 5-6): the live grant, its
+        token (not returned until the commit), the downstream credential and the audit
+        events. Only the broker is awaited; the checks are made again after it."""
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise self._tasks.ended(task)
@@ -511,11 +549,13 @@ class Engine:
         if issued is not None:
             assert self.credentials is not None
             events.append(self.credentials.issued_event(grant, issued.lease))
-        try:
-            await self.journal.commit(events)
-        except CommitError as err:
-            await self._abort_issue(grant, err)
-            raise
+        return Prepared(grant, token, event, events, intent, decision, issued)
+
+    def _issued(self, prepared: Prepared) -> GrantOutcome:
+        """After the commit: the answer, unless the grant ended meanwhile."""
+        grant, decision, intent = prepared.grant, prepared.decision, prepared.intent
+        assert decision.tier is not None
+        ttl = prepared.event.ttl_seconds or 0
         if grant.state is not GrantState.ACTIVE:
             # Revoked (task completed or operator) while the commit was in flight.
             raise FailedPrecondition(
@@ -530,21 +570,21 @@ class Engine:
             preview(intent.resource, 128),
             ttl,
             extra={
-                "task_id": task.task_id,
+                "task_id": grant.task_id,
                 "grant_id": grant.grant_id,
                 "decision_id": decision.decision_id or None,
                 "tier": decision.tier.value,
-                "kid": key.kid,
+                "kid": grant.kid,
             },
         )
         return GrantOutcome(
             "granted",
             grant=grant,
-            token=token,
+            token=prepared.token,
             reasons=decision.reasons,
             decision_id=decision.decision_id,
             justification=intent.justification,
-            credential=issued,
+            credential=prepared.credential,
         )
 
     async def _issue_credential(
@@ -586,6 +626,24 @@ class Engine:
                 await self.journal.commit([event])
             except CommitError:
                 log.error("could not record the aborted issue of %s", grant.grant_id)
+
+    # ================================================================== GrantStream
+    async def open_stream(self, identity: Identity, task_id: str) -> Task:
+        """A GrantStream opens for one of the caller's active tasks: from now on the open
+        stream keeps it alive, and its close without CompleteTask crashes it (streams.py)."""
+        try:
+            task = await self._tasks.active(identity, task_id)
+        except SidecarError as err:
+            await self.record.rejection("GrantStream", identity, err, task_id=task_id)
+            raise
+        self.streams.opened(task)
+        return task
+
+    async def request_grants(
+        self, identity: Identity, task_id: str, items: Sequence[batch.BatchItem]
+    ) -> list[batch.Result]:
+        """Several intents at once, each answered as RequestGrant would (batch.py)."""
+        return await batch.request_grants(self, identity, task_id, items)
 
     # ================================================================== approvals
     async def _approval_shortcut(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from ..model import Identity, Task
@@ -18,9 +19,14 @@ from .live import LiveState
 
 
 class TaskLookup:
-    def __init__(self, live: LiveState, store: Store) -> None:
+    def __init__(
+        self, live: LiveState, store: Store, lost: Mapping[str, str] | None = None
+    ) -> None:
+        """`lost`: why recently ended tasks ended, when their state does not say (a
+        GrantStream closed, sidecar.engine.streams), by task id."""
         self.live = live
         self.store = store
+        self.lost: Mapping[str, str] = lost if lost is not None else {}
 
     async def own(self, identity: Identity, task_id: str) -> Task | None:
         """The caller's task named `task_id` (live or stored, in any state), or None. Another
@@ -54,6 +60,8 @@ class TaskLookup:
         return task
 
     def ended(self, task: Task) -> FailedPrecondition:
+        if not task.end_detail:
+            task.end_detail = self.lost.get(task.task_id, "")
         why = task.why_ended(self.live.heartbeat_misses)
         return FailedPrecondition(f"task {task.task_id} has ended ({why})", Reason.TASK_INACTIVE)
 
