@@ -5,7 +5,6 @@ a slow consumer and a stream outliving its task."""
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
 import sys
@@ -16,12 +15,14 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 
 from sidecar._proto.jit.v1 import access_pb2 as pb
-from sidecar._proto.jit.v1 import access_pb2_grpc as pb_grpc
 from sidecar.client import AccessClient, AsyncAccessClient, TaskEnded
 from sidecar.client._errors import translate_error
+from tests.grant_streams import RawStream
+from tests.grant_streams import status_reason as _reason
+from tests.grant_streams import stream_intent as _intent
 from tests.harness import OpaServer, SidecarProcess, clean_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,37 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NO_HEARTBEATS = ("--heartbeat-interval", "3600", "--sweep-interval", "0.2")
 
 
-def _intent(action: str, resource: str, justification: str = "", ttl: int = 0) -> Any:
-    return pb.GrantStreamIntent(
-        intent=pb.Intent(action=action, resource=resource, justification=justification),
-        ttl_seconds=ttl,
-    )
-
-
 READ = ("docs.read", "docs://handbook/intro")
 WRITE = ("tickets.update", "tickets://t-4711", "update the ticket the customer named")
-
-
-class RawStream:
-    """A GrantStream over the real socket, with the test in control of sending and reading."""
-
-    def __init__(self, sidecar: SidecarProcess) -> None:
-        self.channel = grpc.insecure_channel(f"unix:{sidecar.socket}")
-        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        stub = pb_grpc.AccessServiceStub(self.channel)
-        self.answers: Iterator[pb.GrantStreamResponse] = stub.GrantStream(
-            iter(self.outbox.get, None)
-        )
-
-    def send(self, **fields: Any) -> None:
-        self.outbox.put(pb.GrantStreamRequest(**fields))
-
-    def read(self) -> pb.GrantStreamResponse:
-        return next(self.answers)
-
-    def close(self) -> None:
-        self.outbox.put(None)
-        self.channel.close()
 
 
 @pytest.fixture
@@ -68,15 +40,6 @@ def quiet_sidecar(tmp_path: Path, opa: OpaServer) -> Iterator[SidecarProcess]:
     process = SidecarProcess(tmp_path / "sidecar", opa.url, *NO_HEARTBEATS).start()
     yield process
     process.stop(timeout=15)
-
-
-def _reason(status: Any) -> str:
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
 
 
 def _begin(sidecar: SidecarProcess) -> str:
