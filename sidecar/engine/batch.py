@@ -216,14 +216,14 @@ async def _issue_all(
                 denied[i] = outcome
                 continue
             # Before parking an approval too: a malformed credential object is refused now.
-            await engine._credential_spec(identity, intent, task.task_id, decision, now)
+            await engine.issuance.credential_spec(identity, intent, task.task_id, decision, now)
             if decision.approval_required:
                 approval = await engine.approvals.park(
                     identity, task, intent, items[i].ttl_seconds, decision
                 )
                 results[i] = pending(approval)
             else:
-                prepared = await engine._prepare_issue(
+                prepared = await engine.issuance.prepare(
                     identity, task, intent, items[i].ttl_seconds, decision
                 )
                 events.extend(prepared.events)
@@ -236,7 +236,7 @@ async def _issue_all(
         await engine.journal.commit(events)
     except CommitError as err:
         for i, prepared in issuing.items():
-            await engine._abort_issue(prepared.grant, err)  # revokes its credential too
+            await engine.issuance.abort(prepared.grant, err)  # revokes its credential too
             results[i] = err
         for i in denied:
             results[i] = err
@@ -245,6 +245,6 @@ async def _issue_all(
         results[i] = outcome
     for i, prepared in issuing.items():
         try:
-            results[i] = engine._issued(prepared)
+            results[i] = engine.issuance.issued(prepared)
         except SidecarError as err:
             results[i] = err

@@ -8,7 +8,8 @@ token.
 
 The engine keeps live state (`live.py`) and changes it synchronously before each journal
 commit. It does no I/O of its own: the policy, journal, store and key ring are adapters
-handed to it. Finding the caller's task (`tasks.py`), approvals (`desk.py`), the sweeper
+handed to it. Finding the caller's task (`tasks.py`), issuing an allowed grant (`issuance.py`),
+several intents decided together (`batch.py`, GrantStream), approvals (`desk.py`), the sweeper
 (`sweeper.py`), revocation on request (`revoking.py`), key rotation (`keys.py`), introspection
 (`introspection.py`) and the fleet (`fleet.py`) each have a module (docs/architecture.md).
 """
@@ -18,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
-from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
 from ..cache import CacheKey, DecisionCache
 from ..clock import Clock, rfc3339
 from ..dpop import KeyBinding
@@ -37,48 +36,46 @@ from ..errors import (
     ResourceExhausted,
     SidecarError,
 )
-from ..events import Event, GrantIssued, GrantRevoked, TaskBegun
+from ..events import TaskBegun
 from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
     OUTCOME_TASK_STATE,
     AccessEnded,
     Grant,
-    GrantState,
     Identity,
     Intent,
     Outcome,
     PolicyDecision,
     Principal,
-    RevocationReason,
     Task,
 )
 from ..policy import PolicyEngine, build_input
 from ..principals import PrincipalVerifier
 from ..revocations import FleetGate, Revocation
 from ..store import Snapshot, Store
-from ..tokens import KeyRing, SigningKey, access_token_claims, new_grant_id
+from ..tokens import KeyRing, SigningKey, new_grant_id
 from ..validation import (
     check_intent,
     check_task_fields,
     check_task_id,
     check_ttl,
-    preview,
 )
 from . import batch
 from . import fleet as fleet_orders
 from .commits import Ended, Recorder, commit_or_undo
 from .credentials import Credentials
-from .delegation import Delegation, TaskPrincipals, actor_claim
+from .delegation import Delegation, TaskPrincipals
 from .desk import ApprovalDesk
 from .due import DueQueue
 from .exchange import Exchanged, ExchangeRequest, TokenExchange
 from .introspection import Introspection, introspect
+from .issuance import Issuance
 from .keys import KeyRotation
-from .limits import check_grant_room, grant_ttl
+from .limits import check_grant_room
 from .listeners import GrantEndListeners
 from .live import LiveState
-from .outcome import GrantOutcome, Prepared, pending, settled
+from .outcome import GrantOutcome, pending, settled
 from .revoking import Revoking
 from .settings import EngineMetrics, EngineSettings
 from .streams import StreamWatch
@@ -177,6 +174,20 @@ class Engine:
             fleet=fleet,
             max_ttl=settings.max_ttl,
         )
+        self.streams = StreamWatch(self.live, self.record, journal, clock)
+        self._tasks = TaskLookup(self.live, store, self.streams.lost)
+        self.issuance = Issuance(
+            settings,
+            live=self.live,
+            keys=keys,
+            journal=journal,
+            metrics=metrics,
+            clock=clock,
+            recorder=self.record,
+            tasks=self._tasks,
+            fleet=fleet,
+            credentials=credentials,
+        )
         self.delegation = Delegation(
             verifier=principals,
             may_act=policy,
@@ -195,10 +206,8 @@ class Engine:
             max_grants_per_task=settings.max_grants_per_task,
             delegation=self.delegation,
             introspect=lambda token: self.introspect(token, with_reason=False),
-            abort_issue=self._abort_issue,
+            abort_issue=self.issuance.abort,
         )
-        self.streams = StreamWatch(self.live, self.record, journal, clock)
-        self._tasks = TaskLookup(self.live, store, self.streams.lost)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the live state a store loaded at start-up, and the broker revocations
@@ -388,11 +397,11 @@ class Engine:
                 identity, task.task_id, intent, now, decision.reasons, decision.decision_id
             )
         # Before parking an approval too: a malformed credential object is refused now.
-        await self._credential_spec(identity, intent, task.task_id, decision, now)
+        await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
         if decision.approval_required:
             approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
             return pending(approval)
-        return await self._issue(identity, task, intent, ttl_seconds, decision)
+        return await self.issuance.issue(identity, task, intent, ttl_seconds, decision)
 
     async def _decide(
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
@@ -432,200 +441,6 @@ class Engine:
             self.on_policy_unavailable(err)
         for intent in intents:
             await self.record.policy_failure(err, identity, intent, task_id, now)
-
-    async def _credential_spec(
-        self, identity: Identity, intent: Intent, task_id: str, decision: PolicyDecision, now: float
-    ) -> CredentialSpec | None:
-        """The decision's `credential` object as its broker validated it (None when there is
-        none); a malformed one, or one naming no configured broker, is a policy error."""
-        if decision.credential is None:
-            return None
-        try:
-            if self.credentials is None:
-                raise CredentialSpecInvalid("no broker is configured on this sidecar")
-            return self.credentials.spec(decision, intent)
-        except PolicyError as err:
-            await self.record.policy_failure(err, identity, intent, task_id, now)
-            raise
-
-    async def _issue(
-        self,
-        identity: Identity,
-        task: Task,
-        intent: Intent,
-        requested_ttl: int,
-        decision: PolicyDecision,
-        approval_id: str = "",
-    ) -> GrantOutcome:
-        prepared = await self._prepare_issue(
-            identity, task, intent, requested_ttl, decision, approval_id
-        )
-        try:
-            await self.journal.commit(prepared.events)
-        except CommitError as err:
-            await self._abort_issue(prepared.grant, err)
-            raise
-        return self._issued(prepared)
-
-    async def _prepare_issue(
-        self,
-        identity: Identity,
-        task: Task,
-        intent: Intent,
-        requested_ttl: int,
-        decision: PolicyDecision,
-        approval_id: str = "",
-    ) -> Prepared:
-        """Everything of an issuance before its commit (steps 5-6): the live grant, its
-        token (not returned until the commit), the downstream credential and the audit
-        events. Only the broker is awaited; the checks are made again after it."""
-        assert decision.tier is not None
-        if not task.active:  # the task ended while the policy was deciding
-            raise self._tasks.ended(task)
-        check_grant_room(task, self.settings.max_grants_per_task)
-        if self.fleet is not None:
-            self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
-        now = self.clock.now()
-        ttl, limited_by = grant_ttl(requested_ttl, decision, task, now, self.settings)
-        if ttl < 1:
-            raise FailedPrecondition(
-                f"task {task.task_id} has less than a second left", Reason.TASK_INACTIVE
-            )
-        exp = int(now) + ttl
-        key = self.keys.current
-        grant = Grant(
-            grant_id=new_grant_id(),
-            task_id=task.task_id,
-            subject=identity.subject,
-            # Agents repeat intents: interning shares one string between the live grants
-            # of the same action/resource/audience (~180 bytes a grant). Interned strings
-            # are freed with their last grant.
-            action=sys.intern(intent.action),
-            resource=sys.intern(intent.resource),
-            tier=decision.tier,
-            audience=sys.intern(decision.audience),
-            scope=decision.scope,
-            issued_at=now,
-            expires_at=float(exp),
-            kid=key.kid,
-            decision_id=decision.decision_id,
-            cnf_jkt=task.pop_jkt,
-            # RFC 8693 §4.1: for a task with a principal, sub = the person, act = the agent.
-            principal=task.principal.subject if task.principal is not None else "",
-            actor=actor_claim(identity.subject) if task.principal is not None else None,
-        )
-        # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
-        spec = await self._credential_spec(identity, intent, task.task_id, decision, now)
-        issued = None
-        if spec is not None:
-            issued = await self._issue_credential(task, grant, spec)
-            # A rotation while the broker worked: sign with the key current now, whose
-            # retirement accounts for this grant (add_grant records its exp per kid).
-            key = self.keys.current
-            grant.kid = key.kid
-        self.live.add_grant(task, grant)
-        token = key.sign(access_token_claims(grant, self.settings.issuer))
-        event = GrantIssued(
-            time=rfc3339(now),
-            task_id=task.task_id,
-            grant_id=grant.grant_id,
-            subject=identity.subject,
-            intent=intent.as_input(),
-            decision_id=decision.decision_id or None,
-            tier=decision.tier.value,
-            scope=list(decision.scope),
-            audience=decision.audience,
-            ttl_seconds=ttl,
-            ttl_limited_by=limited_by,
-            expires_at=rfc3339(exp),
-            reasons=list(decision.reasons),
-            kid=key.kid,
-            cnf_jkt=task.pop_jkt or None,
-            cached=decision.cached or None,
-            approval_id=approval_id or None,
-            actor=dict(grant.actor) if grant.actor else None,
-        )
-        events: list[Event] = [event]
-        if issued is not None:
-            assert self.credentials is not None
-            events.append(self.credentials.issued_event(grant, issued.lease))
-        return Prepared(grant, token, event, events, intent, decision, issued)
-
-    def _issued(self, prepared: Prepared) -> GrantOutcome:
-        """After the commit: the answer, unless the grant ended meanwhile."""
-        grant, decision, intent = prepared.grant, prepared.decision, prepared.intent
-        assert decision.tier is not None
-        ttl = prepared.event.ttl_seconds or 0
-        if grant.state is not GrantState.ACTIVE:
-            # Revoked (task completed or operator) while the commit was in flight.
-            raise FailedPrecondition(
-                f"grant {grant.grant_id} was revoked before it could be returned",
-                Reason.TASK_INACTIVE,
-            )
-        self.metrics.granted(decision.tier)
-        self.metrics.grant_ttl.observe(ttl)
-        log.info(
-            "grant issued: %s %s for %d s",
-            intent.action,
-            preview(intent.resource, 128),
-            ttl,
-            extra={
-                "task_id": grant.task_id,
-                "grant_id": grant.grant_id,
-                "decision_id": decision.decision_id or None,
-                "tier": decision.tier.value,
-                "kid": grant.kid,
-            },
-        )
-        return GrantOutcome(
-            "granted",
-            grant=grant,
-            token=prepared.token,
-            reasons=decision.reasons,
-            decision_id=decision.decision_id,
-            justification=intent.justification,
-            credential=prepared.credential,
-        )
-
-    async def _issue_credential(
-        self, task: Task, grant: Grant, spec: CredentialSpec
-    ) -> IssuedCredential:
-        """Have the broker make the credential; `grant.lease` holds it afterwards. The
-        checks made before the broker was awaited are made again: the task may have ended,
-        or concurrent requests filled it, meanwhile (and then the credential goes at once)."""
-        assert self.credentials is not None
-        issued = await self.credentials.issue(grant, spec)
-        grant.lease = issued.lease
-        try:
-            if not task.active:
-                raise self._tasks.ended(task)
-            check_grant_room(task, self.settings.max_grants_per_task)
-        except SidecarError:
-            self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
-            raise
-        return issued
-
-    async def _abort_issue(self, grant: Grant, err: CommitError) -> None:
-        """Undo an issuance whose commit failed; the token is never returned, and a broker
-        credential made for it is revoked at once (no orphan)."""
-        if grant.lease is not None and self.credentials is not None:
-            self.credentials.revoke_soon([(grant.lease, "issue_aborted", grant.task_id)])
-        if grant.state is GrantState.ACTIVE:
-            self.live.forget_grant(grant, self.live.tasks.get(grant.task_id))
-        if err.durable:
-            # The audit log says "issued" but the store failed: record that it never left.
-            event = GrantRevoked(
-                time=rfc3339(self.clock.now()),
-                task_id=grant.task_id,
-                grant_id=grant.grant_id,
-                subject=grant.subject,
-                tier=grant.tier.value,
-                reason=RevocationReason.ISSUE_ABORTED.value,
-            )
-            try:
-                await self.journal.commit([event])
-            except CommitError:
-                log.error("could not record the aborted issue of %s", grant.grant_id)
 
     # ================================================================== GrantStream
     async def open_stream(self, identity: Identity, task_id: str) -> Task:
@@ -739,7 +554,7 @@ class Engine:
             self.fleet.check_issuable()  # before the approval is used up
         self.approvals.close(approval, ApprovalState.USED)
         try:
-            return await self._issue(
+            return await self.issuance.issue(
                 identity,
                 task,
                 approval.intent,

@@ -197,6 +197,8 @@ def test_crashed_agent_loses_its_session(
         finally:
             conn.close()
         wait_gone(postgres, grant.lease.handle)
+        # The record is committed after the broker dropped the role: wait for it too.
+        wait_for(lambda: process.events("credential_revoked"), 10, what="credential_revoked")
         (revoked,) = process.events("credential_revoked")
         process.stop()
     assert revoked["reason"] == "agent_lost"
