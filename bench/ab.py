@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 from bench import floor  # noqa: E402
 from bench.load import LoadPool, Target  # noqa: E402
 from bench.run import ROTATE_EVERY, SIDECAR_FLAGS, cpu_seconds, pct, rss_bytes  # noqa: E402
-from tests.harness import OpaServer, SidecarProcess  # noqa: E402
+from tests.harness import OpaServer, SidecarProcess, wait_for  # noqa: E402
 
 
 def export(rev: str, into: Path) -> Path:
@@ -150,8 +150,11 @@ def _memory(
         for name in order:
             print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
             proc = SidecarProcess(work / f"{name}-{r}", url, *SIDECAR_FLAGS, env=envs[name])
-            proc.start()
+            proc.start(wait=False)
             try:
+                wait_for(
+                    proc.ready_to_serve, 120, what=f"the {name} sidecar to start (slow under load)"
+                )
                 assert proc.proc is not None
                 time.sleep(1.0)
                 before = rss_bytes(proc.proc.pid) / 2**20
