@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Internal, PolicyError, SidecarError
@@ -53,6 +53,16 @@ class BatchPolicy(Protocol):
 
     async def decide_many(self, inputs: Sequence[dict[str, Any]]) -> list[PolicyDecision] | None:
         """The decisions in order, or None when the policy offers no batch evaluation."""
+
+
+@dataclass(slots=True)
+class _Made:
+    """What a message's items made before their one commit."""
+
+    events: list[Event] = field(default_factory=list)
+    issuing: dict[int, Prepared] = field(default_factory=dict)
+    """Grants prepared (live, not yet committed), by item."""
+    denied: dict[int, GrantOutcome] = field(default_factory=dict)
 
 
 async def request_grants(
@@ -201,35 +211,16 @@ async def _issue_all(
     now: float,
 ) -> None:
     """Grants and denials of the message, made durable by one commit."""
-    events: list[Event] = []
-    issuing: dict[int, Prepared] = {}
-    denied: dict[int, GrantOutcome] = {}
-    for i in sorted(decisions):
-        decision = decisions[i]
-        intent = items[i].intent
-        try:
-            if not decision.allow:
-                event, outcome = engine.record.denied(
-                    identity, task.task_id, intent, now, decision.reasons, decision.decision_id
-                )
-                events.append(event)
-                denied[i] = outcome
-                continue
-            # Before parking an approval too: a malformed credential object is refused now.
-            await engine.issuance.credential_spec(identity, intent, task.task_id, decision, now)
-            if decision.approval_required:
-                approval = await engine.approvals.park(
-                    identity, task, intent, items[i].ttl_seconds, decision
-                )
-                results[i] = pending(approval)
-            else:
-                prepared = await engine.issuance.prepare(
-                    identity, task, intent, items[i].ttl_seconds, decision
-                )
-                events.extend(prepared.events)
-                issuing[i] = prepared
-        except SidecarError as err:
-            results[i] = err
+    made = _Made()
+    try:
+        await _prepare_all(engine, identity, task, items, decisions, results, now, made)
+    except BaseException:
+        # Cancelled (the stream closed, the message timed out) while a later item's broker
+        # worked: the grants prepared so far were never committed; no ghost, no orphan.
+        for prepared in made.issuing.values():
+            engine.issuance.undo(prepared.grant)
+        raise
+    events, issuing, denied = made.events, made.issuing, made.denied
     if not events:
         return
     try:
@@ -246,5 +237,45 @@ async def _issue_all(
     for i, prepared in issuing.items():
         try:
             results[i] = engine.issuance.issued(prepared)
+        except SidecarError as err:
+            results[i] = err
+
+
+async def _prepare_all(
+    engine: Engine,
+    identity: Identity,
+    task: Task,
+    items: Sequence[BatchItem],
+    decisions: dict[int, PolicyDecision],
+    results: list[Result | None],
+    now: float,
+    made: _Made,
+) -> None:
+    """Each decided item: a denial's event, an approval parked, or a grant prepared (step 6
+    included), collected in `made`."""
+    for i in sorted(decisions):
+        decision = decisions[i]
+        intent = items[i].intent
+        try:
+            if not decision.allow:
+                event, outcome = engine.record.denied(
+                    identity, task.task_id, intent, now, decision.reasons, decision.decision_id
+                )
+                made.events.append(event)
+                made.denied[i] = outcome
+                continue
+            # Before parking an approval too: a malformed credential object is refused now.
+            await engine.issuance.credential_spec(identity, intent, task.task_id, decision, now)
+            if decision.approval_required:
+                approval = await engine.approvals.park(
+                    identity, task, intent, items[i].ttl_seconds, decision
+                )
+                results[i] = pending(approval)
+            else:
+                prepared = await engine.issuance.prepare(
+                    identity, task, intent, items[i].ttl_seconds, decision
+                )
+                made.events.extend(prepared.events)
+                made.issuing[i] = prepared
         except SidecarError as err:
             results[i] = err

@@ -238,13 +238,18 @@ class Issuance:
             raise
         return issued
 
-    async def abort(self, grant: Grant, err: CommitError) -> None:
-        """Undo an issuance whose commit failed; the token is never returned, and a broker
-        credential made for it is revoked at once (no orphan)."""
+    def undo(self, grant: Grant) -> None:
+        """Forget a prepared grant that was not committed; a broker credential made for it is
+        revoked at once (no orphan)."""
         if grant.lease is not None and self.credentials is not None:
             self.credentials.revoke_soon([(grant.lease, "issue_aborted", grant.task_id)])
         if grant.state is GrantState.ACTIVE:
             self._live.forget_grant(grant, self._live.tasks.get(grant.task_id))
+
+    async def abort(self, grant: Grant, err: CommitError) -> None:
+        """Undo an issuance whose commit failed; the token is never returned, and a broker
+        credential made for it is revoked at once (no orphan)."""
+        self.undo(grant)
         if err.durable:
             # The audit log says "issued" but the store failed: record that it never left.
             event = GrantRevoked(
