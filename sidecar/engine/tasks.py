@@ -50,6 +50,11 @@ class TaskLookup:
         if task is None:
             raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
         if task.active and task.task_id not in self.live.tasks:
+            lost = self.lost.get(task.task_id)
+            if lost:  # its GrantStream closed: ended in memory, the store not caught up yet
+                raise FailedPrecondition(
+                    f"task {task.task_id} has ended (crashed: {lost})", Reason.TASK_INACTIVE
+                )
             # Live state holds every active task this sidecar serves: an active task in
             # the store is another sidecar's (fleet) or is ending right now.
             raise FailedPrecondition(
