@@ -119,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     got.setdefault(f"{kind}_c32_per_s", []).append(res.throughput)
                     got.setdefault(f"{kind}_c32_p50_ms", []).append(pct(res.latencies, 50) * 1e3)
                     got.setdefault(f"{kind}_c32_p99_ms", []).append(pct(res.latencies, 99) * 1e3)
-        print(f"\nbase = {args.base}, head = working tree; median over {args.rounds} rounds")
-        print("| figure | base | head | head / base |\n|---|---|---|---|")
-        for key in samples["base"]:
-            b = statistics.median(samples["base"][key])
-            h = statistics.median(samples["head"][key])
-            print(f"| {key} | {b:.3f} | {h:.3f} | {h / b:.2f} |")
+        _print_medians(args, samples, "{:.3f}", "{:.2f}")
     finally:
         pool.close()
         for proc in sides.values():
@@ -176,13 +171,20 @@ def _memory(
             got.setdefault("rss_filled_mb", []).append(after)
             got.setdefault("active_grants", []).append(active)
             got.setdefault("bytes_per_grant", []).append((after - before) * 2**20 / max(1, active))
+    _print_medians(args, samples, "{:.1f}", "{:.3f}")
+    return 0
+
+
+def _print_medians(
+    args: argparse.Namespace, samples: dict[str, dict[str, list[float]]], value: str, ratio: str
+) -> None:
+    """The table: each figure's median over the rounds, per side, and head / base."""
     print(f"\nbase = {args.base}, head = working tree; median over {args.rounds} rounds")
     print("| figure | base | head | head / base |\n|---|---|---|---|")
     for key in samples["base"]:
         b = statistics.median(samples["base"][key])
         h = statistics.median(samples["head"][key])
-        print(f"| {key} | {b:.1f} | {h:.1f} | {h / b:.3f} |")
-    return 0
+        print(f"| {key} | {value.format(b)} | {value.format(h)} | {ratio.format(h / b)} |")
 
 
 if __name__ == "__main__":
