@@ -149,7 +149,10 @@ def policy_inputs(
 ) -> list[dict[str, Any]]:
     """The policy input of each intent of a batch, the one place that builds them. Every
     item sees the task as it was at the start of the batch: its grants held then, not
-    those an earlier item of the same batch is about to get."""
+    those an earlier item of the same batch is about to get. A rule that depends on what
+    the task already did (flow labels accumulating as grants are issued, issue 22) must
+    see the earlier items of the batch here too, or decide the batch one item at a time:
+    an item must not escape it because its predecessor is not yet in the history."""
     held = engine.live.grants_of(task)
     return [build_input(identity, it.intent, task, held, it.ttl_seconds, now) for it in items]
 
