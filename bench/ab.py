@@ -7,6 +7,10 @@ pointing at it; same OPA, same flags as `make bench`) and alternates between the
 after round, with the same load: RequestGrant (JIT and cached standing) at c=1 and c=32.
 Per side it reports the p50 at c=1, the throughput at c=32 and the sidecar's CPU time per
 call (all threads, from /proc), each as the median over rounds.
+
+`--memory N` compares resident memory instead, the way `make bench` measures it: per round,
+a fresh sidecar of each side (one after the other, order alternating) filled to N standing
+grants (45 per task), its VmRSS read before and after the fill.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +32,8 @@ if str(ROOT) not in sys.path:
 
 from bench import floor  # noqa: E402
 from bench.load import LoadPool, Target  # noqa: E402
-from bench.run import ROTATE_EVERY, SIDECAR_FLAGS, cpu_seconds, pct  # noqa: E402
-from tests.harness import OpaServer, SidecarProcess  # noqa: E402
+from bench.run import ROTATE_EVERY, SIDECAR_FLAGS, cpu_seconds, pct, rss_bytes  # noqa: E402
+from tests.harness import OpaServer, SidecarProcess, wait_for  # noqa: E402
 
 
 def export(rev: str, into: Path) -> Path:
@@ -58,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         "can feed: a newer policy may need input an older sidecar does not send; policy cost "
         "on its own is bench/policy_eval.py's)",
     )
+    p.add_argument(
+        "--memory",
+        type=int,
+        default=0,
+        metavar="GRANTS",
+        help="compare the RSS of fresh sidecars filled to GRANTS active grants instead",
+    )
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="jit-ab-"))
@@ -71,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         opa = OpaServer(work / "opa", rego, unix_socket=work / "opa.sock").start()
         url = f"unix://{work / 'opa.sock'}"
         env = {"PYTHONPATH": str(src)}
+        if args.memory:
+            return _memory(args, pool, work, url, env)
         sides["base"] = SidecarProcess(work / "base", url, *SIDECAR_FLAGS, env=env).start()
         sides["head"] = SidecarProcess(work / "head", url, *SIDECAR_FLAGS).start()
         bodies = floor.opa_bodies(ROTATE_EVERY)
@@ -105,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     got.setdefault(f"{kind}_c32_per_s", []).append(res.throughput)
                     got.setdefault(f"{kind}_c32_p50_ms", []).append(pct(res.latencies, 50) * 1e3)
                     got.setdefault(f"{kind}_c32_p99_ms", []).append(pct(res.latencies, 99) * 1e3)
-        print(f"\nbase = {args.base}, head = working tree; median over {args.rounds} rounds")
-        print("| figure | base | head | head / base |\n|---|---|---|---|")
-        for key in samples["base"]:
-            b = statistics.median(samples["base"][key])
-            h = statistics.median(samples["head"][key])
-            print(f"| {key} | {b:.3f} | {h:.3f} | {h / b:.2f} |")
+        _print_medians(args, samples, "{:.3f}", "{:.2f}")
     finally:
         pool.close()
         for proc in sides.values():
@@ -122,6 +131,60 @@ def main(argv: list[str] | None = None) -> int:
             opa.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _memory(
+    args: argparse.Namespace, pool: LoadPool, work: Path, url: str, env: dict[str, str]
+) -> int:
+    """RSS of fresh sidecars of both sides filled to `args.memory` grants, round by round."""
+    envs = {"base": env, "head": None}
+    samples: dict[str, dict[str, list[float]]] = {s: {} for s in envs}
+    concurrency = 8
+    for r in range(args.rounds):
+        order = list(envs) if r % 2 == 0 else list(reversed(envs))
+        for name in order:
+            print(f"round {r + 1}/{args.rounds}: {name}", file=sys.stderr)
+            proc = SidecarProcess(work / f"{name}-{r}", url, *SIDECAR_FLAGS, env=envs[name])
+            proc.start(wait=False)
+            try:
+                wait_for(
+                    proc.ready_to_serve, 120, what=f"the {name} sidecar to start (slow under load)"
+                )
+                assert proc.proc is not None
+                time.sleep(1.0)
+                before = rss_bytes(proc.proc.pid) / 2**20
+                pool.run(
+                    Target(
+                        kind="fill", socket=str(proc.socket.resolve()), rotate_every=45, ttl=900
+                    ),
+                    concurrency,
+                    max_calls=-(-args.memory // concurrency),
+                    warm_calls=0,
+                )
+                time.sleep(1.0)
+                after = rss_bytes(proc.proc.pid) / 2**20
+                active = sum(proc.metric("jit_active_grants", tier=t) for t in ("standing", "jit"))
+            finally:
+                proc.stop(timeout=60)
+            got = samples[name]
+            got.setdefault("rss_before_fill_mb", []).append(before)
+            got.setdefault("rss_filled_mb", []).append(after)
+            got.setdefault("active_grants", []).append(active)
+            got.setdefault("bytes_per_grant", []).append((after - before) * 2**20 / max(1, active))
+    _print_medians(args, samples, "{:.1f}", "{:.3f}")
+    return 0
+
+
+def _print_medians(
+    args: argparse.Namespace, samples: dict[str, dict[str, list[float]]], value: str, ratio: str
+) -> None:
+    """The table: each figure's median over the rounds, per side, and head / base."""
+    print(f"\nbase = {args.base}, head = working tree; median over {args.rounds} rounds")
+    print("| figure | base | head | head / base |\n|---|---|---|---|")
+    for key in samples["base"]:
+        b = statistics.median(samples["base"][key])
+        h = statistics.median(samples["head"][key])
+        print(f"| {key} | {value.format(b)} | {value.format(h)} | {ratio.format(h / b)} |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 from urllib.parse import urlsplit
 
-KINDS = ("health", "jit", "standing", "fill", "opa")
+KINDS = ("health", "jit", "standing", "fill", "opa", "stream", "stream_jit", "stream_standing")
+STREAM_KINDS = ("stream", "stream_jit", "stream_standing")
+"""GrantStream runs: `stream` sends empty messages (B_stream), the others one intent per
+message; each task has its stream, opened untimed, left open until the run ends."""
 
 JIT_INTENT = ("tickets.update", "tickets://t-4711", "bench: close duplicate ticket 4711")
 """A write on the dev agent's own domain: JIT tier, never cached, asks OPA every time."""
@@ -33,7 +36,10 @@ class Target:
 
     kind: str
     """health (grpc.health.v1 Check), jit / standing (RequestGrant), fill (standing, one
-    resource per task: fills the sidecar for the memory figure), opa (raw POST to OPA)."""
+    resource per task: fills the sidecar for the memory figure), opa (raw POST to OPA),
+    stream / stream_jit / stream_standing (GrantStream, see STREAM_KINDS)."""
+    batch: int = 1
+    """Intents per GrantStream message (stream_jit / stream_standing); a call is a message."""
     socket: str = ""
     opa_url: str = ""
     opa_path: str = ""
@@ -98,7 +104,9 @@ class _Client:
             return
         self._pb = access_pb2
         self._stub = access_pb2_grpc.AccessServiceStub(self._channel)
-        action, resource, justification = JIT_INTENT if target.kind == "jit" else STANDING_INTENT
+        self._streams: list[_OpenStream] = []
+        jit = target.kind in ("jit", "stream_jit")
+        action, resource, justification = JIT_INTENT if jit else STANDING_INTENT
         self._intent = access_pb2.Intent(
             action=action, resource=resource, justification=justification
         )
@@ -115,6 +123,12 @@ class _Client:
             self._req = self._pb.RequestGrantRequest(
                 task_id=self._task, intent=self._intent, ttl_seconds=self.t.ttl
             )
+            if self.t.kind in STREAM_KINDS:
+                stream = _OpenStream(self._stub, self._pb, self._task)
+                self._streams.append(stream)
+                item = self._pb.GrantStreamIntent(intent=self._intent, ttl_seconds=self.t.ttl)
+                intents = [] if self.t.kind == "stream" else [item] * self.t.batch
+                self._message = self._pb.GrantStreamRequest(intents=intents)
 
     def call(self) -> None:
         self.n += 1
@@ -134,15 +148,41 @@ class _Client:
             if status != 1:  # SERVING
                 raise RuntimeError(f"health says {status}")
             return
+        if kind in STREAM_KINDS:
+            reply = self._streams[-1].ask(self._message)
+            for result in reply.results:
+                if result.response.decision != self._granted:
+                    raise RuntimeError(f"not granted: {result}")
+            return
         answer = self._stub.RequestGrant(self._req, timeout=30)
         if answer.decision != self._granted:
             raise RuntimeError(f"not granted: {list(answer.reasons)}")
 
     def close(self) -> None:
+        for stream in getattr(self, "_streams", ()):
+            stream.close()
         if self._channel is not None:
             self._channel.close()
         if self.t.kind == "opa":
             self._http.close()
+
+
+class _OpenStream:
+    """One task's GrantStream: requests through a queue, answers read one for one."""
+
+    def __init__(self, stub: Any, pb: Any, task_id: str) -> None:
+        import queue
+
+        self._outbox: Any = queue.SimpleQueue()
+        self._answers = stub.GrantStream(iter(self._outbox.get, None))
+        self.ask(pb.GrantStreamRequest(task_id=task_id))
+
+    def ask(self, message: Any) -> Any:
+        self._outbox.put(message)
+        return next(self._answers)
+
+    def close(self) -> None:
+        self._outbox.put(None)
 
 
 def _worker_main(index: int, conn: Connection) -> None:

@@ -8,7 +8,10 @@ out="$root/sidecar/_proto"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 protos=$(cd "$root/proto" && find jit -name '*.proto' | sort)
-(cd "$root/proto" && "$py" -m grpc_tools.protoc -I. --python_out="$tmp" --pyi_out="$tmp" \
+# google/rpc/status.proto (GrantStream's per-message errors) ships with
+# googleapis-common-protos, whose generated google.rpc.status_pb2 the imports then use.
+rpc_protos=$("$py" -c 'import google.rpc, os; print(os.path.dirname(os.path.dirname(google.rpc.__path__[0])))')
+(cd "$root/proto" && "$py" -m grpc_tools.protoc -I. -I"$rpc_protos" --python_out="$tmp" --pyi_out="$tmp" \
   --grpc_python_out="$tmp" $protos)
 find "$tmp" -name '*.py*' -exec sed -i -E 's/^from jit\.v1 import/from sidecar._proto.jit.v1 import/' {} +
 for d in "$tmp/jit" "$tmp/jit/v1"; do touch "$d/__init__.py"; done

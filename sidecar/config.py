@@ -655,6 +655,14 @@ class Config:
             metavar="CLAIM",
         ),
     )
+    # --- streaming (GrantStream, issue 24)
+    opa_batch_path: str = field(
+        default="/v1/data/jit/batch_decisions",
+        metadata=_opt(
+            "OPA Data API path deciding several intents in one evaluation (GrantStream); "
+            "empty, or a policy without it, decides them one call each."
+        ),
+    )
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -736,6 +744,8 @@ class Config:
                 "authzen_decision_path must be slash-separated Rego identifiers, e.g. "
                 "jit/authzen/decision"
             )
+        if self.opa_batch_path and not self.opa_batch_path.startswith("/v1/data/"):
+            problems.append("opa_batch_path must be empty or an OPA Data API path (/v1/data/...)")
         try:
             self.http_host_port  # noqa: B018
         except ConfigError as err:

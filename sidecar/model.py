@@ -334,6 +334,9 @@ class Task:
     """The person the task acts for (docs/delegation.md); None when the agent acts alone."""
     flow: TaskFlow = field(default_factory=TaskFlow)
     """History, flow labels, recent denials and declared plan (`TaskFlow`)."""
+    end_detail: str = ""
+    """Why it ended, when the state alone does not say (a GrantStream closed before
+    CompleteTask); kept in memory only."""
 
     @property
     def active(self) -> bool:
@@ -347,6 +350,8 @@ class Task:
 
     def why_ended(self, misses: int) -> str:
         """Why an ended task ended, for the agent: `crashed: no heartbeat for 15 s`."""
+        if self.state is TaskState.CRASHED and self.end_detail:
+            return f"crashed: {self.end_detail}"
         if self.state is TaskState.CRASHED:
             return f"crashed: no heartbeat for {misses * self.heartbeat_interval} s"
         if self.state is TaskState.EXPIRED:

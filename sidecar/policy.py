@@ -310,9 +310,13 @@ class OpaClient:
         timeout: float,
         *,
         transport: Transport | None = None,
+        batch_path: str = "",
     ) -> None:
+        """`batch_path`: the Data API path deciding a list of inputs at once (rego/jit/
+        batch.rego); empty when the policy offers none."""
         self._transport: Transport = transport if transport is not None else Http1Pool(url)
         self._path = decision_path
+        self._batch_path = batch_path
         self._timeout = timeout
         self.last_latency = 0.0
 
@@ -327,6 +331,35 @@ class OpaClient:
             raise PolicyResultInvalid("the plan has too many steps", "shape")
         response = await self._post(self._path.rsplit("/", 1)[0] + "/plan_evaluation", policy_input)
         return parse_plan(response.body, actions=[step["action"] for step in plan])
+
+    async def decide_many(self, inputs: Sequence[dict[str, Any]]) -> list[PolicyDecision] | None:
+        """One evaluation deciding every input, in order; None when the policy offers no
+        batch entrypoint (no `batch_path`, or its document is undefined), so the caller asks
+        once per input. Any other bad answer is a PolicyError for the whole batch."""
+        if not self._batch_path:
+            return None
+        response = await self._post(self._batch_path, {"batch": list(inputs)})
+        try:
+            document = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise PolicyResultInvalid(
+                "OPA answered something that is not JSON", "bad_json"
+            ) from err
+        if not isinstance(document, dict):
+            raise PolicyResultInvalid("OPA's answer is not a JSON object", "shape")
+        if "result" not in document:
+            self._batch_path = ""  # this policy has no batch entrypoint: stop asking
+            return None
+        results = document["result"]
+        if not isinstance(results, list) or len(results) != len(inputs):
+            raise PolicyResultInvalid("the batch decision is not one object per input", "shape")
+        decision_id = document.get("decision_id", "")
+        if not isinstance(decision_id, str):
+            decision_id = ""
+        return [
+            decision_from_result(r, action=i["intent"]["action"], decision_id=decision_id)
+            for r, i in zip(results, inputs, strict=True)
+        ]
 
     async def explain(
         self, policy_input: dict[str, Any], *, trace: bool = False

@@ -50,6 +50,7 @@ from .engine.credentials import Credentials
 from .engine.delegation import TaskPrincipals
 from .errors import ConfigError
 from .fleet import Fleet, FleetHooks
+from .grant_stream import GrantStreamHandler
 from .health import PolicyHealth
 from .http import HttpListener, create_app
 from .identity import Authenticator, ManagedAuthenticator, create_authenticator
@@ -170,6 +171,8 @@ class App:
     transmitter: Transmitter | None
     """The Shared Signals transmitter, on the HTTP listener (None without one;
     docs/shared-signals.md)."""
+    grant_stream: GrantStreamHandler
+    """Serves AccessService.GrantStream (issue 24); ends open streams at shutdown."""
 
 
 def build_app(
@@ -187,7 +190,9 @@ def build_app(
     cfg = config
     clock = clock or SystemClock()
     metrics = metrics or Metrics()
-    policy = policy or OpaClient(cfg.opa_url, cfg.opa_decision_path, cfg.opa_timeout)
+    policy = policy or OpaClient(
+        cfg.opa_url, cfg.opa_decision_path, cfg.opa_timeout, batch_path=cfg.opa_batch_path
+    )
     key = _signing_key(cfg)
     http_credential = _http_credential(cfg)
     notifier = _approval_notifier(cfg, clock)
@@ -306,6 +311,9 @@ def build_app(
         if cfg.egress_config is not None
         else None,
         transmitter=transmitter,
+        grant_stream=GrantStreamHandler(
+            engine, authenticator, guard, metrics, cfg.max_message_bytes
+        ),
     )
 
 
@@ -412,7 +420,7 @@ async def start_agent_listener(app: App) -> grpc.aio.Server:
         interceptors=[app.admission],
     )
     access_pb2_grpc.add_AccessServiceServicer_to_server(
-        AccessService(app.engine, app.authenticator, app.guard), server
+        AccessService(app.engine, app.authenticator, app.guard, app.grant_stream), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(app.health.servicer, server)
     reflection.enable(
@@ -543,6 +551,7 @@ class Sidecar:
         app = self.app
         grace = app.config.shutdown_grace if grace is None else grace
         app.guard.draining = True
+        app.grant_stream.end_all()  # streams never end on their own: not a crash, a drain
         await app.health.servicer.enter_graceful_shutdown()
         servers = [s for s in (self._grpc, self._admin) if s is not None]
         await asyncio.gather(*(s.stop(grace) for s in servers))

@@ -12,9 +12,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
@@ -486,12 +486,26 @@ def _token_principal(engine: Engine, grant: Grant) -> pb.Principal | None:
     return pb.Principal(subject=grant.principal)
 
 
+class StreamServer(Protocol):
+    """What serves GrantStream (sidecar/grant_stream.py, which imports this module)."""
+
+    async def serve(self, context: grpc.aio.ServicerContext) -> None: ...
+
+
 class AccessService(pb_grpc.AccessServiceServicer):
-    def __init__(self, engine: Engine, auth: Authenticator, guard: CallGuard) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        auth: Authenticator,
+        guard: CallGuard,
+        grant_stream: StreamServer | None = None,
+    ) -> None:
+        """`grant_stream` serves GrantStream (UNIMPLEMENTED without it)."""
         self._engine = engine
         self._auth = auth
         self._guard = guard
         self._key_bindings = KeyBindingVerifier()
+        self.grant_stream = grant_stream
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> Identity:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -622,6 +636,18 @@ class AccessService(pb_grpc.AccessServiceServicer):
             return pb.ListGrantsResponse(grants=[grant_pb(g) for g in grants])
 
         return await self._guard.run("ListGrants", context, body)
+
+    async def GrantStream(
+        self,
+        request_iterator: AsyncIterator[pb.GrantStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """One stream per task (sidecar/grant_stream.py)."""
+        if self.grant_stream is None:
+            err = Unimplemented("GrantStream is not available in this build")
+            await context.abort_with_status(error_status(err))
+            return
+        await self.grant_stream.serve(context)
 
     async def AwaitApproval(
         self, request: pb.AwaitApprovalRequest, context: grpc.aio.ServicerContext

@@ -235,6 +235,8 @@ class ScriptedAccessService(pb_grpc.AccessServiceServicer):  # type: ignore[misc
     DEADLINE_EXCEEDED as a server-side timeout would. The last step repeats."""
     heartbeat_fails: bool = False
     calls: list[Call] = field(default_factory=list)
+    streams: list[Call] = field(default_factory=list)
+    """GrantStream attempts (refused): kept apart from `calls`, the unary calls."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _record(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
@@ -283,6 +285,14 @@ class ScriptedAccessService(pb_grpc.AccessServiceServicer):  # type: ignore[misc
     def CompleteTask(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("CompleteTask", request, context)
         return pb.CompleteTaskResponse(revoked_grants=0)
+
+    def GrantStream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        """As a sidecar from before GrantStream answers: UNIMPLEMENTED (the SDK then uses
+        unary calls)."""
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        with self.lock:
+            self.streams.append(Call("GrantStream", metadata, context.time_remaining(), None))
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
     def ListGrants(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("ListGrants", request, context)

@@ -78,13 +78,22 @@ _intent_secret_labels contains sprintf("secret:%s", [input.intent.resource_parts
 # entry (ended grants included). The labels an entry carries are those the policy gave its
 # intent when it was granted; they are not looked up in data again: that lookup per entry was
 # most of the cost of a long history (docs/performance.md).
-_task_flow_labels := {label |
+_task_flow_labels := ({label |
 	some label in object.get(input, ["task", "flow_labels"], [])
 	is_string(label)
 } | {label |
 	some entry in object.get(input, ["task", "history"], [])
 	some label in entry.labels
 	is_string(label)
+}) | _batched_flow_labels
+
+# An earlier intent of the same GrantStream message (sidecar/engine/batch.py) is in the history
+# as a `batched` entry without labels: it is decided in the same evaluation, so its labels
+# are the policy's to give, from data, as for a declared plan's earlier steps (plans.rego).
+_batched_flow_labels contains label if {
+	some entry in object.get(input, ["task", "history"], [])
+	entry.state == "batched"
+	some label in _labels_of(entry.action, entry.resource)
 }
 
 _all_flow_labels := _task_flow_labels | _intent_flow_labels

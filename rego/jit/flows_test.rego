@@ -461,3 +461,38 @@ test_malformed_input_with_a_history_still_reports_a_flow if {
 	decision.allow == false
 	decision.flow == {"class": "", "labels": [], "task_labels": [], "rules": [], "plan_deviation": false}
 }
+
+# ------------------------------------------------------------------ GrantStream batches
+
+# An earlier intent of the same GrantStream message comes as a `batched` entry without labels
+# (sidecar/engine/batch.py): the policy gives its labels from data, so the message that reads
+# a ticket and a customer record and then sends email meets the trifecta on its last intent.
+_batched(intent) := {
+	"action": intent.action, "resource": intent.resource, "class": "", "tier": "",
+	"labels": [], "time": "2026-11-29T09:58:00Z", "state": "batched", "end_reason": "",
+}
+
+test_earlier_intents_of_a_batch_count_for_the_trifecta if {
+	history := [_batched(_ticket_read), _batched(_customer_read)]
+	decision := jit.decision with input as _flow_input(_support, _email, history)
+	decision.approval_required
+	decision.flow.rules == ["flow_trifecta"]
+}
+
+test_a_batched_entry_in_a_batch_evaluation_counts_too if {
+	inputs := [_flow_input(_support, intent, [_batched(s) | some s in array.slice(order, 0, i)]) |
+		order := [_ticket_read, _customer_read, _email]
+		some i, intent in order
+	]
+	[d.approval_required | some d in jit.batch_decisions with input as {"batch": inputs}] == [false, false, true]
+}
+
+# Only a `batched` entry is labelled from data: a granted one carries the labels its decision
+# gave (an empty list stays empty), so a relabelled catalog does not rewrite the past.
+test_only_batched_entries_are_labelled_from_data if {
+	granted_without_labels := object.union(_entry(_ticket_read, "active"), {"labels": []})
+	history := [granted_without_labels, _batched(_customer_read)]
+	decision := jit.decision with input as _flow_input(_support, _email, history)
+	not decision.approval_required
+	decision.flow.task_labels == ["private_data"]
+}

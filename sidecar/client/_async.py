@@ -22,10 +22,20 @@ from ._base import (
     _ClientBase,
     _grant_id,
     _next_beat,
+    _stream_answer,
+    _stream_ended,
+    _stream_open,
+    _stream_refused,
+    _stream_request,
     _TaskBase,
     _TaskSpec,
 )
-from ._errors import SidecarClientError, SidecarRpcError, TaskEnded, translate_error
+from ._errors import (
+    SidecarClientError,
+    SidecarRpcError,
+    TaskEnded,
+    translate_error,
+)
 from ._identity import IdentityToken
 from ._models import Grant, grant_from_response
 from ._requests import T
@@ -76,10 +86,11 @@ class AsyncAccessClient(_ClientBase):
         pop_jwk: Mapping[str, Any] | None = None,
         heartbeats: bool = True,
         subject_token: str = "",
+        stream: bool = True,
     ) -> AsyncTaskHandle:
         """`async with client.task(goal=...) as task:` (see AccessClient.task)."""
         spec = self._task_spec(
-            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token
+            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token, stream
         )
         return AsyncTaskHandle(self, spec)
 
@@ -185,10 +196,13 @@ class AsyncTaskHandle(_TaskBase):
         super().__init__(spec)
         self._client = client
         self._beats: asyncio.Task[None] | None = None
+        self._stream: _Stream | None = None
 
     async def open(self) -> AsyncTaskHandle:
         """BeginTask, then start heartbeating."""
         self._raw = await self._client._send(self._begin_rpc())
+        if self._spec.stream:
+            self._stream = await _Stream.open(self._client, self.task_id)
         if self._spec.heartbeats:
             self._beats = asyncio.get_running_loop().create_task(
                 self._heartbeat_loop(), name=f"jit-heartbeat-{self.task_id}"
@@ -202,12 +216,21 @@ class AsyncTaskHandle(_TaskBase):
         rpc = self._complete_rpc(outcome, detail)  # bad arguments change nothing
         await self._stop_heartbeats()
         if not self._closing():
+            await self._close_stream()
             return self.completion
         try:
             self.completion = await self._client._send(rpc)
         except TaskEnded as err:
             self._remember_ended(err)
+        finally:
+            # After CompleteTask: a stream closed before it would crash the task.
+            await self._close_stream()
         return self.completion
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
 
     async def __aenter__(self) -> AsyncTaskHandle:
         await self.open()
@@ -243,7 +266,7 @@ class AsyncTaskHandle(_TaskBase):
         """See TaskHandle.grant."""
         rpc = self._grant_rpc(action, resource, justification, ttl, context)
         try:
-            response = await self._client._send(rpc, timeout)
+            response = await self._ask(rpc, timeout)
         except SidecarRpcError as err:
             self._note(err)
             raise
@@ -252,6 +275,20 @@ class AsyncTaskHandle(_TaskBase):
                 response.approval_id, wait_for_approval, reasons=response.reasons
             )
         return grant_from_response(response)
+
+    async def _ask(
+        self, rpc: req.Rpc[pb.RequestGrantResponse], timeout: float | None
+    ) -> pb.RequestGrantResponse:
+        """See TaskHandle._ask."""
+        stream = self._stream
+        if stream is not None:
+            try:
+                return _stream_answer(await stream.ask(_stream_request(rpc)))
+            except SidecarRpcError:
+                if not stream.broken:
+                    raise
+                self._stream = None
+        return await self._client._send(rpc, timeout)
 
     async def await_approval(self, approval_id: str, timeout: float) -> Grant:
         """Wait for a pending approval (see `ApprovalPending.approval_id`)."""
@@ -284,3 +321,50 @@ class AsyncTaskHandle(_TaskBase):
             except Exception as err:
                 if self._heartbeat_failed(err):
                     return
+
+
+class _Stream:
+    """A task's GrantStream (asyncio); one message in flight at a time."""
+
+    def __init__(self, client: AsyncAccessClient) -> None:
+        self._lock = asyncio.Lock()
+        self.broken = False
+        """The stream itself failed (not one intent): further grants go unary."""
+        self._call = client._stub.GrantStream(metadata=client._options(None)["metadata"])
+
+    @classmethod
+    async def open(cls, client: AsyncAccessClient, task_id: str) -> _Stream | None:
+        """The task's stream, or None when the sidecar offers none (use unary)."""
+        stream = cls(client)
+        try:
+            await stream.ask(_stream_open(task_id))
+        except SidecarRpcError as err:
+            await stream.close()
+            if _stream_refused(err):
+                return None
+            raise
+        return stream
+
+    async def ask(self, request: pb.GrantStreamRequest) -> pb.GrantStreamResponse:
+        async with self._lock:
+            if self.broken:
+                raise _stream_ended()
+            try:
+                await self._call.write(request)
+                answer = await self._call.read()
+            except grpc.RpcError as err:
+                self.broken = True
+                raise translate_error(err) from None
+            if answer is grpc.aio.EOF:
+                self.broken = True
+                raise _stream_ended()
+            return answer  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Half-close: the sidecar sees the end of the stream (after CompleteTask)."""
+        if self.broken:
+            self._call.cancel()
+            return
+        self.broken = True
+        with contextlib.suppress(grpc.RpcError):
+            await self._call.done_writing()

@@ -22,8 +22,10 @@ from . import _requests as req
 from ._errors import (
     NoActiveTask,
     SidecarRpcError,
+    SidecarUnavailable,
     TaskCompleted,
     TaskEnded,
+    error_from_status,
     translate_error,
 )
 from ._identity import IdentityToken, _Credentials
@@ -80,10 +82,11 @@ class _ClientBase:
         pop_jwk: Mapping[str, Any] | None,
         heartbeats: bool,
         subject_token: str = "",
+        stream: bool = True,
     ) -> _TaskSpec:
         req.uint32(ttl, "ttl", Reason.INVALID_TTL)
         return _TaskSpec(
-            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token
+            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token, stream
         )
 
 
@@ -151,6 +154,8 @@ class _TaskSpec:
     heartbeats: bool
     subject_token: str = ""
     """The person the task acts for (docs/delegation.md)."""
+    stream: bool = True
+    """Ask for grants over one GrantStream when the sidecar offers it (else unary)."""
 
 
 def _task_gone(err: SidecarRpcError) -> bool:
@@ -313,6 +318,48 @@ class _TaskBase:
         else:  # e.g. an identity provider failing; keep trying
             log.warning("heartbeat for task %s failed: %r", self.task_id, err)
         return False
+
+
+# ---------------------------------------------------------------------- GrantStream
+def _stream_open(task_id: str) -> pb.GrantStreamRequest:
+    """The first message of a task's GrantStream: names the task, asks for nothing."""
+    return pb.GrantStreamRequest(task_id=task_id)
+
+
+def _stream_request(rpc: req.Rpc[pb.RequestGrantResponse]) -> pb.GrantStreamRequest:
+    """A RequestGrant call as one GrantStream message."""
+    r = rpc.request
+    return pb.GrantStreamRequest(
+        intents=[pb.GrantStreamIntent(intent=r.intent, ttl_seconds=r.ttl_seconds)]
+    )
+
+
+def _stream_answer(response: object) -> pb.RequestGrantResponse:
+    """RequestGrant's answer from a GrantStream answer, or the error RequestGrant would
+    have raised (the per-intent google.rpc.Status)."""
+    if not isinstance(response, pb.GrantStreamResponse) or len(response.results) != 1:
+        raise _stream_ended()
+    result = response.results[0]
+    if result.HasField("error"):
+        raise error_from_status(result.error)
+    answer: pb.RequestGrantResponse = result.response
+    return answer
+
+
+def _stream_ended() -> SidecarUnavailable:
+    return SidecarUnavailable(
+        grpc.StatusCode.UNAVAILABLE, "the GrantStream ended", "stream_ended", {"source": "sdk"}
+    )
+
+
+def _stream_refused(err: SidecarRpcError) -> bool:
+    """Opening the stream failed: False when the error is the task's (raise it), True
+    when the sidecar just does not stream (older sidecar, UNIMPLEMENTED, ...): use unary."""
+    if isinstance(err, TaskEnded) or err.reason in (Reason.TASK_NOT_FOUND, Reason.TASK_NOT_OWNED):
+        return False
+    if err.code is not grpc.StatusCode.UNIMPLEMENTED:
+        log.warning("GrantStream unavailable (%s); using unary calls", err.reason)
+    return True
 
 
 def _grant_id(grant: Any) -> str:

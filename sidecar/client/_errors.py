@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..errors import Reason
@@ -94,11 +94,27 @@ def translate_error(err: grpc.RpcError) -> SidecarRpcError:
     """Turn a grpc.RpcError into the typed error, reading the ErrorInfo detail."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = err.details() if hasattr(err, "details") else str(err)
-    reason, metadata = "", {}
     try:
         status = rpc_status.from_call(err)
     except (ValueError, AttributeError, TypeError):
         status = None
+    return _typed(code, message or "", status)
+
+
+def error_from_status(status: status_pb2.Status) -> SidecarRpcError:
+    """The typed error for a google.rpc.Status carried inside a message (GrantStream's
+    per-intent errors): the same as for the unary call that would have failed so."""
+    try:
+        code = grpc.StatusCode[code_pb2.Code.Name(status.code)]
+    except (KeyError, ValueError):
+        code = grpc.StatusCode.UNKNOWN
+    return _typed(code, status.message, status)
+
+
+def _typed(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> SidecarRpcError:
+    reason, metadata = "", {}
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -115,4 +131,4 @@ def translate_error(err: grpc.RpcError) -> SidecarRpcError:
         cls = TaskEnded
     else:
         cls = SidecarRpcError
-    return cls(code, message or "", reason or code.name.lower(), metadata)
+    return cls(code, message, reason or code.name.lower(), metadata)

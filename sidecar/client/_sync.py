@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -21,10 +22,20 @@ from ._base import (
     _ClientBase,
     _grant_id,
     _next_beat,
+    _stream_answer,
+    _stream_ended,
+    _stream_open,
+    _stream_refused,
+    _stream_request,
     _TaskBase,
     _TaskSpec,
 )
-from ._errors import SidecarClientError, SidecarRpcError, TaskEnded, translate_error
+from ._errors import (
+    SidecarClientError,
+    SidecarRpcError,
+    TaskEnded,
+    translate_error,
+)
 from ._identity import IdentityToken
 from ._models import Grant, grant_from_response
 from ._requests import T
@@ -78,15 +89,19 @@ class AccessClient(_ClientBase):
         pop_jwk: Mapping[str, Any] | None = None,
         heartbeats: bool = True,
         subject_token: str = "",
+        stream: bool = True,
     ) -> TaskHandle:
         """A task as a context manager: `with client.task(goal=...) as task:`.
 
         `max_duration` (seconds, 0 = the sidecar's default) bounds the task; `ttl` is the
         default lifetime asked for each grant. Leaving the block completes the task
         (SUCCEEDED, or ERRORED when an exception escapes) and so revokes its grants.
+        With `stream` (the default) grants are asked over one GrantStream when the sidecar
+        offers it, else with unary calls; the open stream also tells the sidecar the agent
+        is alive, so a crash of this process revokes the task's grants at once.
         """
         spec = self._task_spec(
-            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token
+            goal, labels, max_duration, ttl, task_id, pop_jwk, heartbeats, subject_token, stream
         )
         return TaskHandle(self, spec)
 
@@ -193,11 +208,14 @@ class TaskHandle(_TaskBase):
         self._client = client
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stream: _Stream | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> TaskHandle:
-        """BeginTask, then start heartbeating."""
+        """BeginTask, open the GrantStream (when asked and offered), start heartbeating."""
         self._raw = self._client._send(self._begin_rpc())
+        if self._spec.stream:
+            self._stream = _Stream.open(self._client, self.task_id)
         if self._spec.heartbeats:
             self._thread = threading.Thread(
                 target=self._heartbeat_loop, name=f"jit-heartbeat-{self.task_id}", daemon=True
@@ -216,12 +234,21 @@ class TaskHandle(_TaskBase):
         rpc = self._complete_rpc(outcome, detail)  # bad arguments change nothing
         self._stop_heartbeats()
         if not self._closing():
+            self._close_stream()
             return self.completion
         try:
             self.completion = self._client._send(rpc)
         except TaskEnded as err:
             self._remember_ended(err)
+        finally:
+            # After CompleteTask: a stream closed before it would crash the task.
+            self._close_stream()
         return self.completion
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     def __enter__(self) -> TaskHandle:
         self.open()
@@ -264,7 +291,7 @@ class TaskHandle(_TaskBase):
         """
         rpc = self._grant_rpc(action, resource, justification, ttl, context)
         try:
-            response = self._client._send(rpc, timeout)
+            response = self._ask(rpc, timeout)
         except SidecarRpcError as err:
             self._note(err)
             raise
@@ -273,6 +300,21 @@ class TaskHandle(_TaskBase):
                 response.approval_id, wait_for_approval, reasons=response.reasons
             )
         return grant_from_response(response)
+
+    def _ask(
+        self, rpc: req.Rpc[pb.RequestGrantResponse], timeout: float | None
+    ) -> pb.RequestGrantResponse:
+        """Over the stream when one is open; unary otherwise, and from the moment the
+        stream breaks (the sidecar restarting, say: the task then lives on)."""
+        stream = self._stream
+        if stream is not None:
+            try:
+                return _stream_answer(stream.ask(_stream_request(rpc)))
+            except SidecarRpcError:
+                if not stream.broken:
+                    raise  # the intent's own answer (e.g. policy_unavailable)
+                self._stream = None
+        return self._client._send(rpc, timeout)
 
     def await_approval(self, approval_id: str, timeout: float) -> Grant:
         """Wait for a pending approval (see `ApprovalPending.approval_id`)."""
@@ -306,3 +348,52 @@ class TaskHandle(_TaskBase):
             except Exception as err:
                 if self._heartbeat_failed(err):
                     return
+
+
+_END = object()
+
+
+class _Stream:
+    """A task's GrantStream (sync): requests feed gRPC's iterator through a queue; one
+    message is in flight at a time, so answers pair with requests."""
+
+    def __init__(self, client: AccessClient) -> None:
+        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.broken = False
+        """The stream itself failed (not one intent): further grants go unary."""
+        self._answers: Iterator[pb.GrantStreamResponse] = client._stub.GrantStream(
+            iter(self._requests.get, _END), metadata=client._options(None)["metadata"]
+        )
+
+    @classmethod
+    def open(cls, client: AccessClient, task_id: str) -> _Stream | None:
+        """The task's stream, or None when the sidecar offers none (use unary)."""
+        stream = cls(client)
+        try:
+            stream.ask(_stream_open(task_id))
+        except SidecarRpcError as err:
+            stream.close()
+            if _stream_refused(err):
+                return None
+            raise
+        return stream
+
+    def ask(self, request: pb.GrantStreamRequest) -> pb.GrantStreamResponse:
+        with self._lock:
+            if self.broken:
+                raise _stream_ended()
+            self._requests.put(request)
+            try:
+                return next(self._answers)
+            except StopIteration:
+                self.broken = True
+                raise _stream_ended() from None
+            except grpc.RpcError as err:
+                self.broken = True
+                raise translate_error(err) from None
+
+    def close(self) -> None:
+        """Half-close: the sidecar sees the end of the stream (after CompleteTask)."""
+        self.broken = True
+        self._requests.put(_END)

@@ -179,6 +179,25 @@ class Recorder:
         approval_id: str = "",
     ) -> GrantOutcome:
         """A denial is an answer, not an error: counted, logged and audited."""
+        event, outcome = self.denied(
+            identity, task_id, intent, now, reasons, decision_id, approval_id
+        )
+        await self.journal.commit([event])
+        self.denial_committed(task_id, now)
+        return outcome
+
+    def denied(
+        self,
+        identity: Identity,
+        task_id: str,
+        intent: Intent,
+        now: float,
+        reasons: tuple[str, ...],
+        decision_id: str = "",
+        approval_id: str = "",
+    ) -> tuple[GrantDenied, GrantOutcome]:
+        """A denial counted and logged; its event still to be committed (a GrantStream
+        batch commits it with the batch's other records)."""
         self.metrics.denied()
         log.info(
             "grant denied: %s %s",
@@ -199,10 +218,13 @@ class Recorder:
             approval_id=approval_id or None,
             reasons=list(reasons),
         )
-        await self.journal.commit([event])
+        return event, GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
+
+    def denial_committed(self, task_id: str, now: float) -> None:
+        """A denial's record is in the log: the task's denials count it (the flows' probing
+        rule, engine/flows.py)."""
         if self._denied is not None:
             self._denied(task_id, now)
-        return GrantOutcome("denied", reasons=reasons, decision_id=decision_id)
 
     async def rejection(
         self,

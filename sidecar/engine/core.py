@@ -8,7 +8,8 @@ token.
 
 The engine keeps live state (`live.py`) and changes it synchronously before each journal
 commit. It does no I/O of its own: the policy, journal, store and key ring are adapters
-handed to it. Finding the caller's task (`tasks.py`), approvals (`desk.py`), the sweeper
+handed to it. Finding the caller's task (`tasks.py`), issuing an allowed grant (`issuance.py`),
+several intents decided together (`batch.py`, GrantStream), approvals (`desk.py`), the sweeper
 (`sweeper.py`), revocation on request (`revoking.py`), key rotation (`keys.py`), introspection
 (`introspection.py`) and the fleet (`fleet.py`) each have a module (docs/architecture.md).
 """
@@ -18,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..approvals import Approval, ApprovalState, WebhookNotifier, intent_hash
-from ..cache import DecisionCache
+from ..cache import CacheKey, DecisionCache
 from ..clock import Clock, rfc3339
 from ..dpop import KeyBinding
 from ..errors import (
@@ -36,51 +36,50 @@ from ..errors import (
     ResourceExhausted,
     SidecarError,
 )
-from ..events import Event, GrantIssued, GrantRevoked, TaskBegun
+from ..events import TaskBegun
 from ..journal import CommitError, Journal
 from ..model import (
     OUTCOME_REVOCATION,
     OUTCOME_TASK_STATE,
     AccessEnded,
     Grant,
-    GrantState,
     Identity,
     Intent,
     Outcome,
     PlanEvaluation,
     PolicyDecision,
     Principal,
-    RevocationReason,
     Task,
 )
 from ..policy import PolicyEngine, build_input
 from ..principals import PrincipalVerifier
 from ..revocations import FleetGate, Revocation
 from ..store import Snapshot, Store
-from ..tokens import KeyRing, SigningKey, access_token_claims, new_grant_id
+from ..tokens import KeyRing, SigningKey, new_grant_id
 from ..validation import (
     check_intent,
     check_task_fields,
     check_task_id,
     check_ttl,
-    preview,
 )
+from . import batch, flows
 from . import fleet as fleet_orders
-from . import flows
 from .commits import Ended, Recorder, commit_or_undo
-from .credentials import Credentials, CredentialStep
-from .delegation import Delegation, TaskPrincipals, actor_claim
+from .credentials import Credentials
+from .delegation import Delegation, TaskPrincipals
 from .desk import ApprovalDesk
 from .due import DueQueue
 from .exchange import Exchanged, ExchangeRequest, TokenExchange
 from .introspection import Introspection, introspect
+from .issuance import Issuance
 from .keys import KeyRotation
-from .limits import check_grant_room, grant_ttl
+from .limits import check_grant_room
 from .listeners import GrantEndListeners
 from .live import LiveState
 from .outcome import GrantOutcome, pending, settled
 from .revoking import Revoking
 from .settings import EngineMetrics, EngineSettings
+from .streams import StreamWatch
 from .sweeper import Sweeper
 from .tasks import TaskLookup, check_task_ref, owned_task_id
 
@@ -168,21 +167,6 @@ class Engine:
             interval=settings.sweep_interval,
         )
         self._keys = KeyRotation(keys, self.live, journal, clock)
-        self._tasks = TaskLookup(self.live, store)
-        self._step6 = CredentialStep(
-            credentials,
-            recorder=self.record,
-            tasks=self._tasks,
-            max_grants_per_task=settings.max_grants_per_task,
-        )
-        self.plans = flows.Plans(
-            policy=policy,
-            tasks=self._tasks,
-            approvals=self.approvals,
-            recorder=self.record,
-            clock=clock,
-            on_policy_unavailable=on_policy_unavailable,
-        )
         self._revoking = Revoking(
             self.live,
             store=store,
@@ -191,6 +175,28 @@ class Engine:
             clock=clock,
             fleet=fleet,
             max_ttl=settings.max_ttl,
+        )
+        self.streams = StreamWatch(self.live, self.record, journal, clock)
+        self._tasks = TaskLookup(self.live, store, self.streams.lost)
+        self.issuance = Issuance(
+            settings,
+            live=self.live,
+            keys=keys,
+            journal=journal,
+            metrics=metrics,
+            clock=clock,
+            recorder=self.record,
+            tasks=self._tasks,
+            fleet=fleet,
+            credentials=credentials,
+        )
+        self.plans = flows.Plans(
+            policy=policy,
+            tasks=self._tasks,
+            approvals=self.approvals,
+            recorder=self.record,
+            clock=clock,
+            on_policy_unavailable=on_policy_unavailable,
         )
         self.delegation = Delegation(
             verifier=principals,
@@ -210,7 +216,7 @@ class Engine:
             max_grants_per_task=settings.max_grants_per_task,
             delegation=self.delegation,
             introspect=lambda token: self.introspect(token, with_reason=False),
-            abort_issue=self._abort_issue,
+            abort_issue=self.issuance.abort,
         )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -409,11 +415,11 @@ class Engine:
                 identity, task.task_id, intent, now, decision.reasons, decision.decision_id
             )
         # Before parking an approval too: a malformed credential object is refused now.
-        await self._step6.spec(identity, intent, task.task_id, decision, now)
+        await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
         if decision.approval_required:
             approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
             return pending(approval)
-        return await self._issue(identity, task, intent, ttl_seconds, decision)
+        return await self.issuance.issue(identity, task, intent, ttl_seconds, decision)
 
     async def _decide(
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
@@ -424,164 +430,53 @@ class Engine:
         if cached is not None:
             self.metrics.cache_hit.inc()
             return cached
-        grants = [self.live.grants[g] for g in task.grant_ids if g in self.live.grants]
-        policy_input = build_input(identity, intent, task, grants, ttl, now)
+        policy_input = build_input(identity, intent, task, self.live.grants_of(task), ttl, now)
         started = time.perf_counter()
         try:
             decision = await self.policy.decide(policy_input)
         except PolicyError as err:
-            if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
-                self.on_policy_unavailable(err)
-            await self.record.policy_failure(err, identity, intent, task.task_id, now)
+            await self._policy_failed(err, identity, [intent], task.task_id, now)
             raise
         finally:
             self.metrics.policy_eval.observe(time.perf_counter() - started)
+        self._remember(key, decision, task)
+        return decision
+
+    def _remember(self, key: CacheKey, decision: PolicyDecision, task: Task) -> None:
         if decision.cache_seconds and task.principal is None:
             self.metrics.cache_miss.inc()
             self.cache.put(key, decision)
-        return decision
 
-    async def _issue(
+    async def _policy_failed(
         self,
+        err: PolicyError,
         identity: Identity,
-        task: Task,
-        intent: Intent,
-        requested_ttl: int,
-        decision: PolicyDecision,
-        approval_id: str = "",
-    ) -> GrantOutcome:
-        assert decision.tier is not None
-        if not task.active:  # the task ended while the policy was deciding
-            raise self._tasks.ended(task)
-        check_grant_room(task, self.settings.max_grants_per_task)
-        if self.fleet is not None:
-            self.fleet.check_issuable()  # the fleet could not see this grant: none is issued
-        now = self.clock.now()
-        ttl, limited_by = grant_ttl(requested_ttl, decision, task, now, self.settings)
-        if ttl < 1:
-            raise FailedPrecondition(
-                f"task {task.task_id} has less than a second left", Reason.TASK_INACTIVE
-            )
-        exp = int(now) + ttl
-        key = self.keys.current
-        grant = Grant(
-            grant_id=new_grant_id(),
-            task_id=task.task_id,
-            subject=identity.subject,
-            # Agents repeat intents: interning shares one string between the live grants
-            # of the same action/resource/audience (~180 bytes a grant). Interned strings
-            # are freed with their last grant.
-            action=sys.intern(intent.action),
-            resource=sys.intern(intent.resource),
-            tier=decision.tier,
-            audience=sys.intern(decision.audience),
-            scope=decision.scope,
-            issued_at=now,
-            expires_at=float(exp),
-            kid=key.kid,
-            decision_id=decision.decision_id,
-            cnf_jkt=task.pop_jkt,
-            # RFC 8693 §4.1: for a task with a principal, sub = the person, act = the agent.
-            principal=task.principal.subject if task.principal is not None else "",
-            actor=actor_claim(identity.subject) if task.principal is not None else None,
-            flow_class=decision.flow.cls if decision.flow else "",
-            flow_labels=decision.flow.labels if decision.flow else (),
-        )
-        # Step 6: the downstream credential, before the grant is persisted (docs/brokers.md).
-        spec = await self._step6.spec(identity, intent, task.task_id, decision, now)
-        issued = None
-        if spec is not None:
-            issued = await self._step6.issue(task, grant, spec)
-            # A rotation while the broker worked: sign with the key current now, whose
-            # retirement accounts for this grant (add_grant records its exp per kid).
-            key = self.keys.current
-            grant.kid = key.kid
-        self.live.add_grant(task, grant)
-        token = key.sign(access_token_claims(grant, self.settings.issuer))
-        event = GrantIssued(
-            time=rfc3339(now),
-            task_id=task.task_id,
-            grant_id=grant.grant_id,
-            subject=identity.subject,
-            intent=intent.as_input(),
-            decision_id=decision.decision_id or None,
-            tier=decision.tier.value,
-            scope=list(decision.scope),
-            audience=decision.audience,
-            ttl_seconds=ttl,
-            ttl_limited_by=limited_by,
-            expires_at=rfc3339(exp),
-            reasons=list(decision.reasons),
-            kid=key.kid,
-            cnf_jkt=task.pop_jkt or None,
-            cached=decision.cached or None,
-            approval_id=approval_id or None,
-            actor=dict(grant.actor) if grant.actor else None,
-            flow_class=grant.flow_class or None,
-            flow_labels=list(grant.flow_labels) or None,
-        )
-        events: list[Event] = [event]
-        if issued is not None:
-            assert self.credentials is not None
-            events.append(self.credentials.issued_event(grant, issued.lease))
-        try:
-            await self.journal.commit(events)
-        except CommitError as err:
-            await self._abort_issue(grant, err)
-            raise
-        task.flow.record_grant(grant)  # ended grants stay in the history
-        if grant.state is not GrantState.ACTIVE:
-            # Revoked (task completed or operator) while the commit was in flight.
-            raise FailedPrecondition(
-                f"grant {grant.grant_id} was revoked before it could be returned",
-                Reason.TASK_INACTIVE,
-            )
-        self.metrics.granted(decision.tier)
-        self.metrics.grant_ttl.observe(ttl)
-        log.info(
-            "grant issued: %s %s for %d s",
-            intent.action,
-            preview(intent.resource, 128),
-            ttl,
-            extra={
-                "task_id": task.task_id,
-                "grant_id": grant.grant_id,
-                "decision_id": decision.decision_id or None,
-                "tier": decision.tier.value,
-                "kid": key.kid,
-            },
-        )
-        return GrantOutcome(
-            "granted",
-            grant=grant,
-            token=token,
-            reasons=decision.reasons,
-            decision_id=decision.decision_id,
-            justification=intent.justification,
-            credential=issued,
-        )
+        intents: Sequence[Intent],
+        task_id: str,
+        now: float,
+    ) -> None:
+        if err.reason is Reason.POLICY_UNAVAILABLE and self.on_policy_unavailable:
+            self.on_policy_unavailable(err)
+        for intent in intents:
+            await self.record.policy_failure(err, identity, intent, task_id, now)
 
-    async def _abort_issue(self, grant: Grant, err: CommitError) -> None:
-        """Undo an issuance whose commit failed; the token is never returned, and a broker
-        credential made for it is revoked at once (no orphan)."""
-        if grant.lease is not None and self.credentials is not None:
-            self.credentials.revoke_soon([(grant.lease, "issue_aborted", grant.task_id)])
-        if grant.state is GrantState.ACTIVE:
-            self.live.forget_grant(grant, self.live.tasks.get(grant.task_id))
-        if err.durable:
-            # The audit log says "issued" but the store failed: record that it never left.
-            event = GrantRevoked(
-                time=rfc3339(self.clock.now()),
-                task_id=grant.task_id,
-                grant_id=grant.grant_id,
-                subject=grant.subject,
-                tier=grant.tier.value,
-                reason=RevocationReason.ISSUE_ABORTED.value,
-            )
-            try:
-                await self.journal.commit([event])
-            except CommitError:
-                log.error("could not record the aborted issue of %s", grant.grant_id)
+    # ================================================================== GrantStream
+    async def open_stream(self, identity: Identity, task_id: str) -> Task:
+        """A GrantStream opens for one of the caller's active tasks: from now on the open
+        stream keeps it alive, and its close without CompleteTask crashes it (streams.py)."""
+        try:
+            task = await self._tasks.active(identity, task_id)
+        except SidecarError as err:
+            await self.record.rejection("GrantStream", identity, err, task_id=task_id)
+            raise
+        self.streams.opened(task)
+        return task
+
+    async def request_grants(
+        self, identity: Identity, task_id: str, items: Sequence[batch.BatchItem]
+    ) -> list[batch.Result]:
+        """Several intents at once, each answered as RequestGrant would (batch.py)."""
+        return await batch.request_grants(self, identity, task_id, items)
 
     # ================================================================== approvals
     async def _approval_shortcut(
@@ -683,7 +578,7 @@ class Engine:
             self.fleet.check_issuable()  # before the approval is used up
         self.approvals.close(approval, ApprovalState.USED)
         try:
-            return await self._issue(
+            return await self.issuance.issue(
                 identity,
                 task,
                 approval.intent,

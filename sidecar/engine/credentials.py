@@ -40,14 +40,10 @@ from ..brokers.base import (
     LeaseRequest,
 )
 from ..clock import Clock, rfc3339
-from ..errors import PolicyError, SidecarError
 from ..events import CredentialIssued, CredentialRevoked
 from ..journal import CommitError, Journal
 from ..metrics import Metrics
-from ..model import Grant, Identity, Intent, PolicyDecision, Task
-from .commits import Recorder
-from .limits import check_grant_room
-from .tasks import TaskLookup
+from ..model import Grant, Intent, PolicyDecision
 
 log = logging.getLogger("jit_sidecar.brokers")
 #: Backoff of a revocation the downstream system refused or could not take: first retry,
@@ -322,53 +318,3 @@ class Credentials:
     async def aclose(self) -> None:
         for broker in self.brokers.values():
             await broker.aclose()
-
-
-class CredentialStep:
-    """Step 6 in the engine's order of a grant: the decision's `credential` object as its
-    broker validated it, and the credential made for a grant not yet persisted. Without
-    configured brokers (`credentials` None) a decision asking for a credential is invalid."""
-
-    def __init__(
-        self,
-        credentials: Credentials | None,
-        *,
-        recorder: Recorder,
-        tasks: TaskLookup,
-        max_grants_per_task: int,
-    ) -> None:
-        self.credentials = credentials
-        self.record = recorder
-        self.tasks = tasks
-        self.max_grants_per_task = max_grants_per_task
-
-    async def spec(
-        self, identity: Identity, intent: Intent, task_id: str, decision: PolicyDecision, now: float
-    ) -> CredentialSpec | None:
-        """The decision's `credential` object as its broker validated it (None when there is
-        none); a malformed one, or one naming no configured broker, is a policy error."""
-        if decision.credential is None:
-            return None
-        try:
-            if self.credentials is None:
-                raise CredentialSpecInvalid("no broker is configured on this sidecar")
-            return self.credentials.spec(decision, intent)
-        except PolicyError as err:
-            await self.record.policy_failure(err, identity, intent, task_id, now)
-            raise
-
-    async def issue(self, task: Task, grant: Grant, spec: CredentialSpec) -> IssuedCredential:
-        """Have the broker make the credential; `grant.lease` holds it afterwards. The
-        checks made before the broker was awaited are made again: the task may have ended,
-        or concurrent requests filled it, meanwhile (and then the credential goes at once)."""
-        assert self.credentials is not None
-        issued = await self.credentials.issue(grant, spec)
-        grant.lease = issued.lease
-        try:
-            if not task.active:
-                raise self.tasks.ended(task)
-            check_grant_room(task, self.max_grants_per_task)
-        except SidecarError:
-            self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
-            raise
-        return issued

@@ -15,25 +15,28 @@ class Due(IntEnum):
     APPROVAL_EXPIRY = 4
 
 
-_DUE = {int(d): d for d in Due}
+#: Entries due at the same time come out in this order: a task's end before its grants' (so
+#: that a grant whose exp equals its task's deadline ends as `task_expired`).
+_ORDER = (Due.TASK_DEADLINE, Due.TASK_HEARTBEAT, Due.GRANT_EXPIRY, Due.APPROVAL_EXPIRY)
+_RANK = {d: rank for rank, d in enumerate(_ORDER)}
 
 
 class DueQueue:
-    """A heap of (when, seq, kind, id); pushing something earlier than everything else
-    wakes the sweeper (`wakeup`)."""
+    """A heap of (when, rank of the kind, id); pushing something earlier than everything
+    else wakes the sweeper (`wakeup`). Entries due at the same time come out in `_ORDER`."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, str]] = []
-        """`kind` is stored as a plain int: a tuple of floats, ints and strs is untracked by
+        self._heap: list[tuple[float, int, str]] = []
+        """The kind is stored as a plain int: a tuple of floats, ints and strs is untracked by
         the cyclic GC, one holding an enum member is not, and full collections with 100k
-        grants took 3-4 times as long (docs/performance.md)."""
-        self._seq = 0
+        grants took 3-4 times as long (docs/performance.md). No sequence number: it cost an
+        int object and a slot per entry, 4 MB of RSS with 100k grants."""
         self.wakeup = asyncio.Event()
 
     def push(self, when: float, kind: Due, ident: str) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, int(kind), ident))
-        if self._heap[0][1] == self._seq:
+        entry = (when, _RANK[kind], ident)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
             self.wakeup.set()
 
     def next_due(self) -> float | None:
@@ -43,5 +46,5 @@ class DueQueue:
         """(kind, id) of everything due at `now`, earliest first; O(k log n) for k items.
         Items pushed while iterating are seen when they are due too."""
         while self._heap and self._heap[0][0] <= now:
-            _, _, kind, ident = heapq.heappop(self._heap)
-            yield _DUE[kind], ident
+            _, rank, ident = heapq.heappop(self._heap)
+            yield _ORDER[rank], ident

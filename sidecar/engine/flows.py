@@ -136,21 +136,27 @@ async def audit_flagged(
 ) -> None:
     """Record which flow labels the task held and which flow rules fired (or that the
     intent left the plan), before the outcome's own record. A failed commit means no token."""
+    event = flagged(identity, task, intent, decision, now)
+    if event is not None:
+        await journal.commit([event])
+
+
+def flagged(
+    identity: Identity, task: Task, intent: Intent, decision: PolicyDecision, now: float
+) -> FlowFlagged | None:
+    """The `flow_flagged` record of a decision a flow rule (or a plan deviation) changed;
+    None when none did, or the decision came from the cache (recorded when it was made)."""
     flow = decision.flow
     if flow is None or not flow.flagged or decision.cached:
-        return
-    await journal.commit(
-        [
-            FlowFlagged(
-                time=rfc3339(now),
-                task_id=task.task_id,
-                subject=identity.subject,
-                intent=intent.as_input(),
-                task_flow_labels=sorted(set(flow.task_labels) | task.flow.labels),
-                intent_flow_labels=list(flow.labels),
-                rules=list(flow.rules),
-                plan_deviation=flow.plan_deviation,
-                decision_id=decision.decision_id or None,
-            )
-        ]
+        return None
+    return FlowFlagged(
+        time=rfc3339(now),
+        task_id=task.task_id,
+        subject=identity.subject,
+        intent=intent.as_input(),
+        task_flow_labels=sorted(set(flow.task_labels) | task.flow.labels),
+        intent_flow_labels=list(flow.labels),
+        rules=list(flow.rules),
+        plan_deviation=flow.plan_deviation,
+        decision_id=decision.decision_id or None,
     )

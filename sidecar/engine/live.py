@@ -224,8 +224,12 @@ class LiveState:
         yet (it catches up with the journal's next commit)."""
         out = []
         for grant in stored:
+            ended = self.recently_ended.get(grant.grant_id)
             if grant.grant_id in self.grants:
                 grant.state = GrantState.ACTIVE
+            elif grant.state is GrantState.ACTIVE and ended is not None:
+                # Ended in memory, the store not caught up yet: memory says how it ended.
+                grant.state, grant.end_reason = ended.state, ended.end_reason
             elif grant.state is GrantState.ACTIVE:
                 grant.state = GrantState.EXPIRED if grant.expires_at <= now else GrantState.REVOKED
             if include_inactive or grant.state is GrantState.ACTIVE:

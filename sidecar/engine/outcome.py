@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from ..approvals import Approval, ApprovalState
 from ..brokers.base import IssuedCredential
 from ..errors import FailedPrecondition, Reason
-from ..model import Grant
+from ..events import Event, GrantIssued
+from ..model import Grant, Intent, PolicyDecision, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,22 @@ class GrantOutcome:
     """The granted intent's: answers show it (a live Grant does not keep it, to stay small)."""
     credential: IssuedCredential | None = field(default=None, repr=False)
     """The downstream credential issued with the grant (its secret goes to the agent only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An issuance before its commit (issuance.py `Issuance.prepare`): the grant is live, its
+    token signed but not returned, its events (`grant_issued`, and `credential_issued` when a
+    broker made a credential) still to be committed."""
+
+    grant: Grant
+    token: str = field(repr=False)
+    event: GrantIssued
+    events: list[Event]
+    intent: Intent
+    decision: PolicyDecision
+    task: Task
+    credential: IssuedCredential | None = field(default=None, repr=False)
 
 
 def pending(approval: Approval) -> GrantOutcome:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+from collections.abc import Mapping
 
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from ..model import Identity, Task
@@ -19,9 +20,14 @@ from .live import LiveState
 
 
 class TaskLookup:
-    def __init__(self, live: LiveState, store: Store) -> None:
+    def __init__(
+        self, live: LiveState, store: Store, lost: Mapping[str, str] | None = None
+    ) -> None:
+        """`lost`: why recently ended tasks ended, when their state does not say (a
+        GrantStream closed, sidecar.engine.streams), by task id."""
         self.live = live
         self.store = store
+        self.lost: Mapping[str, str] = lost if lost is not None else {}
 
     async def own(self, identity: Identity, task_id: str) -> Task | None:
         """The caller's task named `task_id` (live or stored, in any state), or None. Another
@@ -48,6 +54,11 @@ class TaskLookup:
         if task is None:
             raise NotFound(f"no task {task_id}", Reason.TASK_NOT_FOUND)
         if task.active and task.task_id not in self.live.tasks:
+            lost = self.lost.get(task.task_id)
+            if lost:  # its GrantStream closed: ended in memory, the store not caught up yet
+                raise FailedPrecondition(
+                    f"task {task.task_id} has ended (crashed: {lost})", Reason.TASK_INACTIVE
+                )
             # Live state holds every active task this sidecar serves: an active task in
             # the store is another sidecar's (fleet) or is ending right now.
             raise FailedPrecondition(
@@ -58,6 +69,8 @@ class TaskLookup:
         return task
 
     def ended(self, task: Task) -> FailedPrecondition:
+        if not task.end_detail:
+            task.end_detail = self.lost.get(task.task_id, "")
         why = task.why_ended(self.live.heartbeat_misses)
         return FailedPrecondition(f"task {task.task_id} has ended ({why})", Reason.TASK_INACTIVE)
 

@@ -277,7 +277,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA cache_size=-8192")  # 8 MiB per connection
+    # 4 MiB per connection (negative: KiB, https://sqlite.org/pragma.html#pragma_cache_size).
+    # With 100k active grants the writer's cache is full, so its size is resident memory:
+    # 8 MiB took the sidecar over the 150 MB target (docs/performance.md); the pages an
+    # insert misses are read back from the OS page cache, not the disk.
+    conn.execute("PRAGMA cache_size=-4096")
     return conn
 
 

@@ -19,8 +19,10 @@ import grpc
 import psycopg
 import pytest
 
+from sidecar._proto.jit.v1 import access_pb2 as pb
 from sidecar.client import AccessClient, Grant, SidecarRpcError, grant_from_response
 from tests.faults import immutable
+from tests.grant_streams import RawStream, status_reason, stream_intent
 from tests.harness import OpaServer, SidecarProcess, run_captured, running, wait_for
 from tests.postgres import PostgresServer
 
@@ -195,6 +197,8 @@ def test_crashed_agent_loses_its_session(
         finally:
             conn.close()
         wait_gone(postgres, grant.lease.handle)
+        # The record is committed after the broker dropped the role: wait for it too.
+        wait_for(lambda: process.events("credential_revoked"), 10, what="credential_revoked")
         (revoked,) = process.events("credential_revoked")
         process.stop()
     assert revoked["reason"] == "agent_lost"
@@ -435,6 +439,96 @@ def test_commit_failure_after_issue_revokes_the_credential_at_once(
     assert [r["grant_id"] for r in aborted] == [issued["grant_id"]]
     assert revoked[issued["handle"]] == "issue_aborted"
     assert set(revoked.values()) == {"issue_aborted"}
+
+
+# ---------------------------------------------------------------------------- GrantStream batches
+DOCS = ("docs.read", "docs://handbook/intro")
+
+
+@contextlib.contextmanager
+def batch_stream(sidecar: SidecarProcess) -> Iterator[RawStream]:
+    """A GrantStream opened on a new task; the task completes before the stream closes (a
+    stream closed first would crash the task and end its grants)."""
+    with sidecar.client() as client:
+        task_id = client.begin_task("batch").task_id
+        stream = RawStream(sidecar)
+        stream.send(task_id=task_id)
+        stream.read()
+        try:
+            yield stream
+        finally:
+            with contextlib.suppress(SidecarRpcError):
+                client.complete_task(task_id)
+            stream.close()
+
+
+def ask(stream: RawStream, *intents: tuple[str, str]) -> pb.GrantStreamResponse:
+    """The answer to one message holding `intents`."""
+    stream.send(intents=[stream_intent(*i) for i in intents])
+    return stream.read()
+
+
+def test_a_batch_issues_one_credential_per_brokered_intent(
+    pg_sidecar: SidecarProcess, postgres: PostgresServer
+) -> None:
+    """Step 6 per item of a GrantStream batch: each brokered intent gets its own login that
+    works, committed with its grant; the unbrokered intent of the same message gets none;
+    completing the task drops both logins."""
+    with batch_stream(pg_sidecar) as stream:
+        answer = ask(stream, ("postgres.read", TABLE), DOCS, ("postgres.read", TABLE))
+        granted = [r.response for r in answer.results]
+        assert [g.decision for g in granted] == [pb.DECISION_GRANTED] * 3
+        first, docs, second = granted
+        assert not docs.HasField("credential")
+        assert first.credential.handle != second.credential.handle
+        for response in (first, second):
+            with psycopg.connect(response.credential.dsn, autocommit=True) as conn:
+                assert conn.execute("SELECT count(*) FROM public.tickets").fetchone()
+    issued = pg_sidecar.events("credential_issued")
+    assert [r["grant_id"] for r in issued] == [first.grant.grant_id, second.grant.grant_id]
+    assert {r["handle"] for r in issued} == {first.credential.handle, second.credential.handle}
+    for response in (first, second):  # the task completed: both logins go
+        wait_gone(postgres, response.credential.handle)
+
+
+def test_broker_down_in_a_batch_fails_only_the_brokered_intents(
+    tmp_path: Path, opa: OpaServer, own_postgres: PostgresServer
+) -> None:
+    """PostgreSQL down: a batch's brokered intent fails UNAVAILABLE broker_unavailable (no
+    token, no grant row, no role once PostgreSQL is back); its unbrokered neighbour is
+    granted."""
+    process = brokered_sidecar(tmp_path / "s", opa, own_postgres)
+    with running(process):
+        stop_postgres(own_postgres)
+        with batch_stream(process) as stream:
+            answer = ask(stream, ("postgres.read", TABLE), DOCS)
+        own_postgres.restart()
+        rows = process.grant_rows()
+    refused, docs = answer.results
+    assert not refused.HasField("response")
+    assert refused.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert status_reason(refused.error) == "broker_unavailable"
+    assert docs.response.decision == pb.DECISION_GRANTED
+    assert [r["resource"] for r in rows] == [DOCS[1]]
+    assert brokered_roles(own_postgres) == []
+
+
+def test_a_failed_batch_commit_revokes_every_credential_it_issued(
+    pg_sidecar: SidecarProcess, postgres: PostgresServer
+) -> None:
+    """The broker made two logins for one message, then its one journal commit failed: both
+    intents fail closed (audit_unavailable) and both roles are dropped at once."""
+    before = set(brokered_roles(postgres))
+    with batch_stream(pg_sidecar) as stream, immutable(pg_sidecar.audit):
+        answer = ask(stream, ("postgres.read", TABLE), ("postgres.read", TABLE))
+    assert [status_reason(r.error) for r in answer.results] == ["audit_unavailable"] * 2
+    assert not any(r.HasField("response") for r in answer.results)
+    wait_for(lambda: set(brokered_roles(postgres)) == before, 10, what="roles dropped")
+    wait_for(
+        lambda: len(pg_sidecar.events("credential_revoked")) == 2, 10, what="credential_revoked"
+    )
+    reasons = {r["reason"] for r in pg_sidecar.events("credential_revoked")}
+    assert reasons == {"issue_aborted"}
 
 
 def test_cli_shows_the_lease_and_never_the_secret(

@@ -19,6 +19,7 @@ import requests
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from sidecar._proto.jit.v1 import access_pb2 as access_pb
 from sidecar._proto.jit.v1 import admin_pb2 as admin_pb
 from sidecar._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from sidecar.client import (
@@ -31,6 +32,7 @@ from sidecar.client import (
 from sidecar.console.auth import User
 from sidecar.console.views import approval_card, live_page
 from sidecar.verify import TokenRejected, TokenVerifier
+from tests.grant_streams import RawStream
 from tests.harness import OpaServer, SidecarProcess, clean_env
 from tests.identity_kit import AUDIENCE, Key, TrustDomain
 from tests.oidc_issuer import OidcIssuer
@@ -315,6 +317,46 @@ def test_both_allowed_is_granted(world: World) -> None:
         task = c.begin_task("refund", subject_token=world.person("frank", ["finance"]))
         grant = _refund(c, task.task_id, "payments://orders/42")
     assert _pyjwt_claims(world, grant.token, grant.audience)["sub"] == "frank"
+
+
+def test_a_grantstream_batch_decides_and_signs_for_the_person(world: World) -> None:
+    """A batch decided in one evaluation sees the person: of the same message, the ticket
+    update is granted with sub = the person and act = the agent, the refund a support person
+    is not entitled to is denied principal_not_entitled."""
+    refund = access_pb.Intent(
+        action="payments.refund", resource="payments://orders/42", justification=JUSTIFICATION
+    )
+    refund.context.update({"amount": 5})
+    update = access_pb.Intent(action=UPDATE[0], resource=UPDATE[1], justification=JUSTIFICATION)
+    with world.client(BILLING) as c:
+        task = c.begin_task("batch", subject_token=world.person("gina", ["support"]))
+        stream = RawStream(world.sidecar, [("authorization", f"Bearer {world.svid(BILLING)}")])
+        try:
+            stream.send(
+                task_id=task.task_id,
+                intents=[
+                    access_pb.GrantStreamIntent(intent=update),
+                    access_pb.GrantStreamIntent(intent=refund),
+                ],
+            )
+            granted, denied = (r.response for r in stream.read().results)
+        finally:
+            c.complete_task(task.task_id)
+            stream.close()
+    assert granted.decision == access_pb.DECISION_GRANTED
+    assert granted.grant.actor == BILLING
+    claims = _pyjwt_claims(world, granted.grant.token)
+    assert (claims["sub"], claims["act"], claims["client_id"]) == (
+        "gina",
+        {"sub": BILLING},
+        BILLING,
+    )
+    assert denied.decision == access_pb.DECISION_DENIED
+    assert list(denied.reasons) == [
+        "principal_not_entitled: payments is not among the principal's domains"
+    ]
+    issued = [r for r in _task_records(world, task.task_id) if r["event"] == "grant_issued"]
+    assert [(r["principal"]["subject"], r["actor"]) for r in issued] == [("gina", {"sub": BILLING})]
 
 
 def test_the_console_shows_the_person_of_a_delegated_approval_and_task(world: World) -> None:

@@ -21,6 +21,7 @@ from sidecar._proto.jit.v1 import admin_pb2_grpc as admin_pb_grpc
 from sidecar.client import SidecarRpcError, socket_target
 from sidecar.console.auth import User
 from sidecar.console.views import live_page
+from tests.grant_streams import RawStream
 from tests.harness import OpaServer, SidecarProcess, clean_env
 
 SUPPORT = "spiffe://jit.local/agent/support"
@@ -84,6 +85,63 @@ def test_ticket_then_customer_then_email_needs_approval(support: SidecarProcess)
         ["untrusted_input"],
         ["private_data"],
     ]
+
+
+def _stream_intent(intent: pb.Intent) -> Any:
+    return pb.GrantStreamIntent(intent=intent)
+
+
+def test_the_trifecta_within_one_grant_stream_message(support: SidecarProcess) -> None:
+    """One GrantStream message reading a ticket and a customer record and sending email
+    (decided in one OPA evaluation) answers the email PENDING_APPROVAL with the flow reason,
+    exactly as three RequestGrants would; the flow_flagged record is written with the
+    message's grants, and the task then holds both labels."""
+    channel, stub = _stub(support)
+    with channel:
+        task = stub.BeginTask(pb.BeginTaskRequest(goal="answer ticket t-1001"), timeout=10).task
+    stream = RawStream(support)
+    try:
+        stream.send(
+            task_id=task.task_id,
+            intents=[_stream_intent(TICKET), _stream_intent(CUSTOMER), _stream_intent(EMAIL)],
+        )
+        answer = stream.read()
+        stream.send(task_id=task.task_id)  # a heartbeat: the answer carries the task
+        heartbeat = stream.read()
+    finally:
+        stream.close()
+    decisions = [r.response.decision for r in answer.results]
+    assert decisions == [pb.DECISION_GRANTED, pb.DECISION_GRANTED, pb.DECISION_PENDING_APPROVAL]
+    assert TRIFECTA in answer.results[2].response.reasons
+    assert list(heartbeat.task.flow_labels) == ["private_data", "untrusted_input"]
+    [flagged] = support.events("flow_flagged")
+    assert flagged["rules"] == ["flow_trifecta"]
+    assert flagged["task_flow_labels"] == ["private_data", "untrusted_input"]
+
+
+def test_a_cached_read_earlier_in_a_message_still_counts(support: SidecarProcess) -> None:
+    """A ticket read the decision cache answers (a standing read cached by an earlier task)
+    does not let the email of the same message skip the trifecta: the intents after it go to
+    the policy with the read in their history."""
+    channel, stub = _stub(support)
+    with channel:
+        warm = stub.BeginTask(pb.BeginTaskRequest(goal="warm the cache"), timeout=10).task
+        assert _ask(stub, warm.task_id, TICKET).decision == pb.DECISION_GRANTED
+        task = stub.BeginTask(pb.BeginTaskRequest(goal="answer ticket t-1001"), timeout=10).task
+    hits = support.metric("jit_policy_cache_total", result="hit")
+    stream = RawStream(support)
+    try:
+        stream.send(
+            task_id=task.task_id,
+            intents=[_stream_intent(TICKET), _stream_intent(CUSTOMER), _stream_intent(EMAIL)],
+        )
+        answer = stream.read()
+    finally:
+        stream.close()
+    decisions = [r.response.decision for r in answer.results]
+    assert support.metric("jit_policy_cache_total", result="hit") == hits + 1
+    assert decisions == [pb.DECISION_GRANTED, pb.DECISION_GRANTED, pb.DECISION_PENDING_APPROVAL]
+    assert TRIFECTA in answer.results[2].response.reasons
 
 
 def test_without_the_ticket_read_email_is_jit(support: SidecarProcess) -> None:

@@ -138,9 +138,13 @@ def test_heartbeats_keep_a_long_task_alive(fast_sidecar: SidecarProcess) -> None
 def test_without_heartbeats_the_task_crashes_and_grant_raises_task_ended(
     fast_sidecar: SidecarProcess,
 ) -> None:
-    """Control: with heartbeats off the task is declared crashed after 3 intervals; the next
-    grant raises TaskEnded and leaving the block does not raise."""
-    with fast_sidecar.client() as jit, jit.task(goal="silent", heartbeats=False) as task:
+    """Control: with heartbeats off (and no GrantStream, which would keep the task alive)
+    the task is declared crashed after 3 intervals; the next grant raises TaskEnded and
+    leaving the block does not raise."""
+    with (
+        fast_sidecar.client() as jit,
+        jit.task(goal="silent", heartbeats=False, stream=False) as task,
+    ):
         grant = task.grant("docs.read", "docs://a")
         wait_for(lambda: not jit.introspect(grant.token).active, 10, what="crash detection")
         with pytest.raises(TaskEnded) as err:

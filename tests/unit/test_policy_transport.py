@@ -110,3 +110,60 @@ def test_explain_returns_the_checked_decision_and_opas_whole_answer() -> None:
     assert path == "/v1/data/jit/decision?metrics=true&explain=full&pretty=true"
     assert decision.allow is True
     assert document == answer
+
+
+# ---------------------------------------------------------------------- batch (GrantStream)
+BATCH = "/v1/data/jit/batch_decisions"
+
+
+def decide_many(transport: MockTransport, inputs: list[dict[str, Any]], rounds: int = 1) -> Any:
+    async def main() -> Any:
+        client = OpaClient(
+            "http://unused.invalid",
+            "/v1/data/jit/decision",
+            1.0,
+            transport=transport,
+            batch_path=BATCH,
+        )
+        try:
+            return [await client.decide_many(inputs) for _ in range(rounds)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def test_batch_decisions_come_from_one_request() -> None:
+    """decide_many posts every input in one `input.batch` and type-checks each answer, all
+    carrying the evaluation's decision_id."""
+    deny = {"allow": False, "reasons": ["no: not allowed"]}
+    body = json.dumps({"result": [ALLOW, deny], "decision_id": "d-9"}).encode()
+    transport = answering(200, body)
+    (decisions,) = decide_many(transport, [INPUT, INPUT])
+    ((method, path, sent),) = transport.requests
+    assert (method, path) == ("POST", BATCH)
+    assert json.loads(sent) == {"input": {"batch": [INPUT, INPUT]}}
+    assert [d.allow for d in decisions] == [True, False]
+    assert {d.decision_id for d in decisions} == {"d-9"}
+
+
+def test_policy_without_a_batch_rule_is_asked_once_per_intent() -> None:
+    """An undefined batch document means no batch evaluation: None, and the client stops
+    asking for it (the caller then decides one input per call)."""
+    transport = answering(200, b"{}")
+    assert decide_many(transport, [INPUT, INPUT], rounds=2) == [None, None]
+    assert len(transport.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "result",
+    [[ALLOW], [ALLOW, ALLOW, ALLOW], {"allow": True}, [ALLOW, {"allow": "yes"}]],
+    ids=["too-few", "too-many", "not-a-list", "bad-element"],
+)
+def test_a_malformed_batch_answer_is_policy_result_invalid(result: Any) -> None:
+    """A batch answer that is not one valid decision per input fails the whole batch with
+    policy_result_invalid (cause shape): no decision is taken from it."""
+    transport = answering(200, json.dumps({"result": result}).encode())
+    with pytest.raises(PolicyResultInvalid) as caught:
+        decide_many(transport, [INPUT, INPUT])
+    assert caught.value.cause == "shape"

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -408,3 +409,39 @@ class EvaluatePlanResponse(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     plan: PlanEvaluation
     def __init__(self, plan: _Optional[_Union[PlanEvaluation, _Mapping]] = ...) -> None: ...
+
+class GrantStreamRequest(_message.Message):
+    __slots__ = ("request_id", "task_id", "intents")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    task_id: str
+    intents: _containers.RepeatedCompositeFieldContainer[GrantStreamIntent]
+    def __init__(self, request_id: _Optional[str] = ..., task_id: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[GrantStreamIntent, _Mapping]]] = ...) -> None: ...
+
+class GrantStreamIntent(_message.Message):
+    __slots__ = ("intent", "ttl_seconds")
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    intent: Intent
+    ttl_seconds: int
+    def __init__(self, intent: _Optional[_Union[Intent, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class GrantStreamResponse(_message.Message):
+    __slots__ = ("request_id", "results", "task")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    results: _containers.RepeatedCompositeFieldContainer[GrantStreamResult]
+    task: Task
+    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[GrantStreamResult, _Mapping]]] = ..., task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+
+class GrantStreamResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: RequestGrantResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[RequestGrantResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

@@ -79,6 +79,11 @@ class AccessServiceStub:
                 request_serializer=jit_dot_v1_dot_access__pb2.EvaluatePlanRequest.SerializeToString,
                 response_deserializer=jit_dot_v1_dot_access__pb2.EvaluatePlanResponse.FromString,
                 _registered_method=True)
+        self.GrantStream = channel.stream_stream(
+                '/jit.v1.AccessService/GrantStream',
+                request_serializer=jit_dot_v1_dot_access__pb2.GrantStreamRequest.SerializeToString,
+                response_deserializer=jit_dot_v1_dot_access__pb2.GrantStreamResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
@@ -148,6 +153,15 @@ class AccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantStream(self, request_iterator, context):
+        """One open stream per task for agents that ask for many grants: intents in, decisions and
+        tokens out, in order. The open stream is the agent's heartbeat; closing it before
+        CompleteTask is a crash (the task's grants are revoked at once, reason agent_lost).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +209,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.EvaluatePlan,
                     request_deserializer=jit_dot_v1_dot_access__pb2.EvaluatePlanRequest.FromString,
                     response_serializer=jit_dot_v1_dot_access__pb2.EvaluatePlanResponse.SerializeToString,
+            ),
+            'GrantStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.GrantStream,
+                    request_deserializer=jit_dot_v1_dot_access__pb2.GrantStreamRequest.FromString,
+                    response_serializer=jit_dot_v1_dot_access__pb2.GrantStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +459,33 @@ class AccessService:
             '/jit.v1.AccessService/EvaluatePlan',
             jit_dot_v1_dot_access__pb2.EvaluatePlanRequest.SerializeToString,
             jit_dot_v1_dot_access__pb2.EvaluatePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jit.v1.AccessService/GrantStream',
+            jit_dot_v1_dot_access__pb2.GrantStreamRequest.SerializeToString,
+            jit_dot_v1_dot_access__pb2.GrantStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
