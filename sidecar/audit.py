@@ -226,6 +226,12 @@ class AuditFile:
     def last_hash(self) -> str:
         return self.head.hash
 
+    @property
+    def synced(self) -> Head:
+        """The last record made durable by `sync` (or a rotation, or `close`): records after
+        it may still be cut away by a failed fsync, so a checkpoint must not cover them."""
+        return self._synced.head
+
     def _mark(self) -> _Mark:
         return _Mark(self._size, self.head, self._continues)
 
@@ -357,7 +363,10 @@ class AuditFile:
     def close(self) -> None:
         if self._fd >= 0:
             try:
+                with self.lock:
+                    mark = self._mark()
                 os.fsync(self._fd)
+                self._synced = mark  # the final checkpoint covers what this made durable
             finally:
                 os.close(self._fd)
                 self._fd = -1

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -327,6 +329,42 @@ def test_checkpointer_writes_when_the_log_grew_and_refuses_a_shorter_log(
     assert written == [False, True]
     assert (checkpoint.seq, checkpoint.kid) == (4, key.kid)
     assert "covers record 4 but the log" in str(refused.value)
+
+
+def test_a_checkpoint_never_covers_records_a_failed_fsync_cuts_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint signs only synced records: when records appended but not yet synced (an
+    AuthZEN decision in its SYNC_WINDOW) are cut away by a failed fsync after the checkpoint
+    was written, the log is not shorter than its checkpoint and the sidecar starts again.
+    The one fault injected: `os.fsync` fails with EIO on the log's own descriptor."""
+    path = tmp_path / "a.jsonl"
+    key = _key()
+    audit = write(path, 2)
+    with audit.lock:
+        audit.append([{"event": "authzen_decided", "request_id": "unsynced"}])
+    checkpointer = Checkpointer(audit, lambda: key, interval=60, issuer="i", clock=SystemClock())
+    checkpointer.write()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == audit._fd:  # the log's own descriptor, not the checkpointer's
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(AuditWriteError):
+        audit.sync()
+    monkeypatch.setattr(os, "fsync", real)
+    audit.close()
+    checkpoint = read_checkpoint(checkpoint_path(path).read_text(), _keys(key))
+    reopened = AuditFile(path)
+    restarted = Checkpointer(reopened, lambda: key, interval=60, issuer="i", clock=SystemClock())
+    asyncio.run(restarted.start())
+    reopened.close()
+    assert checkpoint.seq == 2
+    assert read_tail(path).seq == 2
+    assert verify([path]).ok
 
 
 def test_verify_rejects_wrong_genesis(tmp_path: Path) -> None:
