@@ -292,11 +292,7 @@ class AuditFile:
                 os.fsync(self._fd)
             except OSError as err:
                 with self.lock:
-                    self._cut_back(self._synced.size)
-                    self._size = self._synced.size
-                    self.head = self._synced.head
-                    self._continues = self._synced.continues
-                    self.epoch += 1
+                    self._lose_unsynced()
                 raise AuditWriteError(f"cannot sync audit log {self.path}: {err.strerror}") from err
         self._synced = mark
         if self._rotate_bytes and mark.size >= self._rotate_bytes:
@@ -312,6 +308,15 @@ class AuditFile:
             else:
                 self._rotation_failing = False
 
+    def _lose_unsynced(self) -> None:
+        """After a failed fsync: cut the file back to its last durable point (the caller
+        holds `lock`); what was appended since counts as never written."""
+        self._cut_back(self._synced.size)
+        self._size = self._synced.size
+        self.head = self._synced.head
+        self._continues = self._synced.continues
+        self.epoch += 1
+
     def _cut_back(self, size: int) -> None:
         # If even this fails, the torn tail is repaired on the next start-up.
         with contextlib.suppress(OSError):
@@ -322,7 +327,13 @@ class AuditFile:
         caller holds `lock`."""
         first = self._first_seq()
         rotated = self.path.with_name(f"{self.path.name}.{first:012d}")
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            # Records appended since the last sync (the loop's) may have lost their pages
+            # (fsyncgate): a later fsync that succeeds would not bring them back.
+            self._lose_unsynced()
+            raise
         # The open descriptor stays the active file until its successor exists: a failure
         # anywhere leaves one file to append to, never a closed (or reused) descriptor.
         os.replace(self.path, rotated)

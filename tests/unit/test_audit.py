@@ -367,6 +367,43 @@ def test_a_checkpoint_never_covers_records_a_failed_fsync_cuts_away(
     assert verify([path]).ok
 
 
+def test_a_failed_fsync_in_rotation_cuts_unsynced_records_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record appended while `sync` fsyncs (the loop's AuthZEN record) is synced by the
+    rotation that follows; when that fsync fails its pages may be gone (fsyncgate), so it is
+    cut away and `epoch` moves on, as for a failed `sync`: a later fsync that succeeds must
+    not make it count. The one fault injected: `os.fsync` fails with EIO on demand."""
+    path = tmp_path / "a.jsonl"
+    audit = write(path, 2, rotate_bytes=1)  # every sync rotates
+    calls = 0
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # sync's own fsync: the loop appends meanwhile
+            real(fd)
+            with audit.lock:
+                audit.append([{"event": "authzen_decided", "request_id": "unsynced"}])
+            return
+        raise OSError(errno.EIO, os.strerror(errno.EIO))  # the rotation's fsync
+
+    with audit.lock:
+        audit.append([{"event": "authzen_decided", "request_id": "synced"}])
+    monkeypatch.setattr(os, "fsync", fsync)
+    audit.sync()
+    monkeypatch.setattr(os, "fsync", real)
+    epoch = audit.epoch
+    audit.write([{"event": "authzen_decided", "request_id": "after"}])
+    audit.close()
+    files = log_files(path)
+    ids = [r.get("request_id") for f in files for r in records_after(f, 0) if "request_id" in r]
+    assert epoch == 1
+    assert ids == ["synced", "after"]
+    assert verify(files).ok
+
+
 def test_verify_rejects_wrong_genesis(tmp_path: Path) -> None:
     """A log claiming to start at seq 1 from a non-genesis hash is rejected."""
     path = tmp_path / "a.jsonl"
