@@ -207,6 +207,15 @@ class AuditFile:
                     self._continues = rotated.name
                     break
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        if fsync and tail.size:
+            # After a kill -9 the last records (AuthZEN ones within their SYNC_WINDOW) may be
+            # in the page cache only; they count as synced below (replay applies them to
+            # the store, a checkpoint signs them), so make them so.
+            try:
+                os.fsync(self._fd)
+            except OSError as err:
+                os.close(self._fd)
+                raise AuditWriteError(f"cannot sync audit log {path}: {err.strerror}") from err
         self._size = tail.size
         self._rotation_failing = False
         self.lock = threading.Lock()

@@ -404,6 +404,33 @@ def test_a_failed_fsync_in_rotation_cuts_unsynced_records_away(
     assert verify(files).ok
 
 
+def test_reopening_a_log_makes_its_records_durable_before_it_counts_them_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a kill -9 in an AuthZEN record's SYNC_WINDOW its record is in the page cache
+    only: the reopened log fsyncs it before it counts it as synced (replay applies it to the
+    store and a checkpoint signs it; a power loss must not leave either ahead of the log).
+    Observed, not injected: the test records which descriptors `os.fsync` was given."""
+    path = tmp_path / "a.jsonl"
+    crashed = AuditFile(path)
+    with crashed.lock:
+        crashed.append([{"event": "authzen_decided", "request_id": "in the window"}])
+    os.close(crashed._fd)  # killed: no sync, no close()
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    reopened = AuditFile(path)
+    before_use = list(synced)
+    reopened.close()
+    assert reopened.synced.seq == 1
+    assert path.stat().st_ino in before_use
+
+
 def test_verify_rejects_wrong_genesis(tmp_path: Path) -> None:
     """A log claiming to start at seq 1 from a non-genesis hash is rejected."""
     path = tmp_path / "a.jsonl"
