@@ -321,7 +321,9 @@ class Journal:
             self._audit_failed(err)
             self._resolve(batch, _unwritten())
             return
-        if any(entry.records is not None for entry in batch):
+        # Only records this batch appended end an outage: `record`s the loop appended before
+        # a failure (their fsync is this one) say nothing about whether the log takes writes.
+        if any(entry.records is not None for entry in fresh):
             self.audit_healthy = True
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]

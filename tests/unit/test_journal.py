@@ -223,3 +223,47 @@ def test_records_appended_by_the_loop_rotate_with_the_log(tmp_path: Path) -> Non
     assert len(files) > 3
     assert ids == [f"{'c' if i % 5 == 0 else 'r'}-{i}" for i in range(40)]
     assert verify(files).ok
+
+
+def test_a_failed_append_keeps_the_journal_unhealthy_though_earlier_records_sync(
+    rig: _Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit whose append fails (a full disk) turns the journal unhealthy, and the fsync
+    of `record`s appended before the failure, in the same batch, does not end the outage:
+    only a synced commit after it does (/readyz says `audit: not writable` meanwhile). The
+    one fault injected: `os.write` to the log fails with ENOSPC while the test says so."""
+    entered, release = rig.hold_store_writes()
+    full = threading.Event()
+    real = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if full.is_set() and fd == rig.journal._audit._fd:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+    async def body() -> tuple[str, bool]:
+        rig.journal.touch("t-1", 1.0)  # the writer is now busy, in a store write
+        assert await asyncio.to_thread(entered.wait, 5)
+        await rig.journal.record([decided("r-1")])  # appended on the loop, not yet synced
+        full.set()
+        committing = asyncio.ensure_future(rig.journal.commit([decided("c-1")]))
+        await asyncio.sleep(0.05)  # queued behind the busy writer
+        release.set()
+        try:
+            await committing
+            outcome = "committed"
+        except CommitError as err:
+            outcome = err.reason.value
+        await asyncio.to_thread(wait_for, lambda: rig.store.applied_seq() == 1, 10)
+        return outcome, rig.journal.audit_healthy
+
+    try:
+        outcome, healthy = asyncio.run(body())
+    finally:
+        release.set()
+    assert outcome == "audit_unavailable"
+    assert healthy is False
+    assert rig.request_ids() == ["r-1"]
+    assert verify([rig.path]).ok
