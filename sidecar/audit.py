@@ -226,6 +226,8 @@ class AuditFile:
         self.epoch = 0
         """Counts fsync failures: records appended in an earlier epoch and not synced then
         were cut out of the log."""
+        self._epoch_ends: list[int] = []
+        """The last synced seq when each earlier epoch ended: its records up to there stay."""
 
     @property
     def seq(self) -> int:
@@ -317,9 +319,15 @@ class AuditFile:
             else:
                 self._rotation_failing = False
 
+    def survived(self, epoch: int, seq: int) -> bool:
+        """Whether record `seq`, appended in `epoch`, is still in the log: a failed fsync
+        cut out only what no earlier fsync had made durable."""
+        return epoch == self.epoch or seq <= self._epoch_ends[epoch]
+
     def _lose_unsynced(self) -> None:
         """After a failed fsync: cut the file back to its last durable point (the caller
         holds `lock`); what was appended since counts as never written."""
+        self._epoch_ends.append(self._synced.head.seq)
         self._cut_back(self._synced.size)
         self._size = self._synced.size
         self.head = self._synced.head

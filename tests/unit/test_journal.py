@@ -267,3 +267,63 @@ def test_a_failed_append_keeps_the_journal_unhealthy_though_earlier_records_sync
     assert healthy is False
     assert rig.request_ids() == ["r-1"]
     assert verify([rig.path]).ok
+
+
+def test_a_record_synced_before_a_failed_fsync_still_reaches_the_store(
+    tmp_path: Path, failing_fsync: threading.Event
+) -> None:
+    """A `record` the loop appends after the writer's batch is gathered but before its fsync
+    starts is made durable by that fsync, though it belongs to the next batch; when the next
+    batch's fsync fails, the cut-back keeps it in the log, so the store must still be given
+    it (else it is told it applied through a later seq without having seen this one, and
+    replay never brings it). The writer's scheduling is steered by holding its `sync`."""
+    path = tmp_path / "audit.jsonl"
+    store = SqliteStore(tmp_path / "state.db")
+    steps = [(threading.Event(), threading.Event()) for _ in range(2)]
+    calls = 0
+
+    class Steered(AuditFile):
+        def sync(self) -> None:
+            nonlocal calls
+            if calls < len(steps):  # let the loop append before this fsync starts
+                reached, go = steps[calls]
+                calls += 1
+                reached.set()
+                go.wait(10)
+            super().sync()
+
+    given: list[int] = []
+    apply = store.apply
+
+    def seen(records: Any, touches: Any, seq: int) -> None:
+        given.extend(r.seq for r in records)
+        apply(records, touches, seq)
+
+    store.apply = seen  # type: ignore[method-assign]
+    journal = Journal(Steered(path), store)
+    journal.start()
+
+    async def body() -> None:
+        await journal.record([decided("r-1")])
+        assert await asyncio.to_thread(steps[0][0].wait, 10)
+        await journal.record([decided("r-2")])  # after r-1's batch, before its fsync
+        steps[0][1].set()
+        assert await asyncio.to_thread(steps[1][0].wait, 10)  # r-2's own batch
+        await journal.record([decided("r-lost")])
+        failing_fsync.set()
+        steps[1][1].set()
+        await asyncio.to_thread(wait_for, lambda: not journal.audit_healthy, 10)
+        failing_fsync.clear()
+        await journal.record([decided("r-3")])  # a full commit: healthy again
+
+    try:
+        asyncio.run(body())
+    finally:
+        for _, go in steps:
+            go.set()
+        journal.close()
+        store.close()
+    in_log = [r.get("request_id") for r in records_after(path, 0)]
+    assert in_log == ["r-1", "r-2", "r-3"]
+    assert given == [1, 2, 3]
+    assert verify([path]).ok
