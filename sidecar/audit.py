@@ -209,8 +209,8 @@ class AuditFile:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         if fsync and tail.size:
             # After a kill -9 the last records (AuthZEN ones within their SYNC_WINDOW) may be
-            # in the page cache only; they count as synced below (replay applies them to
-            # the store, a checkpoint signs them), so make them so.
+            # in the page cache only; they count as synced below (replay applies them to a
+            # store whose applied seq is durable), so make them so.
             try:
                 os.fsync(self._fd)
             except OSError as err:
