@@ -207,6 +207,15 @@ class AuditFile:
                     self._continues = rotated.name
                     break
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        if fsync and tail.size:
+            # After a kill -9 the last records (AuthZEN ones within their SYNC_WINDOW) may be
+            # in the page cache only; they count as synced below (replay applies them to a
+            # store whose applied seq is durable), so make them so.
+            try:
+                os.fsync(self._fd)
+            except OSError as err:
+                os.close(self._fd)
+                raise AuditWriteError(f"cannot sync audit log {path}: {err.strerror}") from err
         self._size = tail.size
         self._rotation_failing = False
         self.lock = threading.Lock()
@@ -217,6 +226,8 @@ class AuditFile:
         self.epoch = 0
         """Counts fsync failures: records appended in an earlier epoch and not synced then
         were cut out of the log."""
+        self._epoch_ends: list[int] = []
+        """The last synced seq when each earlier epoch ended: its records up to there stay."""
 
     @property
     def seq(self) -> int:
@@ -225,6 +236,12 @@ class AuditFile:
     @property
     def last_hash(self) -> str:
         return self.head.hash
+
+    @property
+    def synced(self) -> Head:
+        """The last record made durable by `sync` (or a rotation, or `close`): records after
+        it may still be cut away by a failed fsync, so a checkpoint must not cover them."""
+        return self._synced.head
 
     def _mark(self) -> _Mark:
         return _Mark(self._size, self.head, self._continues)
@@ -286,11 +303,7 @@ class AuditFile:
                 os.fsync(self._fd)
             except OSError as err:
                 with self.lock:
-                    self._cut_back(self._synced.size)
-                    self._size = self._synced.size
-                    self.head = self._synced.head
-                    self._continues = self._synced.continues
-                    self.epoch += 1
+                    self._lose_unsynced()
                 raise AuditWriteError(f"cannot sync audit log {self.path}: {err.strerror}") from err
         self._synced = mark
         if self._rotate_bytes and mark.size >= self._rotate_bytes:
@@ -306,6 +319,21 @@ class AuditFile:
             else:
                 self._rotation_failing = False
 
+    def survived(self, epoch: int, seq: int) -> bool:
+        """Whether record `seq`, appended in `epoch`, is still in the log: a failed fsync
+        cut out only what no earlier fsync had made durable."""
+        return epoch == self.epoch or seq <= self._epoch_ends[epoch]
+
+    def _lose_unsynced(self) -> None:
+        """After a failed fsync: cut the file back to its last durable point (the caller
+        holds `lock`); what was appended since counts as never written."""
+        self._epoch_ends.append(self._synced.head.seq)
+        self._cut_back(self._synced.size)
+        self._size = self._synced.size
+        self.head = self._synced.head
+        self._continues = self._synced.continues
+        self.epoch += 1
+
     def _cut_back(self, size: int) -> None:
         # If even this fails, the torn tail is repaired on the next start-up.
         with contextlib.suppress(OSError):
@@ -316,7 +344,13 @@ class AuditFile:
         caller holds `lock`."""
         first = self._first_seq()
         rotated = self.path.with_name(f"{self.path.name}.{first:012d}")
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            # Records appended since the last sync (the loop's) may have lost their pages
+            # (fsyncgate): a later fsync that succeeds would not bring them back.
+            self._lose_unsynced()
+            raise
         # The open descriptor stays the active file until its successor exists: a failure
         # anywhere leaves one file to append to, never a closed (or reused) descriptor.
         os.replace(self.path, rotated)
@@ -357,7 +391,10 @@ class AuditFile:
     def close(self) -> None:
         if self._fd >= 0:
             try:
+                with self.lock:
+                    mark = self._mark()
                 os.fsync(self._fd)
+                self._synced = mark  # the final checkpoint covers what this made durable
             finally:
                 os.close(self._fd)
                 self._fd = -1

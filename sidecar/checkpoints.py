@@ -2,7 +2,7 @@
 
 A hash chain shows that a log is consistent from its start, never that records were cut
 from its end. In the spirit of Certificate Transparency's signed tree head (RFC 6962 §3.5),
-the sidecar signs the seq, hash and time of its last durable record every
+the sidecar signs the seq, hash and time of its last synced record every
 `audit_checkpoint_interval` seconds (when the log grew) and once more at shutdown, with the
 key that signs its tokens, and keeps the newest in `<audit log>.checkpoint`. The checkpoint is
 a compact JWS with the token key's `kid`, so the JWKS verifies it, and its own `typ`, so no
@@ -237,7 +237,10 @@ class Checkpointer:
             return self._write()
 
     def _write(self) -> bool:
-        head = self._audit.head  # one read: seq and hash of the same record
+        # Only what the log's own fsync made durable: a record appended after it (an AuthZEN
+        # decision within its SYNC_WINDOW) is cut away if that fsync fails, and a checkpoint
+        # covering it would then leave the log shorter than its checkpoint.
+        head = self._audit.synced  # one read: seq and hash of the same record
         if head.seq == 0 or head == self._written:
             return False
         key = self._key()

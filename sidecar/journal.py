@@ -310,8 +310,9 @@ class Journal:
                 batch = [entry for entry in batch if entry not in fresh]
             # `record` answers once its records are in the OS, before the fsync.
             self._resolve([entry for entry in batch if entry.early], None)
-        # Records appended before an fsync failed were cut out of the log with it.
-        stale = [e for e in batch if e.records is not None and e.epoch != audit.epoch]
+        # Records appended before an fsync failed were cut out of the log with it, unless
+        # an earlier fsync had made them durable (the loop appended them before it began).
+        stale = [e for e in batch if e.records is not None and not _kept(audit, e)]
         if stale:
             self._resolve(stale, _unwritten())
             batch = [entry for entry in batch if entry not in stale]
@@ -320,8 +321,18 @@ class Journal:
         except AuditWriteError as err:
             self._audit_failed(err)
             self._resolve(batch, _unwritten())
+            # `record`s an earlier fsync covered stay in the log: the store still needs them.
+            kept = [
+                Recorded(r["seq"], e)
+                for entry in batch
+                if entry.records is not None and _kept(audit, entry)
+                for r, e in zip(entry.records, entry.events, strict=True)
+            ]
+            self._backlog = sorted(self._backlog + kept, key=lambda r: r.seq)
             return
-        if any(entry.records is not None for entry in batch):
+        # Only records this batch appended end an outage: `record`s the loop appended before
+        # a failure (their fsync is this one) say nothing about whether the log takes writes.
+        if any(entry.records is not None for entry in fresh):
             self.audit_healthy = True
         events = [e for entry in batch for e in entry.events]
         touches = [t for entry in batch for t in entry.touches]
@@ -366,6 +377,12 @@ class Journal:
                 futures.setdefault(entry.loop, []).append(entry.future)
         for loop, waiting in futures.items():
             loop.call_soon_threadsafe(_settle, waiting, error)
+
+
+def _kept(audit: AuditFile, entry: _Entry) -> bool:
+    """Whether an appended entry's records are still in the log (no failed fsync cut them)."""
+    assert entry.records is not None
+    return not entry.records or audit.survived(entry.epoch, entry.records[-1]["seq"])
 
 
 def _unwritten() -> CommitError:

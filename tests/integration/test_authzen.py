@@ -16,6 +16,7 @@ from sidecar.audit import log_files, verify
 from tests.faults import immutable
 from tests.harness import OpaServer, SidecarProcess, running, wait_for
 from tests.integration.test_approvals_and_cache import cli
+from tests.integration.test_audit_and_keys import cli as audit_cli
 
 CREDENTIAL = "authzen-test-credential-0123456789"
 DEV = "spiffe://jit.local/agent/dev"
@@ -711,6 +712,31 @@ def test_the_decision_is_in_the_audit_log_when_the_answer_arrives(
     assert again["decision"] is True
     assert after_restart == ["req-crash-1", None]
     assert verify(log_files(sidecar.audit)).ok
+
+
+def test_a_kill_among_checkpointed_decisions_leaves_a_log_that_verifies(
+    tmp_path: Any, opa: OpaServer
+) -> None:
+    """Decisions answered while checkpoints are signed every 20 ms, then kill -9 (records
+    in their SYNC_WINDOW, a checkpoint maybe just signed): `jit-sidecar audit verify` with
+    the signing key and the store passes (no checkpoint past the log's end, the store not
+    ahead of it), and the sidecar starts again."""
+    sidecar = _start(tmp_path, opa.url, "--audit-checkpoint-interval", "0.02")
+    with running(sidecar):
+        for i in range(60):
+            evaluate(sidecar, ask(DEV, "docs.read", f"docs://handbook/k{i}"))
+        sidecar.kill()
+        result = audit_cli(
+            "audit", "verify", str(sidecar.audit), "--key", str(sidecar.key),
+            "--state", f"sqlite:{sidecar.state}", "--json",
+        )  # fmt: skip
+        sidecar.start()
+        again = evaluate(sidecar, ask(DEV, "docs.read", "docs://handbook/after"))
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout
+    assert [c["status"] for c in report["checkpoints"]] == ["covered"]
+    assert report["last_seq"] >= 60
+    assert again["decision"] is True
 
 
 def test_a_decision_the_audit_log_cannot_take_is_a_deny(tmp_path: Any, opa: OpaServer) -> None:

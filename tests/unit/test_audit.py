@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -327,6 +329,106 @@ def test_checkpointer_writes_when_the_log_grew_and_refuses_a_shorter_log(
     assert written == [False, True]
     assert (checkpoint.seq, checkpoint.kid) == (4, key.kid)
     assert "covers record 4 but the log" in str(refused.value)
+
+
+def test_a_checkpoint_never_covers_records_a_failed_fsync_cuts_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint signs only synced records: when records appended but not yet synced (an
+    AuthZEN decision in its SYNC_WINDOW) are cut away by a failed fsync after the checkpoint
+    was written, the log is not shorter than its checkpoint and the sidecar starts again.
+    The one fault injected: `os.fsync` fails with EIO on the log's own descriptor."""
+    path = tmp_path / "a.jsonl"
+    key = _key()
+    audit = write(path, 2)
+    with audit.lock:
+        audit.append([{"event": "authzen_decided", "request_id": "unsynced"}])
+    checkpointer = Checkpointer(audit, lambda: key, interval=60, issuer="i", clock=SystemClock())
+    checkpointer.write()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == audit._fd:  # the log's own descriptor, not the checkpointer's
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(AuditWriteError):
+        audit.sync()
+    monkeypatch.setattr(os, "fsync", real)
+    audit.close()
+    checkpoint = read_checkpoint(checkpoint_path(path).read_text(), _keys(key))
+    reopened = AuditFile(path)
+    restarted = Checkpointer(reopened, lambda: key, interval=60, issuer="i", clock=SystemClock())
+    asyncio.run(restarted.start())
+    reopened.close()
+    assert checkpoint.seq == 2
+    assert read_tail(path).seq == 2
+    assert verify([path]).ok
+
+
+def test_a_failed_fsync_in_rotation_cuts_unsynced_records_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record appended while `sync` fsyncs (the loop's AuthZEN record) is synced by the
+    rotation that follows; when that fsync fails its pages may be gone (fsyncgate), so it is
+    cut away and `epoch` moves on, as for a failed `sync`: a later fsync that succeeds must
+    not make it count. The one fault injected: `os.fsync` fails with EIO on demand."""
+    path = tmp_path / "a.jsonl"
+    audit = write(path, 2, rotate_bytes=1)  # every sync rotates
+    calls = 0
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # sync's own fsync: the loop appends meanwhile
+            real(fd)
+            with audit.lock:
+                audit.append([{"event": "authzen_decided", "request_id": "unsynced"}])
+            return
+        raise OSError(errno.EIO, os.strerror(errno.EIO))  # the rotation's fsync
+
+    with audit.lock:
+        audit.append([{"event": "authzen_decided", "request_id": "synced"}])
+    monkeypatch.setattr(os, "fsync", fsync)
+    audit.sync()
+    monkeypatch.setattr(os, "fsync", real)
+    epoch = audit.epoch
+    audit.write([{"event": "authzen_decided", "request_id": "after"}])
+    audit.close()
+    files = log_files(path)
+    ids = [r.get("request_id") for f in files for r in records_after(f, 0) if "request_id" in r]
+    assert epoch == 1
+    assert ids == ["synced", "after"]
+    assert verify(files).ok
+
+
+def test_reopening_a_log_makes_its_records_durable_before_it_counts_them_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a kill -9 in an AuthZEN record's SYNC_WINDOW its record is in the page cache
+    only: the reopened log fsyncs it before it counts it as synced (replay applies it to the
+    store and a checkpoint signs it; a power loss must not leave either ahead of the log).
+    Observed, not injected: the test records which descriptors `os.fsync` was given."""
+    path = tmp_path / "a.jsonl"
+    crashed = AuditFile(path)
+    with crashed.lock:
+        crashed.append([{"event": "authzen_decided", "request_id": "in the window"}])
+    os.close(crashed._fd)  # killed: no sync, no close()
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    reopened = AuditFile(path)
+    before_use = list(synced)
+    reopened.close()
+    assert reopened.synced.seq == 1
+    assert path.stat().st_ino in before_use
 
 
 def test_verify_rejects_wrong_genesis(tmp_path: Path) -> None:

@@ -223,3 +223,107 @@ def test_records_appended_by_the_loop_rotate_with_the_log(tmp_path: Path) -> Non
     assert len(files) > 3
     assert ids == [f"{'c' if i % 5 == 0 else 'r'}-{i}" for i in range(40)]
     assert verify(files).ok
+
+
+def test_a_failed_append_keeps_the_journal_unhealthy_though_earlier_records_sync(
+    rig: _Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit whose append fails (a full disk) turns the journal unhealthy, and the fsync
+    of `record`s appended before the failure, in the same batch, does not end the outage:
+    only a synced commit after it does (/readyz says `audit: not writable` meanwhile). The
+    one fault injected: `os.write` to the log fails with ENOSPC while the test says so."""
+    entered, release = rig.hold_store_writes()
+    full = threading.Event()
+    real = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if full.is_set() and fd == rig.journal._audit._fd:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+    async def body() -> tuple[str, bool]:
+        rig.journal.touch("t-1", 1.0)  # the writer is now busy, in a store write
+        assert await asyncio.to_thread(entered.wait, 5)
+        await rig.journal.record([decided("r-1")])  # appended on the loop, not yet synced
+        full.set()
+        committing = asyncio.ensure_future(rig.journal.commit([decided("c-1")]))
+        await asyncio.sleep(0.05)  # queued behind the busy writer
+        release.set()
+        try:
+            await committing
+            outcome = "committed"
+        except CommitError as err:
+            outcome = err.reason.value
+        await asyncio.to_thread(wait_for, lambda: rig.store.applied_seq() == 1, 10)
+        return outcome, rig.journal.audit_healthy
+
+    try:
+        outcome, healthy = asyncio.run(body())
+    finally:
+        release.set()
+    assert outcome == "audit_unavailable"
+    assert healthy is False
+    assert rig.request_ids() == ["r-1"]
+    assert verify([rig.path]).ok
+
+
+def test_a_record_synced_before_a_failed_fsync_still_reaches_the_store(
+    tmp_path: Path, failing_fsync: threading.Event
+) -> None:
+    """A `record` the loop appends after the writer's batch is gathered but before its fsync
+    starts is made durable by that fsync, though it belongs to the next batch; when the next
+    batch's fsync fails, the cut-back keeps it in the log, so the store must still be given
+    it (else it is told it applied through a later seq without having seen this one, and
+    replay never brings it). The writer's scheduling is steered by holding its `sync`."""
+    path = tmp_path / "audit.jsonl"
+    store = SqliteStore(tmp_path / "state.db")
+    steps = [(threading.Event(), threading.Event()) for _ in range(2)]
+    calls = 0
+
+    class Steered(AuditFile):
+        def sync(self) -> None:
+            nonlocal calls
+            if calls < len(steps):  # let the loop append before this fsync starts
+                reached, go = steps[calls]
+                calls += 1
+                reached.set()
+                go.wait(10)
+            super().sync()
+
+    given: list[int] = []
+    apply = store.apply
+
+    def seen(records: Any, touches: Any, seq: int) -> None:
+        given.extend(r.seq for r in records)
+        apply(records, touches, seq)
+
+    store.apply = seen  # type: ignore[method-assign]
+    journal = Journal(Steered(path), store)
+    journal.start()
+
+    async def body() -> None:
+        await journal.record([decided("r-1")])
+        assert await asyncio.to_thread(steps[0][0].wait, 10)
+        await journal.record([decided("r-2")])  # after r-1's batch, before its fsync
+        steps[0][1].set()
+        assert await asyncio.to_thread(steps[1][0].wait, 10)  # r-2's own batch
+        await journal.record([decided("r-lost")])
+        failing_fsync.set()
+        steps[1][1].set()
+        await asyncio.to_thread(wait_for, lambda: not journal.audit_healthy, 10)
+        failing_fsync.clear()
+        await journal.record([decided("r-3")])  # a full commit: healthy again
+
+    try:
+        asyncio.run(body())
+    finally:
+        for _, go in steps:
+            go.set()
+        journal.close()
+        store.close()
+    in_log = [r.get("request_id") for r in records_after(path, 0)]
+    assert in_log == ["r-1", "r-2", "r-3"]
+    assert given == [1, 2, 3]
+    assert verify([path]).ok
