@@ -228,6 +228,15 @@ async def _evaluate(
     undecided. `granting`: the intents already allowed (cache, approval), which the flow
     rules of later ones must see."""
     inputs = policy_inputs(engine, identity, task, items, ask, now, granting)
+    # The keys of the flow the inputs were built on: other requests of the task may change it
+    # while the policy decides (a denial counted, a grant's labels), and a decision stored
+    # under the flow as it is then would answer for a flow the policy never saw.
+    flow_key = task.flow.cache_key()
+    cacheable = {
+        i
+        for i, x in zip(ask, inputs, strict=True)
+        if len(x["task"]["history"]) == len(task.flow.history)  # no batched entry
+    }
     decide_many = getattr(engine.policy, "decide_many", None)
     started = time.perf_counter()
     found: list[PolicyDecision | BaseException]
@@ -247,14 +256,13 @@ async def _evaluate(
         engine.metrics.policy_eval.observe(time.perf_counter() - started)
     decisions: dict[int, PolicyDecision] = {}
     failed: dict[int, PolicyError] = {}
-    flow_key = task.flow.cache_key()
-    for i, answer, policy_input in zip(ask, found, inputs, strict=True):
+    for i, answer in zip(ask, found, strict=True):
         if isinstance(answer, PolicyError):
             failed[i] = answer
         elif isinstance(answer, BaseException):
             raise answer  # a bug, not a policy answer
         else:
-            if len(policy_input["task"]["history"]) == len(task.flow.history):
+            if i in cacheable:
                 # Decided on the task's flow as it was (no batched entry): cacheable as usual.
                 key = engine.cache.key(identity, items[i].intent, task.labels, flow_key)
                 engine._remember(key, answer, task)

@@ -724,3 +724,58 @@ def test_four_eyes_refuses_owners_at_the_engine(tmp_path: Path) -> None:
         assert approval.decision.owners == ("alice@x", "carol@x")
 
     run(tmp_path, body)
+
+
+class GatedPolicy(ScriptedPolicy):
+    """Answers by action (`results`); a decision on `gated` waits for `release`."""
+
+    def __init__(self, results: dict[str, Any], gated: str) -> None:
+        super().__init__()
+        self.results = results
+        self.gated = gated
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def decide(self, policy_input: dict[str, Any]) -> Any:
+        action = policy_input["intent"]["action"]
+        self.result = self.results[action]
+        decision = await super().decide(policy_input)
+        if action == self.gated:
+            self.entered.set()
+            await self.release.wait()
+        return decision
+
+
+def test_a_batch_decision_is_cached_under_the_flow_it_was_made_on(tmp_path: Path) -> None:
+    """A batch item's standing decision, made while a concurrent denial changed the task's
+    flow, is cached under the flow the policy saw (no denial), never under the flow as it
+    is once the policy answered: the next request, with the denial counted (probing), asks
+    the policy again."""
+    from sidecar.engine.batch import BatchItem
+
+    async def body(r: Rig) -> None:
+        standing = VALID_JIT | {"tier": "standing", "cache_seconds": 30}
+        policy = GatedPolicy(
+            {
+                "x.read": standing,
+                "y.read": standing,
+                "z.write": {"allow": False, "reasons": ["no: no"]},
+            },
+            gated="x.read",
+        )
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        items = [BatchItem(Intent("x.read", "x://1"), 30), BatchItem(Intent("y.read", "y://1"), 30)]
+        batch = asyncio.ensure_future(r.engine.request_grants(ME, task.task_id, items))
+        await policy.entered.wait()
+        denial = await r.engine.request_grant(ME, task.task_id, Intent("z.write", "z://1"), 30)
+        assert denial.decision == "denied"
+        policy.release.set()
+        assert [x.decision for x in await batch] == ["granted", "granted"]  # type: ignore[union-attr]
+        asked = len(policy.inputs)
+        await r.engine.request_grant(ME, task.task_id, Intent("x.read", "x://1"), 30)
+        assert len(policy.inputs) == asked + 1
+        assert policy.inputs[-1]["task"]["denials"] != []
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_policy_cache_total", result="hit") == 0
