@@ -271,7 +271,9 @@ class TaskFlow:
 
     def cache_key(self) -> str:
         """What of the flow a cached standing decision may depend on: the labels the task
-        holds, its plan and how many denials it had. The shipped flow rules read the
+        holds, its plan, how many denials it had and when its recent ones were (the key is
+        not the task's: another task of the agent with as many denials, long past the
+        probing window, must not answer for one denied just now). The shipped flow rules read the
         history only through labels; a rule reading the history otherwise (order, times,
         how grants ended) must not answer with `cache_seconds` (docs/policy-authoring.md)."""
         if not (self.labels or self.plan or self.denial_count):
@@ -280,6 +282,7 @@ class TaskFlow:
         digest.update(json.dumps(sorted(self.labels)).encode())
         digest.update(json.dumps([intent_input(i) for i in self.plan], sort_keys=True).encode())
         digest.update(str(self.denial_count).encode())
+        digest.update(json.dumps(list(self.denials)).encode())
         return digest.hexdigest()
 
 

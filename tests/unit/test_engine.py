@@ -779,3 +779,32 @@ def test_a_batch_decision_is_cached_under_the_flow_it_was_made_on(tmp_path: Path
 
     rig = run(tmp_path, body)
     assert rig.value("jit_policy_cache_total", result="hit") == 0
+
+
+def test_a_cached_decision_never_answers_another_task_with_recent_denials(
+    tmp_path: Path,
+) -> None:
+    """Two tasks of one agent with the same labels and as many denials, one's long past the
+    probing window and the other's just now: the standing decision cached for the first is
+    not the second's (its recent denials escalate it), the policy is asked again."""
+
+    async def body(r: Rig) -> None:
+        standing = VALID_JIT | {"tier": "standing", "cache_seconds": 30}
+        no = {"allow": False, "reasons": ["no: no"]}
+        policy = GatedPolicy({"x.read": standing, "z.write": no}, gated="")
+        r.engine.policy = policy
+        old = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        for _ in range(5):
+            await r.engine.request_grant(ME, old.task_id, Intent("z.write", "z://1"), 30)
+        r.clock.advance(700)
+        await r.engine.request_grant(ME, old.task_id, Intent("x.read", "x://1"), 30)
+        new = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        for _ in range(5):
+            await r.engine.request_grant(ME, new.task_id, Intent("z.write", "z://1"), 30)
+        asked = len(policy.inputs)
+        await r.engine.request_grant(ME, new.task_id, Intent("x.read", "x://1"), 30)
+        assert len(policy.inputs) == asked + 1
+        assert len(policy.inputs[-1]["task"]["denials"]) == 5
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_policy_cache_total", result="hit") == 0
