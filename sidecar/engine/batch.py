@@ -15,13 +15,13 @@ looks up, so a message that reads a ticket, a customer record and then sends ema
 trifecta on its last intent exactly as three RequestGrants would (assuming a grant the
 policy may then deny errs on the strict side). The decision cache answers an intent only
 while every earlier intent of the message was answered by it, allowed, with no flow label
-the task did not already hold (the key is the task's flow as it was at the start). Earlier
-denials of the same message are not yet in `input.task.denials` (the probing rule counts
-them from the next message on). The sidecar's own per-task grant limit still counts every
-grant as it is added. Each allowed intent goes through step 6 of its own (a downstream
-credential from the broker its decision names, docs/brokers.md): a broker failure is that
-intent's error only; a commit that fails revokes every credential the message's grants
-were issued.
+the task did not already hold (the key is the task's flow as it was at the start). An
+earlier intent of the message the policy denied is one of `input.task.denials` of the later
+ones (the probing rule): those decided past a denial are asked again (`_evaluate`). The
+sidecar's own per-task grant limit still counts every grant as it is added. Each allowed
+intent goes through step 6 of its own (a downstream credential from the broker its decision
+names, docs/brokers.md): a broker failure is that intent's error only; a commit that fails
+revokes every credential the message's grants were issued.
 """
 
 from __future__ import annotations
@@ -173,12 +173,14 @@ def policy_inputs(
     ask: Sequence[int],
     now: float,
     granting: Sequence[int] = (),
+    denied: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """The policy input of each intent in `ask` (indexes of `items`), the one place that
     builds them. Each sees the task's grants as they were at the start of the batch, and
     every earlier intent of the message that is asked about or being granted (`ask`,
     `granting`) as a `batched` entry of its history: the flow rules see what the message is
-    about to do (module docstring)."""
+    about to do (module docstring). Each earlier intent the policy denied (`denied`) is one
+    more of `input.task.denials`, as RequestGrant's denial would be (the probing rule)."""
     held = engine.live.grants_of(task)
     played = sorted({*ask, *granting})
     inputs = []
@@ -187,6 +189,9 @@ def policy_inputs(
         earlier = [batched_entry(items[j].intent, now) for j in played if j < i]
         if earlier:
             policy_input["task"]["history"] = [*policy_input["task"]["history"], *earlier]
+        refused = [rfc3339(now) for j in denied if j < i]
+        if refused:
+            policy_input["task"]["denials"] = [*policy_input["task"]["denials"], *refused]
         inputs.append(policy_input)
     return inputs
 
@@ -223,11 +228,42 @@ async def _evaluate(
     now: float,
     granting: Sequence[int],
 ) -> dict[int, PolicyDecision]:
+    """The decisions of the intents in `ask`. An intent the policy denies is a denial of
+    the task for every later one (the probing rule: a message of many probes must get no
+    more answers than as many RequestGrants would), which one evaluation cannot see: the
+    intents decided after the first denial are asked again with it, until no later intent
+    was decided past a denial (at most once per denial of the message)."""
+    decisions: dict[int, PolicyDecision] = {}
+    denied: list[int] = []
+    while ask:
+        found = await _evaluate_once(
+            engine, identity, task, items, ask, results, now, granting, denied
+        )
+        decisions.update(found)
+        first = next((i for i in ask if i in found and not found[i].allow), None)
+        if first is None:
+            break
+        denied.append(first)
+        ask = [i for i in ask if i > first and i in found]
+    return decisions
+
+
+async def _evaluate_once(
+    engine: Engine,
+    identity: Identity,
+    task: Task,
+    items: Sequence[BatchItem],
+    ask: list[int],
+    results: list[Result | None],
+    now: float,
+    granting: Sequence[int],
+    denied: Sequence[int],
+) -> dict[int, PolicyDecision]:
     """One policy evaluation for every intent in `ask` (one call each when the policy
     offers no batch evaluation); a policy error is the error of each intent it left
     undecided. `granting`: the intents already allowed (cache, approval), which the flow
-    rules of later ones must see."""
-    inputs = policy_inputs(engine, identity, task, items, ask, now, granting)
+    rules of later ones must see; `denied`: the intents of the message denied so far."""
+    inputs = policy_inputs(engine, identity, task, items, ask, now, granting, denied)
     # The keys of the flow the inputs were built on: other requests of the task may change it
     # while the policy decides (a denial counted, a grant's labels), and a decision stored
     # under the flow as it is then would answer for a flow the policy never saw.
@@ -235,7 +271,9 @@ async def _evaluate(
     cacheable = {
         i
         for i, x in zip(ask, inputs, strict=True)
-        if len(x["task"]["history"]) == len(task.flow.history)  # no batched entry
+        # no batched entry, no denial of the message
+        if len(x["task"]["history"]) == len(task.flow.history)
+        and len(x["task"]["denials"]) == len(task.flow.denials)
     }
     decide_many = getattr(engine.policy, "decide_many", None)
     started = time.perf_counter()
