@@ -151,7 +151,7 @@ async def _decide_and_issue(
         if cached is not None:
             engine.metrics.cache_hit.inc()
             decisions[i] = cached
-            held = task.flow.labels
+            held = task.flow.held_labels()
             if not cached.allow or (cached.flow and not set(cached.flow.labels) <= held):
                 as_started = False
         else:

@@ -159,6 +159,8 @@ class Issuance:
             key = self._keys.current
             grant.kid = key.kid
         self._live.add_grant(task, grant)
+        if grant.flow_labels:
+            task.flow.issuing[grant.grant_id] = grant.flow_labels
         token = key.sign(access_token_claims(grant, self._settings.issuer))
         event = GrantIssued(
             time=rfc3339(now),
@@ -249,8 +251,11 @@ class Issuance:
         revoked at once (no orphan)."""
         if grant.lease is not None and self.credentials is not None:
             self.credentials.revoke_soon([(grant.lease, "issue_aborted", grant.task_id)])
+        task = self._live.tasks.get(grant.task_id)
+        if task is not None:
+            task.flow.issuing.pop(grant.grant_id, None)
         if grant.state is GrantState.ACTIVE:
-            self._live.forget_grant(grant, self._live.tasks.get(grant.task_id))
+            self._live.forget_grant(grant, task)
 
     async def abort(self, grant: Grant, err: CommitError) -> None:
         """Undo an issuance whose commit failed; the token is never returned, and a broker

@@ -808,3 +808,46 @@ def test_a_cached_decision_never_answers_another_task_with_recent_denials(
 
     rig = run(tmp_path, body)
     assert rig.value("jit_policy_cache_total", result="hit") == 0
+
+
+def test_a_grant_being_committed_lends_its_flow_labels_to_concurrent_decisions(
+    tmp_path: Path,
+) -> None:
+    """While a grant carrying private_data is being committed (its token not yet returned),
+    a concurrent request of the same task is decided with private_data among the task's
+    flow labels: the window between a grant and its history is no way around the trifecta."""
+    labelled = VALID_JIT | {
+        "tier": "standing",
+        "flow": {
+            "class": "read",
+            "labels": ["private_data"],
+            "task_labels": [],
+            "rules": [],
+            "plan_deviation": False,
+        },
+    }
+
+    async def body(r: Rig) -> None:
+        policy = GatedPolicy({"c.read": labelled, "e.send": VALID_JIT}, gated="e.send")
+        policy.release.set()  # e.send is only watched: `entered` says the policy has its input
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        entered, release = r.hold_store_writes()
+        reading = asyncio.ensure_future(
+            r.engine.request_grant(ME, task.task_id, Intent("c.read", "c://1"), 30)
+        )
+        await asyncio.to_thread(entered.wait, 10)
+        sending = asyncio.ensure_future(
+            r.engine.request_grant(ME, task.task_id, Intent("e.send", "e://1"), 30)
+        )
+        try:
+            await asyncio.wait_for(policy.entered.wait(), 10)
+        finally:
+            release.set()
+        await reading
+        await sending
+        assert policy.inputs[-1]["task"]["flow_labels"] == ["private_data"]
+        assert task.flow.labels == {"private_data"}
+        assert task.flow.held_labels() == {"private_data"}
+
+    run(tmp_path, body)
