@@ -71,7 +71,7 @@ from .desk import ApprovalDesk
 from .due import DueQueue
 from .exchange import Exchanged, ExchangeRequest, TokenExchange
 from .introspection import Introspection, introspect
-from .issuance import Issuance
+from .issuance import FlowMoved, Issuance, flow_moved
 from .keys import KeyRotation
 from .limits import check_grant_room
 from .listeners import GrantEndListeners
@@ -84,6 +84,11 @@ from .sweeper import Sweeper
 from .tasks import TaskLookup, check_task_ref, owned_task_id
 
 log = logging.getLogger("jit_sidecar.engine")
+
+
+_FLOW_ATTEMPTS = 3
+"""Decisions asked for one RequestGrant while concurrent grants of its task keep adding flow
+labels (Issuance.flow_moved); then the request is UNAVAILABLE, to be retried."""
 
 
 class Engine:
@@ -407,19 +412,28 @@ class Engine:
             if settled is not None:
                 return settled
 
-        decision = await self._decide(identity, intent, task, ttl_seconds, now)
-        await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
+        for attempt in range(_FLOW_ATTEMPTS):
+            decision = await self._decide(identity, intent, task, ttl_seconds, now)
+            await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
 
-        if not decision.allow:
-            return await self.record.denial(
-                identity, task.task_id, intent, now, decision.reasons, decision.decision_id
-            )
-        # Before parking an approval too: a malformed credential object is refused now.
-        await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
-        if decision.approval_required:
-            approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
-            return pending(approval)
-        return await self.issuance.issue(identity, task, intent, ttl_seconds, decision)
+            if not decision.allow:
+                return await self.record.denial(
+                    identity, task.task_id, intent, now, decision.reasons, decision.decision_id
+                )
+            # Before parking an approval too: a malformed credential object is refused now.
+            await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
+            if flow_moved(task, decision) and attempt + 1 < _FLOW_ATTEMPTS:
+                continue  # a concurrent grant gave the task a label: decide on it
+            if decision.approval_required:
+                approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
+                return pending(approval)
+            try:
+                return await self.issuance.issue(identity, task, intent, ttl_seconds, decision)
+            except FlowMoved:
+                if attempt + 1 == _FLOW_ATTEMPTS:
+                    raise
+            now = self.clock.now()
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def _decide(
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float

@@ -15,7 +15,7 @@ import sys
 
 from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
 from ..clock import Clock, rfc3339
-from ..errors import FailedPrecondition, PolicyError, Reason, SidecarError
+from ..errors import FailedPrecondition, PolicyError, Reason, SidecarError, Unavailable
 from ..events import Event, GrantIssued, GrantRevoked
 from ..journal import CommitError, Journal
 from ..model import (
@@ -40,6 +40,21 @@ from .settings import EngineMetrics, EngineSettings
 from .tasks import TaskLookup
 
 log = logging.getLogger("jit_sidecar.engine")
+
+
+class FlowMoved(Unavailable):
+    """The task gained a flow label after the policy's input was built (a concurrent grant
+    of the same task): the decision is not issued on; ask the policy again."""
+
+    default_reason = Reason.POLICY_UNAVAILABLE
+
+
+def flow_moved(task: Task, decision: PolicyDecision, approval_id: str = "") -> bool:
+    """Does the task hold a flow label the decision's input did not (approvals excepted:
+    a person decided those)? Checked with no await before the grant is added."""
+    if decision.flow is None or approval_id:
+        return False
+    return not task.flow.held_labels() <= set(decision.flow.task_labels)
 
 
 class Issuance:
@@ -158,6 +173,12 @@ class Issuance:
             # retirement accounts for this grant (add_grant records its exp per kid).
             key = self._keys.current
             grant.kid = key.kid
+        if flow_moved(task, decision, approval_id):
+            if issued is not None and self.credentials is not None:
+                self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
+            raise FlowMoved(
+                f"task {task.task_id} gained a flow label while the policy decided; ask again"
+            )
         self._live.add_grant(task, grant)
         if grant.flow_labels:
             task.flow.issuing[grant.grant_id] = grant.flow_labels

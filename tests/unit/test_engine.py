@@ -727,7 +727,8 @@ def test_four_eyes_refuses_owners_at_the_engine(tmp_path: Path) -> None:
 
 
 class GatedPolicy(ScriptedPolicy):
-    """Answers by action (`results`); a decision on `gated` waits for `release`."""
+    """Answers by action (`results`), its flow report's task_labels those of the input; a
+    decision on `gated` waits for `release`."""
 
     def __init__(self, results: dict[str, Any], gated: str) -> None:
         super().__init__()
@@ -738,7 +739,10 @@ class GatedPolicy(ScriptedPolicy):
 
     async def decide(self, policy_input: dict[str, Any]) -> Any:
         action = policy_input["intent"]["action"]
-        self.result = self.results[action]
+        self.result = dict(self.results[action])
+        if "flow" in self.result:  # as flows.rego reports it: the labels the input held
+            held = policy_input["task"]["flow_labels"]
+            self.result["flow"] = self.result["flow"] | {"task_labels": held}
         decision = await super().decide(policy_input)
         if action == self.gated:
             self.entered.set()
@@ -849,5 +853,31 @@ def test_a_grant_being_committed_lends_its_flow_labels_to_concurrent_decisions(
         assert policy.inputs[-1]["task"]["flow_labels"] == ["private_data"]
         assert task.flow.labels == {"private_data"}
         assert task.flow.held_labels() == {"private_data"}
+
+    run(tmp_path, body)
+
+
+def test_a_decision_made_before_a_concurrent_grant_is_asked_again(tmp_path: Path) -> None:
+    """Two requests of one task at the policy together: the customer read (private_data)
+    is issued while the email's decision, made without that label, is still out. The email
+    is not issued on that decision: the policy is asked again, with private_data held."""
+    flow = {"class": "read", "labels": [], "task_labels": [], "rules": [], "plan_deviation": False}
+    labelled = VALID_JIT | {"tier": "standing", "flow": flow | {"labels": ["private_data"]}}
+
+    async def body(r: Rig) -> None:
+        policy = GatedPolicy(
+            {"c.read": labelled, "e.send": VALID_JIT | {"flow": flow}}, gated="e.send"
+        )
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        sending = asyncio.ensure_future(
+            r.engine.request_grant(ME, task.task_id, Intent("e.send", "e://1"), 30)
+        )
+        await asyncio.wait_for(policy.entered.wait(), 10)
+        await r.engine.request_grant(ME, task.task_id, Intent("c.read", "c://1"), 30)
+        policy.release.set()
+        await sending
+        asked = [x for x in policy.inputs if x["intent"]["action"] == "e.send"]
+        assert [x["task"]["flow_labels"] for x in asked] == [[], ["private_data"]]
 
     run(tmp_path, body)
