@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -129,8 +129,11 @@ async def _decide_and_issue(
         return
 
     decisions: dict[int, PolicyDecision] = {}
+    known: dict[int, Set[str]] = {}
+    """The flow labels each decision's input held (Issuance.prepare refuses on more)."""
     ask: list[int] = []
     flow_key = task.flow.cache_key()
+    start = set(task.flow.held_labels())
     as_started = True  # every earlier intent left the task's flow as it was: the cache may answer
     for i in todo:
         intent = items[i].intent
@@ -151,6 +154,7 @@ async def _decide_and_issue(
         if cached is not None:
             engine.metrics.cache_hit.inc()
             decisions[i] = cached
+            known[i] = start
             held = task.flow.held_labels()
             if not cached.allow or (cached.flow and not set(cached.flow.labels) <= held):
                 as_started = False
@@ -160,9 +164,9 @@ async def _decide_and_issue(
     if ask:
         granting = [i for i in todo if _granting(decisions.get(i), results[i])]
         decisions.update(
-            await _evaluate(engine, identity, task, items, ask, results, now, granting)
+            await _evaluate(engine, identity, task, items, ask, results, now, granting, known)
         )
-    await _issue_all(engine, identity, task, items, decisions, results, now)
+    await _issue_all(engine, identity, task, items, decisions, results, now, known)
 
 
 def policy_inputs(
@@ -227,8 +231,10 @@ async def _evaluate(
     results: list[Result | None],
     now: float,
     granting: Sequence[int],
+    known: dict[int, Set[str]],
 ) -> dict[int, PolicyDecision]:
-    """The decisions of the intents in `ask`. An intent the policy denies is a denial of
+    """The decisions of the intents in `ask` (`known`: the flow labels each one's input
+    held, filled in). An intent the policy denies is a denial of
     the task for every later one (the probing rule: a message of many probes must get no
     more answers than as many RequestGrants would), which one evaluation cannot see: the
     intents decided after the first denial are asked again with it, until no later intent
@@ -237,7 +243,7 @@ async def _evaluate(
     denied: list[int] = []
     while ask:
         found = await _evaluate_once(
-            engine, identity, task, items, ask, results, now, granting, denied
+            engine, identity, task, items, ask, results, now, granting, denied, known
         )
         decisions.update(found)
         first = next((i for i in ask if i in found and not found[i].allow), None)
@@ -258,12 +264,14 @@ async def _evaluate_once(
     now: float,
     granting: Sequence[int],
     denied: Sequence[int],
+    known: dict[int, Set[str]],
 ) -> dict[int, PolicyDecision]:
     """One policy evaluation for every intent in `ask` (one call each when the policy
     offers no batch evaluation); a policy error is the error of each intent it left
     undecided. `granting`: the intents already allowed (cache, approval), which the flow
     rules of later ones must see; `denied`: the intents of the message denied so far."""
     inputs = policy_inputs(engine, identity, task, items, ask, now, granting, denied)
+    held = set(task.flow.held_labels())
     # The keys of the flow the inputs were built on: other requests of the task may change it
     # while the policy decides (a denial counted, a grant's labels), and a decision stored
     # under the flow as it is then would answer for a flow the policy never saw.
@@ -305,6 +313,7 @@ async def _evaluate_once(
                 key = engine.cache.key(identity, items[i].intent, task.labels, flow_key)
                 engine._remember(key, answer, task)
             decisions[i] = answer
+            known[i] = held
     for i, failure in failed.items():
         await engine._policy_failed(failure, identity, [items[i].intent], task.task_id, now)
         results[i] = failure
@@ -319,11 +328,12 @@ async def _issue_all(
     decisions: dict[int, PolicyDecision],
     results: list[Result | None],
     now: float,
+    known: dict[int, Set[str]],
 ) -> None:
     """Grants and denials of the message, made durable by one commit."""
     made = _Made()
     try:
-        await _prepare_all(engine, identity, task, items, decisions, results, now, made)
+        await _prepare_all(engine, identity, task, items, decisions, results, now, made, known)
     except BaseException:
         # Cancelled (the stream closed, the message timed out) while a later item's broker
         # worked: the grants prepared so far were never committed; no ghost, no orphan.
@@ -361,9 +371,11 @@ async def _prepare_all(
     results: list[Result | None],
     now: float,
     made: _Made,
+    known: dict[int, Set[str]],
 ) -> None:
     """Each decided item: a denial's event, an approval parked, or a grant prepared (step 6
-    included), collected in `made`."""
+    included), collected in `made`. An item's decision saw, besides the labels its input
+    held (`known`), those of the earlier items of the message (batched entries)."""
     for i in sorted(decisions):
         decision = decisions[i]
         intent = items[i].intent
@@ -386,8 +398,14 @@ async def _prepare_all(
                 )
                 results[i] = pending(approval)
             else:
+                earlier = {x for p in made.issuing.values() for x in p.grant.flow_labels}
                 prepared = await engine.issuance.prepare(
-                    identity, task, intent, items[i].ttl_seconds, decision
+                    identity,
+                    task,
+                    intent,
+                    items[i].ttl_seconds,
+                    decision,
+                    known=known.get(i, set()) | earlier,
                 )
                 made.events.extend(prepared.events)
                 made.issuing[i] = prepared

@@ -413,6 +413,7 @@ class Engine:
                 return settled
 
         for attempt in range(_FLOW_ATTEMPTS):
+            known = set(task.flow.held_labels())  # what the input below holds
             decision = await self._decide(identity, intent, task, ttl_seconds, now)
             await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
 
@@ -422,13 +423,15 @@ class Engine:
                 )
             # Before parking an approval too: a malformed credential object is refused now.
             await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
-            if flow_moved(task, decision) and attempt + 1 < _FLOW_ATTEMPTS:
+            if flow_moved(task, known) and attempt + 1 < _FLOW_ATTEMPTS:
                 continue  # a concurrent grant gave the task a label: decide on it
             if decision.approval_required:
                 approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
                 return pending(approval)
             try:
-                return await self.issuance.issue(identity, task, intent, ttl_seconds, decision)
+                return await self.issuance.issue(
+                    identity, task, intent, ttl_seconds, decision, known=known
+                )
             except FlowMoved:
                 if attempt + 1 == _FLOW_ATTEMPTS:
                     raise

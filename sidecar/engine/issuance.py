@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Set
 
 from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
 from ..clock import Clock, rfc3339
@@ -49,12 +50,11 @@ class FlowMoved(Unavailable):
     default_reason = Reason.POLICY_UNAVAILABLE
 
 
-def flow_moved(task: Task, decision: PolicyDecision, approval_id: str = "") -> bool:
-    """Does the task hold a flow label the decision's input did not (approvals excepted:
-    a person decided those)? Checked with no await before the grant is added."""
-    if decision.flow is None or approval_id:
-        return False
-    return not task.flow.held_labels() <= set(decision.flow.task_labels)
+def flow_moved(task: Task, known: Set[str] | None) -> bool:
+    """Does the task hold a flow label the decision's input did not (`known`: the labels
+    held when it was built; None for an approval, which a person decided)? Checked with no
+    await before the grant is added."""
+    return known is not None and not task.flow.held_labels() <= known
 
 
 class Issuance:
@@ -106,8 +106,11 @@ class Issuance:
         requested_ttl: int,
         decision: PolicyDecision,
         approval_id: str = "",
+        known: Set[str] | None = None,
     ) -> GrantOutcome:
-        prepared = await self.prepare(identity, task, intent, requested_ttl, decision, approval_id)
+        prepared = await self.prepare(
+            identity, task, intent, requested_ttl, decision, approval_id, known
+        )
         try:
             await self._journal.commit(prepared.events)
         except CommitError as err:
@@ -123,10 +126,12 @@ class Issuance:
         requested_ttl: int,
         decision: PolicyDecision,
         approval_id: str = "",
+        known: Set[str] | None = None,
     ) -> Prepared:
         """Everything of an issuance before its commit (steps 5-6): the live grant, its
         token (not returned until the commit), the downstream credential and the audit
-        events. Only the broker is awaited; the checks are made again after it."""
+        events. Only the broker is awaited; the checks are made again after it. `known`:
+        the flow labels the decision's input held (FlowMoved when the task holds more)."""
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise self._tasks.ended(task)
@@ -173,7 +178,7 @@ class Issuance:
             # retirement accounts for this grant (add_grant records its exp per kid).
             key = self._keys.current
             grant.kid = key.kid
-        if flow_moved(task, decision, approval_id):
+        if flow_moved(task, known):
             if issued is not None and self.credentials is not None:
                 self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
             raise FlowMoved(

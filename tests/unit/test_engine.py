@@ -881,3 +881,33 @@ def test_a_decision_made_before_a_concurrent_grant_is_asked_again(tmp_path: Path
         assert [x["task"]["flow_labels"] for x in asked] == [[], ["private_data"]]
 
     run(tmp_path, body)
+
+
+def test_a_batch_item_decided_before_a_concurrent_grant_is_not_issued(tmp_path: Path) -> None:
+    """A GrantStream message's email decided while a concurrent RequestGrant of the same
+    task is issued a customer read (private_data): the email is not issued on a decision
+    that did not see the label (UNAVAILABLE, to retry); the message's other item, whose
+    decision did not depend on it either, is refused alike, and no grant is left behind."""
+    from sidecar.engine.batch import BatchItem
+    from sidecar.engine.issuance import FlowMoved
+
+    flow = {"class": "read", "labels": [], "task_labels": [], "rules": [], "plan_deviation": False}
+    labelled = VALID_JIT | {"tier": "standing", "flow": flow | {"labels": ["private_data"]}}
+
+    async def body(r: Rig) -> None:
+        policy = GatedPolicy(
+            {"c.read": labelled, "e.send": VALID_JIT | {"flow": flow}, "y.read": VALID_JIT},
+            gated="e.send",
+        )
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        items = [BatchItem(Intent("e.send", "e://1"), 30), BatchItem(Intent("y.read", "y://1"), 30)]
+        batch = asyncio.ensure_future(r.engine.request_grants(ME, task.task_id, items))
+        await asyncio.wait_for(policy.entered.wait(), 10)
+        await r.engine.request_grant(ME, task.task_id, Intent("c.read", "c://1"), 30)
+        policy.release.set()
+        results = await batch
+        assert [type(x) for x in results] == [FlowMoved, FlowMoved]
+        assert [g.action for g in r.engine.live.grants_of(task)] == ["c.read"]
+
+    run(tmp_path, body)
