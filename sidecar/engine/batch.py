@@ -40,6 +40,7 @@ from ..model import Identity, Intent, PolicyDecision, Task
 from ..policy import build_input
 from ..validation import check_intent, check_ttl
 from . import flows
+from .issuance import FlowMoved, flow_moved
 from .limits import check_grant_room
 from .outcome import GrantOutcome, Prepared, pending
 
@@ -392,20 +393,23 @@ async def _prepare_all(
                 continue
             # Before parking an approval too: a malformed credential object is refused now.
             await engine.issuance.credential_spec(identity, intent, task.task_id, decision, now)
+            earlier = {x for p in made.issuing.values() for x in p.grant.flow_labels}
+            seen = known.get(i, set()) | earlier
             if decision.approval_required:
+                if flow_moved(task, seen):  # an approver must see what the task holds
+                    raise FlowMoved.of(task)
                 approval = await engine.approvals.park(
                     identity, task, intent, items[i].ttl_seconds, decision
                 )
                 results[i] = pending(approval)
             else:
-                earlier = {x for p in made.issuing.values() for x in p.grant.flow_labels}
                 prepared = await engine.issuance.prepare(
                     identity,
                     task,
                     intent,
                     items[i].ttl_seconds,
                     decision,
-                    known=known.get(i, set()) | earlier,
+                    known=seen,
                 )
                 made.events.extend(prepared.events)
                 made.issuing[i] = prepared

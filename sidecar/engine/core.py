@@ -423,8 +423,11 @@ class Engine:
                 )
             # Before parking an approval too: a malformed credential object is refused now.
             await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
-            if flow_moved(task, known) and attempt + 1 < _FLOW_ATTEMPTS:
-                continue  # a concurrent grant gave the task a label: decide on it
+            if flow_moved(task, known):  # a concurrent grant gave the task a label
+                if attempt + 1 == _FLOW_ATTEMPTS:
+                    raise FlowMoved.of(task)
+                now = self.clock.now()
+                continue  # decide on it
             if decision.approval_required:
                 approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
                 return pending(approval)

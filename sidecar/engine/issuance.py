@@ -49,6 +49,10 @@ class FlowMoved(Unavailable):
 
     default_reason = Reason.POLICY_UNAVAILABLE
 
+    @classmethod
+    def of(cls, task: Task) -> FlowMoved:
+        return cls(f"task {task.task_id} gained a flow label while the policy decided; ask again")
+
 
 def flow_moved(task: Task, known: Set[str] | None) -> bool:
     """Does the task hold a flow label the decision's input did not (`known`: the labels
@@ -181,9 +185,7 @@ class Issuance:
         if flow_moved(task, known):
             if issued is not None and self.credentials is not None:
                 self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
-            raise FlowMoved(
-                f"task {task.task_id} gained a flow label while the policy decided; ask again"
-            )
+            raise FlowMoved.of(task)
         self._live.add_grant(task, grant)
         if grant.flow_labels:
             task.flow.issuing[grant.grant_id] = grant.flow_labels
