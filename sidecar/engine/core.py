@@ -597,6 +597,22 @@ class Engine:
         if self.fleet is not None:
             self.fleet.check_issuable()  # before the approval is used up
         self.approvals.close(approval, ApprovalState.USED)
+        # The task may have gone on since the person approved (the flow rules: a task frozen
+        # for probing meanwhile): a policy that now denies the intent outright has the last
+        # word, and the approval is used up. Asked after it is closed: collected once.
+        now = self.clock.now()
+        current = await self._decide(identity, approval.intent, task, approval.requested_ttl, now)
+        if not current.allow:
+            await flows.audit_flagged(self.journal, identity, task, approval.intent, current, now)
+            return await self.record.denial(
+                identity,
+                task.task_id,
+                approval.intent,
+                now,
+                current.reasons,
+                current.decision_id,
+                approval_id=approval.approval_id,
+            )
         try:
             return await self.issuance.issue(
                 identity,

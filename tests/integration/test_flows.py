@@ -417,3 +417,31 @@ def test_denials_earlier_in_a_message_count_for_the_probing_rule(support: Sideca
         "flow_frozen: the task was denied 11 times in the last 600 s and is frozen: "
         "end it and start another"
     ]
+
+
+def test_a_frozen_task_cannot_collect_an_earlier_approval(support: SidecarProcess) -> None:
+    """A read escalated after 5 denials is approved; the task then probes on and is frozen.
+    Collecting the approval is denied flow_frozen, as every other request: no grant."""
+    refund = pb.Intent(action="payments.refund", resource="payments://orders/1")
+    read = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
+    channel, stub = _stub(support)
+    with channel:
+        task_id = stub.BeginTask(pb.BeginTaskRequest(goal="probe"), timeout=10).task.task_id
+        for _ in range(5):
+            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
+        escalated = _ask(stub, task_id, read)
+        approved = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "approvals", "approve", escalated.approval_id,
+             "--approver", "alice", "--admin-socket", str(support.admin_socket)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        for _ in range(5):
+            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
+        collected = _ask(stub, task_id, read)
+    assert approved.returncode == 0, approved.stderr
+    assert collected.decision == pb.DECISION_DENIED
+    assert collected.reasons == [
+        "flow_frozen: the task was denied 10 times in the last 600 s and is frozen: "
+        "end it and start another"
+    ]
+    assert support.events("grant_issued") == []
