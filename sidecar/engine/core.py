@@ -601,7 +601,13 @@ class Engine:
         # for probing meanwhile): a policy that now denies the intent outright has the last
         # word, and the approval is used up. Asked after it is closed: collected once.
         now = self.clock.now()
-        current = await self._decide(identity, approval.intent, task, approval.requested_ttl, now)
+        try:
+            current = await self._decide(
+                identity, approval.intent, task, approval.requested_ttl, now
+            )
+        except PolicyError:
+            self.approvals.reopen_approved(approval)  # no answer: it can still be collected
+            raise
         if not current.allow:
             await flows.audit_flagged(self.journal, identity, task, approval.intent, current, now)
             return await self.record.denial(

@@ -911,3 +911,28 @@ def test_a_batch_item_decided_before_a_concurrent_grant_is_not_issued(tmp_path: 
         assert [g.action for g in r.engine.live.grants_of(task)] == ["c.read"]
 
     run(tmp_path, body)
+
+
+def test_an_approval_collected_while_the_policy_is_down_can_be_collected_again(
+    tmp_path: Path,
+) -> None:
+    """Collecting an approval asks the policy again: without an answer the collection is
+    policy_unavailable and the approval stays approved, collected once the policy is back."""
+    from sidecar.errors import PolicyUnavailable
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        await r.engine.decide_approval(
+            parked.approval_id, approve=True, approver="ops", reason="ok"
+        )
+        r.policy.error = PolicyUnavailable("OPA is down", "unreachable")
+        with pytest.raises(PolicyUnavailable):
+            await r.engine.await_approval(ME, parked.approval_id, 0)
+        r.policy.error = None
+        collected = await r.engine.await_approval(ME, parked.approval_id, 0)
+        assert collected.decision == "granted"
+        assert r.engine.active_grant_count == 1
+
+    run(tmp_path, body, heartbeat_interval=1000)
