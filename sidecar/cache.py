@@ -2,11 +2,12 @@
 
 A standing decision with `cache_seconds > 0` is reused for the same identity, action,
 resource, task labels, intent context and task flow (`TaskFlow.cache_key`: the flow labels the
-task holds, its plan, its number of denials), for at most `cache_seconds`, bounded in size (LRU),
-and dropped whenever OPA's policy revision changes. A cached reuse still gets its own audit
-record and a fresh token: only the OPA round trip is saved. A task acting for a person is
-never served from the cache nor put in it (the engine; docs/delegation.md), so the person is
-not part of the key; a broker's `credential` request is part of the cached decision itself.
+task holds, its plan, its denials and their times), for at most `cache_seconds`, bounded in
+size (LRU), and dropped whenever OPA's policy revision changes. A cached reuse still gets its
+own audit record and a fresh token: only the OPA round trip is saved. A task acting for a
+person is never served from the cache nor put in it (the engine; docs/delegation.md), so the
+person is not part of the key; a broker's `credential` request is part of the cached decision
+itself.
 """
 
 from __future__ import annotations

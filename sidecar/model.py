@@ -248,12 +248,23 @@ class TaskFlow:
     """Every denial of the task, not only the recent ones (part of the cache key)."""
     evaluation: PlanEvaluation | None = None
     """The policy's answer on the plan at BeginTask (not kept across a restart)."""
+    issuing: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The flow labels of the grants prepared and not yet committed, by grant id: a decision
+    made meanwhile counts them as held (a concurrent request must not slip between a grant
+    and its history); forgotten when the grant is recorded or undone."""
 
     def record_grant(self, grant: Grant) -> None:
+        self.issuing.pop(grant.grant_id, None)
         if len(self.history) == self.history.maxlen:
             self.dropped += 1
         self.history.append(grant)
         self.labels.update(grant.flow_labels)
+
+    def held_labels(self) -> set[str]:
+        """The labels of the task's grants, those being committed included."""
+        if not self.issuing:
+            return self.labels
+        return self.labels.union(*self.issuing.values())
 
     def record_denial(self, at: float) -> None:
         self.denials.append(at)
@@ -264,22 +275,26 @@ class TaskFlow:
         return {
             "history": [history_entry(g) for g in self.history],
             "history_dropped": self.dropped,
-            "flow_labels": sorted(self.labels),
+            "flow_labels": sorted(self.held_labels()),
             "denials": [rfc3339(t) for t in self.denials],
             "plan": [intent_input(i) for i in self.plan],
         }
 
     def cache_key(self) -> str:
         """What of the flow a cached standing decision may depend on: the labels the task
-        holds, its plan and how many denials it had. The shipped flow rules read the
+        holds, its plan, how many denials it had and when its recent ones were (the key is
+        not the task's: another task of the agent with as many denials, long past the
+        probing window, must not answer for one denied just now). The shipped flow rules read the
         history only through labels; a rule reading the history otherwise (order, times,
         how grants ended) must not answer with `cache_seconds` (docs/policy-authoring.md)."""
-        if not (self.labels or self.plan or self.denial_count):
+        labels = self.held_labels()
+        if not (labels or self.plan or self.denial_count):
             return ""
         digest = hashlib.sha256()
-        digest.update(json.dumps(sorted(self.labels)).encode())
+        digest.update(json.dumps(sorted(labels)).encode())
         digest.update(json.dumps([intent_input(i) for i in self.plan], sort_keys=True).encode())
         digest.update(str(self.denial_count).encode())
+        digest.update(json.dumps(list(self.denials)).encode())
         return digest.hexdigest()
 
 

@@ -15,20 +15,20 @@ looks up, so a message that reads a ticket, a customer record and then sends ema
 trifecta on its last intent exactly as three RequestGrants would (assuming a grant the
 policy may then deny errs on the strict side). The decision cache answers an intent only
 while every earlier intent of the message was answered by it, allowed, with no flow label
-the task did not already hold (the key is the task's flow as it was at the start). Earlier
-denials of the same message are not yet in `input.task.denials` (the probing rule counts
-them from the next message on). The sidecar's own per-task grant limit still counts every
-grant as it is added. Each allowed intent goes through step 6 of its own (a downstream
-credential from the broker its decision names, docs/brokers.md): a broker failure is that
-intent's error only; a commit that fails revokes every credential the message's grants
-were issued.
+the task did not already hold (the key is the task's flow as it was at the start). An
+earlier intent of the message the policy denied is one of `input.task.denials` of the later
+ones (the probing rule): those decided past a denial are asked again (`_evaluate`). The
+sidecar's own per-task grant limit still counts every grant as it is added. Each allowed
+intent goes through step 6 of its own (a downstream credential from the broker its decision
+names, docs/brokers.md): a broker failure is that intent's error only; a commit that fails
+revokes every credential the message's grants were issued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,7 @@ from ..model import Identity, Intent, PolicyDecision, Task
 from ..policy import build_input
 from ..validation import check_intent, check_ttl
 from . import flows
+from .issuance import FlowMoved, flow_moved
 from .limits import check_grant_room
 from .outcome import GrantOutcome, Prepared, pending
 
@@ -129,8 +130,11 @@ async def _decide_and_issue(
         return
 
     decisions: dict[int, PolicyDecision] = {}
+    known: dict[int, Set[str]] = {}
+    """The flow labels each decision's input held (Issuance.prepare refuses on more)."""
     ask: list[int] = []
     flow_key = task.flow.cache_key()
+    start = set(task.flow.held_labels())
     as_started = True  # every earlier intent left the task's flow as it was: the cache may answer
     for i in todo:
         intent = items[i].intent
@@ -151,7 +155,8 @@ async def _decide_and_issue(
         if cached is not None:
             engine.metrics.cache_hit.inc()
             decisions[i] = cached
-            held = task.flow.labels
+            known[i] = start
+            held = task.flow.held_labels()
             if not cached.allow or (cached.flow and not set(cached.flow.labels) <= held):
                 as_started = False
         else:
@@ -160,9 +165,9 @@ async def _decide_and_issue(
     if ask:
         granting = [i for i in todo if _granting(decisions.get(i), results[i])]
         decisions.update(
-            await _evaluate(engine, identity, task, items, ask, results, now, granting)
+            await _evaluate(engine, identity, task, items, ask, results, now, granting, known)
         )
-    await _issue_all(engine, identity, task, items, decisions, results, now)
+    await _issue_all(engine, identity, task, items, decisions, results, now, known)
 
 
 def policy_inputs(
@@ -173,12 +178,14 @@ def policy_inputs(
     ask: Sequence[int],
     now: float,
     granting: Sequence[int] = (),
+    denied: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """The policy input of each intent in `ask` (indexes of `items`), the one place that
     builds them. Each sees the task's grants as they were at the start of the batch, and
     every earlier intent of the message that is asked about or being granted (`ask`,
     `granting`) as a `batched` entry of its history: the flow rules see what the message is
-    about to do (module docstring)."""
+    about to do (module docstring). Each earlier intent the policy denied (`denied`) is one
+    more of `input.task.denials`, as RequestGrant's denial would be (the probing rule)."""
     held = engine.live.grants_of(task)
     played = sorted({*ask, *granting})
     inputs = []
@@ -187,6 +194,9 @@ def policy_inputs(
         earlier = [batched_entry(items[j].intent, now) for j in played if j < i]
         if earlier:
             policy_input["task"]["history"] = [*policy_input["task"]["history"], *earlier]
+        refused = [rfc3339(now) for j in denied if j < i]
+        if refused:
+            policy_input["task"]["denials"] = [*policy_input["task"]["denials"], *refused]
         inputs.append(policy_input)
     return inputs
 
@@ -222,12 +232,58 @@ async def _evaluate(
     results: list[Result | None],
     now: float,
     granting: Sequence[int],
+    known: dict[int, Set[str]],
+) -> dict[int, PolicyDecision]:
+    """The decisions of the intents in `ask` (`known`: the flow labels each one's input
+    held, filled in). An intent the policy denies is a denial of
+    the task for every later one (the probing rule: a message of many probes must get no
+    more answers than as many RequestGrants would), which one evaluation cannot see: the
+    intents decided after the first denial are asked again with it, until no later intent
+    was decided past a denial (at most once per denial of the message)."""
+    decisions: dict[int, PolicyDecision] = {}
+    denied: list[int] = []
+    while ask:
+        found = await _evaluate_once(
+            engine, identity, task, items, ask, results, now, granting, denied, known
+        )
+        decisions.update(found)
+        first = next((i for i in ask if i in found and not found[i].allow), None)
+        if first is None:
+            break
+        denied.append(first)
+        ask = [i for i in ask if i > first and i in found]
+    return decisions
+
+
+async def _evaluate_once(
+    engine: Engine,
+    identity: Identity,
+    task: Task,
+    items: Sequence[BatchItem],
+    ask: list[int],
+    results: list[Result | None],
+    now: float,
+    granting: Sequence[int],
+    denied: Sequence[int],
+    known: dict[int, Set[str]],
 ) -> dict[int, PolicyDecision]:
     """One policy evaluation for every intent in `ask` (one call each when the policy
     offers no batch evaluation); a policy error is the error of each intent it left
     undecided. `granting`: the intents already allowed (cache, approval), which the flow
-    rules of later ones must see."""
-    inputs = policy_inputs(engine, identity, task, items, ask, now, granting)
+    rules of later ones must see; `denied`: the intents of the message denied so far."""
+    inputs = policy_inputs(engine, identity, task, items, ask, now, granting, denied)
+    held = set(task.flow.held_labels())
+    # The keys of the flow the inputs were built on: other requests of the task may change it
+    # while the policy decides (a denial counted, a grant's labels), and a decision stored
+    # under the flow as it is then would answer for a flow the policy never saw.
+    flow_key = task.flow.cache_key()
+    cacheable = {
+        i
+        for i, x in zip(ask, inputs, strict=True)
+        # no batched entry, no denial of the message
+        if len(x["task"]["history"]) == len(task.flow.history)
+        and len(x["task"]["denials"]) == len(task.flow.denials)
+    }
     decide_many = getattr(engine.policy, "decide_many", None)
     started = time.perf_counter()
     found: list[PolicyDecision | BaseException]
@@ -247,18 +303,18 @@ async def _evaluate(
         engine.metrics.policy_eval.observe(time.perf_counter() - started)
     decisions: dict[int, PolicyDecision] = {}
     failed: dict[int, PolicyError] = {}
-    flow_key = task.flow.cache_key()
-    for i, answer, policy_input in zip(ask, found, inputs, strict=True):
+    for i, answer in zip(ask, found, strict=True):
         if isinstance(answer, PolicyError):
             failed[i] = answer
         elif isinstance(answer, BaseException):
             raise answer  # a bug, not a policy answer
         else:
-            if len(policy_input["task"]["history"]) == len(task.flow.history):
+            if i in cacheable:
                 # Decided on the task's flow as it was (no batched entry): cacheable as usual.
                 key = engine.cache.key(identity, items[i].intent, task.labels, flow_key)
                 engine._remember(key, answer, task)
             decisions[i] = answer
+            known[i] = held
     for i, failure in failed.items():
         await engine._policy_failed(failure, identity, [items[i].intent], task.task_id, now)
         results[i] = failure
@@ -273,11 +329,12 @@ async def _issue_all(
     decisions: dict[int, PolicyDecision],
     results: list[Result | None],
     now: float,
+    known: dict[int, Set[str]],
 ) -> None:
     """Grants and denials of the message, made durable by one commit."""
     made = _Made()
     try:
-        await _prepare_all(engine, identity, task, items, decisions, results, now, made)
+        await _prepare_all(engine, identity, task, items, decisions, results, now, made, known)
     except BaseException:
         # Cancelled (the stream closed, the message timed out) while a later item's broker
         # worked: the grants prepared so far were never committed; no ghost, no orphan.
@@ -315,9 +372,11 @@ async def _prepare_all(
     results: list[Result | None],
     now: float,
     made: _Made,
+    known: dict[int, Set[str]],
 ) -> None:
     """Each decided item: a denial's event, an approval parked, or a grant prepared (step 6
-    included), collected in `made`."""
+    included), collected in `made`. An item's decision saw, besides the labels its input
+    held (`known`), those of the earlier items of the message (batched entries)."""
     for i in sorted(decisions):
         decision = decisions[i]
         intent = items[i].intent
@@ -334,14 +393,23 @@ async def _prepare_all(
                 continue
             # Before parking an approval too: a malformed credential object is refused now.
             await engine.issuance.credential_spec(identity, intent, task.task_id, decision, now)
+            earlier = {x for p in made.issuing.values() for x in p.grant.flow_labels}
+            seen = known.get(i, set()) | earlier
             if decision.approval_required:
+                if flow_moved(task, seen):  # an approver must see what the task holds
+                    raise FlowMoved.of(task)
                 approval = await engine.approvals.park(
                     identity, task, intent, items[i].ttl_seconds, decision
                 )
                 results[i] = pending(approval)
             else:
                 prepared = await engine.issuance.prepare(
-                    identity, task, intent, items[i].ttl_seconds, decision
+                    identity,
+                    task,
+                    intent,
+                    items[i].ttl_seconds,
+                    decision,
+                    known=seen,
                 )
                 made.events.extend(prepared.events)
                 made.issuing[i] = prepared

@@ -71,7 +71,7 @@ from .desk import ApprovalDesk
 from .due import DueQueue
 from .exchange import Exchanged, ExchangeRequest, TokenExchange
 from .introspection import Introspection, introspect
-from .issuance import Issuance
+from .issuance import FlowMoved, Issuance, flow_moved
 from .keys import KeyRotation
 from .limits import check_grant_room
 from .listeners import GrantEndListeners
@@ -84,6 +84,11 @@ from .sweeper import Sweeper
 from .tasks import TaskLookup, check_task_ref, owned_task_id
 
 log = logging.getLogger("jit_sidecar.engine")
+
+
+_FLOW_ATTEMPTS = 3
+"""Decisions asked for one RequestGrant while concurrent grants of its task keep adding flow
+labels (Issuance.flow_moved); then the request is UNAVAILABLE, to be retried."""
 
 
 class Engine:
@@ -407,19 +412,34 @@ class Engine:
             if settled is not None:
                 return settled
 
-        decision = await self._decide(identity, intent, task, ttl_seconds, now)
-        await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
+        for attempt in range(_FLOW_ATTEMPTS):
+            known = set(task.flow.held_labels())  # what the input below holds
+            decision = await self._decide(identity, intent, task, ttl_seconds, now)
+            await flows.audit_flagged(self.journal, identity, task, intent, decision, now)
 
-        if not decision.allow:
-            return await self.record.denial(
-                identity, task.task_id, intent, now, decision.reasons, decision.decision_id
-            )
-        # Before parking an approval too: a malformed credential object is refused now.
-        await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
-        if decision.approval_required:
-            approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
-            return pending(approval)
-        return await self.issuance.issue(identity, task, intent, ttl_seconds, decision)
+            if not decision.allow:
+                return await self.record.denial(
+                    identity, task.task_id, intent, now, decision.reasons, decision.decision_id
+                )
+            # Before parking an approval too: a malformed credential object is refused now.
+            await self.issuance.credential_spec(identity, intent, task.task_id, decision, now)
+            if flow_moved(task, known):  # a concurrent grant gave the task a label
+                if attempt + 1 == _FLOW_ATTEMPTS:
+                    raise FlowMoved.of(task)
+                now = self.clock.now()
+                continue  # decide on it
+            if decision.approval_required:
+                approval = await self.approvals.park(identity, task, intent, ttl_seconds, decision)
+                return pending(approval)
+            try:
+                return await self.issuance.issue(
+                    identity, task, intent, ttl_seconds, decision, known=known
+                )
+            except FlowMoved:
+                if attempt + 1 == _FLOW_ATTEMPTS:
+                    raise
+            now = self.clock.now()
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def _decide(
         self, identity: Identity, intent: Intent, task: Task, ttl: int, now: float
@@ -577,6 +597,28 @@ class Engine:
         if self.fleet is not None:
             self.fleet.check_issuable()  # before the approval is used up
         self.approvals.close(approval, ApprovalState.USED)
+        # The task may have gone on since the person approved (the flow rules: a task frozen
+        # for probing meanwhile): a policy that now denies the intent outright has the last
+        # word, and the approval is used up. Asked after it is closed: collected once.
+        now = self.clock.now()
+        try:
+            current = await self._decide(
+                identity, approval.intent, task, approval.requested_ttl, now
+            )
+        except PolicyError:
+            self.approvals.reopen_approved(approval)  # no answer: it can still be collected
+            raise
+        if not current.allow:
+            await flows.audit_flagged(self.journal, identity, task, approval.intent, current, now)
+            return await self.record.denial(
+                identity,
+                task.task_id,
+                approval.intent,
+                now,
+                current.reasons,
+                current.decision_id,
+                approval_id=approval.approval_id,
+            )
         try:
             return await self.issuance.issue(
                 identity,

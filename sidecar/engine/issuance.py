@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Set
 
 from ..brokers.base import CredentialSpec, CredentialSpecInvalid, IssuedCredential
 from ..clock import Clock, rfc3339
-from ..errors import FailedPrecondition, PolicyError, Reason, SidecarError
+from ..errors import FailedPrecondition, PolicyError, Reason, SidecarError, Unavailable
 from ..events import Event, GrantIssued, GrantRevoked
 from ..journal import CommitError, Journal
 from ..model import (
@@ -40,6 +41,24 @@ from .settings import EngineMetrics, EngineSettings
 from .tasks import TaskLookup
 
 log = logging.getLogger("jit_sidecar.engine")
+
+
+class FlowMoved(Unavailable):
+    """The task gained a flow label after the policy's input was built (a concurrent grant
+    of the same task): the decision is not issued on; ask the policy again."""
+
+    default_reason = Reason.POLICY_UNAVAILABLE
+
+    @classmethod
+    def of(cls, task: Task) -> FlowMoved:
+        return cls(f"task {task.task_id} gained a flow label while the policy decided; ask again")
+
+
+def flow_moved(task: Task, known: Set[str] | None) -> bool:
+    """Does the task hold a flow label the decision's input did not (`known`: the labels
+    held when it was built; None for an approval, which a person decided)? Checked with no
+    await before the grant is added."""
+    return known is not None and not task.flow.held_labels() <= known
 
 
 class Issuance:
@@ -91,8 +110,11 @@ class Issuance:
         requested_ttl: int,
         decision: PolicyDecision,
         approval_id: str = "",
+        known: Set[str] | None = None,
     ) -> GrantOutcome:
-        prepared = await self.prepare(identity, task, intent, requested_ttl, decision, approval_id)
+        prepared = await self.prepare(
+            identity, task, intent, requested_ttl, decision, approval_id, known
+        )
         try:
             await self._journal.commit(prepared.events)
         except CommitError as err:
@@ -108,10 +130,12 @@ class Issuance:
         requested_ttl: int,
         decision: PolicyDecision,
         approval_id: str = "",
+        known: Set[str] | None = None,
     ) -> Prepared:
         """Everything of an issuance before its commit (steps 5-6): the live grant, its
         token (not returned until the commit), the downstream credential and the audit
-        events. Only the broker is awaited; the checks are made again after it."""
+        events. Only the broker is awaited; the checks are made again after it. `known`:
+        the flow labels the decision's input held (FlowMoved when the task holds more)."""
         assert decision.tier is not None
         if not task.active:  # the task ended while the policy was deciding
             raise self._tasks.ended(task)
@@ -158,7 +182,13 @@ class Issuance:
             # retirement accounts for this grant (add_grant records its exp per kid).
             key = self._keys.current
             grant.kid = key.kid
+        if flow_moved(task, known):
+            if issued is not None and self.credentials is not None:
+                self.credentials.revoke_soon([(issued.lease, "issue_aborted", task.task_id)])
+            raise FlowMoved.of(task)
         self._live.add_grant(task, grant)
+        if grant.flow_labels:
+            task.flow.issuing[grant.grant_id] = grant.flow_labels
         token = key.sign(access_token_claims(grant, self._settings.issuer))
         event = GrantIssued(
             time=rfc3339(now),
@@ -249,8 +279,11 @@ class Issuance:
         revoked at once (no orphan)."""
         if grant.lease is not None and self.credentials is not None:
             self.credentials.revoke_soon([(grant.lease, "issue_aborted", grant.task_id)])
+        task = self._live.tasks.get(grant.task_id)
+        if task is not None:
+            task.flow.issuing.pop(grant.grant_id, None)
         if grant.state is GrantState.ACTIVE:
-            self._live.forget_grant(grant, self._live.tasks.get(grant.task_id))
+            self._live.forget_grant(grant, task)
 
     async def abort(self, grant: Grant, err: CommitError) -> None:
         """Undo an issuance whose commit failed; the token is never returned, and a broker

@@ -385,3 +385,63 @@ def test_the_sdk_declares_and_evaluates_a_plan(support: SidecarProcess) -> None:
     assert [s.intent.action for s in plan.steps] == ["tickets.read", "customers.read", "email.send"]
     assert bad.value.reason == "invalid_intent"
     assert len(support.events("task_begun")) == 1
+
+
+def test_denials_earlier_in_a_message_count_for_the_probing_rule(support: SidecarProcess) -> None:
+    """A task denied 4 times sends one GrantStream message: a fifth probe, then a standing
+    read. The read is escalated to approval (flow_probing) exactly as after five
+    RequestGrants: a message of many probes gets no more answers than the freeze allows."""
+    refund = pb.Intent(action="payments.refund", resource="payments://orders/1")
+    read = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
+    # another intent: the escalated one is parked, and an open approval answers for itself
+    other = pb.Intent(action="docs.read", resource="docs://handbook/y")
+    channel, stub = _stub(support)
+    with channel:
+        task_id = stub.BeginTask(pb.BeginTaskRequest(goal="probe"), timeout=10).task.task_id
+        for _ in range(4):
+            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
+    stream = RawStream(support)
+    try:
+        stream.send(task_id=task_id, intents=[_stream_intent(refund), _stream_intent(read)])
+        answer = stream.read()
+        stream.send(task_id=task_id, intents=[_stream_intent(refund)] * 6 + [_stream_intent(other)])
+        frozen = stream.read()
+    finally:
+        stream.close()
+    decisions = [r.response.decision for r in answer.results]
+    assert decisions == [pb.DECISION_DENIED, pb.DECISION_PENDING_APPROVAL]
+    reasons = answer.results[1].response.reasons
+    assert any(r.startswith("flow_probing: the task was denied 5 times") for r in reasons)
+    assert [r.response.decision for r in frozen.results] == [pb.DECISION_DENIED] * 7
+    assert frozen.results[6].response.reasons == [
+        "flow_frozen: the task was denied 11 times in the last 600 s and is frozen: "
+        "end it and start another"
+    ]
+
+
+def test_a_frozen_task_cannot_collect_an_earlier_approval(support: SidecarProcess) -> None:
+    """A read escalated after 5 denials is approved; the task then probes on and is frozen.
+    Collecting the approval is denied flow_frozen, as every other request: no grant."""
+    refund = pb.Intent(action="payments.refund", resource="payments://orders/1")
+    read = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
+    channel, stub = _stub(support)
+    with channel:
+        task_id = stub.BeginTask(pb.BeginTaskRequest(goal="probe"), timeout=10).task.task_id
+        for _ in range(5):
+            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
+        escalated = _ask(stub, task_id, read)
+        approved = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "approvals", "approve", escalated.approval_id,
+             "--approver", "alice", "--admin-socket", str(support.admin_socket)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        for _ in range(5):
+            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
+        collected = _ask(stub, task_id, read)
+    assert approved.returncode == 0, approved.stderr
+    assert collected.decision == pb.DECISION_DENIED
+    assert collected.reasons == [
+        "flow_frozen: the task was denied 10 times in the last 600 s and is frozen: "
+        "end it and start another"
+    ]
+    assert support.events("grant_issued") == []

@@ -724,3 +724,215 @@ def test_four_eyes_refuses_owners_at_the_engine(tmp_path: Path) -> None:
         assert approval.decision.owners == ("alice@x", "carol@x")
 
     run(tmp_path, body)
+
+
+class GatedPolicy(ScriptedPolicy):
+    """Answers by action (`results`), its flow report's task_labels those of the input; a
+    decision on `gated` waits for `release`."""
+
+    def __init__(self, results: dict[str, Any], gated: str) -> None:
+        super().__init__()
+        self.results = results
+        self.gated = gated
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def decide(self, policy_input: dict[str, Any]) -> Any:
+        action = policy_input["intent"]["action"]
+        self.result = dict(self.results[action])
+        if "flow" in self.result:  # as flows.rego reports it: the labels the input held
+            held = policy_input["task"]["flow_labels"]
+            self.result["flow"] = self.result["flow"] | {"task_labels": held}
+        decision = await super().decide(policy_input)
+        if action == self.gated:
+            self.entered.set()
+            await self.release.wait()
+        return decision
+
+
+def test_a_batch_decision_is_cached_under_the_flow_it_was_made_on(tmp_path: Path) -> None:
+    """A batch item's standing decision, made while a concurrent denial changed the task's
+    flow, is cached under the flow the policy saw (no denial), never under the flow as it
+    is once the policy answered: the next request, with the denial counted (probing), asks
+    the policy again."""
+    from sidecar.engine.batch import BatchItem
+
+    async def body(r: Rig) -> None:
+        standing = VALID_JIT | {"tier": "standing", "cache_seconds": 30}
+        policy = GatedPolicy(
+            {
+                "x.read": standing,
+                "y.read": standing,
+                "z.write": {"allow": False, "reasons": ["no: no"]},
+            },
+            gated="x.read",
+        )
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        items = [BatchItem(Intent("x.read", "x://1"), 30), BatchItem(Intent("y.read", "y://1"), 30)]
+        batch = asyncio.ensure_future(r.engine.request_grants(ME, task.task_id, items))
+        await policy.entered.wait()
+        denial = await r.engine.request_grant(ME, task.task_id, Intent("z.write", "z://1"), 30)
+        assert denial.decision == "denied"
+        policy.release.set()
+        assert [x.decision for x in await batch] == ["granted", "granted"]  # type: ignore[union-attr]
+        asked = len(policy.inputs)
+        await r.engine.request_grant(ME, task.task_id, Intent("x.read", "x://1"), 30)
+        assert len(policy.inputs) == asked + 1
+        assert policy.inputs[-1]["task"]["denials"] != []
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_policy_cache_total", result="hit") == 0
+
+
+def test_a_cached_decision_never_answers_another_task_with_recent_denials(
+    tmp_path: Path,
+) -> None:
+    """Two tasks of one agent with the same labels and as many denials, one's long past the
+    probing window and the other's just now: the standing decision cached for the first is
+    not the second's (its recent denials escalate it), the policy is asked again."""
+
+    async def body(r: Rig) -> None:
+        standing = VALID_JIT | {"tier": "standing", "cache_seconds": 30}
+        no = {"allow": False, "reasons": ["no: no"]}
+        policy = GatedPolicy({"x.read": standing, "z.write": no}, gated="")
+        r.engine.policy = policy
+        old = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        for _ in range(5):
+            await r.engine.request_grant(ME, old.task_id, Intent("z.write", "z://1"), 30)
+        r.clock.advance(700)
+        await r.engine.request_grant(ME, old.task_id, Intent("x.read", "x://1"), 30)
+        new = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        for _ in range(5):
+            await r.engine.request_grant(ME, new.task_id, Intent("z.write", "z://1"), 30)
+        asked = len(policy.inputs)
+        await r.engine.request_grant(ME, new.task_id, Intent("x.read", "x://1"), 30)
+        assert len(policy.inputs) == asked + 1
+        assert len(policy.inputs[-1]["task"]["denials"]) == 5
+
+    rig = run(tmp_path, body)
+    assert rig.value("jit_policy_cache_total", result="hit") == 0
+
+
+def test_a_grant_being_committed_lends_its_flow_labels_to_concurrent_decisions(
+    tmp_path: Path,
+) -> None:
+    """While a grant carrying private_data is being committed (its token not yet returned),
+    a concurrent request of the same task is decided with private_data among the task's
+    flow labels: the window between a grant and its history is no way around the trifecta."""
+    labelled = VALID_JIT | {
+        "tier": "standing",
+        "flow": {
+            "class": "read",
+            "labels": ["private_data"],
+            "task_labels": [],
+            "rules": [],
+            "plan_deviation": False,
+        },
+    }
+
+    async def body(r: Rig) -> None:
+        policy = GatedPolicy({"c.read": labelled, "e.send": VALID_JIT}, gated="e.send")
+        policy.release.set()  # e.send is only watched: `entered` says the policy has its input
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        entered, release = r.hold_store_writes()
+        reading = asyncio.ensure_future(
+            r.engine.request_grant(ME, task.task_id, Intent("c.read", "c://1"), 30)
+        )
+        await asyncio.to_thread(entered.wait, 10)
+        sending = asyncio.ensure_future(
+            r.engine.request_grant(ME, task.task_id, Intent("e.send", "e://1"), 30)
+        )
+        try:
+            await asyncio.wait_for(policy.entered.wait(), 10)
+        finally:
+            release.set()
+        await reading
+        await sending
+        assert policy.inputs[-1]["task"]["flow_labels"] == ["private_data"]
+        assert task.flow.labels == {"private_data"}
+        assert task.flow.held_labels() == {"private_data"}
+
+    run(tmp_path, body)
+
+
+def test_a_decision_made_before_a_concurrent_grant_is_asked_again(tmp_path: Path) -> None:
+    """Two requests of one task at the policy together: the customer read (private_data)
+    is issued while the email's decision, made without that label, is still out. The email
+    is not issued on that decision: the policy is asked again, with private_data held."""
+    flow = {"class": "read", "labels": [], "task_labels": [], "rules": [], "plan_deviation": False}
+    labelled = VALID_JIT | {"tier": "standing", "flow": flow | {"labels": ["private_data"]}}
+
+    async def body(r: Rig) -> None:
+        policy = GatedPolicy(
+            {"c.read": labelled, "e.send": VALID_JIT | {"flow": flow}}, gated="e.send"
+        )
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        sending = asyncio.ensure_future(
+            r.engine.request_grant(ME, task.task_id, Intent("e.send", "e://1"), 30)
+        )
+        await asyncio.wait_for(policy.entered.wait(), 10)
+        await r.engine.request_grant(ME, task.task_id, Intent("c.read", "c://1"), 30)
+        policy.release.set()
+        await sending
+        asked = [x for x in policy.inputs if x["intent"]["action"] == "e.send"]
+        assert [x["task"]["flow_labels"] for x in asked] == [[], ["private_data"]]
+
+    run(tmp_path, body)
+
+
+def test_a_batch_item_decided_before_a_concurrent_grant_is_not_issued(tmp_path: Path) -> None:
+    """A GrantStream message's email decided while a concurrent RequestGrant of the same
+    task is issued a customer read (private_data): the email is not issued on a decision
+    that did not see the label (UNAVAILABLE, to retry); the message's other item, whose
+    decision did not depend on it either, is refused alike, and no grant is left behind."""
+    from sidecar.engine.batch import BatchItem
+    from sidecar.engine.issuance import FlowMoved
+
+    flow = {"class": "read", "labels": [], "task_labels": [], "rules": [], "plan_deviation": False}
+    labelled = VALID_JIT | {"tier": "standing", "flow": flow | {"labels": ["private_data"]}}
+
+    async def body(r: Rig) -> None:
+        policy = GatedPolicy(
+            {"c.read": labelled, "e.send": VALID_JIT | {"flow": flow}, "y.read": VALID_JIT},
+            gated="e.send",
+        )
+        r.engine.policy = policy
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=60, labels={})
+        items = [BatchItem(Intent("e.send", "e://1"), 30), BatchItem(Intent("y.read", "y://1"), 30)]
+        batch = asyncio.ensure_future(r.engine.request_grants(ME, task.task_id, items))
+        await asyncio.wait_for(policy.entered.wait(), 10)
+        await r.engine.request_grant(ME, task.task_id, Intent("c.read", "c://1"), 30)
+        policy.release.set()
+        results = await batch
+        assert [type(x) for x in results] == [FlowMoved, FlowMoved]
+        assert [g.action for g in r.engine.live.grants_of(task)] == ["c.read"]
+
+    run(tmp_path, body)
+
+
+def test_an_approval_collected_while_the_policy_is_down_can_be_collected_again(
+    tmp_path: Path,
+) -> None:
+    """Collecting an approval asks the policy again: without an answer the collection is
+    policy_unavailable and the approval stays approved, collected once the policy is back."""
+    from sidecar.errors import PolicyUnavailable
+
+    async def body(r: Rig) -> None:
+        r.policy.result = VALID_JIT | {"approval_required": True}
+        task = await r.engine.begin_task(ME, task_id="", goal="g", max_duration=3600, labels={})
+        parked = await r.engine.request_grant(ME, task.task_id, Intent("x.write", "x://1"), 60)
+        await r.engine.decide_approval(
+            parked.approval_id, approve=True, approver="ops", reason="ok"
+        )
+        r.policy.error = PolicyUnavailable("OPA is down", "unreachable")
+        with pytest.raises(PolicyUnavailable):
+            await r.engine.await_approval(ME, parked.approval_id, 0)
+        r.policy.error = None
+        collected = await r.engine.await_approval(ME, parked.approval_id, 0)
+        assert collected.decision == "granted"
+        assert r.engine.active_grant_count == 1
+
+    run(tmp_path, body, heartbeat_interval=1000)
