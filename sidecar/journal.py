@@ -253,9 +253,30 @@ class Journal:
                 # Nobody waits: leave the fsync of answered `record`s to gather others for
                 # a while (SYNC_WINDOW), or until a commit needs one.
                 stop = self._gather(batch, self._deferred_since + SYNC_WINDOW)
-            self._write(batch)
+            try:
+                self._write(batch)
+            except Exception as err:  # a bug, not a disk error: fail closed, never hang
+                self._writer_failed(batch, err)
             if stop:
                 return
+
+    def _writer_failed(self, batch: list[_Entry], err: Exception) -> None:
+        """The writer met an error it has no rule for (an audit or store error has one).
+        The thread goes on, so no commit ever waits forever; the log counts as unwritable
+        until a batch is written again, and every waiter of this batch is refused: no token
+        leaves on records that may be missing from the log. Its records may be in the log
+        all the same (an `issued` with no token sent; the waiters undo their grants)."""
+        self.audit_healthy = False
+        log.error(
+            "journal writer failed: %s", type(err).__name__, extra={"reason": "audit_unavailable"}
+        )
+        try:
+            self._on_audit_error()
+            waiting = self._deferred + batch
+            self._deferred = []
+            self._resolve(waiting, _unwritten())
+        except Exception as again:  # e.g. the loop of a waiter is closed: nothing to tell
+            log.error("journal writer could not refuse its waiters: %s", type(again).__name__)
 
     def _gather(self, batch: list[_Entry], until: float | None) -> bool:
         """Add queued entries to `batch`: those already there (`until` None), or those that

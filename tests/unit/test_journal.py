@@ -327,3 +327,37 @@ def test_a_record_synced_before_a_failed_fsync_still_reaches_the_store(
     assert in_log == ["r-1", "r-2", "r-3"]
     assert given == [1, 2, 3]
     assert verify([path]).ok
+
+
+class _Broken(AuthzenDecided):
+    """An event whose record cannot be built: a bug in the writer's path, not a disk error."""
+
+    def record(self) -> dict[str, Any]:
+        raise TypeError("not serializable")
+
+
+def test_an_unexpected_writer_error_refuses_the_commit_and_the_writer_goes_on(
+    rig: _Rig,
+) -> None:
+    """A commit whose batch hits an error the writer has no rule for is refused
+    (`audit_unavailable`, not left waiting forever), the journal is unhealthy meanwhile, and
+    the writer thread lives on: the next commit is written, synced and heals it."""
+    broken = _Broken(
+        **{k: getattr(decided("x"), k) for k in ("time", "subject", "authzen")},
+        decision=True,
+        request_id="broken",
+    )
+
+    async def body() -> tuple[str, bool, bool]:
+        with pytest.raises(CommitError) as refused:
+            await asyncio.wait_for(rig.journal.commit([broken]), timeout=10)
+        unhealthy = rig.journal.audit_healthy
+        await asyncio.wait_for(rig.journal.commit([decided("after")]), timeout=10)
+        return refused.value.reason.value, unhealthy, rig.journal.audit_healthy
+
+    reason, unhealthy, healed = asyncio.run(body())
+    assert reason == "audit_unavailable"
+    assert unhealthy is False
+    assert healed is True
+    assert rig.request_ids() == ["after"]
+    assert verify(log_files(rig.path)).ok
