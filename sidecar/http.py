@@ -39,10 +39,13 @@ from aiohttp import web
 
 from .authzen import AuthzenService
 from .errors import ConfigError, SidecarError
+from .http_front import Connection, Front
 from .ssf.routes import add_routes as add_ssf_routes
 from .ssf.transmitter import Transmitter
 
 log = logging.getLogger("jit_sidecar.http")
+FRONT = web.AppKey("front", Front)
+"""The app's lean path for AuthZEN evaluations (sidecar/http_front.py), when it has one."""
 MAX_FORM_BYTES = 32 * 1024
 BACKLOG = 64
 #: Seconds between two warnings that the connection cap refused someone.
@@ -90,13 +93,17 @@ def create_app(
     serves POST /token, RFC 8693 token exchange (sidecar.token_exchange), guarded alike."""
     app = web.Application(client_max_size=MAX_FORM_BYTES)
 
-    def authorized(request: web.Request) -> bool:
+    def carries_credential(header: str) -> bool:
+        """`header` is an Authorization value with the credential (or none is needed)."""
         if credential is None:
             return anonymous
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        scheme, _, given = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), credential.encode()
         )
+
+    def authorized(request: web.Request) -> bool:
+        return carries_credential(request.headers.get("Authorization", ""))
 
     def guarded(
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -220,6 +227,7 @@ def create_app(
     app.router.add_post("/revoke", guarded(revoke))
     if authzen is not None:
         authzen.add_routes(app, guarded)  # AuthZEN 1.0 + ARAP: docs/authzen.md
+        app[FRONT] = authzen.front(carries_credential, body_timeout)
     if transmitter is not None:
         # Shared Signals: docs/shared-signals.md
         add_ssf_routes(app, transmitter, guarded, body_timeout=body_timeout)
@@ -250,41 +258,6 @@ class _Busy(asyncio.Protocol):
         stream = cast(asyncio.Transport, transport)
         stream.write(_BUSY)
         stream.close()
-
-
-class _Connection(asyncio.Protocol):
-    """One admitted connection: forwards to aiohttp's protocol, and tells the listener
-    when it opens, ends, and starts or finishes a request."""
-
-    __slots__ = ("_inner", "_listener", "busy", "transport")
-
-    def __init__(self, inner: asyncio.Protocol, listener: HttpListener) -> None:
-        self._inner = inner
-        self._listener = listener
-        self.busy = 0
-        """Requests being handled (a connection with none is idle: evictable)."""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self._listener._opened(self)
-        self._inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._listener._closed(self)
-        self._inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
 
 
 class HttpListener:
@@ -318,7 +291,9 @@ class HttpListener:
             lingering_time=2.0,
         )
         self.max_connections = max_connections
-        self._connections: OrderedDict[asyncio.Transport, _Connection] = OrderedDict()
+        self.header_timeout = header_timeout
+        self._front = app.get(FRONT)
+        self._connections: OrderedDict[asyncio.Transport, Connection] = OrderedDict()
         """Admitted connections, the one idle longest first."""
         self._admitted = 0
         """Connections admitted whose connection_made has not run yet."""
@@ -361,7 +336,7 @@ class HttpListener:
         server = self._runner.server
         assert server is not None  # set up in start()
         self._admitted += 1
-        return _Connection(server(), self)
+        return Connection(server, self, self._front)
 
     def _evict_one(self) -> bool:
         for transport, conn in self._connections.items():
@@ -384,14 +359,20 @@ class HttpListener:
                 extra={"count": self.evicted + self.refused, "reason": "too_many_connections"},
             )
 
-    def _opened(self, conn: _Connection) -> None:
+    def _opened(self, conn: Connection) -> None:
         self._admitted -= 1
         assert conn.transport is not None
         self._connections[conn.transport] = conn
 
-    def _closed(self, conn: _Connection) -> None:
+    def _closed(self, conn: Connection) -> None:
         if conn.transport is not None:
             self._connections.pop(conn.transport, None)
+
+    def _idle(self, conn: Connection) -> None:
+        """`conn` finished a request: idle from now, so the youngest idle one."""
+        transport = conn.transport
+        if transport is not None and transport in self._connections:
+            self._connections.move_to_end(transport)
 
     @web.middleware
     async def _track(
@@ -404,12 +385,12 @@ class HttpListener:
         if transport is None or conn is None:
             return await handler(request)
         conn.busy += 1
+        conn.started += 1
         try:
             return await handler(request)
         finally:
             conn.busy -= 1
-            if transport in self._connections:
-                self._connections.move_to_end(transport)  # idle from now: the youngest
+            self._idle(conn)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -34,6 +34,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise BadRequest("body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    return decode_json(body)
+
+
+def decode_json(body: bytes | bytearray) -> dict[str, Any]:
+    """A body (at most MAX_BODY_BYTES, said to be application/json) as a JSON object."""
     try:
         document = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
     except UnicodeDecodeError as err:
@@ -120,12 +125,17 @@ def parse_evaluations(document: Mapping[str, Any]) -> tuple[list[dict[str, Any]]
 def request_id(request: web.Request) -> str | None:
     """AuthZEN §10.1.3: the PEP's `X-Request-ID`, echoed on the response."""
     value = request.headers.get("X-Request-ID")
-    if value is not None and (len(value) > MAX_REQUEST_ID or not value.isprintable()):
+    if value is not None and not valid_request_id(value):
         raise BadRequest(
             "invalid_request_id",
             f"X-Request-ID must be at most {MAX_REQUEST_ID} printable characters",
         )
     return value
+
+
+def valid_request_id(value: str) -> bool:
+    """An X-Request-ID the sidecar echoes (§10.1.3) and audits."""
+    return len(value) <= MAX_REQUEST_ID and value.isprintable()
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode

@@ -9,17 +9,21 @@ from typing import Any
 
 from aiohttp import web
 
+from ..http_front import Answer, Front, Route
 from ..metrics import Metrics
 from .access_requests import AccessRequests
 from .decider import OpaDecider
 from .desk import AuthzenDesk
 from .documents import (
+    MAX_BODY_BYTES,
     canonical,
     compact,
+    decode_json,
     parse_evaluation,
     parse_evaluations,
     read_json,
     request_id,
+    valid_request_id,
 )
 from .errors import PROBLEM, Problem, Refused
 from .evaluation import Evaluator
@@ -27,6 +31,8 @@ from .evaluation import Evaluator
 ACCESS_REQUEST_CAPABILITY = "urn:openid:authzen:capability:access-request"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Evaluation = Callable[[dict[str, Any], str | None, str], Awaitable[Any]]
+"""(request document, X-Request-ID, base URL) → the answer document."""
 
 
 class AuthzenService:
@@ -64,6 +70,31 @@ class AuthzenService:
 
         app.on_cleanup.append(close)
 
+    def front(self, authorized: Callable[[str], bool], body_timeout: float) -> Front:
+        """The evaluation endpoints on the listener's lean path (sidecar/http_front.py): the
+        same answers as through `add_routes`, for requests the front takes."""
+        return Front(
+            routes={
+                b"/access/v1/evaluation": self._fast(self._evaluation),
+                b"/access/v1/evaluations": self._fast(self._evaluations),
+            },
+            authorized=authorized,
+            request_id_ok=valid_request_id,
+            max_body=MAX_BODY_BYTES,
+            body_timeout=body_timeout,
+        )
+
+    @staticmethod
+    def _fast(evaluate: Evaluation) -> Route:
+        async def route(body: bytes, rid: str | None, base: str) -> Answer:
+            try:
+                answer = await evaluate(decode_json(body), rid, base)
+            except Refused as err:
+                return Answer(err.status, _refusal(err))
+            return Answer(200, compact(answer).encode())
+
+        return route
+
     def _json(
         self, handler: Callable[[web.Request, str | None], Awaitable[tuple[int, Any, str]]]
     ) -> Handler:
@@ -78,13 +109,10 @@ class AuthzenService:
                     headers["X-Request-ID"] = rid
                 status, body, location = await handler(request, rid)
             except Refused as err:
-                return web.json_response(
-                    {
-                        "error": err.error,
-                        "reason": err.reason,
-                        "error_description": err.description,
-                    },
+                return web.Response(
+                    body=_refusal(err),
                     status=err.status,
+                    content_type="application/json",
                     headers=headers,
                 )
             except Problem as err:
@@ -127,20 +155,25 @@ class AuthzenService:
 
     # ------------------------------------------------------------------ evaluation
     async def evaluation(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        item = parse_evaluation(await read_json(request))
-        evaluate = self._evaluator.evaluate
-        (decision,) = await evaluate([item], "execute_all", rid, self._base(request))
-        return 200, decision, ""
+        return 200, await self._evaluation(await read_json(request), rid, self._base(request)), ""
 
     async def evaluations(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        document = await read_json(request)
+        return 200, await self._evaluations(await read_json(request), rid, self._base(request)), ""
+
+    async def _evaluation(self, document: dict[str, Any], rid: str | None, base: str) -> Any:
+        """AuthZEN §6: one Access Evaluation."""
+        item = parse_evaluation(document)
+        (decision,) = await self._evaluator.evaluate([item], "execute_all", rid, base)
+        return decision
+
+    async def _evaluations(self, document: dict[str, Any], rid: str | None, base: str) -> Any:
+        """AuthZEN §7: Access Evaluations, or one evaluation when there are no items."""
         items, semantic = parse_evaluations(document)
-        base = self._base(request)
         evaluate = self._evaluator.evaluate
         if items is None:  # §7.1: no items, so the request is a single evaluation
             (decision,) = await evaluate([parse_evaluation(document)], semantic, rid, base)
-            return 200, decision, ""
-        return 200, {"evaluations": await evaluate(items, semantic, rid, base)}, ""
+            return decision
+        return {"evaluations": await evaluate(items, semantic, rid, base)}
 
     # ------------------------------------------------------------------ ARAP
     async def submit(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
@@ -160,3 +193,9 @@ class AuthzenService:
         given = (await read_json(request)).get("reason") if request.can_read_body else None
         await self._requests.cancel(record, given)
         return self._requests.task(record, self._base(request), 200)
+
+
+def _refusal(err: Refused) -> bytes:
+    """A refused evaluation's body: the error, its reason code and what went wrong."""
+    body = {"error": err.error, "reason": err.reason, "error_description": err.description}
+    return compact(body).encode()
