@@ -8,12 +8,14 @@ connection, c=1:
 
 - raw OPA: POST /v1/data/jit/authzen/decision with the AuthZEN request as input (the call
   the sidecar makes for a single evaluation);
-- single: POST /access/v1/evaluation on the sidecar (parse, OPA, audit append + fsync,
-  count, answer);
+- single: POST /access/v1/evaluation on the sidecar (parse, OPA, audit append, count,
+  answer), answered by the listener's front (sidecar/http_front.py);
+- single through aiohttp: the same on a connection the front handed to aiohttp (it asked
+  `GET /healthz` first), i.e. the path every evaluation took before the front;
 - batch: POST /access/v1/evaluations with `--batch` items (one OPA round trip), against
   `--batch` singles in a row.
 
-Raw OPA and the single evaluation are timed alternately, call after call, so that both see
+Raw OPA and the single evaluations are timed alternately, call after call, so that all see
 the same background load (the machine is shared); the batch and the singles in a row
 likewise, round after round. Prints p50/p90/p99 in ms, the ratios docs/performance.md
 reports and the 1-minute load average. Figures, not assertions.
@@ -132,8 +134,12 @@ def _run(opa: OpaServer, sidecar: SidecarProcess, n: int, size: int) -> dict[str
     auth = {"Authorization": f"Bearer {CREDENTIAL}"}
     to_opa = http.client.HTTPConnection("127.0.0.1", opa.port, timeout=10)
     to_sidecar = http.client.HTTPConnection("127.0.0.1", sidecar.http_port, timeout=10)
+    handed_over = http.client.HTTPConnection("127.0.0.1", sidecar.http_port, timeout=10)
+    handed_over.request("GET", "/healthz")  # not the front's: aiohttp serves it from now on
+    handed_over.getresponse().read()
     raw = _poster(to_opa, "/v1/data/jit/authzen/decision", {"input": REQUEST}, {})
     single = _poster(to_sidecar, "/access/v1/evaluation", REQUEST, auth)
+    through_aiohttp = _poster(handed_over, "/access/v1/evaluation", REQUEST, auth)
     items = [{"resource": {"type": "uri", "id": f"tickets://t-{1000 + i}"}} for i in range(size)]
     batch_body = {**REQUEST, "evaluations": items}
     batch = _poster(to_sidecar, "/access/v1/evaluations", batch_body, auth)
@@ -142,6 +148,7 @@ def _run(opa: OpaServer, sidecar: SidecarProcess, n: int, size: int) -> dict[str
     ]
     assert raw()["result"]["decision"] is True
     assert single()["decision"] is True
+    assert through_aiohttp() == single()
     assert all(e["decision"] for e in batch()["evaluations"])
 
     def in_a_row() -> None:
@@ -152,14 +159,18 @@ def _run(opa: OpaServer, sidecar: SidecarProcess, n: int, size: int) -> dict[str
     names = (
         "raw OPA decision (jit/authzen/decision)",
         "single evaluation",
+        "single evaluation through aiohttp",
         f"batch of {size} (/evaluations)",
         f"{size} single evaluations in a row",
     )
-    times = _alternating({names[0]: raw, names[1]: single}, n)
-    times |= _alternating({names[2]: batch, names[3]: in_a_row}, rounds)
+    times = _alternating({names[0]: raw, names[1]: single, names[2]: through_aiohttp}, n)
+    times |= _alternating({names[3]: batch, names[4]: in_a_row}, rounds)
     figures: dict[str, Any] = {name: _stats(times[name]) for name in names}
     figures["single p50 / raw OPA p50"] = figures[names[1]]["p50"] / figures[names[0]]["p50"]
-    figures[f"{size} singles p50 / batch p50"] = figures[names[3]]["p50"] / figures[names[2]]["p50"]
+    figures["through aiohttp p50 / raw OPA p50"] = (
+        figures[names[2]]["p50"] / figures[names[0]]["p50"]
+    )
+    figures[f"{size} singles p50 / batch p50"] = figures[names[4]]["p50"] / figures[names[3]]["p50"]
     figures["load average (1 min)"] = os.getloadavg()[0]
     return figures
 
