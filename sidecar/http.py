@@ -21,6 +21,10 @@ against a local user"):
   for events: receivers polling at once count against the cap.
   The process keeps its other file descriptors for the agents' gRPC socket, the store and
   the audit log.
+
+Each connection starts on the lean front of `sidecar/http_front.py`, which answers plain
+AuthZEN evaluations itself and hands the connection to this app at the first request that is
+anything else; the limits above hold on both.
 """
 
 from __future__ import annotations
