@@ -54,6 +54,8 @@ MAX_FORM_BYTES = 32 * 1024
 BACKLOG = 64
 #: Seconds between two warnings that the connection cap refused someone.
 CAP_WARNING_INTERVAL = 60.0
+#: Seconds the listener waits at shutdown for evaluations its front is answering.
+SHUTDOWN_GRACE = 5.0
 
 
 class Endpoints(Protocol):
@@ -301,6 +303,8 @@ class HttpListener:
         """Admitted connections, the one idle longest first."""
         self._admitted = 0
         """Connections admitted whose connection_made has not run yet."""
+        self.answering: set[asyncio.Task[None]] = set()
+        """Requests the front (sidecar/http_front.py) is answering."""
         self.evicted = 0
         self.refused = 0
         self._last_warning = 0.0
@@ -399,7 +403,13 @@ class HttpListener:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()  # closes the socket too
+            # Evaluations the front is answering finish first (aiohttp's cleanup waits for
+            # its own handlers likewise), then the app closes, then what is left open.
+            if self.answering:
+                await asyncio.wait(self.answering, timeout=SHUTDOWN_GRACE)
             await self._runner.cleanup()
+            for transport in list(self._connections):
+                transport.close()
         elif self._sock is not None:
             self._sock.close()
 

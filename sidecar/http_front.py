@@ -216,7 +216,10 @@ class Connection(asyncio.Protocol):
         del self._buffer[:end]
         self._serving = True
         self.transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._serve(request, body))
+        task = asyncio.get_running_loop().create_task(self._serve(request, body))
+        answering = self._listener.answering  # a strong reference until it is done
+        answering.add(task)
+        task.add_done_callback(answering.discard)
 
     def _parse_head(self, head: bytes, head_length: int) -> _Request | None:
         """The request a head asks for, when the front serves it exactly; else None."""
