@@ -44,11 +44,13 @@ MAX_HEAD_BYTES = 16 * 1024
 """A longer head goes to aiohttp, whose own limits answer it (its lines are at most 8190)."""
 MAX_HEADERS = 64
 _PREFIX = b"POST /access/v1/evaluation"
-# RFC 9110 §5.1: a field name is a token.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 §5.5: field-value is VCHAR, SP, HTAB and obs-text; the front takes visible ASCII,
+# Field lines, each but the last ending in CRLF: RFC 9110 §5.1, a field name is a token;
+# §5.5, a field value is VCHAR, SP, HTAB and obs-text, of which the front takes visible ASCII,
 # SP and HTAB only, so it decodes nothing aiohttp might decode otherwise.
-_VALUE = re.compile(rb"[\t\x20-\x7e]*")
+_FIELD_LINES = re.compile(
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*)"
+    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*)*"
+)
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]; echoed into URLs, so nothing else.
 _HOST = re.compile(r"(?:[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 _DIGITS = re.compile(rb"[0-9]{1,9}")
@@ -235,14 +237,14 @@ class Connection(asyncio.Protocol):
             return None
         if len(lines) > MAX_HEADERS + 1:
             return None
+        # RFC 9112 §5.1: no whitespace before the colon; §5.2: no obs-fold (a line starting
+        # with whitespace has no token before its colon). A bare CR or LF inside a line, NUL
+        # or any other control (RFC 9112 §2.2) is not in a value either. One match for all.
+        if not _FIELD_LINES.fullmatch(head, len(lines[0]) + 2):
+            return None
         fields: dict[bytes, bytes] = {}
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            # RFC 9112 §5.1: no whitespace before the colon; §5.2: no obs-fold (a line
-            # starting with whitespace has no token before its colon). A bare CR or LF
-            # inside a line, NUL or any other control (RFC 9112 §2.2) fails `_VALUE`.
-            if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
-                return None
+            name, _, value = line.partition(b":")
             key = name.lower()
             if key in _STEP_ASIDE or key in fields:
                 return None  # a repeated field is aiohttp's to combine or refuse
