@@ -81,6 +81,8 @@ class Front:
     request_id_ok: Callable[[str], bool]
     max_body: int
     body_timeout: float
+    body_timed_out: Answer
+    """The answer to a body that did not arrive within `body_timeout` (408)."""
 
 
 @dataclass(slots=True)
@@ -339,8 +341,8 @@ class Connection(asyncio.Protocol):
         self._pending = None
         self.busy -= 1
         self._listener._idle(self)
-        timed_out = Answer(408, b'{"error":"invalid_request","error_description":"body_timeout"}')
-        self.transport.write(_response(timed_out, None, True))
+        assert self._front is not None
+        self.transport.write(_response(self._front.body_timed_out, None, True))
         self.transport.close()
 
 

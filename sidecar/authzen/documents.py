@@ -4,13 +4,14 @@ the rest of the package writes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from .errors import BadRequest
+from .errors import BadRequest, BodyTimeout
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_EVALUATIONS = 256
@@ -23,17 +24,22 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # RFC 8259 §6: NaN and Infinity are not numbers
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object (AuthZEN §10.1: `application/json`, an object at the top)."""
+async def read_json(request: web.Request, within: float) -> dict[str, Any]:
+    """The body as a JSON object (AuthZEN §10.1: `application/json`, an object at the top),
+    arrived within `within` seconds (the listener's `http_body_timeout`)."""
     if request.content_type != "application/json":
         raise BadRequest("content_type", "the body must be application/json")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BadRequest("body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
     body = bytearray()
-    while chunk := await request.content.read(64 * 1024):
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise BadRequest("body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        async with asyncio.timeout(within):
+            while chunk := await request.content.read(64 * 1024):
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise BadRequest("body_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    except TimeoutError as err:
+        raise BodyTimeout() from err
     return decode_json(body)
 
 

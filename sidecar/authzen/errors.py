@@ -24,6 +24,16 @@ class BadRequest(Refused):
     """A request the sidecar will not evaluate: HTTP 400 with a reason code."""
 
 
+class BodyTimeout(Refused):
+    """A body that did not arrive within `http_body_timeout`: HTTP 408 (RFC 9110 §15.5.9), and
+    the connection is closed, as on /introspect."""
+
+    status = 408
+
+    def __init__(self) -> None:
+        super().__init__("body_timeout", "the request body did not arrive in time")
+
+
 class Problem(Exception):
     """An ARAP error (ARAP "Error Responses"): an RFC 9457 problem document."""
 

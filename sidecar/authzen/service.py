@@ -25,7 +25,7 @@ from .documents import (
     request_id,
     valid_request_id,
 )
-from .errors import PROBLEM, Problem, Refused
+from .errors import PROBLEM, BodyTimeout, Problem, Refused
 from .evaluation import Evaluator
 
 ACCESS_REQUEST_CAPABILITY = "urn:openid:authzen:capability:access-request"
@@ -51,11 +51,19 @@ class AuthzenService:
         self._opa = opa
         self._requests = AccessRequests(desk, binding_key)
         self._evaluator = Evaluator(desk, opa, self._requests, metrics)
+        self._body_timeout = 10.0
 
     # ------------------------------------------------------------------ routes
-    def add_routes(self, app: web.Application, guarded: Callable[[Handler], Handler]) -> None:
+    def add_routes(
+        self,
+        app: web.Application,
+        guarded: Callable[[Handler], Handler],
+        *,
+        body_timeout: float = 10.0,
+    ) -> None:
         """Discovery is public metadata, like the JWKS; everything else needs the listener's
-        credential (the one /introspect takes)."""
+        credential (the one /introspect takes). A body gets `body_timeout` seconds (408)."""
+        self._body_timeout = body_timeout
         app.router.add_get("/.well-known/authzen-configuration", self.configuration)
         app.router.add_post("/access/v1/evaluation", guarded(self._json(self.evaluation)))
         app.router.add_post("/access/v1/evaluations", guarded(self._json(self.evaluations)))
@@ -82,6 +90,7 @@ class AuthzenService:
             request_id_ok=valid_request_id,
             max_body=MAX_BODY_BYTES,
             body_timeout=body_timeout,
+            body_timed_out=Answer(408, _refusal(BodyTimeout())),
         )
 
     @staticmethod
@@ -109,6 +118,8 @@ class AuthzenService:
                     headers["X-Request-ID"] = rid
                 status, body, location = await handler(request, rid)
             except Refused as err:
+                if isinstance(err, BodyTimeout):
+                    headers["Connection"] = "close"  # what is left of the body is not read
                 return web.Response(
                     body=_refusal(err),
                     status=err.status,
@@ -155,10 +166,13 @@ class AuthzenService:
 
     # ------------------------------------------------------------------ evaluation
     async def evaluation(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        return 200, await self._evaluation(await read_json(request), rid, self._base(request)), ""
+        return 200, await self._evaluation(await self._read(request), rid, self._base(request)), ""
 
     async def evaluations(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
-        return 200, await self._evaluations(await read_json(request), rid, self._base(request)), ""
+        return 200, await self._evaluations(await self._read(request), rid, self._base(request)), ""
+
+    async def _read(self, request: web.Request) -> dict[str, Any]:
+        return await read_json(request, self._body_timeout)
 
     async def _evaluation(self, document: dict[str, Any], rid: str | None, base: str) -> Any:
         """AuthZEN §6: one Access Evaluation."""
@@ -178,7 +192,7 @@ class AuthzenService:
     # ------------------------------------------------------------------ ARAP
     async def submit(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
         """ARAP "Access Request Endpoint": open an approval for a requestable denial."""
-        document = await read_json(request)
+        document = await self._read(request)
         key = request.headers.get("Idempotency-Key")
         return await self._requests.submit(document, key, self._base(request))
 
@@ -190,7 +204,7 @@ class AuthzenService:
     async def cancel(self, request: web.Request, rid: str | None) -> tuple[int, Any, str]:
         """ARAP "Cancellation": cancel a pending request; recorded as a denial by `authzen-pep`."""
         record = self._requests.find(request.match_info["task_id"])
-        given = (await read_json(request)).get("reason") if request.can_read_body else None
+        given = (await self._read(request)).get("reason") if request.can_read_body else None
         await self._requests.cancel(record, given)
         return self._requests.task(record, self._base(request), 200)
 
