@@ -52,9 +52,11 @@ _VALUE = re.compile(rb"[\t\x20-\x7e]*")
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]; echoed into URLs, so nothing else.
 _HOST = re.compile(r"(?:[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 _DIGITS = re.compile(rb"[0-9]{1,9}")
-# Fields whose presence changes framing or the connection (RFC 9112 §6.1, §9.6; RFC 9110
-# §10.1.1, §7.8): aiohttp's to handle.
-_STEP_ASIDE = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"http2-settings"))
+# Fields whose presence changes framing, the body or the connection (RFC 9112 §6.1, §9.6;
+# RFC 9110 §10.1.1, §7.8, §8.4: aiohttp decodes a gzip, deflate, br or zstd body): aiohttp's.
+_STEP_ASIDE = frozenset(
+    (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"http2-settings")
+)
 
 
 @dataclass(frozen=True, slots=True)
