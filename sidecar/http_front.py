@@ -20,8 +20,11 @@ Limits, as on aiohttp's path (sidecar/http.py): a request head must be complete 
 `header_timeout` of the connection opening or of the previous answer, also across the hand-over
 (the front's deadline still holds until aiohttp has a request); the body within `body_timeout`
 of the head (408). The listener's cap sees a connection as busy from a complete head to its
-answer. While a request is being answered the front reads no more from the connection, so a
-client pipelining requests it never reads answers to holds at most one read's worth of them.
+answer. While a request is being answered, and while its answer is backed up (the transport
+paused writing), the front reads and decides no more on the connection: a client pipelining
+requests it never reads answers to holds at most one read's worth of them, and one answer
+beyond the transport's high-water mark. Reading always resumes before a hand-over, since
+aiohttp resumes only what it paused itself.
 """
 
 from __future__ import annotations
@@ -182,8 +185,10 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         if self._inner is not None:
             self._inner.resume_writing()
-        elif not self._serving and self.transport is not None:
+        elif not self._serving and self.transport is not None and not self.transport.is_closing():
+            # The front paused reading when it took its last request: read and decide on.
             self.transport.resume_reading()
+            self._next()
 
     # ------------------------------------------------------------------ the front
     def _next(self) -> None:
@@ -295,9 +300,9 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self._arm(self._listener.header_timeout, self._head_timed_out)
-        if not self._writing_paused:
+        if not self._writing_paused:  # else resume_writing goes on
             transport.resume_reading()
-        self._next()
+            self._next()
 
     def _hand_over(self) -> None:
         """From now on aiohttp serves this connection, starting with the unanswered bytes."""
