@@ -36,10 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
-
-if TYPE_CHECKING:
-    from .http import HttpListener
+from typing import Protocol, cast
 
 log = logging.getLogger("jit_sidecar.http")
 
@@ -88,6 +85,19 @@ class Front:
     body_timeout: float
 
 
+class Listener(Protocol):
+    """What a connection tells its listener (sidecar/http.py `HttpListener`), declared here
+    so that this module does not import the listener's (an import cycle through authzen)."""
+
+    header_timeout: float
+
+    def _opened(self, conn: Connection) -> None: ...
+
+    def _closed(self, conn: Connection) -> None: ...
+
+    def _idle(self, conn: Connection) -> None: ...
+
+
 @dataclass(slots=True)
 class _Request:
     route: Route
@@ -123,7 +133,7 @@ class Connection(asyncio.Protocol):
     def __init__(
         self,
         make_inner: Callable[[], asyncio.Protocol],
-        listener: HttpListener,
+        listener: Listener,
         front: Front | None,
     ) -> None:
         self._make_inner = make_inner

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import web
 
@@ -69,7 +69,7 @@ async def _connection(route: Route = _route) -> tuple[Connection, asyncio.Transp
         max_body=1024,
         body_timeout=10.0,
     )
-    conn = Connection(web.Server(_healthz), cast(Any, _Listener()), front)
+    conn = Connection(web.Server(_healthz), _Listener(), front)
     transport, _ = await loop.connect_accepted_socket(lambda: conn, ours)
     return conn, cast(asyncio.Transport, transport), peer
 
