@@ -20,8 +20,11 @@ Limits, as on aiohttp's path (sidecar/http.py): a request head must be complete 
 `header_timeout` of the connection opening or of the previous answer, also across the hand-over
 (the front's deadline still holds until aiohttp has a request); the body within `body_timeout`
 of the head (408). The listener's cap sees a connection as busy from a complete head to its
-answer. While a request is being answered the front reads no more from the connection, so a
-client pipelining requests it never reads answers to holds at most one read's worth of them.
+answer. While a request is being answered, and while its answer is backed up (the transport
+paused writing), the front reads and decides no more on the connection: a client pipelining
+requests it never reads answers to holds at most one read's worth of them, and one answer
+beyond the transport's high-water mark. Reading always resumes before a hand-over, since
+aiohttp resumes only what it paused itself.
 """
 
 from __future__ import annotations
@@ -33,15 +36,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
-
-if TYPE_CHECKING:
-    from .http import HttpListener
+from typing import Protocol, cast
 
 log = logging.getLogger("jit_sidecar.http")
 
-MAX_HEAD_BYTES = 16 * 1024
-"""A longer head goes to aiohttp, whose own limits answer it (its lines are at most 8190)."""
+MAX_HEAD_BYTES = 8190
+"""A longer head goes to aiohttp, whose own limits answer it. aiohttp refuses a field name or
+value over 8190 bytes (400); a head within this many cannot hold one, so the front answers
+no request aiohttp would refuse, without measuring each line."""
 MAX_HEADERS = 64
 _PREFIX = b"POST /access/v1/evaluation"
 # Field lines, each but the last ending in CRLF: RFC 9110 §5.1, a field name is a token;
@@ -54,9 +56,11 @@ _FIELD_LINES = re.compile(
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]; echoed into URLs, so nothing else.
 _HOST = re.compile(r"(?:[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 _DIGITS = re.compile(rb"[0-9]{1,9}")
-# Fields whose presence changes framing or the connection (RFC 9112 §6.1, §9.6; RFC 9110
-# §10.1.1, §7.8): aiohttp's to handle.
-_STEP_ASIDE = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"http2-settings"))
+# Fields whose presence changes framing, the body or the connection (RFC 9112 §6.1, §9.6;
+# RFC 9110 §10.1.1, §7.8, §8.4: aiohttp decodes a gzip, deflate, br or zstd body): aiohttp's.
+_STEP_ASIDE = frozenset(
+    (b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"http2-settings")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,19 @@ class Front:
     body_timeout: float
     body_timed_out: Answer
     """The answer to a body that did not arrive within `body_timeout` (408)."""
+
+
+class Listener(Protocol):
+    """What a connection tells its listener (sidecar/http.py `HttpListener`), declared here
+    so that this module does not import the listener's (an import cycle through authzen)."""
+
+    header_timeout: float
+
+    def _opened(self, conn: Connection) -> None: ...
+
+    def _closed(self, conn: Connection) -> None: ...
+
+    def _idle(self, conn: Connection) -> None: ...
 
 
 @dataclass(slots=True)
@@ -120,7 +137,7 @@ class Connection(asyncio.Protocol):
     def __init__(
         self,
         make_inner: Callable[[], asyncio.Protocol],
-        listener: HttpListener,
+        listener: Listener,
         front: Front | None,
     ) -> None:
         self._make_inner = make_inner
@@ -182,8 +199,10 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         if self._inner is not None:
             self._inner.resume_writing()
-        elif not self._serving and self.transport is not None:
+        elif not self._serving and self.transport is not None and not self.transport.is_closing():
+            # The front paused reading when it took its last request: read and decide on.
             self.transport.resume_reading()
+            self._next()
 
     # ------------------------------------------------------------------ the front
     def _next(self) -> None:
@@ -298,9 +317,9 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self._arm(self._listener.header_timeout, self._head_timed_out)
-        if not self._writing_paused:
+        if not self._writing_paused:  # else resume_writing goes on
             transport.resume_reading()
-        self._next()
+            self._next()
 
     def _hand_over(self) -> None:
         """From now on aiohttp serves this connection, starting with the unanswered bytes."""
