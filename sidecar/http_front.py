@@ -94,6 +94,8 @@ class Listener(Protocol):
     so that this module does not import the listener's (an import cycle through authzen)."""
 
     header_timeout: float
+    answering: set[asyncio.Task[None]]
+    """Requests the front is answering (the listener waits for them at shutdown)."""
 
     def _opened(self, conn: Connection) -> None: ...
 

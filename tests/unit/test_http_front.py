@@ -22,9 +22,13 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 class _Listener:
-    """The three calls a Connection makes to its listener, and its header timeout."""
+    """The three calls a Connection makes to its listener, its header timeout and the
+    requests being answered."""
 
     header_timeout = 10.0
+
+    def __init__(self) -> None:
+        self.answering: set[asyncio.Task[None]] = set()
 
     def _opened(self, conn: Connection) -> None:
         pass
@@ -68,6 +72,7 @@ async def _connection(route: Route = _route) -> tuple[Connection, asyncio.Transp
         request_id_ok=lambda value: True,
         max_body=1024,
         body_timeout=10.0,
+        body_timed_out=Answer(408, b"{}"),
     )
     conn = Connection(web.Server(_healthz), _Listener(), front)
     transport, _ = await loop.connect_accepted_socket(lambda: conn, ours)
