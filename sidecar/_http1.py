@@ -65,12 +65,6 @@ class _StaleConnection(Exception):
     """A pooled connection the server had already closed; retried on another one."""
 
 
-def _error(message: str, cause: BaseException | None = None) -> HttpError:
-    error = HttpError(message)
-    error.__cause__ = cause
-    return error
-
-
 class _Conn(asyncio.Protocol):
     """One connection: frames the response to the request in flight as its bytes arrive.
 
@@ -81,6 +75,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        """What arrived of the response in flight and is not framed yet."""
         self._waiter: asyncio.Future[Response] | None = None
         self._received = False
         """Whether any byte of the response in flight arrived (a stale connection sends none)."""
@@ -90,6 +85,7 @@ class _Conn(asyncio.Protocol):
         """Whether the last response left the connection fit for another exchange."""
         self._state = _HEAD
         self._scanned = 0
+        """How much of `_buf` was searched for the separator the state waits for."""
         self._head: _Head | None = None
         self._need = 0
         self._chunks: list[bytes] = []
@@ -109,21 +105,30 @@ class _Conn(asyncio.Protocol):
             self.close()
             return
         self._received = True
-        self._buf += data
+        buf: bytes | bytearray = data  # usually a whole response in one read: no copy
+        if self._buf:
+            self._buf += data
+            buf = self._buf
         try:
-            response = self._frame()
+            done, response = self._frame(buf)
         except HttpError as err:
             waiter.set_exception(err)
             self.close()
             return
         if response is None:
+            if buf is self._buf:
+                del buf[:done]
+            else:
+                self._buf += memoryview(data)[done:]
             return
-        self.reusable = self._head is not None and self._head.reusable
-        if self._buf:
-            # Bytes after the response: they can only be an answer to no request.
-            self.reusable = False
-            self._buf.clear()
-        self._reset()
+        assert self._head is not None
+        # Bytes after the response can only be an answer to no request (pipelining or a
+        # smuggling attempt): the response is used, the connection closed.
+        self.reusable = self._head.reusable and done == len(buf)
+        self._buf.clear()
+        self._waiter = None
+        self._state = _HEAD
+        self._head = None
         if not self.reusable:
             self.close()
         waiter.set_result(response)
@@ -149,8 +154,8 @@ class _Conn(asyncio.Protocol):
     def finish(self) -> None:
         """The exchange is over, whichever way: a waiter still pending was cancelled."""
         if self._waiter is not None:
-            # Cancelled mid-exchange (the caller's timeout): the rest of the response may
-            # still come, so the connection is never reused.
+            # Cancelled mid-exchange (the caller's timeout), or refused: the rest of the
+            # response may still come, so the connection is never reused.
             self._waiter = None
             self.close()
 
@@ -172,31 +177,27 @@ class _Conn(asyncio.Protocol):
             stale.__cause__ = exc
             waiter.set_exception(stale)
         elif exc is not None:  # incl. TLS errors mid-response
-            waiter.set_exception(_error(f"connection error: {exc}", exc))
+            error = HttpError(f"connection error: {exc}")
+            error.__cause__ = exc
+            waiter.set_exception(error)
         else:
             waiter.set_exception(HttpError("connection closed mid-response"))
 
-    def _reset(self) -> None:
-        self._waiter = None
-        self._state = _HEAD
-        self._scanned = 0
-        self._head = None
-        self._chunks = []
-        self._total = 0
-
     # Framing (RFC 9112 §6.3), over what has arrived so far
 
-    def _frame(self) -> Response | None:
-        """The whole response once it is framed, consuming its bytes; None until then."""
-        buf = self._buf
+    def _frame(self, buf: bytes | bytearray) -> tuple[int, Response | None]:
+        """How many bytes of `buf` are framed, and the whole response once it is."""
+        pos = 0
         if self._state == _HEAD:
-            end = self._find(b"\r\n\r\n", MAX_HEADER_BYTES, "response headers too large")
+            end = self._find(buf, 0, b"\r\n\r\n", MAX_HEADER_BYTES, "response headers too large")
             if end < 0:
-                return None
-            head = self._head = _parse_head(bytes(buf[: end + 4]))
-            del buf[: end + 4]
+                return 0, None
+            pos = end + 4
+            head = self._head = _parse_head(bytes(buf[:pos]))
             if head.headers.get("transfer-encoding", "").lower() == "chunked":
                 self._state = _CHUNK_SIZE
+                self._chunks = []
+                self._total = 0
             else:
                 length = head.headers.get("content-length")
                 if length is None or not (length.isascii() and length.isdigit()):
@@ -207,39 +208,38 @@ class _Conn(asyncio.Protocol):
                 self._need = n
                 self._state = _BODY
         if self._state == _BODY:
-            if len(buf) < self._need:
-                return None
-            body = bytes(buf[: self._need])
-            del buf[: self._need]
+            end = pos + self._need
+            if len(buf) < end:
+                return pos, None
             assert self._head is not None
-            return Response(self._head.status, body)
-        return self._frame_chunks()
+            return end, Response(self._head.status, bytes(buf[pos:end]))
+        return self._frame_chunks(buf, pos)
 
-    def _find(self, separator: bytes, limit: int, too_long: str) -> int:
-        """Where `separator` starts in the buffer, or -1 while it has not arrived. Flow
-        control: never more than `limit` bytes held waiting for it; bytes already searched
-        are not searched again (a response may arrive one byte per read)."""
-        buf = self._buf
-        end = buf.find(separator, max(0, self._scanned - len(separator) + 1))
+    def _find(
+        self, buf: bytes | bytearray, pos: int, separator: bytes, limit: int, too_long: str
+    ) -> int:
+        """Where `separator` starts in `buf` from `pos`, or -1 while it has not arrived.
+        Flow control: never more than `limit` bytes held waiting for it; bytes already
+        searched are not searched again (a response may arrive one byte per read)."""
+        end = buf.find(separator, max(pos, self._scanned - len(separator) + 1))
         if end < 0:
-            if len(buf) >= limit:
+            if len(buf) - pos >= limit:
                 raise HttpError(too_long)
-            self._scanned = len(buf)
+            self._scanned = len(buf) - pos  # the caller keeps buf[pos:] for the next read
             return -1
         self._scanned = 0
-        if end + len(separator) > limit:
+        if end - pos + len(separator) > limit:
             raise HttpError(too_long)
         return end
 
-    def _frame_chunks(self) -> Response | None:
-        buf = self._buf
+    def _frame_chunks(self, buf: bytes | bytearray, pos: int) -> tuple[int, Response | None]:
         while True:
             if self._state == _CHUNK_SIZE:
-                end = self._find(b"\r\n", MAX_HEADER_BYTES, "malformed chunk size")
+                end = self._find(buf, pos, b"\r\n", MAX_HEADER_BYTES, "malformed chunk size")
                 if end < 0:
-                    return None
-                digits = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
+                    return pos, None
+                digits = bytes(buf[pos:end]).split(b";", 1)[0].strip()
+                pos = end + 2
                 # RFC 9112 §7.1: hex digits only; int(..., 16) also takes "-1", "0x1f"
                 # and "1_0".
                 if not _HEX.fullmatch(digits):
@@ -255,25 +255,26 @@ class _Conn(asyncio.Protocol):
                 self._need = size
                 self._state = _CHUNK_DATA
             elif self._state == _CHUNK_DATA:
-                if len(buf) < self._need + 2:
-                    return None
-                if buf[self._need : self._need + 2] != b"\r\n":
+                end = pos + self._need
+                if len(buf) < end + 2:
+                    return pos, None
+                if buf[end : end + 2] != b"\r\n":
                     raise HttpError("malformed chunk terminator")
-                self._chunks.append(bytes(buf[: self._need]))
-                del buf[: self._need + 2]
+                self._chunks.append(bytes(buf[pos:end]))
+                pos = end + 2
                 self._state = _CHUNK_SIZE
             else:
                 # RFC 9112 §7.1.2: trailer fields, discarded; the section ends with an
                 # empty line, and is bounded like a head.
                 limit = MAX_HEADER_BYTES - self._total
-                end = self._find(b"\r\n", limit, "response trailers too large")
+                end = self._find(buf, pos, b"\r\n", limit, "response trailers too large")
                 if end < 0:
-                    return None
-                del buf[: end + 2]
-                if end == 0:
+                    return pos, None
+                if end == pos:
                     assert self._head is not None
-                    return Response(self._head.status, b"".join(self._chunks))
-                self._total += end + 2
+                    return end + 2, Response(self._head.status, b"".join(self._chunks))
+                self._total += end + 2 - pos
+                pos = end + 2
 
 
 def _parse_head(head: bytes) -> _Head:
