@@ -151,15 +151,8 @@ class _Conn(asyncio.Protocol):
         self._transport.write(payload)
         return waiter
 
-    def finish(self) -> None:
-        """The exchange is over, whichever way: a waiter still pending was cancelled."""
-        if self._waiter is not None:
-            # Cancelled mid-exchange (the caller's timeout), or refused: the rest of the
-            # response may still come, so the connection is never reused.
-            self._waiter = None
-            self.close()
-
     def close(self) -> None:
+        self._waiter = None
         self.lost = True
         self.reusable = False
         if self._transport is not None:
@@ -398,8 +391,9 @@ class Http1Pool:
         try:
             return await conn.send(payload)
         finally:
-            conn.finish()
-            if conn.reusable and not conn.lost and len(self._idle) < self._max_idle:
+            # Not reusable unless a whole response was framed, with nothing after it: a
+            # cancelled exchange (the caller's timeout) may still have bytes on the way.
+            if conn.reusable and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
             else:
                 conn.close()
