@@ -11,10 +11,12 @@ It is still parsed as if an attacker wrote it (whoever can bind OPA's port or so
 each strictness rule names the RFC 9112 section it comes from. A response whose framing is
 ambiguous is never pooled, so it cannot poison the next exchange on the connection.
 
-The transport is an `asyncio.Protocol`, not asyncio streams: the bytes of a response are
-framed in `data_received` as they arrive, and one future per exchange is resolved when a
-whole response is framed (streams cost a coroutine round and a future per `readuntil` or
-`readexactly`; docs/performance.md, "The OPA client's transport").
+The transport is an `asyncio.Protocol`: the bytes of a response are framed in
+`data_received` as they arrive (usually all at once, straight from the read), and one future
+per exchange is resolved when a whole response is framed. Against the asyncio streams it
+replaced: same p50, ≈ 1.5 µs less CPU per exchange, and every byte seen by the framing, so
+bytes nobody asked for close the connection (docs/performance.md, "The OPA client's
+transport").
 """
 
 from __future__ import annotations
