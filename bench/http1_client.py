@@ -12,12 +12,13 @@ bench/authzen.py) through:
 - protocol: `sidecar._http1.Http1Pool` (responses framed in `data_received`, one future per
   exchange).
 
-Both parse the head with the same `sidecar._http1._parse_head`, so only the transport
-differs. The two are timed alternately, call after call (the order flips every pair), so
-both see the same background load on a shared machine. Per transport (TCP loopback, then
-the Unix socket) it prints the p50/p90/p99 latency and the CPU time per exchange
-(`time.process_time` around each call, summed over the calls, divided by their number), and
-the 1-minute load average before and after. Figures, not assertions.
+Both build the request with the same `sidecar._http1._request_bytes` and parse the head with
+the same `_parse_head`, so only the transport differs. The two are timed alternately, call
+after call (the order flips every pair), so both see the same background load on a shared
+machine. Per transport (TCP loopback, then the Unix socket) it prints the p50/p90/p99
+latency and the CPU time per exchange (`time.process_time` around each call, summed over
+the calls, divided by their number), and the 1-minute load average before and after.
+Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from sidecar._http1 import (
     HttpError,
     Response,
     _parse_head,
+    _request_bytes,
 )
 from tests.harness import OpaServer
 
@@ -72,12 +74,7 @@ class StreamsPool:
         return await asyncio.open_connection(self._host, self._port)
 
     async def request(self, method: str, path: str, body: bytes = b"") -> Response:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Accept: application/json\r\n\r\n"
-        ).encode("ascii")
-        payload = head + body
+        payload = _request_bytes(method, path, self._host_header, body, "application/json")
         while self._idle:
             conn = self._idle.pop()
             if conn[0].at_eof() or conn[1].is_closing():

@@ -272,6 +272,20 @@ class _Conn(asyncio.Protocol):
                 pos = end + 2
 
 
+def _request_bytes(method: str, path: str, host: str, body: bytes, content_type: str) -> bytes:
+    """The whole request, refused before anything is sent if a field could split it."""
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(path):
+        raise HttpError("refusing to send a malformed request line")
+    if _FORBIDDEN_IN_VALUE.search(content_type):
+        raise HttpError("refusing to send CR, LF or NUL in a header value")
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Accept: application/json\r\n\r\n"
+    ).encode("ascii")
+    return head + body
+
+
 def _parse_head(head: bytes) -> _Head:
     """Status and headers of a head ending in an empty line, and whether the connection
     may carry another exchange."""
@@ -366,16 +380,7 @@ class Http1Pool:
     ) -> Response:
         """One request; the caller bounds it with a timeout. Reuses an idle connection and
         retries once on a fresh one if the reused connection turns out to be closed."""
-        if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(path):
-            raise HttpError("refusing to send a malformed request line")
-        if _FORBIDDEN_IN_VALUE.search(content_type):
-            raise HttpError("refusing to send CR, LF or NUL in a header value")
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Accept: application/json\r\n\r\n"
-        ).encode("ascii")
-        payload = head + body
+        payload = _request_bytes(method, path, self._host_header, body, content_type)
         while self._idle:
             conn = self._idle.pop()
             if conn.lost:
