@@ -4,13 +4,16 @@ responses, keep-alive reuse and a server that closed an idle connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import struct
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import uvloop
 
 from sidecar._http1 import Http1Pool, HttpError, Response
 
@@ -241,6 +244,7 @@ def test_host_with_space_or_control_characters_is_refused(url: str) -> None:
 # The transport is an asyncio.Protocol: a response is framed from whatever each read brings.
 # These servers script the bytes and their timing; each runs on a real socket.
 
+T = TypeVar("T")
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
 Script = Any  # async (reader, writer) -> None, one per connection, in order
@@ -268,6 +272,28 @@ async def scripted(
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     return server, f"{'https' if tls else 'http'}://127.0.0.1:{port}", handlers
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop(request: pytest.FixtureRequest) -> str:
+    """The event loop a test runs on: asyncio's, and uvloop's (what `serve` runs), whose
+    transports are not asyncio classes."""
+    return str(request.param)
+
+
+def run(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """`main` to completion on a fresh event loop of the kind `loop` names."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as r:
+        return r.run(main)
+
+
+async def shut(server: asyncio.Server) -> None:
+    """Stop listening; a connection still open after 5 s fails the test (an unclosed
+    transport warning) instead of blocking it."""
+    server.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await server.wait_closed()
 
 
 async def read_request(reader: asyncio.StreamReader) -> None:
@@ -299,7 +325,7 @@ def answering(*responses: bytes, pieces: int = 0) -> Script:
 
 
 def run_against(
-    scripts: list[Script], requests: int, **server: Any
+    scripts: list[Script], requests: int, loop: str = "asyncio", **server: Any
 ) -> tuple[list[Response | HttpError], int]:
     """`requests` requests through one pool, in a row, to a `scripted(scripts, **server)`
     server: each result (or HttpError), and how many connections the server saw."""
@@ -317,30 +343,29 @@ def run_against(
         await pool.aclose()
         if handlers:
             await asyncio.wait(handlers, timeout=5)  # each handler sees the client's close
-        listening.close()
-        await listening.wait_closed()
+        await shut(listening)
         return results, len(handlers)
 
-    return asyncio.run(main())
+    return run(main(), loop)
 
 
-def test_a_response_split_byte_by_byte_is_framed_and_pooled() -> None:
+def test_a_response_split_byte_by_byte_is_framed_and_pooled(loop: str) -> None:
     """A response arriving one byte per read (head, Content-Length body, then a chunked
     body with a chunk extension and a trailer) frames exactly and keeps the connection."""
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'3;ext=1\r\n{"a\r\n4\r\n":1}\r\n0\r\nX-Trailer: t\r\n\r\n'
     )
-    results, connections = run_against([answering(OK, chunked, pieces=1)], 2)
+    results, connections = run_against([answering(OK, chunked, pieces=1)], 2, loop)
     assert results == [Response(200, b"{}"), Response(200, b'{"a":1}')]
     assert connections == 1
 
 
-def test_chunks_split_across_reads_are_framed() -> None:
+def test_chunks_split_across_reads_are_framed(loop: str) -> None:
     """Chunk sizes, data and terminators cut at every third byte still frame the body."""
     body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (b"a" * 300, b"b" * 17, b"c"))
     response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
-    results, connections = run_against([answering(response, OK, pieces=3)], 2)
+    results, connections = run_against([answering(response, OK, pieces=3)], 2, loop)
     assert results == [Response(200, b"a" * 300 + b"b" * 17 + b"c"), Response(200, b"{}")]
     assert connections == 1
 
@@ -354,16 +379,16 @@ def test_chunks_split_across_reads_are_framed() -> None:
         b"\r\n",
     ],
 )
-def test_bytes_after_a_response_are_never_pooled(extra: bytes) -> None:
+def test_bytes_after_a_response_are_never_pooled(extra: bytes, loop: str) -> None:
     """The response is used, but what follows it is never read as the next answer: the
     next request goes out on a new connection (RFC 9112 §9.3.2)."""
     fresh = b'HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{"n":2}'
-    results, connections = run_against([answering(OK + extra), answering(fresh)], 2)
+    results, connections = run_against([answering(OK + extra), answering(fresh)], 2, loop)
     assert results == [Response(200, b"{}"), Response(200, b'{"n":2}')]
     assert connections == 2
 
 
-def test_bytes_on_an_idle_connection_close_it() -> None:
+def test_bytes_on_an_idle_connection_close_it(loop: str) -> None:
     """Bytes that arrive after a response was handed over (nobody asked for them) close the
     pooled connection: the next request does not take them for its answer."""
 
@@ -384,16 +409,15 @@ def test_bytes_on_an_idle_connection_close_it() -> None:
         second = await pool.request("POST", "/x", b"{}")
         await pool.aclose()
         await asyncio.wait(handlers, timeout=5)
-        server.close()
-        await server.wait_closed()
+        await shut(server)
         return [first, second], len(handlers)
 
-    results, connections = asyncio.run(main())
+    results, connections = run(main(), loop)
     assert results == [Response(200, b"{}"), Response(200, b"true")]
     assert connections == 2
 
 
-def test_cancellation_mid_response_closes_the_connection() -> None:
+def test_cancellation_mid_response_closes_the_connection(loop: str) -> None:
     """A caller's timeout that fires after half a response, on a connection that already
     served one, closes it (the server sees the close) and the next request goes out on a
     new one."""
@@ -421,11 +445,10 @@ def test_cancellation_mid_response_closes_the_connection() -> None:
         again = await pool.request("POST", "/x", b"{}")
         await pool.aclose()
         await asyncio.wait(handlers, timeout=5)
-        server.close()
-        await server.wait_closed()
+        await shut(server)
         return first, timed_out, again, len(handlers)
 
-    first, timed_out, again, connections = asyncio.run(main())
+    first, timed_out, again, connections = run(main(), loop)
     assert first == Response(200, b"{}")
     assert timed_out
     assert seen_close == [b""]
@@ -442,7 +465,9 @@ def test_cancellation_mid_response_closes_the_connection() -> None:
         (b"", "before a response"),
     ],
 )
-def test_connection_closed_mid_head_or_mid_body_is_an_error(partial: bytes, reason: str) -> None:
+def test_connection_closed_mid_head_or_mid_body_is_an_error(
+    partial: bytes, reason: str, loop: str
+) -> None:
     """A fresh connection that closes before the response is whole is an HttpError, never a
     short body."""
 
@@ -451,13 +476,13 @@ def test_connection_closed_mid_head_or_mid_body_is_an_error(partial: bytes, reas
         writer.write(partial)
         await writer.drain()
 
-    results, connections = run_against([cut], 1)
+    results, connections = run_against([cut], 1, loop)
     assert isinstance(results[0], HttpError)
     assert reason in str(results[0])
     assert connections == 1
 
 
-def test_a_reset_pooled_connection_is_retried_on_a_fresh_one() -> None:
+def test_a_reset_pooled_connection_is_retried_on_a_fresh_one(loop: str) -> None:
     """A pooled connection the server resets (RST, not FIN) when the next request arrives
     is replaced transparently, like one it had closed."""
 
@@ -470,7 +495,7 @@ def test_a_reset_pooled_connection_is_retried_on_a_fresh_one() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
 
-    results, connections = run_against([reset, answering(OK)], 2)
+    results, connections = run_against([reset, answering(OK)], 2, loop)
     assert results == [Response(200, b"{}"), Response(200, b"{}")]
     assert connections == 2
 
@@ -520,16 +545,16 @@ def test_an_endless_response_is_refused_at_the_limit(
     assert reason in str(results[0])
 
 
-def test_unix_socket_keepalive(tmp_path: Path) -> None:
+def test_unix_socket_keepalive(tmp_path: Path, loop: str) -> None:
     """`unix:///path` (OPA's Unix socket) carries several exchanges on one connection."""
-    results, connections = run_against([answering(OK, OK)], 2, path=tmp_path / "opa.sock")
+    results, connections = run_against([answering(OK, OK)], 2, loop, path=tmp_path / "opa.sock")
     assert results == [Response(200, b"{}"), Response(200, b"{}")]
     assert connections == 1
 
 
 @pytest.mark.parametrize("trusted", [True, False])
 def test_https_verifies_the_server(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool, loop: str
 ) -> None:
     """https:// frames responses over TLS and pools the connection when the server's
     certificate chains to a trusted CA; an untrusted one fails at connect, twice."""
@@ -540,7 +565,7 @@ def test_https_verifies_the_server(
     monkeypatch.setenv("SSL_CERT_FILE", str(ca if trusted else tmp_path / "none.pem"))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
-    results, connections = run_against([answering(OK, OK)], 2, tls=context)
+    results, connections = run_against([answering(OK, OK)], 2, loop, tls=context)
     if trusted:
         assert results == [Response(200, b"{}"), Response(200, b"{}")]
         assert connections == 1
