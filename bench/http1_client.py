@@ -1,9 +1,10 @@
 """The OPA client's transport: asyncio streams (before) against an asyncio.Protocol (now).
 
-    .venv/bin/python -m bench.http1_client [--requests 5000] [--json FILE]
+    .venv/bin/python -m bench.http1_client [--requests 5000] [--loop uvloop|asyncio] [--json FILE]
 
 Starts a real `opa run --server` on rego/ (`tests.harness.OpaServer`, on a loopback port and
-a Unix socket), then, in ONE process and one event loop, at c=1, sends the AuthZEN single
+a Unix socket), then, in ONE process and one event loop (uvloop, what `serve` runs, unless
+`--loop asyncio`), at c=1, sends the AuthZEN single
 evaluation's OPA call (POST /v1/data/jit/authzen/decision with the input of
 bench/authzen.py) through:
 
@@ -35,6 +36,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from bench.authzen import REQUEST
 from sidecar._http1 import (
@@ -219,17 +222,20 @@ async def _measure(opa: OpaServer, socket: Path, n: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="per transport (5000)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    factory = uvloop.new_event_loop if args.loop == "uvloop" else None
     with tempfile.TemporaryDirectory(prefix="bench-http1-") as tmp:
         socket = Path(tmp) / "opa.sock"
         opa = OpaServer(Path(tmp), unix_socket=socket).start()
         try:
-            results = asyncio.run(_measure(opa, socket, args.requests))
+            with asyncio.Runner(loop_factory=factory) as runner:
+                results = runner.run(_measure(opa, socket, args.requests))
         finally:
             opa.stop()
     for via, figures in results.items():
-        print(f"OPA over {via}, c=1, {args.requests} calls each, alternating:")
+        print(f"OPA over {via}, {args.loop}, c=1, {args.requests} calls each, alternating:")
         for name, value in figures.items():
             if isinstance(value, dict):
                 print(
