@@ -104,8 +104,10 @@ class Listener(Protocol):
     def _idle(self, conn: Connection) -> None: ...
 
 
-@dataclass(slots=True)
-class _Request:
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request head the front serves: its route, framing and the fields it uses."""
+
     route: Route
     head_length: int
     body_length: int
@@ -152,7 +154,7 @@ class Connection(asyncio.Protocol):
         """Requests aiohttp began to handle (the front's deadline watches it after a hand-over)."""
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._pending: _Request | None = None
+        self._pending: Request | None = None
         """A complete head whose body is still arriving."""
         self._serving = False
         self._eof = False
@@ -224,7 +226,7 @@ class Connection(asyncio.Protocol):
                 if len(buffer) >= MAX_HEAD_BYTES:
                     self._hand_over()
                 return
-            request = self._parse_head(bytes(buffer[:end]), end + 4)
+            request = parse_head(self._front, bytes(buffer[:end]), end + 4)
             if request is None:
                 self._hand_over()
                 return
@@ -246,61 +248,7 @@ class Connection(asyncio.Protocol):
         answering.add(task)
         task.add_done_callback(answering.discard)
 
-    def _parse_head(self, head: bytes, head_length: int) -> _Request | None:
-        """The request a head asks for, when the front serves it exactly; else None."""
-        front = self._front
-        assert front is not None
-        lines = head.split(b"\r\n")
-        # RFC 9112 §3: method SP request-target SP HTTP-version. Only origin-form targets
-        # equal to a route: no query, no absolute-form, no trailing slash.
-        method, _, rest = lines[0].partition(b" ")
-        target, _, version = rest.partition(b" ")
-        route = front.routes.get(target)
-        if method != b"POST" or route is None or version != b"HTTP/1.1":
-            return None
-        if len(lines) > MAX_HEADERS + 1:
-            return None
-        # RFC 9112 §5.1: no whitespace before the colon; §5.2: no obs-fold (a line starting
-        # with whitespace has no token before its colon). A bare CR or LF inside a line, NUL
-        # or any other control (RFC 9112 §2.2) is not in a value either. One match for all.
-        if not _FIELD_LINES.fullmatch(head, len(lines[0]) + 2):
-            return None
-        fields: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            key = name.lower()
-            if key in _STEP_ASIDE or key in fields:
-                return None  # a repeated field is aiohttp's to combine or refuse
-            fields[key] = value.strip(b" \t")
-        length = fields.get(b"content-length")
-        if length is None or not _DIGITS.fullmatch(length) or int(length) > front.max_body:
-            return None
-        media = fields.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        if media != b"application/json":
-            return None
-        host = fields.get(b"host", b"").decode("ascii")
-        if not _HOST.fullmatch(host):
-            return None  # RFC 9112 §3.2: a request without a usable Host is aiohttp's 400
-        if not front.authorized(fields.get(b"authorization", b"").decode("ascii")):
-            return None  # aiohttp's path answers 401 with the challenge
-        request_id: str | None = None
-        if b"x-request-id" in fields:
-            request_id = fields[b"x-request-id"].decode("ascii")
-            if not front.request_id_ok(request_id):
-                return None
-        tokens = {t.strip().lower() for t in fields.get(b"connection", b"").split(b",")}
-        if not tokens <= {b"", b"close", b"keep-alive"}:
-            return None  # other connection options name hop-by-hop fields: aiohttp's
-        return _Request(
-            route=route,
-            head_length=head_length,
-            body_length=int(length),
-            request_id=request_id,
-            base="http://" + host,
-            close=b"close" in tokens,
-        )
-
-    async def _serve(self, request: _Request, body: bytes) -> None:
+    async def _serve(self, request: Request, body: bytes) -> None:
         close = request.close
         try:
             answer = await request.route(body, request.request_id, request.base)
@@ -365,6 +313,61 @@ class Connection(asyncio.Protocol):
         assert self._front is not None
         self.transport.write(_response(self._front.body_timed_out, None, True))
         self.transport.close()
+
+
+def parse_head(front: Front, head: bytes, head_length: int) -> Request | None:
+    """The request `head` (without its final CRLF CRLF) asks for, when the front serves it
+    exactly; else None: the connection is then aiohttp's. Whatever this accepts, aiohttp's
+    parser reads with the same framing and fields (tests/fuzz/test_http_front_fuzz.py)."""
+    lines = head.split(b"\r\n")
+    # RFC 9112 §3: method SP request-target SP HTTP-version. Only origin-form targets
+    # equal to a route: no query, no absolute-form, no trailing slash.
+    method, _, rest = lines[0].partition(b" ")
+    target, _, version = rest.partition(b" ")
+    route = front.routes.get(target)
+    if method != b"POST" or route is None or version != b"HTTP/1.1":
+        return None
+    if len(lines) > MAX_HEADERS + 1:
+        return None
+    # RFC 9112 §5.1: no whitespace before the colon; §5.2: no obs-fold (a line starting
+    # with whitespace has no token before its colon). A bare CR or LF inside a line, NUL
+    # or any other control (RFC 9112 §2.2) is not in a value either. One match for all.
+    if not _FIELD_LINES.fullmatch(head, len(lines[0]) + 2):
+        return None
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        key = name.lower()
+        if key in _STEP_ASIDE or key in fields:
+            return None  # a repeated field is aiohttp's to combine or refuse
+        fields[key] = value.strip(b" \t")
+    length = fields.get(b"content-length")
+    if length is None or not _DIGITS.fullmatch(length) or int(length) > front.max_body:
+        return None
+    media = fields.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if media != b"application/json":
+        return None
+    host = fields.get(b"host", b"").decode("ascii")
+    if not _HOST.fullmatch(host):
+        return None  # RFC 9112 §3.2: a request without a usable Host is aiohttp's 400
+    if not front.authorized(fields.get(b"authorization", b"").decode("ascii")):
+        return None  # aiohttp's path answers 401 with the challenge
+    request_id: str | None = None
+    if b"x-request-id" in fields:
+        request_id = fields[b"x-request-id"].decode("ascii")
+        if not front.request_id_ok(request_id):
+            return None
+    tokens = {t.strip().lower() for t in fields.get(b"connection", b"").split(b",")}
+    if not tokens <= {b"", b"close", b"keep-alive"}:
+        return None  # other connection options name hop-by-hop fields: aiohttp's
+    return Request(
+        route=route,
+        head_length=head_length,
+        body_length=int(length),
+        request_id=request_id,
+        base="http://" + host,
+        close=b"close" in tokens,
+    )
 
 
 _dates: tuple[int, bytes] = (0, b"")
