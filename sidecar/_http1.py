@@ -34,7 +34,10 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # RFC 9110 §5.6.2: a field name is a token; no whitespace, no separators.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+"""One character of a token (RFC 9110 §5.6.2); the HTTP listener's front reads field names
+with it too (sidecar/http_front.py)."""
+_TOKEN = re.compile(TCHAR + "+")
 # RFC 9112 §3: request-target without spaces or controls (the sender side: we never send
 # what a server could split into a second request, RFC 9112 §11.2).
 _TARGET = re.compile(r"[\x21-\x7e]+")

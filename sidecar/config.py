@@ -154,8 +154,8 @@ class Config:
     http_body_timeout: float = field(
         default=10.0,
         metadata=_opt(
-            "Seconds a request body (/introspect, /revoke, Shared Signals) gets to arrive "
-            "(then 408).",
+            "Seconds a request body (/introspect, /revoke, AuthZEN, Shared Signals) gets to "
+            "arrive (then 408).",
             parse=float,
         ),
     )

@@ -232,8 +232,8 @@ def create_app(
     app.router.add_post("/introspect", guarded(introspect))
     app.router.add_post("/revoke", guarded(revoke))
     if authzen is not None:
-        authzen.add_routes(app, guarded, body_timeout=body_timeout)  # docs/authzen.md
-        app[FRONT] = authzen.front(carries_credential, body_timeout)
+        authzen.add_routes(app, guarded)  # AuthZEN 1.0 + ARAP: docs/authzen.md
+        app[FRONT] = authzen.front(carries_credential)
     if transmitter is not None:
         # Shared Signals: docs/shared-signals.md
         add_ssf_routes(app, transmitter, guarded, body_timeout=body_timeout)

@@ -30,6 +30,7 @@ aiohttp resumes only what it paused itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Protocol, cast
+
+from ._http1 import TCHAR
 
 log = logging.getLogger("jit_sidecar.http")
 
@@ -49,10 +52,8 @@ _PREFIX = b"POST /access/v1/evaluation"
 # Field lines, each but the last ending in CRLF: RFC 9110 §5.1, a field name is a token;
 # §5.5, a field value is VCHAR, SP, HTAB and obs-text, of which the front takes visible ASCII,
 # SP and HTAB only, so it decodes nothing aiohttp might decode otherwise.
-_FIELD_LINES = re.compile(
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*)"
-    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*)*"
-)
+_FIELD_LINE = TCHAR.encode() + rb"+:[\t\x20-\x7e]*"
+_FIELD_LINES = re.compile(rb"%s(?:\r\n%s)*" % (_FIELD_LINE, _FIELD_LINE))
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]; echoed into URLs, so nothing else.
 _HOST = re.compile(r"(?:[A-Za-z0-9.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 _DIGITS = re.compile(rb"[0-9]{1,9}")
@@ -373,6 +374,11 @@ def parse_head(front: Front, head: bytes, head_length: int) -> Request | None:
 _dates: tuple[int, bytes] = (0, b"")
 
 
+@functools.cache
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())
+
+
 def _response(answer: Answer, request_id: str | None, close: bool) -> bytes:
     """The HTTP/1.1 response (RFC 9112 §4), Date included (RFC 9110 §6.6.1)."""
     global _dates
@@ -380,7 +386,7 @@ def _response(answer: Answer, request_id: str | None, close: bool) -> bytes:
     if _dates[0] != loop_time:
         _dates = (loop_time, formatdate(usegmt=True).encode())
     head = [
-        b"HTTP/1.1 %d %s" % (answer.status, HTTPStatus(answer.status).phrase.encode()),
+        _status_line(answer.status),
         b"Content-Type: " + answer.content_type.encode(),
         b"Content-Length: %d" % len(answer.body),
         b"Date: " + _dates[1],

@@ -480,6 +480,7 @@ def open_http_listener(app: App, fd_limit: int) -> HttpListener | None:
                 app.engine,
                 OpaDecider(cfg.opa_url, cfg.authzen_decision_path, cfg.opa_timeout),
                 app.metrics,
+                body_timeout=cfg.http_body_timeout,
             ),
             transmitter=app.transmitter,
             exchange=TokenExchangeEndpoint(app.engine.exchange_token, app.authenticator).handle,

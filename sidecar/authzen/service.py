@@ -45,25 +45,20 @@ class AuthzenService:
         metrics: Metrics,
         *,
         binding_key: bytes | None = None,
+        body_timeout: float = 10.0,
     ):
         """`binding_key` MACs binding tokens: per process unless given, so a token from
-        before a restart no longer binds (the PEP evaluates again)."""
+        before a restart no longer binds (the PEP evaluates again). A request body gets
+        `body_timeout` seconds (the listener's `http_body_timeout`), then 408."""
         self._opa = opa
         self._requests = AccessRequests(desk, binding_key)
         self._evaluator = Evaluator(desk, opa, self._requests, metrics)
-        self._body_timeout = 10.0
+        self._body_timeout = body_timeout
 
     # ------------------------------------------------------------------ routes
-    def add_routes(
-        self,
-        app: web.Application,
-        guarded: Callable[[Handler], Handler],
-        *,
-        body_timeout: float = 10.0,
-    ) -> None:
+    def add_routes(self, app: web.Application, guarded: Callable[[Handler], Handler]) -> None:
         """Discovery is public metadata, like the JWKS; everything else needs the listener's
-        credential (the one /introspect takes). A body gets `body_timeout` seconds (408)."""
-        self._body_timeout = body_timeout
+        credential (the one /introspect takes)."""
         app.router.add_get("/.well-known/authzen-configuration", self.configuration)
         app.router.add_post("/access/v1/evaluation", guarded(self._json(self.evaluation)))
         app.router.add_post("/access/v1/evaluations", guarded(self._json(self.evaluations)))
@@ -78,7 +73,7 @@ class AuthzenService:
 
         app.on_cleanup.append(close)
 
-    def front(self, authorized: Callable[[str], bool], body_timeout: float) -> Front:
+    def front(self, authorized: Callable[[str], bool]) -> Front:
         """The evaluation endpoints on the listener's lean path (sidecar/http_front.py): the
         same answers as through `add_routes`, for requests the front takes."""
         return Front(
@@ -89,7 +84,7 @@ class AuthzenService:
             authorized=authorized,
             request_id_ok=valid_request_id,
             max_body=MAX_BODY_BYTES,
-            body_timeout=body_timeout,
+            body_timeout=self._body_timeout,
             body_timed_out=Answer(408, _refusal(BodyTimeout())),
         )
 

@@ -56,6 +56,18 @@ def _ask(stub: Any, task_id: str, intent: pb.Intent) -> Any:
     return stub.RequestGrant(pb.RequestGrantRequest(task_id=task_id, intent=intent), timeout=10)
 
 
+PROBE = pb.Intent(action="payments.refund", resource="payments://orders/1")
+"""What the support agent is always denied: each ask is one denial of its task."""
+ESCALATED_READ = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
+"""A standing read, which 5 denials raise to approval."""
+
+
+def _probe(stub: Any, task_id: str, times: int = 5) -> None:
+    """`times` denials of the task (each asserted)."""
+    for _ in range(times):
+        assert _ask(stub, task_id, PROBE).decision == pb.DECISION_DENIED
+
+
 def test_ticket_then_customer_then_email_needs_approval(support: SidecarProcess) -> None:
     """A support agent that read a ticket (untrusted_input) and a customer record
     (private_data) is PENDING_APPROVAL for email.send, with the flow reason; the audit log
@@ -304,16 +316,12 @@ def test_an_intent_outside_the_plan_is_escalated_and_audited(support: SidecarPro
 def test_a_probing_agent_is_escalated_then_frozen(support: SidecarProcess) -> None:
     """Denials accumulate on the task: after 5 a standing read needs approval, after 10
     every request is denied flow_frozen."""
-    refund = pb.Intent(action="payments.refund", resource="payments://orders/1")
-    read = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
     channel, stub = _stub(support)
     with channel:
         task_id = stub.BeginTask(pb.BeginTaskRequest(goal="probe"), timeout=10).task.task_id
-        for _ in range(5):
-            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
-        escalated = _ask(stub, task_id, read)
-        for _ in range(5):
-            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
+        _probe(stub, task_id)
+        escalated = _ask(stub, task_id, ESCALATED_READ)
+        _probe(stub, task_id)
         # another intent: the escalated one is parked, and an open approval answers for itself
         frozen = _ask(stub, task_id, pb.Intent(action="docs.read", resource="docs://handbook/y"))
     assert escalated.decision == pb.DECISION_PENDING_APPROVAL
@@ -422,22 +430,18 @@ def test_denials_earlier_in_a_message_count_for_the_probing_rule(support: Sideca
 def test_a_frozen_task_cannot_collect_an_earlier_approval(support: SidecarProcess) -> None:
     """A read escalated after 5 denials is approved; the task then probes on and is frozen.
     Collecting the approval is denied flow_frozen, as every other request: no grant."""
-    refund = pb.Intent(action="payments.refund", resource="payments://orders/1")
-    read = pb.Intent(action="docs.read", resource="docs://handbook/x", justification="x" * 24)
     channel, stub = _stub(support)
     with channel:
         task_id = stub.BeginTask(pb.BeginTaskRequest(goal="probe"), timeout=10).task.task_id
-        for _ in range(5):
-            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
-        escalated = _ask(stub, task_id, read)
+        _probe(stub, task_id)
+        escalated = _ask(stub, task_id, ESCALATED_READ)
         approved = subprocess.run(
             [sys.executable, "-m", "sidecar.cli", "approvals", "approve", escalated.approval_id,
              "--approver", "alice", "--admin-socket", str(support.admin_socket)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        for _ in range(5):
-            assert _ask(stub, task_id, refund).decision == pb.DECISION_DENIED
-        collected = _ask(stub, task_id, read)
+        _probe(stub, task_id)
+        collected = _ask(stub, task_id, ESCALATED_READ)
     assert approved.returncode == 0, approved.stderr
     assert collected.decision == pb.DECISION_DENIED
     assert collected.reasons == [
